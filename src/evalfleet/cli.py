@@ -1,0 +1,151 @@
+"""Command line: `evalfleet run | report | demo`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from evalfleet.config import load_config, parse_config
+from evalfleet.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+if not console.is_terminal:  # logs and pipes: keep tables on one line each
+    console = Console(width=160)
+
+
+def _setup_logging(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("evalfleet")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+
+
+def _execute(cfg: Any, *, fresh: bool, retry_errors: bool, log_file: Path | None) -> None:
+    from evalfleet.runner import run
+
+    _setup_logging(log_file or cfg.run_dir / "run.log")
+    run(cfg, fresh=fresh, retry_errors=retry_errors, console=console)
+
+
+def _guard(fn: Any, *args: Any, **kwargs: Any) -> None:
+    """Print user errors without a traceback; exit 130 on Ctrl-C."""
+    try:
+        fn(*args, **kwargs)
+    except UserError as err:
+        console.print(f"[bold red]error:[/bold red] {err}", highlight=False)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+GpusOpt = Annotated[str | None, typer.Option("--gpus", help="GPU indices, e.g. 0,1,2 (default: all visible).")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", help="CPU worker processes (forces CPU).")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", help="At most N samples per dataset.")]
+FreshOpt = Annotated[bool, typer.Option("--fresh", help="Delete earlier results of this run and start over.")]
+LogOpt = Annotated[Path | None, typer.Option("--log-file", help="Full log (default: RUN_DIR/run.log).")]
+
+
+@app.command("run")
+def run_cmd(
+    config: Annotated[Path, typer.Argument(help="YAML config file.")],
+    gpus: GpusOpt = None,
+    workers: WorkersOpt = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Samples per batch.")] = None,
+    limit: LimitOpt = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for shuffling and sampling.")] = None,
+    out: Annotated[str | None, typer.Option("--out", help="Output folder (overrides output_dir).")] = None,
+    fresh: FreshOpt = False,
+    retry_errors: Annotated[bool, typer.Option("--retry-errors", help="Recompute samples that failed.")] = False,
+    log_file: LogOpt = None,
+) -> None:
+    """Run an evaluation, or resume it where it stopped."""
+    overrides: dict[str, Any] = {}
+    if gpus is not None:
+        try:
+            overrides["gpus"] = [int(g) for g in gpus.split(",") if g.strip()]
+        except ValueError:
+            _guard(_raise, f"--gpus expects comma-separated integers, got {gpus!r}")
+    for key, value in (("workers", workers), ("model.batch_size", batch_size), ("limit", limit),
+                       ("seed", seed), ("output_dir", out)):
+        if value is not None:
+            overrides[key] = value
+    _guard(lambda: _execute(load_config(config, overrides), fresh=fresh, retry_errors=retry_errors,
+                            log_file=log_file))
+
+
+def _raise(message: str) -> None:
+    raise UserError(message)
+
+
+@app.command("report")
+def report_cmd(run_dir: Annotated[Path, typer.Argument(help="Run folder (output_dir/name).")]) -> None:
+    """Rebuild summary.json, summary.md and predictions/ from the store, without recomputing."""
+
+    def go() -> None:
+        from evalfleet.report import write_report
+        from evalfleet.store import Store
+
+        store = Store.open_existing(run_dir)
+        config = store.get_meta("config")
+        write_report(run_dir, store, config["metrics"], console)
+        store.close()
+
+    _guard(go)
+
+
+@app.command("demo")
+def demo_cmd(
+    workers: Annotated[int, typer.Option("--workers", help="CPU worker processes.")] = 2,
+    limit: LimitOpt = None,
+    out: Annotated[str, typer.Option("--out", help="Output folder.")] = "runs",
+    fresh: FreshOpt = True,
+    log_file: LogOpt = None,
+) -> None:
+    """SmolLM2-135M-Instruct on the bundled questions, on the CPU; prepares the model once."""
+
+    def go() -> None:
+        from evalfleet.assets import smollm2_path
+
+        console.print("[evalfleet] preparing SmolLM2-135M-Instruct (once; cached afterwards) ...", markup=False)
+        questions = resources.files("evalfleet") / "data" / "demo_questions.jsonl"
+        cfg = parse_config(
+            {
+                "name": "demo",
+                "output_dir": out,
+                "model": {"path": str(smollm2_path()), "dtype": "float32", "batch_size": 8,
+                          "generation": {"max_new_tokens": 24}},
+                "datasets": [{"name": "demo-questions", "path": str(questions),
+                              "prompt": "{question} Answer briefly."}],
+                "metrics": ["lenient_match", "exact_match"],
+                "workers": workers,
+                "limit": limit,
+                "progress_every": 8,
+                "progress_seconds": 10,
+            },
+            source="demo",
+        )
+        _execute(cfg, fresh=fresh, retry_errors=False, log_file=log_file)
+        console.print(
+            "lenient_match: the last number of the answer must equal a numeric reference, otherwise the reference "
+            "must appear as whole words in the answer; exact_match compares the whole normalised answer.",
+            highlight=False,
+        )
+
+    _guard(go)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

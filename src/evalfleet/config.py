@@ -1,0 +1,188 @@
+"""Run configuration: a flat, strict pydantic model loaded from YAML.
+
+Unknown keys are rejected; every problem in a file is reported at once, naming the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from evalfleet.errors import UserError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GenerationConfig(_Strict):
+    """Decoding settings passed to the backend."""
+
+    max_new_tokens: int = Field(64, ge=1)
+    """Upper bound of generated tokens per sample."""
+    temperature: float = Field(0.0, ge=0.0)
+    """0 means greedy decoding."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass (only used when temperature > 0)."""
+
+
+class ModelConfig(_Strict):
+    """The model that answers."""
+
+    backend: Literal["transformers"] = "transformers"
+    """Inference backend."""
+    path: str
+    """Local folder of a Hugging Face checkpoint (or a hub id when the hub is reachable)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype; `auto` is bfloat16 on GPU and float32 on CPU."""
+    trust_remote_code: bool = False
+    """Allow model code shipped with the checkpoint to run."""
+    system_prompt: str | None = None
+    """Optional system message put before each question."""
+    batch_size: int = Field(8, ge=1)
+    """Samples per forward batch in a worker."""
+    generation: GenerationConfig = GenerationConfig()
+    """Decoding settings."""
+
+
+class FieldMap(_Strict):
+    """Column names in the source file for each sample field."""
+
+    id: str | None = None
+    """Sample id column; defaults to `id`, `index`, `qid` or the row number."""
+    question: str = "question"
+    """Question / prompt column."""
+    answer: str | None = "answer"
+    """Reference answer column (a string, or a list of accepted answers)."""
+    image: str | None = "image"
+    """Image column: a path relative to the dataset file, base64 text, or bytes."""
+
+
+class DatasetConfig(_Strict):
+    """One dataset of the run."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Unique name, used in the store and file names."""
+    path: str | None = None
+    """Data file (.jsonl, .csv, .tsv, .parquet); relative paths are relative to the config file."""
+    builtin: Literal["easy-vqa"] | None = None
+    """A built-in dataset instead of a file."""
+    format: Literal["auto", "jsonl", "csv", "tsv", "parquet", "vlmeval"] = "auto"
+    """File format; `auto` goes by the extension (a .tsv with an `index` column is VLMEvalKit)."""
+    split: str = "test"
+    """Split of a built-in dataset."""
+    fields: FieldMap = FieldMap()
+    """Column mapping."""
+    limit: int | None = Field(None, ge=1)
+    """Keep at most this many samples (after shuffling)."""
+    shuffle: bool = False
+    """Shuffle with the run's seed before `limit`."""
+    prompt: str = "{question}"
+    """Template of the user message; `{question}` and any column of the row may be used."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetConfig:
+        if (self.path is None) == (self.builtin is None):
+            raise ValueError("give exactly one of `path` or `builtin`")
+        return self
+
+
+MetricName = Literal["exact_match", "vqa_accuracy", "lenient_match"]
+
+
+class RunConfig(_Strict):
+    """A whole evaluation run."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Run name; results go to `output_dir/name`."""
+    output_dir: str = "runs"
+    """Parent folder of run folders (relative to the working directory)."""
+    model: ModelConfig
+    """The answering model."""
+    datasets: list[DatasetConfig] = Field(min_length=1)
+    """Datasets to evaluate."""
+    metrics: list[MetricName] = ["exact_match"]
+    """Metrics computed per sample and summarised per dataset."""
+    seed: int = 0
+    """Seed for shuffling and sampling."""
+    gpus: list[int] | None = None
+    """GPU indices to use; default: all visible GPUs."""
+    workers: int | None = Field(None, ge=1)
+    """CPU worker processes when no GPU is used (default 1)."""
+    chunk_size: int | None = Field(None, ge=1)
+    """Samples handed to a worker at a time (default: 2 x batch size)."""
+    limit: int | None = Field(None, ge=1)
+    """Cap on samples per dataset, applied on top of each dataset's own limit."""
+    progress_every: int = Field(50, ge=1)
+    """Non-terminal progress: print a line every N samples..."""
+    progress_seconds: float = Field(30.0, gt=0)
+    """...or every T seconds, whichever comes first."""
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> RunConfig:
+        names = [d.name for d in self.datasets]
+        dups = sorted({n for n in names if names.count(n) > 1})
+        if dups:
+            raise ValueError(f"dataset names must be unique; repeated: {', '.join(dups)}")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def model_fingerprint(self) -> str:
+        """Hash of what determines a prediction; a resumed run must match it."""
+        payload = self.model.model_dump(exclude={"batch_size"})
+        payload["seed"] = self.seed
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "<dict>", base_dir: Path | None = None) -> RunConfig:
+    """Validate a config mapping; dataset paths are made relative to `base_dir`."""
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise UserError(_format_errors(source, err)) from None
+    if base_dir is not None:
+        for ds in cfg.datasets:
+            if ds.path is not None and not Path(ds.path).is_absolute():
+                ds.path = str((base_dir / ds.path).resolve())
+    return cfg
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML config file and apply CLI overrides (dotted keys, e.g. `model.batch_size`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"config {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config {path}: expected a mapping at the top level, got {type(data).__name__}")
+    for key, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return parse_config(data, source=str(path), base_dir=path.parent.resolve())

@@ -1,0 +1,305 @@
+"""Datasets: files (JSONL, CSV/TSV, VLMEvalKit TSV, parquet) and built-ins become lists of Samples.
+
+A malformed row becomes a Sample carrying an error (``file:line:field: reason``) so the run goes on;
+a dataset that cannot be read at all raises ``DatasetError``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import io
+import json
+import random
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evalfleet.config import DatasetConfig
+from evalfleet.errors import UserError
+
+ID_COLUMNS = ("id", "index", "qid", "question_id")
+OPTION_LETTERS = tuple("ABCDEFGHIJ")
+
+
+class DatasetError(UserError):
+    """The dataset cannot be loaded at all."""
+
+
+class RowError(ValueError):
+    """One row is malformed; the message names the field."""
+
+    def __init__(self, column: str, reason: str) -> None:
+        super().__init__(f"{column}: {reason}")
+        self.column = column
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image by file path or by encoded bytes; `where` locates it for error messages."""
+
+    where: str
+    path: str | None = None
+    data: bytes | None = None
+
+    def open(self) -> Any:
+        """Decode to an RGB PIL image; raises ValueError naming `where` when unreadable."""
+        from PIL import Image
+
+        try:
+            img = Image.open(self.path if self.path is not None else io.BytesIO(self.data or b""))
+            img.load()
+            return img.convert("RGB")
+        except Exception as err:  # PIL raises several types for bad files
+            raise ValueError(f"{self.where}: unreadable image ({type(err).__name__}: {err})") from None
+
+
+@dataclass
+class Sample:
+    """One evaluation item."""
+
+    dataset: str
+    id: str
+    question: str
+    prompt: str
+    answers: list[str] = field(default_factory=list)
+    images: list[ImageRef] = field(default_factory=list)
+    source: str = ""
+    error: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+Row = tuple[int, dict[str, Any] | Exception]
+"""(line or record number, row mapping or the reason it could not be parsed)."""
+
+
+def _jsonl_rows(path: Path) -> Iterator[Row]:
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                yield lineno, RowError("(line)", f"invalid JSON: {err.msg} at column {err.colno}")
+                continue
+            yield lineno, row if isinstance(row, dict) else RowError("(line)", "expected a JSON object")
+
+
+def _delimited_rows(path: Path, delimiter: str) -> Iterator[Row]:
+    csv.field_size_limit(sys.maxsize)  # VLMEvalKit TSVs hold base64 images in one field
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        header = next(reader, None)
+        if not header:
+            raise DatasetError(f"{path}: empty file, expected a header row")
+        for cells in reader:
+            lineno = reader.line_num
+            if not cells:
+                continue
+            if len(cells) != len(header):
+                yield lineno, RowError("(line)", f"expected {len(header)} fields, got {len(cells)}")
+                continue
+            yield lineno, dict(zip(header, cells))
+
+
+def _parquet_rows(path: Path) -> Iterator[Row]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as err:
+        raise DatasetError(f"{path}: cannot read parquet ({err})") from None
+    for i, row in enumerate(table.to_pylist(), 1):
+        yield i, row
+
+
+FORMATS: dict[str, Callable[[Path], Iterator[Row]]] = {
+    "jsonl": _jsonl_rows,
+    "csv": lambda p: _delimited_rows(p, ","),
+    "tsv": lambda p: _delimited_rows(p, "\t"),
+    "vlmeval": lambda p: _delimited_rows(p, "\t"),
+    "parquet": _parquet_rows,
+}
+EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+
+
+def _detect_format(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    fmt = EXTENSIONS.get(path.suffix.lower(), "")
+    if not fmt:
+        raise DatasetError(f"{path}: unknown file type {path.suffix!r}; set `format` to one of {sorted(FORMATS)}")
+    if fmt == "tsv":
+        with path.open(encoding="utf-8") as f:
+            if "index" in f.readline().rstrip("\n").split("\t"):
+                return "vlmeval"
+    return fmt
+
+
+def _answers(value: Any) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    if isinstance(value, str) and value.startswith("["):
+        try:
+            parsed = json.loads(value)
+            if isinstance(parsed, list):
+                return [str(v) for v in parsed]
+        except json.JSONDecodeError:
+            pass
+    return [str(value)]
+
+
+class _ImageResolver:
+    """Turns an image cell (path, base64 text, bytes, {"bytes": ...}, a list of those) into ImageRefs."""
+
+    def __init__(self, root: Path, base64_only: bool) -> None:
+        self.root = root.resolve()
+        self.base64_only = base64_only
+
+    def __call__(self, value: Any, column: str, where: str) -> list[ImageRef]:
+        if value is None or value == "":
+            return []
+        if isinstance(value, (list, tuple)):
+            return [ref for v in value for ref in self(v, column, where)]
+        if isinstance(value, dict) and value.get("bytes") is not None:
+            return [ImageRef(where, data=value["bytes"])]
+        if isinstance(value, dict) and value.get("path"):
+            value = value["path"]
+        if isinstance(value, (bytes, bytearray)):
+            return [ImageRef(where, data=bytes(value))]
+        if not isinstance(value, str):
+            raise RowError(column, f"unsupported image value of type {type(value).__name__}")
+        if not self.base64_only and len(value) < 4096:
+            candidate = (self.root / value).resolve()
+            if not candidate.is_relative_to(self.root):
+                raise RowError(column, f"image path {value!r} escapes the dataset folder {self.root}")
+            if candidate.is_file():
+                return [ImageRef(where, path=str(candidate))]
+            if len(value) < 256:
+                raise RowError(column, f"image file not found: {candidate}")
+        try:
+            return [ImageRef(where, data=base64.b64decode(value, validate=True))]
+        except (binascii.Error, ValueError):
+            raise RowError(column, "neither an existing image path nor valid base64") from None
+
+
+def _mcq_prompt(question: str, row: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    options = {k: str(row[k]) for k in OPTION_LETTERS if row.get(k) not in (None, "") and str(row[k]) != "nan"}
+    if not options:
+        return question, {}
+    hint = row.get("hint")
+    lines = [f"Hint: {hint}"] if hint not in (None, "", "nan") else []
+    lines += [f"Question: {question}", "Options:"] + [f"{k}. {v}" for k, v in options.items()]
+    lines.append("Please select the correct answer from the options above.")
+    return "\n".join(lines), options
+
+
+def _sample_from_row(
+    cfg: DatasetConfig, path: Path, fmt: str, lineno: int, row: dict[str, Any], resolve: _ImageResolver
+) -> Sample:
+    f = cfg.fields
+    where = f"{path}:{lineno}"
+    id_col = f.id or next((c for c in ID_COLUMNS if c in row), None)
+    sample_id = str(row[id_col]) if id_col and row.get(id_col) not in (None, "") else f"line{lineno}"
+    sample = Sample(dataset=cfg.name, id=sample_id, question="", prompt="", source=where)
+    try:
+        if f.question not in row or row[f.question] in (None, ""):
+            raise RowError(f.question, "missing question")
+        sample.question = str(row[f.question])
+        sample.answers = _answers(row.get(f.answer)) if f.answer else []
+        if f.image and f.image in row:
+            # VLMEvalKit stores a repeated image as the `index` of the row that holds it.
+            sample.images = resolve(row[f.image], f.image, f"{where}:{f.image}")
+        question = sample.question
+        if fmt == "vlmeval":
+            question, options = _mcq_prompt(sample.question, row)
+            if options:
+                sample.metadata["options"] = options
+        try:
+            sample.prompt = cfg.prompt.format_map({**row, "question": question})
+        except KeyError as err:
+            raise RowError("prompt", f"template names column {err} which this row lacks") from None
+    except RowError as err:
+        sample.error = f"{where}:{err}"
+    return sample
+
+
+def _vlmeval_image_links(rows: list[Row], column: str) -> None:
+    """Replace VLMEvalKit image back-references (a short index) by the referenced row's image."""
+    by_index = {str(r.get("index")): r.get(column) for _, r in rows if isinstance(r, dict)}
+    for _, r in rows:
+        if isinstance(r, dict):
+            v = r.get(column)
+            if isinstance(v, str) and len(v) <= 64 and v in by_index and by_index[v] != v:
+                r[column] = by_index[v]
+
+
+def _file_samples(cfg: DatasetConfig) -> list[Sample]:
+    assert cfg.path is not None
+    path = Path(cfg.path)
+    if not path.is_file():
+        raise DatasetError(f"dataset {cfg.name!r}: file not found: {path}")
+    fmt = _detect_format(path, cfg.format)
+    try:
+        rows = list(FORMATS[fmt](path))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DatasetError(f"dataset {cfg.name!r}: cannot read {path}: {err}") from None
+    if fmt == "vlmeval" and cfg.fields.image:
+        _vlmeval_image_links(rows, cfg.fields.image)
+    resolve = _ImageResolver(path.parent, base64_only=fmt == "vlmeval")
+    samples = []
+    for lineno, row in rows:
+        if isinstance(row, Exception):
+            samples.append(
+                Sample(cfg.name, f"line{lineno}", "", "", source=f"{path}:{lineno}", error=f"{path}:{lineno}:{row}")
+            )
+        else:
+            samples.append(_sample_from_row(cfg, path, fmt, lineno, row, resolve))
+    return samples
+
+
+def _easy_vqa_samples(cfg: DatasetConfig) -> list[Sample]:
+    try:
+        import easy_vqa
+    except ImportError:
+        raise DatasetError("builtin dataset easy-vqa needs the package: pip install easy-vqa") from None
+    if cfg.split not in ("train", "test"):
+        raise DatasetError(f"dataset {cfg.name!r}: easy-vqa has splits 'train' and 'test', not {cfg.split!r}")
+    get_q = easy_vqa.get_test_questions if cfg.split == "test" else easy_vqa.get_train_questions
+    get_paths = easy_vqa.get_test_image_paths if cfg.split == "test" else easy_vqa.get_train_image_paths
+    texts, answers, image_ids = get_q()
+    paths = get_paths()
+    return [
+        Sample(
+            dataset=cfg.name,
+            id=f"{cfg.split}-{i}",
+            question=q,
+            prompt=cfg.prompt.format_map({"question": q}),
+            answers=[a],
+            images=[ImageRef(f"easy-vqa:{cfg.split}:{i}:image", path=paths[img])],
+            source=f"easy-vqa:{cfg.split}:{i}",
+        )
+        for i, (q, a, img) in enumerate(zip(texts, answers, image_ids))
+    ]
+
+
+def load_samples(cfg: DatasetConfig, *, seed: int, limit: int | None = None) -> list[Sample]:
+    """All samples of one dataset after seeded shuffling and limits; raises DatasetError if unreadable."""
+    samples = _easy_vqa_samples(cfg) if cfg.builtin == "easy-vqa" else _file_samples(cfg)
+    seen: dict[str, str] = {}
+    for s in samples:
+        if s.id in seen:
+            raise DatasetError(f"dataset {cfg.name!r}: duplicate sample id {s.id!r} at {s.source} (first at {seen[s.id]})")
+        seen[s.id] = s.source
+    if cfg.shuffle:
+        random.Random(seed).shuffle(samples)
+    for cap in (cfg.limit, limit):
+        if cap is not None:
+            samples = samples[:cap]
+    return samples

@@ -1,0 +1,272 @@
+"""The driver: loads datasets, starts workers, feeds the dynamic queue, and is the store's single writer.
+
+Reads top to bottom as `run()`: 1. open the store, 2. load datasets, 3. cut chunks of what is left,
+4. start workers, 5. loop handing out chunks and committing results, 6. stop workers, 7. report.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import shutil
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from evalfleet.config import RunConfig
+from evalfleet.datasets import DatasetError, Sample, load_samples
+from evalfleet.errors import UserError
+from evalfleet.placement import plan_workers, probe_machine
+from evalfleet.progress import RunProgress
+from evalfleet.report import STAGE, write_report
+from evalfleet.scheduler import Chunk, WorkQueue, make_chunks
+from evalfleet.store import Result, Store
+from evalfleet.workers import WorkerSpec, worker_main
+
+log = logging.getLogger("evalfleet")
+
+MAX_RESTARTS = 3
+"""Replacements per worker slot before the slot is given up."""
+MAX_CHUNK_ATTEMPTS = 2
+"""Workers that may die holding one chunk before its samples are recorded as errors."""
+COMMIT_EVERY_S = 1.0
+
+
+@dataclass
+class _Worker:
+    spec: WorkerSpec
+    proc: Any
+    conn: Connection
+    generation: int
+    ready: bool = False
+
+    @property
+    def id(self) -> str:
+        return f"{self.spec.name}.{self.generation}"
+
+
+@dataclass
+class _Driver:
+    cfg: RunConfig
+    store: Store
+    queue: WorkQueue
+    progress: RunProgress
+    ctx: Any = field(default_factory=lambda: mp.get_context("spawn"))
+    workers: dict[str, _Worker] = field(default_factory=dict)
+    restarts: dict[str, int] = field(default_factory=dict)
+    buffer: list[Result] = field(default_factory=list)
+    worker_counts: dict[str, int] = field(default_factory=dict)
+    last_commit: float = field(default_factory=time.monotonic)
+
+    # -- worker lifecycle ---------------------------------------------------------------------
+    def start(self, spec: WorkerSpec) -> None:
+        generation = self.restarts.get(spec.name, 0)
+        parent, child = self.ctx.Pipe()
+        proc = self.ctx.Process(
+            target=worker_main,
+            args=(child, spec, self.cfg.model.model_dump_json(), self.cfg.model.batch_size),
+            name=f"evalfleet-{spec.name}",
+            daemon=True,
+        )
+        proc.start()
+        child.close()
+        w = _Worker(spec, proc, parent, generation)
+        self.workers[spec.name] = w
+        self.store.worker_state(w.id, device=spec.name, pid=proc.pid, state="loading")
+        log.info("started worker %s (pid %s)", w.id, proc.pid)
+
+    def feed(self, w: _Worker) -> None:
+        while (chunk := self.queue.assign(w.spec.name)) is not None:
+            try:
+                w.conn.send(("chunk", chunk.id, chunk.samples, self.cfg.seed))
+            except (BrokenPipeError, OSError):
+                return  # it died; its sentinel reports it and the chunk is requeued
+
+    def on_death(self, w: _Worker) -> None:
+        """Requeue the dead worker's chunks and start a replacement (up to MAX_RESTARTS per slot)."""
+        w.proc.join(timeout=5)
+        code = w.proc.exitcode
+        self.workers.pop(w.spec.name)
+        self.store.worker_state(w.id, device=w.spec.name, pid=w.proc.pid, state=f"died ({code})")
+        chunks = self.queue.release(w.spec.name)
+        self.progress.note(f"worker {w.id} died (exit code {code}); {sum(len(c.samples) for c in chunks)} "
+                           "samples go back to the queue")
+        log.warning("worker %s died with exit code %s", w.id, code)
+        for chunk in chunks:
+            if chunk.attempts >= MAX_CHUNK_ATTEMPTS:
+                self.queue.drop(chunk)
+                self.fail_chunk(chunk, f"{chunk.attempts} workers died while answering this batch (last exit code {code})")
+        self.restarts[w.spec.name] = self.restarts.get(w.spec.name, 0) + 1
+        if self.restarts[w.spec.name] <= MAX_RESTARTS and not self.queue.finished:
+            self.start(w.spec)
+        elif not self.workers:
+            raise RuntimeError("every worker died; see the log. Run again to resume.")
+
+    def fail_chunk(self, chunk: Chunk, reason: str) -> None:
+        self.buffer += [Result(s.dataset, s.id, None, reason) for s in chunk.samples]
+        self.progress.advance("-", len(chunk.samples))
+
+    # -- messages -----------------------------------------------------------------------------
+    def handle(self, w: _Worker, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == "ready":
+            w.ready = True
+            self.store.worker_state(w.id, device=msg[1], pid=w.proc.pid, state="running")
+            self.progress.worker(w.spec.name, msg[1])
+            log.info("worker %s ready on %s after %.1f s", w.id, msg[1], msg[2])
+            self.feed(w)
+        elif kind == "results":
+            _, chunk_id, results, logs = msg
+            for text in logs:
+                log.error(text)
+            for r in results:
+                if r.error:
+                    log.warning("sample %s/%s: %s", r.dataset, r.sample_id, r.error)
+            self.queue.finish_samples(w.spec.name, chunk_id, {r.sample_id for r in results})
+            self.buffer += results
+            self.worker_counts[w.id] = self.worker_counts.get(w.id, 0) + len(results)
+            self.progress.advance(w.spec.name, len(results))
+            self.feed(w)
+        elif kind == "fatal":
+            log.error("worker %s failed to start:\n%s", w.id, msg[1])
+            last = msg[1].strip().splitlines()[-1]
+            raise UserError(f"worker {w.id} could not load the model {self.cfg.model.path}: {last}")
+
+    def commit(self, force: bool = False) -> None:
+        if self.buffer and (force or time.monotonic() - self.last_commit >= COMMIT_EVERY_S):
+            self.store.add_results(STAGE, self.buffer)
+            for wid, n in self.worker_counts.items():
+                self.store.worker_progress(wid, n)
+            self.buffer, self.worker_counts = [], {}
+            self.last_commit = time.monotonic()
+
+    def loop(self) -> None:
+        while not self.queue.finished:
+            by_conn = {w.conn: w for w in self.workers.values()}
+            by_sentinel = {w.proc.sentinel: w for w in self.workers.values()}
+            for ready in wait([*by_conn, *by_sentinel], timeout=COMMIT_EVERY_S):
+                if ready in by_conn:
+                    w = by_conn[ready]
+                    try:
+                        msg = w.conn.recv()
+                    except (EOFError, OSError):
+                        continue  # its sentinel reports the death
+                    self.handle(w, msg)
+                else:
+                    w = by_sentinel[ready]
+                    while w.conn.poll():  # results sent just before dying still count
+                        try:
+                            self.handle(w, w.conn.recv())
+                        except (EOFError, OSError):
+                            break
+                    if self.workers.get(w.spec.name) is w:
+                        self.on_death(w)
+                    break  # the maps are stale now
+            self.commit()
+        self.commit(force=True)
+
+    def stop(self) -> None:
+        for w in self.workers.values():
+            try:
+                w.conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for w in self.workers.values():
+            w.proc.join(timeout=10)
+            if w.proc.is_alive():
+                w.proc.kill()
+            self.store.worker_state(w.id, device=w.spec.name, pid=w.proc.pid, state="stopped")
+
+
+def _load_datasets(cfg: RunConfig, store: Store, progress_note: Any) -> dict[str, list[Sample]]:
+    loaded: dict[str, list[Sample]] = {}
+    for ds in cfg.datasets:
+        try:
+            samples = load_samples(ds, seed=cfg.seed, limit=cfg.limit)
+        except DatasetError as err:
+            store.set_dataset(ds.name, "failed", error=str(err))
+            progress_note(f"dataset {ds.name} failed: {err}")
+            log.error("dataset %s failed: %s", ds.name, err)
+            continue
+        store.put_samples(samples)
+        store.set_dataset(ds.name, "running", len(samples))
+        loaded[ds.name] = samples
+        for s in samples:
+            if s.error:
+                log.warning("sample %s/%s: %s", ds.name, s.id, s.error)
+    return loaded
+
+
+def check_model_path(path: str) -> None:
+    """A model path that looks local must exist (hub ids look like `org/name`)."""
+    p = Path(path).expanduser()
+    looks_local = p.is_absolute() or path.startswith(".") or path.count("/") != 1
+    if looks_local and not p.exists():
+        raise UserError(f"model path not found: {path}")
+
+
+def run(cfg: RunConfig, *, fresh: bool = False, retry_errors: bool = False, console: Console | None = None) -> dict:
+    """Run (or resume) the evaluation described by `cfg`; returns the summary."""
+    console = console or Console()
+    check_model_path(cfg.model.path)
+    run_dir = cfg.run_dir
+    if fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    # 1. The store: refuse to mix predictions of different model settings.
+    store = Store(run_dir / "store.db")
+    store.check_fingerprint(cfg.model_fingerprint())
+    store.set_meta("name", cfg.name)
+    store.set_meta("config", cfg.model_dump(mode="json"))
+    if retry_errors:
+        store.clear_errors(STAGE)
+
+    # 2. Datasets (a failed one is recorded; the others go on).
+    note = lambda text: console.print(f"[evalfleet] {text}", markup=False, highlight=False)  # noqa: E731
+    loaded = _load_datasets(cfg, store, note)
+
+    # 3. Chunks of what is left, cut the same way on every run.
+    chunk_size = cfg.chunk_size or cfg.model.batch_size
+    chunks: list[Chunk] = []
+    total = done = 0
+    for name, samples in loaded.items():
+        finished = store.done_ids(STAGE, name)
+        chunks += make_chunks(samples, finished, chunk_size, start_id=len(chunks))
+        total += len(samples)
+        done += sum(1 for s in samples if s.id in finished or s.error)
+    queue = WorkQueue.of(chunks)
+    todo = queue.remaining()
+    note(f"run {cfg.name}: {total} samples in {len(loaded)} dataset(s), {done} already done, {todo} to do")
+
+    # 4-6. Workers and the queue.
+    if todo:
+        specs = plan_workers(probe_machine(), gpus=cfg.gpus, workers=cfg.workers)
+        specs = specs[: max(1, len(chunks))]  # no idle workers loading a model for nothing
+        note(f"starting {len(specs)} worker(s): {', '.join(s.name for s in specs)}")
+        progress = RunProgress(total, done, console=console, every=cfg.progress_every, seconds=cfg.progress_seconds)
+        driver = _Driver(cfg, store, queue, progress)
+        try:
+            for spec in specs:
+                driver.start(spec)
+            driver.loop()
+        except KeyboardInterrupt:
+            driver.commit(force=True)
+            note("interrupted; results so far are saved. Run the same command again to resume.")
+            raise
+        finally:
+            driver.commit(force=True)
+            driver.stop()
+            progress.close()
+    for name in loaded:
+        store.set_dataset(name, "done", len(loaded[name]))
+
+    # 7. Report.
+    summary = write_report(run_dir, store, cfg.metrics, console)
+    store.close()
+    note(f"results in {run_dir}")
+    return summary

@@ -1,0 +1,88 @@
+"""The dynamic work queue: pure bookkeeping of chunks, with no processes or I/O (testable alone).
+
+Chunks are cut from the full, length-sorted sample list of each dataset, so a chunk (and so the batch
+the model sees) is the same whatever the number of workers and however often the run was resumed.
+Whichever worker is free takes the next chunk; a dead worker's unfinished samples go back to the front.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from evalfleet.datasets import Sample
+
+
+@dataclass
+class Chunk:
+    """Samples of one dataset handed to one worker at a time."""
+
+    id: int
+    samples: list[Sample]
+    attempts: int = 0
+    """How many workers died while holding this chunk."""
+
+
+def make_chunks(samples: list[Sample], done: set[str], chunk_size: int, start_id: int = 0) -> list[Chunk]:
+    """Cut one dataset into chunks of similar prompt length, leaving out finished samples.
+
+    Cutting happens before finished samples are removed, so resumed chunks match the original ones.
+    """
+    ordered = sorted(samples, key=lambda s: (len(s.prompt), s.id))
+    chunks = []
+    for i in range(0, len(ordered), chunk_size):
+        todo = [s for s in ordered[i : i + chunk_size] if s.id not in done and s.error is None]
+        if todo:
+            chunks.append(Chunk(start_id + len(chunks), todo))
+    return chunks
+
+
+@dataclass
+class WorkQueue:
+    """Hands chunks to free workers; tracks what each worker holds."""
+
+    pending: deque[Chunk]
+    max_in_flight: int = 2
+    """Chunks a worker may hold: one running, one waiting, so it never idles on a round trip."""
+    held: dict[str, list[Chunk]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, chunks: list[Chunk], max_in_flight: int = 2) -> WorkQueue:
+        return cls(deque(chunks), max_in_flight)
+
+    def assign(self, worker: str) -> Chunk | None:
+        """The next chunk for `worker`, or None if it holds enough already or nothing is left."""
+        holding = self.held.setdefault(worker, [])
+        if len(holding) >= self.max_in_flight or not self.pending:
+            return None
+        chunk = self.pending.popleft()
+        holding.append(chunk)
+        return chunk
+
+    def finish_samples(self, worker: str, chunk_id: int, sample_ids: set[str]) -> None:
+        """Record finished samples of a held chunk; a chunk with none left is dropped."""
+        for chunk in self.held.get(worker, []):
+            if chunk.id == chunk_id:
+                chunk.samples = [s for s in chunk.samples if s.id not in sample_ids]
+                if not chunk.samples:
+                    self.held[worker].remove(chunk)
+                return
+
+    def release(self, worker: str) -> list[Chunk]:
+        """A worker died: its unfinished chunks go back to the front of the queue, oldest first."""
+        chunks = self.held.pop(worker, [])
+        for chunk in reversed(chunks):
+            chunk.attempts += 1
+            self.pending.appendleft(chunk)
+        return chunks
+
+    def drop(self, chunk: Chunk) -> None:
+        """Remove a pending chunk (e.g. one that keeps killing workers)."""
+        self.pending.remove(chunk)
+
+    @property
+    def finished(self) -> bool:
+        return not self.pending and not any(self.held.values())
+
+    def remaining(self) -> int:
+        return sum(len(c.samples) for c in self.pending) + sum(len(c.samples) for cs in self.held.values() for c in cs)

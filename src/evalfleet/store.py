@@ -1,0 +1,169 @@
+"""The run store: one SQLite database (WAL) per run folder.
+
+Rows are keyed by (stage, dataset, sample id) and written with INSERT OR IGNORE, so several drivers
+writing to one run (e.g. Slurm array tasks) can never produce two results for one sample; the first
+committed result wins. Stages (`generate`, later `judge`, ...) share the samples table.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evalfleet.datasets import Sample
+from evalfleet.errors import UserError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS datasets (
+    name TEXT PRIMARY KEY, status TEXT NOT NULL, n_samples INTEGER, error TEXT, updated REAL);
+CREATE TABLE IF NOT EXISTS samples (
+    dataset TEXT NOT NULL, id TEXT NOT NULL, position INTEGER NOT NULL, question TEXT, prompt TEXT,
+    answers TEXT, source TEXT, error TEXT, metadata TEXT, PRIMARY KEY (dataset, id));
+CREATE TABLE IF NOT EXISTS results (
+    stage TEXT NOT NULL, dataset TEXT NOT NULL, sample_id TEXT NOT NULL, output TEXT, error TEXT,
+    worker TEXT, seconds REAL, n_tokens INTEGER, created REAL NOT NULL,
+    PRIMARY KEY (stage, dataset, sample_id));
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY, device TEXT, pid INTEGER, state TEXT, started REAL, heartbeat REAL,
+    done INTEGER DEFAULT 0);
+"""
+
+
+@dataclass
+class Result:
+    """One sample's outcome at one stage."""
+
+    dataset: str
+    sample_id: str
+    output: str | None
+    error: str | None = None
+    worker: str | None = None
+    seconds: float | None = None
+    n_tokens: int | None = None
+
+
+class Store:
+    """Thin typed access to the run database. Only the driver process writes results."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=60000")
+        self.db.executescript(SCHEMA)
+
+    @classmethod
+    def open_existing(cls, run_dir: Path) -> Store:
+        path = run_dir / "store.db"
+        if not path.is_file():
+            raise UserError(f"no run found in {run_dir} (missing {path})")
+        return cls(path)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- run identity -------------------------------------------------------------------------
+    def get_meta(self, key: str) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def check_fingerprint(self, fingerprint: str) -> None:
+        """Refuse to resume a run whose predictions were made with other model settings."""
+        old = self.get_meta("fingerprint")
+        if old is None:
+            self.set_meta("fingerprint", fingerprint)
+        elif old != fingerprint:
+            raise UserError(
+                f"{self.path} holds results made with other model or generation settings "
+                f"(fingerprint {old}, now {fingerprint}); use --fresh to start over or another run name"
+            )
+
+    # -- datasets and samples -----------------------------------------------------------------
+    def set_dataset(self, name: str, status: str, n_samples: int | None = None, error: str | None = None) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO datasets VALUES (?, ?, ?, ?, ?)", (name, status, n_samples, error, time.time())
+        )
+
+    def datasets(self) -> list[dict[str, Any]]:
+        cur = self.db.execute("SELECT name, status, n_samples, error FROM datasets ORDER BY rowid")
+        return [dict(zip(("name", "status", "n_samples", "error"), r)) for r in cur]
+
+    def put_samples(self, samples: list[Sample]) -> None:
+        rows = [
+            (s.dataset, s.id, i, s.question, s.prompt, json.dumps(s.answers), s.source, s.error, json.dumps(s.metadata))
+            for i, s in enumerate(samples)
+        ]
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    # -- results ------------------------------------------------------------------------------
+    def done_ids(self, stage: str, dataset: str) -> set[str]:
+        cur = self.db.execute("SELECT sample_id FROM results WHERE stage = ? AND dataset = ?", (stage, dataset))
+        return {r[0] for r in cur}
+
+    def add_results(self, stage: str, results: Iterable[Result]) -> int:
+        """Insert results in one transaction; returns how many were new (duplicates are ignored)."""
+        now = time.time()
+        rows = [
+            (stage, r.dataset, r.sample_id, r.output, r.error, r.worker, r.seconds, r.n_tokens, now) for r in results
+        ]
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            before = self.db.total_changes
+            self.db.executemany("INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            return self.db.total_changes - before
+
+    def clear_errors(self, stage: str) -> int:
+        """Forget failed results so that the next run retries them."""
+        with self.db:
+            return self.db.execute("DELETE FROM results WHERE stage = ? AND error IS NOT NULL", (stage,)).rowcount
+
+    def rows(self, stage: str, dataset: str) -> Iterator[dict[str, Any]]:
+        """Samples of a dataset in load order, joined with their result at `stage` (if any)."""
+        cur = self.db.execute(
+            """SELECT s.id, s.question, s.prompt, s.answers, s.metadata, r.output, COALESCE(r.error, s.error),
+                      r.worker, r.seconds, r.n_tokens, r.sample_id IS NOT NULL OR s.error IS NOT NULL
+               FROM samples s LEFT JOIN results r
+                 ON r.stage = ? AND r.dataset = s.dataset AND r.sample_id = s.id
+               WHERE s.dataset = ? ORDER BY s.position""",
+            (stage, dataset),
+        )
+        keys = ("id", "question", "prompt", "answers", "metadata", "prediction", "error", "worker", "seconds",
+                "n_tokens", "finished")
+        for r in cur:
+            row = dict(zip(keys, r))
+            row["answers"] = json.loads(row["answers"] or "[]")
+            row["metadata"] = json.loads(row["metadata"] or "{}")
+            row["finished"] = bool(row["finished"])
+            yield row
+
+    # -- workers ------------------------------------------------------------------------------
+    def worker_state(self, worker_id: str, *, device: str, pid: int | None, state: str) -> None:
+        now = time.time()
+        self.db.execute(
+            """INSERT INTO workers (id, device, pid, state, started, heartbeat, done) VALUES (?, ?, ?, ?, ?, ?, 0)
+               ON CONFLICT(id) DO UPDATE SET device = excluded.device, pid = excluded.pid,
+                 state = excluded.state, heartbeat = excluded.heartbeat""",
+            (worker_id, device, pid, state, now, now),
+        )
+
+    def worker_progress(self, worker_id: str, n_done: int) -> None:
+        self.db.execute(
+            "UPDATE workers SET done = done + ?, heartbeat = ? WHERE id = ?", (n_done, time.time(), worker_id)
+        )
+
+    def workers(self) -> list[dict[str, Any]]:
+        cur = self.db.execute("SELECT id, device, pid, state, started, heartbeat, done FROM workers ORDER BY rowid")
+        return [dict(zip(("id", "device", "pid", "state", "started", "heartbeat", "done"), r)) for r in cur]

@@ -1,0 +1,39 @@
+import pytest
+
+from evalfleet.scoring import METRICS, is_closed_question, score_rows, summarize
+
+
+@pytest.mark.parametrize(
+    ("metric", "prediction", "answers", "expected"),
+    [
+        ("exact_match", "The Circle.", ["circle"], 1.0),
+        ("exact_match", "a red circle", ["circle"], 0.0),
+        ("exact_match", "Two", ["2"], 1.0),
+        ("vqa_accuracy", "yes", ["yes", "yes", "no", "yes"], 1.0),
+        ("vqa_accuracy", "no", ["yes", "yes", "no", "yes"], pytest.approx(1 / 3)),
+        ("vqa_accuracy", "blue", ["blue"], 1.0),
+        ("lenient_match", "7 + 9 = 16", ["16"], 1.0),
+        ("lenient_match", "16 - 7 = 9", ["16"], 0.0),
+        ("lenient_match", "The answer is 1,000.", ["1000"], 1.0),
+        ("lenient_match", "The capital of France is Paris.", ["Paris"], 1.0),
+        ("lenient_match", "Parisian food", ["Paris"], 0.0),
+        ("lenient_match", "", ["Paris"], 0.0),
+        ("lenient_match", "12 + 7 = 9\n\nOr 19.", ["19"], 0.0),
+    ],
+)
+def test_metric_values(metric, prediction, answers, expected):
+    assert METRICS[metric](prediction, answers) == expected
+
+
+def test_closed_and_open_split():
+    assert is_closed_question(["Yes"]) and not is_closed_question(["circle"]) and not is_closed_question([])
+    rows = [
+        {"finished": True, "error": None, "prediction": "yes", "answers": ["yes"]},
+        {"finished": True, "error": None, "prediction": "circle", "answers": ["square"]},
+        {"finished": True, "error": "bad image", "prediction": None, "answers": ["no"]},
+        {"finished": False, "error": None, "prediction": None, "answers": ["x"]},
+    ]
+    score_rows(rows, ["exact_match"])
+    s = summarize(rows, ["exact_match"])
+    assert (s["samples"], s["finished"], s["errors"], s["scored"]) == (4, 3, 1, 2)
+    assert s["exact_match"] == {"all": 0.5, "closed": 1.0, "open": 0.0, "n_closed": 1, "n_open": 1}

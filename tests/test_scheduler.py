@@ -1,0 +1,40 @@
+from evalfleet.datasets import Sample
+from evalfleet.scheduler import WorkQueue, make_chunks
+
+
+def samples(n: int) -> list[Sample]:
+    return [Sample("d", f"s{i}", "q", "x" * (i % 5)) for i in range(n)]
+
+
+def test_chunks_are_length_sorted_and_stable_when_resuming():
+    full = make_chunks(samples(10), set(), 3)
+    assert [len(c.samples) for c in full] == [3, 3, 3, 1]
+    lengths = [len(s.prompt) for c in full for s in c.samples]
+    assert lengths == sorted(lengths)
+    # Finishing the first chunk leaves the others cut exactly as before.
+    done = {s.id for s in full[0].samples}
+    resumed = make_chunks(samples(10), done, 3)
+    assert [[s.id for s in c.samples] for c in resumed] == [[s.id for s in c.samples] for c in full[1:]]
+
+
+def test_samples_with_load_errors_are_not_queued():
+    ss = samples(4)
+    ss[1].error = "bad row"
+    assert "s1" not in {s.id for c in make_chunks(ss, set(), 2) for s in c.samples}
+
+
+def test_free_workers_take_next_chunk_and_dead_workers_give_back_theirs():
+    q = WorkQueue.of(make_chunks(samples(8), set(), 2), max_in_flight=2)
+    a1, a2 = q.assign("a"), q.assign("a")
+    assert q.assign("a") is None  # holds enough
+    b1 = q.assign("b")
+    assert (a1.id, a2.id, b1.id) == (0, 1, 2)
+    q.finish_samples("a", a1.id, {s.id for s in a1.samples})
+    half = a2.samples[0].id
+    q.finish_samples("a", a2.id, {half})
+    back = q.release("a")
+    assert [c.id for c in back] == [1] and back[0].attempts == 1
+    assert [s.id for s in back[0].samples] != [] and half not in {s.id for s in back[0].samples}
+    assert q.assign("b").id == 1  # requeued at the front
+    assert q.remaining() == 1 + 2 + 2
+    assert not q.finished
