@@ -86,7 +86,9 @@ def write_report(run_dir: Path, store: Store, metrics: list[str], console: Conso
     for name, rows in rows_by_ds.items():
         with (pred_dir / f"{name}.jsonl").open("w") as f:
             for r in rows:
-                record = {k: r[k] for k in ("id", "question", "prediction", "answers", "scores", "error")}
+                answer = r["answers"][0] if len(r["answers"]) == 1 else r["answers"]
+                record = {"id": r["id"], "question": r["question"], "prediction": r["prediction"],
+                          "answer": answer, "score": r["scores"], "error": r["error"]}
                 f.write(json.dumps(record) + "\n")
     if console is not None:
         console.print(console_table(summary))

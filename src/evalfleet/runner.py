@@ -124,6 +124,7 @@ class _Driver:
             for text in logs:
                 log.error(text)
             for r in results:
+                r.worker = w.id
                 if r.error:
                     log.warning("sample %s/%s: %s", r.dataset, r.sample_id, r.error)
             self.queue.finish_samples(w.spec.name, chunk_id, {r.sample_id for r in results})

@@ -1,0 +1,56 @@
+"""Shared fixtures: real tiny models (SmolLM2 from PyPI, a random-weight Qwen2-VL built offline)."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from evalfleet.config import RunConfig, parse_config
+from tiny_models import install_video_processor_shim
+
+install_video_processor_shim()
+
+SHIM = Path(__file__).parent / "shim"
+# Spawned worker processes load VLM processors too: they get the test-only shim through PYTHONPATH.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(SHIM), os.environ.get("PYTHONPATH")) if p)
+DEMO_QUESTIONS = Path(__file__).parents[1] / "src" / "evalfleet" / "data" / "demo_questions.jsonl"
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    from evalfleet.assets import smollm2_path
+
+    return smollm2_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2vl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_models import build_tiny_qwen2vl
+
+    return build_tiny_qwen2vl(tmp_path_factory.mktemp("models") / "tiny-qwen2-vl")
+
+
+def make_config(out: Path, model_path: Path, datasets: list[dict[str, Any]], **over: Any) -> RunConfig:
+    data: dict[str, Any] = {
+        "name": "t",
+        "output_dir": str(out),
+        "model": {"path": str(model_path), "dtype": "float32", "batch_size": 4, "generation": {"max_new_tokens": 16}},
+        "datasets": datasets,
+        "metrics": ["lenient_match", "exact_match"],
+        "workers": 1,
+    }
+    for key, value in over.items():
+        if isinstance(value, dict):
+            data[key] = {**data.get(key, {}), **value}
+        else:
+            data[key] = value
+    return parse_config(data)
+
+
+def quiet_console() -> Console:
+    return Console(file=io.StringIO(), width=200)
