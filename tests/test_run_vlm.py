@@ -56,3 +56,5 @@ def test_vlm_run_over_every_format_with_bad_rows_and_a_failed_dataset(tmp_path, 
     assert local["missing"]["error"].startswith(f"{data / 'local.jsonl'}:3:image: image file not found")
     assert mcq[0]["prompt"].startswith("Question: Is there a shape?\nOptions:\nA. yes\nB. no")
     assert all(isinstance(r["prediction"], str) for r in mcq)
+    log = (tmp_path / "t" / "run.log").read_text()
+    assert "dataset gone failed" in log and "sample local/broken:" in log and "unreadable image" in log

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from importlib import resources
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from evalfleet.config import load_config, parse_config
 from evalfleet.errors import UserError
@@ -20,28 +21,18 @@ if not console.is_terminal:  # logs and pipes: keep tables on one line each
     console = Console(width=160)
 
 
-def _setup_logging(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logger = logging.getLogger("evalfleet")
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-
-
 def _execute(cfg: Any, *, fresh: bool, retry_errors: bool, log_file: Path | None) -> None:
     from evalfleet.runner import run
 
-    _setup_logging(log_file or cfg.run_dir / "run.log")
-    run(cfg, fresh=fresh, retry_errors=retry_errors, console=console)
+    run(cfg, fresh=fresh, retry_errors=retry_errors, console=console, log_file=log_file)
 
 
-def _guard(fn: Any, *args: Any, **kwargs: Any) -> None:
+def _guard(fn: Callable[[], None]) -> None:
     """Print user errors without a traceback; exit 130 on Ctrl-C."""
     try:
-        fn(*args, **kwargs)
+        fn()
     except UserError as err:
-        console.print(f"[bold red]error:[/bold red] {err}", highlight=False)
+        console.print(f"[bold red]error:[/bold red] {escape(str(err))}", highlight=False)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
@@ -68,22 +59,21 @@ def run_cmd(
     log_file: LogOpt = None,
 ) -> None:
     """Run an evaluation, or resume it where it stopped."""
-    overrides: dict[str, Any] = {}
-    if gpus is not None:
-        try:
-            overrides["gpus"] = [int(g) for g in gpus.split(",") if g.strip()]
-        except ValueError:
-            _guard(_raise, f"--gpus expects comma-separated integers, got {gpus!r}")
-    for key, value in (("workers", workers), ("model.batch_size", batch_size), ("limit", limit),
-                       ("seed", seed), ("output_dir", out)):
-        if value is not None:
-            overrides[key] = value
-    _guard(lambda: _execute(load_config(config, overrides), fresh=fresh, retry_errors=retry_errors,
-                            log_file=log_file))
 
+    def go() -> None:
+        overrides: dict[str, Any] = {}
+        if gpus is not None:
+            try:
+                overrides["gpus"] = [int(g) for g in gpus.split(",") if g.strip()]
+            except ValueError:
+                raise UserError(f"--gpus expects comma-separated integers, got {gpus!r}") from None
+        for key, value in (("workers", workers), ("model.batch_size", batch_size), ("limit", limit),
+                           ("seed", seed), ("output_dir", out)):
+            if value is not None:
+                overrides[key] = value
+        _execute(load_config(config, overrides), fresh=fresh, retry_errors=retry_errors, log_file=log_file)
 
-def _raise(message: str) -> None:
-    raise UserError(message)
+    _guard(go)
 
 
 @app.command("report")
@@ -135,8 +125,9 @@ def demo_cmd(
         )
         _execute(cfg, fresh=fresh, retry_errors=False, log_file=log_file)
         console.print(
-            "lenient_match: the last number of the answer must equal a numeric reference, otherwise the reference "
-            "must appear as whole words in the answer; exact_match compares the whole normalised answer.",
+            "lenient_match judges the first line of each answer: its last number must equal a numeric reference, "
+            "otherwise the reference must appear in it as whole words; exact_match compares the whole normalised "
+            "answer (SmolLM2 answers in sentences, so it scores ~0).",
             highlight=False,
         )
 

@@ -58,7 +58,9 @@ class RunProgress:
             self.bars.start()
 
     def worker(self, name: str, label: str) -> None:
-        """A worker is ready (or was replaced); show a bar for it."""
+        """A worker is ready (or was replaced); show a bar for it. Rates count from the first one."""
+        if not self.worker_done:
+            self.t0 = self.last_line_t = time.monotonic()
         self.worker_done.setdefault(name, 0)
         if self.bars is not None:
             if name in self.tasks:

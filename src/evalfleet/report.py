@@ -60,17 +60,16 @@ def markdown_table(summary: dict[str, Any]) -> str:
 
 def console_table(summary: dict[str, Any]) -> Table:
     metrics = summary["metrics"]
-    table = Table(title=f"evalfleet: {summary['run']}")
-    for col in ["dataset", "samples", "finished", "errors", *metrics, "closed / open"]:
+    table = Table(title=f"evalfleet: {summary['run']}", caption="metrics in %: all (closed / open questions)")
+    for col in ["dataset", "samples", "finished", "errors", *metrics]:
         table.add_column(col, justify="left" if col == "dataset" else "right")
     for name, s in list(summary["datasets"].items()) + [("overall", summary["overall"])]:
         if s.get("status") == "failed":
             table.add_row(name, f"[red]failed[/red]: {s['error']}")
             continue
-        split = ", ".join(f"{_pct(s[m]['closed'])} / {_pct(s[m]['open'])}" for m in metrics)
         table.add_row(
             name, str(s["samples"]), str(s["finished"]), str(s["errors"]),
-            *[_pct(s[m]["all"]) for m in metrics], split,
+            *[f"{_pct(s[m]['all'])} ({_pct(s[m]['closed'])} / {_pct(s[m]['open'])})" for m in metrics],
         )
     return table
 

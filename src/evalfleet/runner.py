@@ -210,14 +210,41 @@ def check_model_path(path: str) -> None:
         raise UserError(f"model path not found: {path}")
 
 
-def run(cfg: RunConfig, *, fresh: bool = False, retry_errors: bool = False, console: Console | None = None) -> dict:
-    """Run (or resume) the evaluation described by `cfg`; returns the summary."""
+def _log_to(path: Path) -> logging.Handler:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    return handler
+
+
+def run(
+    cfg: RunConfig,
+    *,
+    fresh: bool = False,
+    retry_errors: bool = False,
+    console: Console | None = None,
+    log_file: Path | None = None,
+) -> dict:
+    """Run (or resume) the evaluation described by `cfg`; returns the summary.
+
+    The full log (with tracebacks of failed batches) goes to `log_file`, by default `RUN_DIR/run.log`.
+    """
     console = console or Console()
     check_model_path(cfg.model.path)
     run_dir = cfg.run_dir
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = _log_to(log_file or run_dir / "run.log")
+    try:
+        return _run(cfg, run_dir, retry_errors, console)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, console: Console) -> dict:
 
     # 1. The store: refuse to mix predictions of different model settings.
     store = Store(run_dir / "store.db")
