@@ -141,6 +141,7 @@ def test_dead_worker_is_replaced_and_its_chunk_requeued(tmp_path, smollm2, refer
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, output
     assert "worker cpu1.0 died (exit code -9)" in output
+    assert f"[evalfleet] {N_TEXT}/{N_TEXT} done (100%), 0 remaining" in output  # plain progress lines
     states = {w["id"]: w["state"] for w in Store(db).workers()}
     assert states["cpu1.0"] == "died (-9)" and "cpu1.1" in states
     assert result_count(db) == N_TEXT
@@ -170,3 +171,17 @@ def test_cli_names_missing_model_path_and_unloadable_model(tmp_path, smollm2):
     proc = cli("run", str(cfg), "--limit", "1")
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 2 and "could not load the model" in out, out
+
+
+def test_ctrl_c_saves_results_and_stops_workers(tmp_path, smollm2):
+    config = write_yaml(tmp_path, smollm2, workers=1)
+    db = tmp_path / "t" / "store.db"
+    proc = cli("run", str(config))
+    wait_for(lambda: db.exists() and result_count(db) >= 4, what="first results")
+    workers = [w["pid"] for w in Store(db).workers()]
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, output
+    assert "interrupted; results so far are saved" in output
+    assert result_count(db) >= 4
+    wait_for(lambda: not any(alive(p) for p in workers), timeout=30, what="workers to stop")
