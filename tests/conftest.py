@@ -35,6 +35,13 @@ def tiny_qwen2vl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_qwen2vl(tmp_path_factory.mktemp("models") / "tiny-qwen2-vl")
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen25vl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_models import build_tiny_qwen2vl
+
+    return build_tiny_qwen2vl(tmp_path_factory.mktemp("models") / "tiny-qwen2.5-vl", arch="qwen2_5_vl")
+
+
 def make_config(out: Path, model_path: Path, datasets: list[dict[str, Any]], **over: Any) -> RunConfig:
     data: dict[str, Any] = {
         "name": "t",

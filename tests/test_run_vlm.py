@@ -58,3 +58,10 @@ def test_vlm_run_over_every_format_with_bad_rows_and_a_failed_dataset(tmp_path, 
     assert all(isinstance(r["prediction"], str) for r in mcq)
     log = (tmp_path / "t" / "run.log").read_text()
     assert "dataset gone failed" in log and "sample local/broken:" in log and "unreadable image" in log
+
+
+def test_qwen25_vl_on_easy_vqa_with_two_workers(tmp_path, tiny_qwen25vl):
+    cfg = make_config(tmp_path, tiny_qwen25vl, [{"name": "ev", "builtin": "easy-vqa", "limit": 8}], workers=2,
+                      metrics=["exact_match"], model={"batch_size": 2, "generation": {"max_new_tokens": 4}})
+    summary = run(cfg, console=quiet_console())
+    assert (summary["datasets"]["ev"]["finished"], summary["datasets"]["ev"]["errors"]) == (8, 0)

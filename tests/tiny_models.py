@@ -41,8 +41,8 @@ def install_video_processor_shim() -> None:
     spec.loader.exec_module(importlib.util.module_from_spec(spec))  # installs on import
 
 
-def build_tiny_qwen2vl(path: Path, seed: int = 0) -> Path:
-    """Build a tiny random Qwen2-VL folder (tokenizer, image processor, model) at `path`.
+def build_tiny_qwen2vl(path: Path, seed: int = 0, arch: str = "qwen2_vl") -> Path:
+    """Build a tiny random Qwen2-VL (or, with arch="qwen2_5_vl", Qwen2.5-VL) folder at `path`.
 
     A 64x64 image becomes 4 image tokens. Load it with `AutoProcessor` after
     `install_video_processor_shim()` (or with `SHIM_DIR` on PYTHONPATH).
@@ -50,7 +50,13 @@ def build_tiny_qwen2vl(path: Path, seed: int = 0) -> Path:
     import easy_vqa
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+    )
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     questions = easy_vqa.get_train_questions()[0] + easy_vqa.get_test_questions()[0]
@@ -81,16 +87,23 @@ def build_tiny_qwen2vl(path: Path, seed: int = 0) -> Path:
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
     )
-    config = Qwen2VLConfig(
+    if arch == "qwen2_vl":
+        config_cls, model_cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration
+        vision = dict(depth=2, embed_dim=64, hidden_size=64, num_heads=1, mlp_ratio=2)
+    else:
+        config_cls, model_cls = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+        vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=1, out_hidden_size=64,
+                      fullatt_block_indexes=[1], window_size=56)
+    config = config_cls(
         text_config=text_config,
-        vision_config=dict(depth=2, embed_dim=64, hidden_size=64, num_heads=1, mlp_ratio=2),
+        vision_config=vision,
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
     torch.manual_seed(seed)
-    Qwen2VLForConditionalGeneration(config).save_pretrained(path)
+    model_cls(config).save_pretrained(path)
     tokenizer.save_pretrained(path)  # processor.save_pretrained needs torchvision: save parts separately
     Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56).save_pretrained(path)
     return path
