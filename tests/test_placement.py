@@ -1,18 +1,81 @@
 import pytest
 
 from evalfleet.errors import UserError
-from evalfleet.placement import Machine, plan_workers
+from evalfleet.memory import ModelEstimate
+from evalfleet.placement import GiB, Gpu, Machine, describe, parse_bytes, plan
 
 
-def test_one_worker_per_visible_gpu_pinned_by_physical_id():
-    specs = plan_workers(Machine(["2", "5"], 16), gpus=None, workers=None)
-    assert [(s.name, s.gpu, s.threads) for s in specs] == [("gpu0", "2", 8), ("gpu1", "5", 8)]
+def gpus(n: int, gib: float, free: float | None = None) -> list[Gpu]:
+    return [Gpu(i, str(i), "Test GPU", int(gib * GiB), int((free or gib) * GiB)) for i in range(n)]
 
 
-def test_gpu_selection_and_cpu_fallback():
-    assert [s.gpu for s in plan_workers(Machine(["0", "1", "2"], 4), gpus=[2], workers=None)] == ["2"]
-    cpu = plan_workers(Machine([], 2), gpus=None, workers=2)
-    assert [(s.name, s.gpu, s.threads) for s in cpu] == [("cpu0", None, 1), ("cpu1", None, 1)]
-    assert len(plan_workers(Machine([], 8), gpus=None, workers=None)) == 1
-    with pytest.raises(UserError, match="only 1 GPU"):
-        plan_workers(Machine(["0"], 2), gpus=[3], workers=None)
+def model(weights_gib: float, kv_kib_per_token: int = 128, tokens: int = 512) -> ModelEstimate:
+    return ModelEstimate(params=int(weights_gib * GiB / 2), weight_bytes=int(weights_gib * GiB), dtype="bfloat16",
+                         kv_bytes_per_token=kv_kib_per_token * 1024, tokens_per_sample=tokens, image_tokens=0,
+                         activation_bytes_per_sample=50 * 2**20, source="test")
+
+
+def test_model_that_fits_one_gpu_gets_one_replica_per_gpu():
+    p = plan(Machine(gpus(6, 80), 96), model(60))
+    assert (p.mode, p.gpus_per_replica, len(p.workers)) == ("data_parallel", 1, 6)
+    assert [w.gpus for w in p.workers] == [(str(i),) for i in range(6)]
+    assert p.reasons[0] == "layout: 6 replica(s) x 1 GPU(s) = data_parallel"
+    assert 1 <= p.batch_size <= 256 and p.batch_size & (p.batch_size - 1) == 0  # a power of two
+
+
+def test_model_larger_than_one_gpu_is_sharded_in_hybrid_replicas():
+    p = plan(Machine(gpus(8, 12), 32), model(28))
+    assert p.mode == "hybrid" and p.gpus_per_replica in (3, 4)
+    assert len(p.workers) == 8 // p.gpus_per_replica
+    assert all(len(w.gpus) == p.gpus_per_replica for w in p.workers)
+    assert not set(p.workers[0].gpus) & set(p.workers[1].gpus)
+
+
+def test_too_large_model_is_a_clear_error():
+    with pytest.raises(UserError, match=r"does not fit: it needs about 200\.\d GiB and the 2 chosen GPU\(s\) offer"):
+        plan(Machine(gpus(2, 80), 16), model(200))
+
+
+def test_forced_modes():
+    m = Machine(gpus(4, 80), 16)
+    assert len(plan(m, model(10), mode="single").workers) == 1
+    mp = plan(m, model(10), mode="model_parallel")
+    assert (mp.mode, [w.gpus for w in mp.workers]) == ("model_parallel", [("0", "1", "2", "3")])
+    with pytest.raises(UserError, match="mode data_parallel: the model needs 2 GPUs' memory"):
+        plan(m, model(100), mode="data_parallel")
+    two = plan(m, model(10), gpus_per_replica=2)
+    assert [w.gpus for w in two.workers] == [("0", "1"), ("2", "3")]
+
+
+def test_memory_cap_and_gpu_selection_shape_the_plan():
+    m = Machine(gpus(2, 141), 32)
+    capped = plan(m, model(28), max_memory_per_gpu=parse_bytes("20GiB"))
+    assert (capped.mode, len(capped.workers)) == ("model_parallel", 1)
+    assert capped.workers[0].max_memory_per_gpu == 20 * GiB
+    assert "capped at 20.0 GiB" in capped.reasons[1]
+    assert [w.gpus for w in plan(m, model(28), gpus=[1]).workers] == [("1",)]
+    with pytest.raises(UserError, match="only 2 GPU"):
+        plan(m, model(1), gpus=[5])
+
+
+def test_batch_size_follows_free_memory_and_explicit_sizes_win():
+    big = plan(Machine(gpus(1, 80), 8), model(15)).batch_size
+    busy = plan(Machine(gpus(1, 80, free=30), 8), model(15)).batch_size
+    assert big > busy >= 1
+    assert plan(Machine(gpus(1, 80), 8), model(15), batch_size=3).batch_size == 3
+
+
+def test_cpu_workers_and_description():
+    cpu = plan(Machine([], 2), None, workers=2)
+    assert [(w.name, w.gpus, w.threads) for w in cpu.workers] == [("cpu0", (), 1), ("cpu1", (), 1)]
+    assert cpu.batch_size == 8
+    lines = describe(Machine(gpus(1, 80), 8), model(15), plan(Machine(gpus(1, 80), 8), model(15)))
+    assert lines[0] == "GPU 0 (0): Test GPU, 80.0 GiB total, 80.0 GiB free"
+    assert lines[1].startswith("model: 8.05 B parameters (test) in bfloat16 = 15.0 GiB of weights")
+    assert any(line.startswith("plan: batch size") for line in lines)
+
+
+def test_parse_bytes():
+    assert parse_bytes("10GiB") == 10 * GiB and parse_bytes("20GB") == 20 * 10**9 and parse_bytes("512") == 512
+    with pytest.raises(UserError, match="cannot read 'lots'"):
+        parse_bytes("lots")

@@ -38,10 +38,27 @@ def _guard(fn: Callable[[], None]) -> None:
         raise typer.Exit(130) from None
 
 
+OVERRIDE_KEYS = {"workers": "workers", "batch_size": "model.batch_size", "limit": "limit", "seed": "seed",
+                 "out": "output_dir", "mode": "placement.mode", "max_memory_per_gpu": "placement.max_memory_per_gpu"}
+
+
+def _overrides(*, gpus: str | None = None, **options: Any) -> dict[str, Any]:
+    """CLI options as dotted config keys; unset options are left out."""
+    out: dict[str, Any] = {OVERRIDE_KEYS[k]: v for k, v in options.items() if v is not None}
+    if gpus is not None:
+        try:
+            out["gpus"] = [int(g) for g in gpus.split(",") if g.strip()]
+        except ValueError:
+            raise UserError(f"--gpus expects comma-separated integers, got {gpus!r}") from None
+    return out
+
+
 GpusOpt = Annotated[str | None, typer.Option("--gpus", help="GPU indices, e.g. 0,1,2 (default: all visible).")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="CPU worker processes (forces CPU).")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="At most N samples per dataset.")]
 FreshOpt = Annotated[bool, typer.Option("--fresh", help="Delete earlier results of this run and start over.")]
+MaxMemOpt = Annotated[str | None, typer.Option("--max-memory-per-gpu", help="Cap per GPU, e.g. 10GiB.")]
+ModeOpt = Annotated[str | None, typer.Option("--mode", help="auto, single, data_parallel, model_parallel, hybrid.")]
 LogOpt = Annotated[Path | None, typer.Option("--log-file", help="Full log (default: RUN_DIR/run.log).")]
 
 
@@ -50,28 +67,49 @@ def run_cmd(
     config: Annotated[Path, typer.Argument(help="YAML config file.")],
     gpus: GpusOpt = None,
     workers: WorkersOpt = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Samples per batch.")] = None,
+    batch_size: Annotated[str | None, typer.Option("--batch-size", help="Samples per batch, or auto.")] = None,
     limit: LimitOpt = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for shuffling and sampling.")] = None,
     out: Annotated[str | None, typer.Option("--out", help="Output folder (overrides output_dir).")] = None,
     fresh: FreshOpt = False,
     retry_errors: Annotated[bool, typer.Option("--retry-errors", help="Recompute samples that failed.")] = False,
     log_file: LogOpt = None,
+    mode: ModeOpt = None,
+    max_memory_per_gpu: MaxMemOpt = None,
 ) -> None:
     """Run an evaluation, or resume it where it stopped."""
 
     def go() -> None:
-        overrides: dict[str, Any] = {}
-        if gpus is not None:
-            try:
-                overrides["gpus"] = [int(g) for g in gpus.split(",") if g.strip()]
-            except ValueError:
-                raise UserError(f"--gpus expects comma-separated integers, got {gpus!r}") from None
-        for key, value in (("workers", workers), ("model.batch_size", batch_size), ("limit", limit),
-                           ("seed", seed), ("output_dir", out)):
-            if value is not None:
-                overrides[key] = value
+        overrides = _overrides(gpus=gpus, workers=workers, batch_size=batch_size, limit=limit, seed=seed, out=out,
+                               mode=mode, max_memory_per_gpu=max_memory_per_gpu)
         _execute(load_config(config, overrides), fresh=fresh, retry_errors=retry_errors, log_file=log_file)
+
+    _guard(go)
+
+
+@app.command("plan")
+def plan_cmd(
+    config: Annotated[Path, typer.Argument(help="YAML config file.")],
+    gpus: GpusOpt = None,
+    workers: WorkersOpt = None,
+    mode: ModeOpt = None,
+    max_memory_per_gpu: MaxMemOpt = None,
+) -> None:
+    """Show the GPUs, the model's memory estimate and the chosen layout, without running anything."""
+
+    def go() -> None:
+        from evalfleet.datasets import DatasetError, load_samples
+        from evalfleet.runner import make_plan
+
+        cfg = load_config(config, _overrides(gpus=gpus, workers=workers, mode=mode, max_memory_per_gpu=max_memory_per_gpu))
+        samples = []
+        for ds in cfg.datasets:
+            try:
+                samples += load_samples(ds, seed=cfg.seed, limit=cfg.limit)
+            except DatasetError as err:
+                console.print(f"dataset {ds.name}: {escape(str(err))} (ignored for the plan)", highlight=False)
+        for line in make_plan(cfg, samples)[1]:
+            console.print(line, markup=False, highlight=False)
 
     _guard(go)
 

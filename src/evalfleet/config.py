@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evalfleet.errors import UserError
 
@@ -44,10 +44,36 @@ class ModelConfig(_Strict):
     """Allow model code shipped with the checkpoint to run."""
     system_prompt: str | None = None
     """Optional system message put before each question."""
-    batch_size: int = Field(8, ge=1)
-    """Samples per forward batch in a worker."""
+    batch_size: int | Literal["auto"] = "auto"
+    """Samples per batch; `auto` sizes it from GPU memory headroom (8 on CPU). Halved on out-of-memory."""
     generation: GenerationConfig = GenerationConfig()
     """Decoding settings."""
+
+    @field_validator("batch_size")
+    @classmethod
+    def _positive(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be at least 1 or `auto`")
+        return v
+
+    def resolved_dtype(self, *, on_gpu: bool) -> str:
+        """`auto` is bfloat16 on GPUs and float32 on CPUs."""
+        return ("bfloat16" if on_gpu else "float32") if self.dtype == "auto" else self.dtype
+
+
+class PlacementConfig(_Strict):
+    """How replicas of the model are laid out over the GPUs."""
+
+    mode: Literal["auto", "single", "data_parallel", "model_parallel", "hybrid"] = "auto"
+    """`auto`/`hybrid`: the planner picks GPUs per replica; `single`: one GPU; `data_parallel`: one replica
+    per GPU; `model_parallel`: one replica sharded over all chosen GPUs."""
+    gpus_per_replica: int | None = Field(None, ge=1)
+    """Force k GPUs per replica (hybrid)."""
+    max_memory_per_gpu: str | None = None
+    """Cap per GPU, e.g. `10GiB`: used for the plan, the device map and the allocator."""
+    cpu_worker_headroom: str | None = None
+    """CPU workers: memory (address space) allowed beyond the loaded model, e.g. `2GiB`; a batch that needs
+    more is split as on a CUDA out-of-memory."""
 
 
 class FieldMap(_Strict):
@@ -114,8 +140,10 @@ class RunConfig(_Strict):
     """GPU indices to use; default: all visible GPUs."""
     workers: int | None = Field(None, ge=1)
     """CPU worker processes when no GPU is used (default 1)."""
+    placement: PlacementConfig = PlacementConfig()
+    """Replica layout over the GPUs."""
     chunk_size: int | None = Field(None, ge=1)
-    """Samples handed to a worker at a time (default: 2 x batch size)."""
+    """Samples handed to a worker at a time (default: the starting batch size)."""
     limit: int | None = Field(None, ge=1)
     """Cap on samples per dataset, applied on top of each dataset's own limit."""
     progress_every: int = Field(50, ge=1)

@@ -1,54 +1,219 @@
-"""Placement: which workers to start, as pure functions over a snapshot of the machine."""
+"""Placement: how many replicas of a model, on which GPUs, with which starting batch size.
+
+`plan()` is a pure function of a `Machine` snapshot and a `ModelEstimate`, so every decision can be
+tested with inventories given as data. `probe_machine()` takes the snapshot (NVML, else torch).
+"""
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
+from typing import Literal
 
 from evalfleet.errors import UserError
+from evalfleet.memory import ModelEstimate
 from evalfleet.workers import WorkerSpec
+
+GiB = 1024**3
+Mode = Literal["auto", "single", "data_parallel", "model_parallel", "hybrid"]
+RESERVE_BYTES = 1 * GiB
+"""Per GPU: CUDA context, cuBLAS workspaces and allocator slack that no tensor of ours gets."""
+USABLE_FRACTION = 0.92
+"""Share of the rest that placement plans to fill (fragmentation margin)."""
+MAX_AUTO_BATCH = 256
+CPU_BATCH = 8
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One visible GPU. `id` is what CUDA_VISIBLE_DEVICES takes (physical index or UUID)."""
+
+    index: int
+    id: str
+    name: str
+    total_bytes: int
+    free_bytes: int
 
 
 @dataclass(frozen=True)
 class Machine:
     """What placement needs to know about the host."""
 
-    gpus: list[str]
-    """Physical ids of visible GPUs (what CUDA_VISIBLE_DEVICES takes), in visible order."""
+    gpus: list[Gpu]
     cpus: int
 
 
+@dataclass
+class Plan:
+    """The chosen layout and why."""
+
+    workers: list[WorkerSpec]
+    mode: str
+    gpus_per_replica: int
+    batch_size: int
+    reasons: list[str] = field(default_factory=list)
+
+
+def parse_bytes(text: str) -> int:
+    """'10GiB', '512MiB', '20GB', '1.5TiB' or a plain number of bytes."""
+    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?)(i?)B?\s*", text, re.IGNORECASE)
+    if not m:
+        raise UserError(f"cannot read {text!r} as a memory size (examples: 10GiB, 512MiB, 20GB)")
+    value, unit, binary = float(m.group(1)), m.group(2).upper(), m.group(3)
+    return int(value * (1024 if binary or not unit else 1000) ** "_KMGT".index(unit or "_"))
+
+
+def gib(n: float) -> str:
+    return f"{n / GiB:.1f} GiB"
+
+
 def probe_machine() -> Machine:
-    """Visible GPUs (NVML, honouring CUDA_VISIBLE_DEVICES) and CPU count of this host."""
+    """Visible GPUs (NVML honouring CUDA_VISIBLE_DEVICES, else torch) and usable CPU cores."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return Machine([g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"], cpus)
+    wanted = None if visible is None else [v.strip() for v in visible.split(",") if v.strip()]
+    if wanted is not None and (not wanted or wanted[0] == "-1"):
+        return Machine([], cpus)
     try:
         import pynvml
 
         pynvml.nvmlInit()
-        try:
-            count = pynvml.nvmlDeviceGetCount()
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # no driver, no NVML: a CPU machine
-        count = 0
-    return Machine([str(i) for i in range(count)], cpus)
+    except Exception:  # no driver: a CPU machine
+        return Machine([], cpus)
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+        handles = {str(i): pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)}
+        uuids = {pynvml.nvmlDeviceGetUUID(h): h for h in handles.values()}
+        gpus = []
+        for index, gid in enumerate(wanted if wanted is not None else list(handles)):
+            h = handles.get(gid) or next((v for u, v in uuids.items() if u.startswith(gid)), None)
+            if h is None:
+                raise UserError(f"CUDA_VISIBLE_DEVICES names GPU {gid!r}, which NVML does not list")
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            name = pynvml.nvmlDeviceGetName(h)
+            gpus.append(Gpu(index, gid, name.decode() if isinstance(name, bytes) else name, mem.total, mem.free))
+        return Machine(gpus, cpus)
+    finally:
+        pynvml.nvmlShutdown()
 
 
-def plan_workers(machine: Machine, *, gpus: list[int] | None, workers: int | None) -> list[WorkerSpec]:
-    """One worker per chosen GPU; without GPUs, `workers` CPU workers sharing the cores.
+def _usable(gpu: Gpu, cap: int | None) -> int:
+    return int(max(0, min(gpu.free_bytes, cap or gpu.free_bytes) - RESERVE_BYTES) * USABLE_FRACTION)
 
-    `gpus` are indices into the visible GPUs; `workers` alone (no `gpus`) forces CPU workers.
+
+def _fit_k(est: ModelEstimate, usable: int, n: int) -> int | None:
+    """Smallest number of GPUs whose memory holds the weights plus a batch of one."""
+    need = est.weight_bytes + est.bytes_per_sample
+    return next((k for k in range(1, n + 1) if k * usable >= need), None)
+
+
+def plan(
+    machine: Machine,
+    est: ModelEstimate | None,
+    *,
+    mode: Mode = "auto",
+    gpus: list[int] | None = None,
+    workers: int | None = None,
+    gpus_per_replica: int | None = None,
+    max_memory_per_gpu: int | None = None,
+    batch_size: int | Literal["auto"] = "auto",
+) -> Plan:
+    """Choose replicas x GPUs per replica and a starting batch size, with one reason per decision.
+
+    Raises:
+        UserError: a GPU index that is not visible; a forced mode the model does not fit; a model
+            larger than all chosen GPUs together.
     """
+    # CPU: `workers` processes sharing the cores (setting `workers` without `gpus` forces this).
     if gpus is None and (workers is not None or not machine.gpus):
         n = workers or 1
         threads = max(1, machine.cpus // n)
-        return [WorkerSpec(f"cpu{i}", None, threads) for i in range(n)]
-    chosen = gpus if gpus is not None else list(range(len(machine.gpus)))
+        bs = CPU_BATCH if batch_size == "auto" else batch_size
+        specs = [WorkerSpec(f"cpu{i}", (), threads) for i in range(n)]
+        why = "no GPU visible" if not machine.gpus else "--workers given without --gpus"
+        return Plan(specs, "cpu", 0, bs, [f"{n} CPU worker(s) x {threads} thread(s): {why}",
+                                          f"batch size {bs}" + (" (CPU default)" if batch_size == "auto" else "")])
+    chosen = list(range(len(machine.gpus))) if gpus is None else gpus
     bad = [g for g in chosen if not 0 <= g < len(machine.gpus)]
     if bad:
         raise UserError(f"--gpus {','.join(map(str, bad))}: only {len(machine.gpus)} GPU(s) are visible")
-    threads = max(1, machine.cpus // max(1, len(chosen)))
-    return [WorkerSpec(f"gpu{g}", machine.gpus[g], threads) for g in chosen]
+    pool = [machine.gpus[g] for g in chosen]
+    if mode == "single":
+        pool = pool[:1]
+    n = len(pool)
+    usable = min(_usable(g, max_memory_per_gpu) for g in pool)
+    cap_note = f" (capped at {gib(max_memory_per_gpu)})" if max_memory_per_gpu else ""
+    reasons = [f"{n} GPU(s) chosen, {gib(usable)} usable on the smallest{cap_note} after a "
+               f"{gib(RESERVE_BYTES)} reserve and a {1 - USABLE_FRACTION:.0%} margin"]
+
+    if est is None:  # nothing known about the model: one replica per GPU
+        k = gpus_per_replica or 1
+    else:
+        reasons.append(f"model needs {gib(est.weight_bytes)} of weights + {gib(est.bytes_per_sample)} per sample "
+                       f"in a batch ({est.tokens_per_sample} tokens x {est.kv_bytes_per_token / 1024:.0f} KiB KV "
+                       f"+ activations)")
+        k_min = _fit_k(est, usable, n)
+        if k_min is None:
+            raise UserError(f"the model does not fit: it needs about {gib(est.weight_bytes + est.bytes_per_sample)} "
+                            f"and the {n} chosen GPU(s) offer {gib(n * usable)} together")
+        if mode in ("single", "data_parallel") and k_min > 1:
+            raise UserError(f"mode {mode}: the model needs {k_min} GPUs' memory ({gib(est.weight_bytes)} of weights, "
+                            f"{gib(usable)} usable per GPU); use auto, hybrid or model_parallel")
+        if gpus_per_replica is not None:
+            if gpus_per_replica < k_min or gpus_per_replica > n:
+                raise UserError(f"gpus_per_replica {gpus_per_replica}: needs between {k_min} and {n}")
+            k = gpus_per_replica
+            reasons.append(f"{k} GPU(s) per replica as configured (at least {k_min} needed)")
+        elif mode == "model_parallel":
+            k = n
+            reasons.append(f"model_parallel: one replica over all {n} GPU(s) (at least {k_min} needed)")
+        elif k_min == 1:
+            k = 1
+            reasons.append("fits on one GPU: one replica per GPU (data parallel)")
+        else:
+            # As many replicas as k_min allows, then spread leftover GPUs over them for batch headroom.
+            k = n // (n // k_min)
+            reasons.append(f"does not fit one GPU: needs {k_min}; {n // k_min} replica(s) x {k} GPU(s) "
+                           f"{'(leftover GPUs spread over replicas for larger batches)' if k > k_min else ''}".rstrip())
+    replicas = [pool[i : i + k] for i in range(0, n - n % k, k)]
+    if n % k:
+        reasons.append(f"{n % k} GPU(s) left idle: {n} is not a multiple of {k}")
+    threads = max(1, machine.cpus // max(1, len(replicas)))
+    specs = [
+        WorkerSpec("gpu" + "-".join(str(g.index) for g in r), tuple(g.id for g in r), threads, max_memory_per_gpu)
+        for r in replicas
+    ]
+    if batch_size != "auto":
+        bs = batch_size
+        reasons.append(f"batch size {bs} as configured")
+    elif est is None:
+        bs = CPU_BATCH
+        reasons.append(f"batch size {bs}: no memory estimate")
+    else:
+        room = k * usable - est.weight_bytes
+        fit = max(1, room // est.bytes_per_sample)
+        bs = min(MAX_AUTO_BATCH, 2 ** int(math.log2(fit)))
+        reasons.append(f"batch size {bs}: {gib(room)} left per replica after weights fits {fit} samples "
+                       f"(power of two, at most {MAX_AUTO_BATCH}); halved on out-of-memory, regrown after successes")
+    label = "data_parallel" if k == 1 else ("model_parallel" if len(replicas) == 1 else "hybrid")
+    reasons.insert(0, f"layout: {len(replicas)} replica(s) x {k} GPU(s) = {label}")
+    return Plan(specs, label, k, bs, reasons)
+
+
+
+def describe(machine: Machine, est: ModelEstimate | None, chosen: Plan) -> list[str]:
+    """The plan as lines for a person: inventory, model estimate, layout with reasons."""
+    lines = [f"GPU {g.index} ({g.id}): {g.name}, {gib(g.total_bytes)} total, {gib(g.free_bytes)} free"
+             for g in machine.gpus] or [f"no GPU visible; {machine.cpus} CPU core(s)"]
+    if est is not None:
+        lines.append(f"model: {est.params / 1e9:.2f} B parameters ({est.source}) in {est.dtype} = "
+                     f"{gib(est.weight_bytes)} of weights; KV cache {est.kv_bytes_per_token / 1024:.0f} KiB/token")
+        image = f", {est.image_tokens} image tokens per image" if est.image_tokens else ""
+        lines.append(f"samples: up to ~{est.tokens_per_sample} tokens each (prompt + generated{image}); "
+                     f"activations ~{gib(est.activation_bytes_per_sample)} per sample")
+    lines += [f"plan: {r}" for r in chosen.reasons]
+    lines += [f"worker {w.name}: " + (f"GPUs {','.join(w.gpus)}" if w.gpus else f"CPU, {w.threads} thread(s)")
+              for w in chosen.workers]
+    return lines

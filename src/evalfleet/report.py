@@ -37,6 +37,7 @@ def build_summary(store: Store, metrics: list[str]) -> dict[str, Any]:
         "metrics": metrics,
         "datasets": datasets,
         "overall": summarize(all_rows, metrics),
+        "performance": store.get_meta("performance"),
         "_rows": rows_by_ds,
     }
 

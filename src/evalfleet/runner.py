@@ -1,7 +1,8 @@
 """The driver: loads datasets, starts workers, feeds the dynamic queue, and is the store's single writer.
 
-Reads top to bottom as `run()`: 1. open the store, 2. load datasets, 3. cut chunks of what is left,
-4. start workers, 5. loop handing out chunks and committing results, 6. stop workers, 7. report.
+Reads top to bottom as `run()`: 1. open the store, 2. load datasets, 3. plan the placement, 4. cut
+chunks of what is left, 5. start workers, 6. loop handing out chunks and committing results,
+7. stop workers, 8. report.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import logging
 import multiprocessing as mp
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ from rich.console import Console
 from evalfleet.config import RunConfig
 from evalfleet.datasets import DatasetError, Sample, load_samples
 from evalfleet.errors import UserError
-from evalfleet.placement import plan_workers, probe_machine
+from evalfleet.placement import Plan, describe, parse_bytes, plan, probe_machine
+from evalfleet.memory import ModelEstimate, estimate_model
 from evalfleet.progress import RunProgress
 from evalfleet.report import STAGE, write_report
 from evalfleet.scheduler import Chunk, WorkQueue, make_chunks
@@ -55,12 +57,16 @@ class _Driver:
     store: Store
     queue: WorkQueue
     progress: RunProgress
+    batch_size: int
     ctx: Any = field(default_factory=lambda: mp.get_context("spawn"))
     workers: dict[str, _Worker] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
     buffer: list[Result] = field(default_factory=list)
     worker_counts: dict[str, int] = field(default_factory=dict)
     last_commit: float = field(default_factory=time.monotonic)
+    t_spawn: float = field(default_factory=time.monotonic)
+    perf: dict[str, Any] = field(default_factory=lambda: {"load_s": {}, "unload_s": {}})
+    """Model load and unload seconds per worker, and the wall time of loading/unloading them all."""
 
     # -- worker lifecycle ---------------------------------------------------------------------
     def start(self, spec: WorkerSpec) -> None:
@@ -68,7 +74,7 @@ class _Driver:
         parent, child = self.ctx.Pipe()
         proc = self.ctx.Process(
             target=worker_main,
-            args=(child, spec, self.cfg.model.model_dump_json(), self.cfg.model.batch_size),
+            args=(child, spec, self.cfg.model.model_dump_json(), self.batch_size),
             name=f"evalfleet-{spec.name}",
             daemon=True,
         )
@@ -118,6 +124,12 @@ class _Driver:
             self.store.worker_state(w.id, device=msg[1], pid=w.proc.pid, state="running")
             self.progress.worker(w.spec.name, msg[1])
             log.info("worker %s ready on %s after %.1f s", w.id, msg[1], msg[2])
+            self.perf["load_s"][w.id] = round(msg[2], 2)
+            if "load_wall_s" not in self.perf and all(x.ready for x in self.workers.values()):
+                self.perf["load_wall_s"] = round(time.monotonic() - self.t_spawn, 2)
+                each = ", ".join(f"{v:.1f}" for v in self.perf["load_s"].values())
+                self.progress.note(f"{len(self.workers)} replica(s) ready in {self.perf['load_wall_s']:.1f} s wall "
+                                   f"(process start included); model load per replica: {each} s")
             self.feed(w)
         elif kind == "results":
             _, chunk_id, results, logs = msg
@@ -171,16 +183,31 @@ class _Driver:
         self.commit(force=True)
 
     def stop(self) -> None:
+        """Ask every worker to unload at once, collect their unload times, then reap them."""
+        t0 = time.monotonic()
         for w in self.workers.values():
             try:
                 w.conn.send(None)
             except (BrokenPipeError, OSError):
                 pass
         for w in self.workers.values():
+            try:
+                while w.conn.poll(30):
+                    msg = w.conn.recv()
+                    if msg[0] == "stopped":
+                        self.perf["unload_s"][w.id] = round(msg[1], 3)
+                        break
+            except (EOFError, OSError):
+                pass
             w.proc.join(timeout=10)
             if w.proc.is_alive():
                 w.proc.kill()
             self.store.worker_state(w.id, device=w.spec.name, pid=w.proc.pid, state="stopped")
+        if self.perf["unload_s"]:
+            self.perf["unload_wall_s"] = round(time.monotonic() - t0, 3)
+            self.progress.note(f"{len(self.perf['unload_s'])} replica(s) unloaded in {self.perf['unload_wall_s']:.2f} s "
+                               "wall")
+        self.store.set_meta("performance", self.perf)
 
 
 def _load_datasets(cfg: RunConfig, store: Store, progress_note: Any) -> dict[str, list[Sample]]:
@@ -200,6 +227,41 @@ def _load_datasets(cfg: RunConfig, store: Store, progress_note: Any) -> dict[str
             if s.error:
                 log.warning("sample %s/%s: %s", ds.name, s.id, s.error)
     return loaded
+
+
+def _estimate(cfg: RunConfig, samples: list[Sample], on_gpu: bool) -> ModelEstimate | None:
+    """Memory estimate from the checkpoint files and the data; None when there is no local config.json."""
+    if not (Path(cfg.model.path) / "config.json").is_file():
+        return None
+    sizes = []
+    for s in [s for s in samples if s.images][:16]:
+        try:
+            sizes += [ref.open().size for ref in s.images]
+        except ValueError:
+            continue  # reported when the sample runs
+    return estimate_model(
+        cfg.model.path,
+        dtype=cfg.model.resolved_dtype(on_gpu=on_gpu),
+        max_new_tokens=cfg.model.generation.max_new_tokens,
+        prompt_chars=max((len(s.prompt) for s in samples), default=0),
+        image_sizes=sizes,
+        images_per_sample=max((len(s.images) for s in samples), default=0),
+    )
+
+
+def make_plan(cfg: RunConfig, samples: list[Sample]) -> tuple[Plan, list[str]]:
+    """Probe the machine, estimate the model, choose the layout; returns it with its description."""
+    machine = probe_machine()
+    p = cfg.placement
+    cap = parse_bytes(p.max_memory_per_gpu) if p.max_memory_per_gpu else None
+    on_gpu = bool(machine.gpus) and not (cfg.workers is not None and cfg.gpus is None)
+    est = _estimate(cfg, samples, on_gpu) if on_gpu else None
+    chosen = plan(machine, est, mode=p.mode, gpus=cfg.gpus, workers=cfg.workers,
+                  gpus_per_replica=p.gpus_per_replica, max_memory_per_gpu=cap, batch_size=cfg.model.batch_size)
+    if p.cpu_worker_headroom and chosen.mode == "cpu":
+        headroom = parse_bytes(p.cpu_worker_headroom)
+        chosen.workers = [replace(w, cpu_headroom=headroom) for w in chosen.workers]
+    return chosen, describe(machine, est, chosen)
 
 
 def check_model_path(path: str) -> None:
@@ -258,8 +320,14 @@ def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, console: Console) ->
     note = lambda text: console.print(f"[evalfleet] {text}", markup=False, highlight=False)  # noqa: E731
     loaded = _load_datasets(cfg, store, note)
 
-    # 3. Chunks of what is left, cut the same way on every run.
-    chunk_size = cfg.chunk_size or cfg.model.batch_size
+    # 3. Placement: replicas x GPUs and the starting batch size, explained.
+    chosen, lines = make_plan(cfg, [s for samples in loaded.values() for s in samples])
+    for line in lines:
+        note(line)
+        log.info(line)
+
+    # 4. Chunks of what is left, cut the same way on every run.
+    chunk_size = cfg.chunk_size or chosen.batch_size
     chunks: list[Chunk] = []
     total = done = 0
     for name, samples in loaded.items():
@@ -271,13 +339,12 @@ def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, console: Console) ->
     todo = queue.remaining()
     note(f"run {cfg.name}: {total} samples in {len(loaded)} dataset(s), {done} already done, {todo} to do")
 
-    # 4-6. Workers and the queue.
+    # 5-7. Workers and the queue.
     if todo:
-        specs = plan_workers(probe_machine(), gpus=cfg.gpus, workers=cfg.workers)
-        specs = specs[: max(1, len(chunks))]  # no idle workers loading a model for nothing
+        specs = chosen.workers[: len(chunks)]  # no idle workers loading a model for nothing
         note(f"starting {len(specs)} worker(s): {', '.join(s.name for s in specs)}")
         progress = RunProgress(total, done, console=console, every=cfg.progress_every, seconds=cfg.progress_seconds)
-        driver = _Driver(cfg, store, queue, progress)
+        driver = _Driver(cfg, store, queue, progress, chosen.batch_size)
         try:
             for spec in specs:
                 driver.start(spec)
@@ -293,7 +360,7 @@ def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, console: Console) ->
     for name in loaded:
         store.set_dataset(name, "done", len(loaded[name]))
 
-    # 7. Report.
+    # 8. Report.
     summary = write_report(run_dir, store, cfg.metrics, console)
     store.close()
     note(f"results in {run_dir}")

@@ -1,19 +1,22 @@
-"""Worker processes: each loads the model once on its device and answers chunks sent by the driver.
+"""Worker processes: each loads one model replica (on 0, 1 or k GPUs) once and answers chunks.
 
 Protocol over a private pipe (one per worker, so a dying worker cannot corrupt a shared queue):
   driver -> worker: ("chunk", chunk_id, samples, seed) | None (stop)
-  worker -> driver: ("ready", device_name, load_seconds) | ("results", chunk_id, [Result], [traceback])
-                    | ("fatal", traceback)
+  worker -> driver: ("ready", device_label, load_seconds) | ("results", chunk_id, [Result], [log line])
+                    | ("stopped", unload_seconds) | ("fatal", traceback)
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
+import resource
 import signal
 import time
 import traceback
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
@@ -25,14 +28,37 @@ from evalfleet.store import Result
 if TYPE_CHECKING:
     from evalfleet.backends import Backend
 
+GROW_AFTER = 8
+"""Successful batches in a row after which a batch size halved by out-of-memory doubles again."""
+
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """Where a worker runs: a GPU index (pinned with CUDA_VISIBLE_DEVICES) or the CPU with N threads."""
+    """A replica: the GPUs it is pinned to (CUDA_VISIBLE_DEVICES ids; none = CPU) and its limits."""
 
     name: str
-    gpu: str | None
+    gpus: tuple[str, ...]
     threads: int
+    max_memory_per_gpu: int | None = None
+    """Bytes; enforced in the worker through torch's per-process memory fraction."""
+    cpu_headroom: int | None = None
+    """CPU workers: bytes of address space allowed beyond the loaded model (RLIMIT_AS)."""
+
+
+class BatchSizer:
+    """Batch size that halves on out-of-memory (down to 1) and doubles back after GROW_AFTER successes."""
+
+    def __init__(self, start: int) -> None:
+        self.max = self.size = start
+        self.streak = 0
+
+    def shrink(self) -> None:
+        self.size, self.streak = max(1, self.size // 2), 0
+
+    def succeeded(self) -> None:
+        self.streak += 1
+        if self.streak >= GROW_AFTER and self.size < self.max:
+            self.size, self.streak = min(self.max, self.size * 2), 0
 
 
 def _die_with_parent() -> None:
@@ -45,41 +71,80 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def answer_batch(backend: Backend, batch: list[Sample], seed: int, worker: str) -> tuple[list[Result], list[str]]:
-    """Answer one batch; a sample whose image is unreadable, or a batch that raises, becomes error results."""
-    from evalfleet.backends import Request
+def _limit_address_space(headroom: int) -> None:
+    with open("/proc/self/status") as f:
+        vm_size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize"))
+    resource.setrlimit(resource.RLIMIT_AS, (vm_size + headroom, resource.RLIM_INFINITY))
+
+
+def answer_batch(backend: Backend, batch: list[Sample], seed: int, log: list[str]) -> list[Result]:
+    """Answer one batch. Unreadable images become error results; out-of-memory propagates to the caller.
+
+    Any other exception fails the batch's samples with its message; its traceback goes to `log`.
+    """
+    from evalfleet.backends import Request, is_out_of_memory
 
     results: list[Result] = []
-    logs: list[str] = []
     requests, ready = [], []
     for s in batch:
         try:
             images = [ref.open() for ref in s.images]
         except ValueError as err:
-            results.append(Result(s.dataset, s.id, None, str(err), worker))
+            results.append(Result(s.dataset, s.id, None, str(err)))
             continue
         requests.append(Request(s.prompt, images, seed ^ zlib.crc32(f"{s.dataset}/{s.id}".encode())))
         ready.append(s)
     if not ready:
-        return results, logs
+        return results
     t0 = time.perf_counter()
     try:
         gens = backend.generate(requests)
     except Exception as err:
-        tb = traceback.format_exc()
-        logs.append(f"[{worker}] batch of {len(ready)} failed ({ready[0].dataset}: {ready[0].id}...):\n{tb}")
-        return results + [Result(s.dataset, s.id, None, f"{type(err).__name__}: {err}", worker) for s in ready], logs
+        if is_out_of_memory(err):
+            raise
+        first = f"{ready[0].dataset}/{ready[0].id}"
+        log.append(f"batch of {len(ready)} starting at {first} failed:\n{traceback.format_exc()}")
+        return results + [Result(s.dataset, s.id, None, f"{type(err).__name__}: {err}") for s in ready]
     per_sample = (time.perf_counter() - t0) / len(ready)
-    results += [Result(s.dataset, s.id, g.text, None, worker, per_sample, g.n_tokens) for s, g in zip(ready, gens)]
-    return results, logs
+    return results + [Result(s.dataset, s.id, g.text, None, None, per_sample, g.n_tokens) for s, g in zip(ready, gens)]
+
+
+def answer_chunk(
+    backend: Backend, samples: list[Sample], seed: int, sizer: BatchSizer, log: list[str]
+) -> Iterator[list[Result]]:
+    """Yield the results of each batch of a chunk, halving the batch size on out-of-memory."""
+    from evalfleet.backends import free_memory, is_out_of_memory
+
+    todo = list(samples)
+    while todo:
+        batch = todo[: sizer.size]
+        try:
+            results = answer_batch(backend, batch, seed, log)
+        except Exception as err:
+            assert is_out_of_memory(err)
+            del err
+            free_memory()
+            if len(batch) == 1:
+                s = batch[0]
+                results = [Result(s.dataset, s.id, None, "out of memory even in a batch of 1 "
+                                  f"({len(s.prompt)} prompt characters, {len(s.images)} image(s))")]
+                log.append(f"{s.dataset}/{s.id} does not fit in memory even alone")
+            else:
+                sizer.shrink()
+                log.append(f"out of memory at batch size {len(batch)}: halving to {sizer.size}")
+                continue
+        else:
+            sizer.succeeded()
+        todo = todo[len(batch) :]
+        yield results
 
 
 def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size: int) -> None:
     """Entry point of a spawned worker process."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
-    if spec.gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(spec.gpu)
+    if spec.gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpus)
     try:
         import torch
 
@@ -87,24 +152,32 @@ def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # N workers' loading bars would garble the live view
-        from evalfleet.backends import load_backend
+        from evalfleet.backends import free_memory, load_backend
 
         t0 = time.perf_counter()
-        device = "cuda" if spec.gpu is not None else "cpu"
-        backend = load_backend(ModelConfig.model_validate_json(model_json), device)
-        label = torch.cuda.get_device_name(0) if spec.gpu is not None else f"CPU x{spec.threads}"
-        conn.send(("ready", label, time.perf_counter() - t0))
+        backend = load_backend(ModelConfig.model_validate_json(model_json), len(spec.gpus), spec.max_memory_per_gpu)
+        load_s = time.perf_counter() - t0
+        if spec.cpu_headroom is not None and not spec.gpus:
+            _limit_address_space(spec.cpu_headroom)
+        conn.send(("ready", backend.label, load_s))
     except Exception:
         conn.send(("fatal", traceback.format_exc()))
         return
+    sizer = BatchSizer(batch_size)
+    log: list[str] = []  # lines for the driver's log, sent with the next results
     while True:
         try:
             msg = conn.recv()
         except EOFError:
             return  # driver is gone
         if msg is None:
-            return
+            break
         _, chunk_id, samples, seed = msg
-        for i in range(0, len(samples), batch_size):
-            results, logs = answer_batch(backend, samples[i : i + batch_size], seed, spec.name)
-            conn.send(("results", chunk_id, results, logs))
+        for results in answer_chunk(backend, samples, seed, sizer, log):
+            conn.send(("results", chunk_id, results, log[:]))
+            log.clear()
+    t0 = time.perf_counter()
+    del backend
+    gc.collect()
+    free_memory()
+    conn.send(("stopped", time.perf_counter() - t0))

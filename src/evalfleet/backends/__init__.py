@@ -30,15 +30,37 @@ class Generation:
 class Backend(Protocol):
     """Generates answers for a batch of requests; one instance lives in each worker process."""
 
-    device: str
+    label: str
+    """Where it runs, for progress lines (e.g. "NVIDIA H100 80GB HBM3 x2")."""
 
     def generate(self, requests: list[Request]) -> list[Generation]: ...
 
 
-def load_backend(cfg: ModelConfig, device: str) -> Backend:
-    """Instantiate the configured backend on `device` ("cpu" or "cuda")."""
+def load_backend(cfg: ModelConfig, n_gpus: int, max_memory_per_gpu: int | None = None) -> Backend:
+    """Instantiate the configured backend on the CPU (n_gpus=0) or sharded over the visible GPUs."""
     if cfg.backend == "transformers":
         from evalfleet.backends.transformers_backend import TransformersBackend
 
-        return TransformersBackend(cfg, device)
+        return TransformersBackend(cfg, n_gpus, max_memory_per_gpu)
     raise ValueError(f"unknown backend {cfg.backend!r}")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA out-of-memory, or the CPU allocator failing (e.g. under RLIMIT_AS)."""
+    import torch
+
+    text = str(err)
+    return isinstance(err, torch.cuda.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+    )
+
+
+def free_memory() -> None:
+    """Return cached blocks to the device after an out-of-memory error or an unload."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

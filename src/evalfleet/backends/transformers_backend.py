@@ -27,13 +27,21 @@ def is_vision_model(config: Any) -> bool:
 class TransformersBackend:
     """Batched `generate` with left padding; greedy unless the config asks for sampling."""
 
-    def __init__(self, cfg: ModelConfig, device: str) -> None:
+    def __init__(self, cfg: ModelConfig, n_gpus: int, max_memory_per_gpu: int | None = None) -> None:
         self.cfg = cfg
-        self.device = device
-        if cfg.dtype == "auto":
-            dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        dtype = DTYPES[cfg.resolved_dtype(on_gpu=n_gpus > 0)]
+        if n_gpus == 0:
+            device_map: Any = "cpu"
+            self.label = f"CPU x{torch.get_num_threads()}"
         else:
-            dtype = DTYPES[cfg.dtype]
+            # One GPU: all on it. Several: accelerate's balanced device map, each GPU capped if asked.
+            device_map = "cuda:0" if n_gpus == 1 else "balanced"
+            self.label = torch.cuda.get_device_name(0) + (f" x{n_gpus}" if n_gpus > 1 else "")
+            if max_memory_per_gpu is not None:
+                for i in range(n_gpus):  # the cap binds the allocator too, not only the device map
+                    total = torch.cuda.get_device_properties(i).total_memory
+                    torch.cuda.set_per_process_memory_fraction(min(1.0, max_memory_per_gpu / total), i)
+        max_memory = {i: max_memory_per_gpu for i in range(n_gpus)} if max_memory_per_gpu and n_gpus > 1 else None
         trust = cfg.trust_remote_code
         self.vision = is_vision_model(AutoConfig.from_pretrained(cfg.path, trust_remote_code=trust))
         if self.vision:
@@ -47,7 +55,9 @@ class TransformersBackend:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = model_cls.from_pretrained(cfg.path, dtype=dtype, device_map=device, trust_remote_code=trust)
+        self.model = model_cls.from_pretrained(
+            cfg.path, dtype=dtype, device_map=device_map, max_memory=max_memory, trust_remote_code=trust
+        )
         self.model.eval()
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])

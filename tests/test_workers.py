@@ -1,0 +1,49 @@
+"""Batch-size adaptation: pure rules, and out-of-memory recovery under a real memory limit."""
+
+import json
+
+from conftest import make_config, quiet_console
+
+from evalfleet.runner import run
+from evalfleet.store import Store
+from evalfleet.workers import GROW_AFTER, BatchSizer
+
+
+def test_batch_size_halves_down_to_one_and_grows_back_after_a_streak():
+    b = BatchSizer(8)
+    b.shrink()
+    b.shrink()
+    assert b.size == 2
+    for _ in range(GROW_AFTER - 1):
+        b.succeeded()
+    assert b.size == 2
+    b.succeeded()
+    assert b.size == 4
+    for _ in range(5):
+        b.shrink()
+    assert b.size == 1
+    for _ in range(10 * GROW_AFTER):
+        b.succeeded()
+    assert b.size == 8  # never above the start
+
+
+def test_out_of_memory_splits_the_batch_and_a_sample_too_big_alone_is_an_error(tmp_path, smollm2):
+    rows = [{"id": f"s{i}", "question": "word " * 150} for i in range(32)]
+    rows.append({"id": "huge", "question": "word " * 6000})
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # A real limit: the worker's address space may grow 400 MiB beyond the loaded model (RLIMIT_AS);
+    # a batch of 32 such prompts needs more, a batch of 16 does not.
+    cfg = make_config(tmp_path, smollm2, [{"name": "long", "path": str(data)}], metrics=["exact_match"],
+                      model={"batch_size": 32, "generation": {"max_new_tokens": 2}},
+                      placement={"cpu_worker_headroom": "400MiB"})
+    summary = run(cfg, console=quiet_console())
+    assert (summary["datasets"]["long"]["finished"], summary["datasets"]["long"]["errors"]) == (33, 1)
+    store = Store.open_existing(tmp_path / "t")
+    rows = {r["id"]: r for r in store.rows("generate", "long")}
+    store.close()
+    assert rows["huge"]["error"].startswith("out of memory even in a batch of 1")
+    assert all(rows[f"s{i}"]["prediction"] is not None for i in range(32))
+    log = (tmp_path / "t" / "run.log").read_text()
+    assert "out of memory at batch size 32: halving to 16" in log
+    assert "long/huge does not fit in memory even alone" in log
