@@ -1,8 +1,8 @@
 """GPU smoke test: `evalfleet run` end to end on the GPUs of this machine.
 
 Builds two random-weight checkpoints of real architectures (no hub needed) and runs the CLI on them:
-  1. a Qwen2.5-7B-shaped text model (its vocabulary is the small locally trained tokenizer's) on
-     512 easy-VQA questions as text,
+  1. a Qwen2.5-7B-shaped text model (with the small locally trained tokenizer) on 512 easy-VQA
+     questions as text,
   2. a tiny Qwen2-VL on 1,000 easy-VQA test images.
 Prints the CLI output and a table of wall times; random weights make the scores meaningless.
 
@@ -21,30 +21,8 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-from tiny_models import build_tiny_qwen2vl  # noqa: E402
-
-
-def build_text_model(folder: Path, tokenizer_from: Path) -> Path:
-    import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    if (folder / "config.json").exists():
-        return folder
-    tok = AutoTokenizer.from_pretrained(tokenizer_from)
-    cfg = Qwen2Config(
-        hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-        num_key_value_heads=4, vocab_size=len(tok), max_position_embeddings=32768, rope_theta=1e6,
-        tie_word_embeddings=False, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tok.pad_token_id,
-    )
-    with torch.device("cuda"):
-        model = Qwen2ForCausalLM(cfg).to(torch.bfloat16)
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    del model
-    torch.cuda.empty_cache()
-    return folder
+sys.path.insert(0, str(Path(__file__).parent))
+from models import qwen25_text, tiny_vlm  # noqa: E402
 
 
 def evalfleet_run(config: dict, work: Path) -> float:
@@ -66,8 +44,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    vlm = build_tiny_qwen2vl(work / "tiny-qwen2-vl")
-    text = build_text_model(work / "qwen2.5-7b-shaped", vlm)
+    vlm = tiny_vlm(work)
+    text = qwen25_text(work, "7b")
     build_s = time.perf_counter() - t0
 
     import easy_vqa

@@ -65,7 +65,13 @@ class _Driver:
     worker_counts: dict[str, int] = field(default_factory=dict)
     last_commit: float = field(default_factory=time.monotonic)
     t_spawn: float = field(default_factory=time.monotonic)
-    perf: dict[str, Any] = field(default_factory=lambda: {"load_s": {}, "unload_s": {}})
+    t_ready: float = 0.0
+    """When every replica had loaded; throughput counts from then."""
+    at_ready: tuple[int, int] = (0, 0)
+    """(samples, generated tokens) finished before t_ready."""
+    perf: dict[str, Any] = field(
+        default_factory=lambda: {"load_s": {}, "unload_s": {}, "samples": 0, "generated_tokens": 0}
+    )
     """Model load and unload seconds per worker, and the wall time of loading/unloading them all."""
 
     # -- worker lifecycle ---------------------------------------------------------------------
@@ -126,7 +132,9 @@ class _Driver:
             log.info("worker %s ready on %s after %.1f s", w.id, msg[1], msg[2])
             self.perf["load_s"][w.id] = round(msg[2], 2)
             if "load_wall_s" not in self.perf and all(x.ready for x in self.workers.values()):
-                self.perf["load_wall_s"] = round(time.monotonic() - self.t_spawn, 2)
+                self.t_ready = time.monotonic()
+                self.at_ready = (self.perf["samples"], self.perf["generated_tokens"])
+                self.perf["load_wall_s"] = round(self.t_ready - self.t_spawn, 2)
                 each = ", ".join(f"{v:.1f}" for v in self.perf["load_s"].values())
                 self.progress.note(f"{len(self.workers)} replica(s) ready in {self.perf['load_wall_s']:.1f} s wall "
                                    f"(process start included); model load per replica: {each} s")
@@ -134,12 +142,14 @@ class _Driver:
         elif kind == "results":
             _, chunk_id, results, logs = msg
             for text in logs:
-                log.error(text)
+                log.warning("[%s] %s", w.id, text)
             for r in results:
                 r.worker = w.id
                 if r.error:
                     log.warning("sample %s/%s: %s", r.dataset, r.sample_id, r.error)
             self.queue.finish_samples(w.spec.name, chunk_id, {r.sample_id for r in results})
+            self.perf["samples"] += len(results)
+            self.perf["generated_tokens"] += sum(r.n_tokens or 0 for r in results)
             self.buffer += results
             self.worker_counts[w.id] = self.worker_counts.get(w.id, 0) + len(results)
             self.progress.advance(w.spec.name, len(results))
@@ -181,6 +191,11 @@ class _Driver:
                     break  # the maps are stale now
             self.commit()
         self.commit(force=True)
+        if self.t_ready:  # throughput once every replica was loaded
+            wall = time.monotonic() - self.t_ready
+            self.perf["generate_wall_s"] = round(wall, 2)
+            self.perf["samples_per_s"] = round((self.perf["samples"] - self.at_ready[0]) / wall, 2)
+            self.perf["generated_tokens_per_s"] = round((self.perf["generated_tokens"] - self.at_ready[1]) / wall, 1)
 
     def stop(self) -> None:
         """Ask every worker to unload at once, collect their unload times, then reap them."""

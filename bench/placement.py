@@ -1,0 +1,121 @@
+"""Placement on real GPUs: plan output, 1 vs N GPU throughput, a sharded 14B-shaped model, OOM recovery.
+
+Everything goes through the `evalfleet` CLI on random-weight checkpoints of real shapes:
+  1. `evalfleet plan` of a Qwen2.5-7B-shaped model on 1 and on all GPUs;
+  2. the same workload (P prompts of ~256 tokens -> 64 generated tokens, batch size auto) on GPU 0
+     alone and on all GPUs, in this one run: samples/s after loading, and the ratio;
+  3. with >= 2 GPUs: a Qwen2.5-14B-shaped model (~28 GB) with --max-memory-per-gpu 20GiB, planned
+     and run as one replica sharded over two GPUs;
+  4. out-of-memory recovery: the 7B-shaped model on one GPU capped at 24GiB, forced batch size 512 of
+     ~1024-token prompts; batches must shrink and every sample finish;
+  5. replica load and unload times of each run.
+
+    PYTHONPATH=src python bench/placement.py [--prompts 1024] [--work /tmp/bench] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from models import prompts, qwen25_text  # noqa: E402
+
+from evalfleet.placement import probe_machine  # noqa: E402
+
+
+def cli(*args: str) -> str:
+    cmd = [sys.executable, "-m", "evalfleet.cli", *args]
+    print("$ evalfleet", " ".join(args), flush=True)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    print(out, flush=True)
+    return out
+
+
+def config(work: Path, name: str, model: Path, data: Path, **model_over: object) -> Path:
+    cfg = {
+        "name": name, "output_dir": str(work / "runs"), "progress_every": 256, "metrics": ["exact_match"],
+        "model": {"path": str(model), "generation": {"max_new_tokens": 64}, **model_over},
+        "datasets": [{"name": "prompts", "path": str(data)}],
+    }
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def perf(work: Path, name: str) -> dict:
+    summary = json.loads((work / "runs" / name / "summary.json").read_text())
+    ds = summary["datasets"]["prompts"]
+    return {**summary["performance"], "finished": ds["finished"], "errors": ds["errors"]}
+
+
+def write_data(work: Path, name: str, n: int, tokens: int) -> Path:
+    path = work / f"{name}.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "question": p}) + "\n" for i, p in enumerate(prompts(work, n, tokens))))
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", type=Path, default=Path("/tmp/bench"))
+    ap.add_argument("--prompts", type=int, default=1024)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    n_gpus = len(probe_machine().gpus)
+    rows: list[tuple[str, str]] = []
+
+    m7 = qwen25_text(work, "7b")
+    data = write_data(work, "p256", args.prompts, 256)
+    cfg7 = config(work, "dp", m7, data)
+    cli("plan", str(cfg7), "--gpus", "0")
+    cli("plan", str(cfg7))
+
+    cli("run", str(cfg7), "--fresh", "--gpus", "0")
+    one = perf(work, "dp")
+    cli("run", str(cfg7), "--fresh")
+    many = perf(work, "dp")
+    rows += [
+        ("7B-shaped, 1 GPU: samples/s (tok/s)", f"{one['samples_per_s']} ({one['generated_tokens_per_s']})"),
+        (f"7B-shaped, {n_gpus} GPUs: samples/s (tok/s)", f"{many['samples_per_s']} ({many['generated_tokens_per_s']})"),
+        (f"{n_gpus}-GPU / 1-GPU throughput", f"{many['samples_per_s'] / one['samples_per_s']:.2f}x"),
+        ("load wall s: 1 replica / N replicas", f"{one['load_wall_s']} / {many['load_wall_s']}"),
+        ("model load s per replica (N replicas)", ", ".join(map(str, many["load_s"].values()))),
+        ("unload wall s: 1 replica / N replicas", f"{one.get('unload_wall_s')} / {many.get('unload_wall_s')}"),
+        ("finished / errors (N GPUs)", f"{many['finished']} / {many['errors']}"),
+    ]
+
+    if n_gpus >= 2:
+        m14 = qwen25_text(work, "14b")
+        data14 = write_data(work, "p256-small", 128, 256)
+        cfg14 = config(work, "sharded", m14, data14)
+        cli("plan", str(cfg14), "--gpus", "0,1", "--max-memory-per-gpu", "20GiB")
+        cli("run", str(cfg14), "--fresh", "--gpus", "0,1", "--max-memory-per-gpu", "20GiB")
+        sh = perf(work, "sharded")
+        rows += [("14B-shaped sharded over 2 GPUs capped at 20GiB: samples/s, finished/errors",
+                  f"{sh['samples_per_s']}, {sh['finished']}/{sh['errors']}")]
+
+    long = write_data(work, "p1024", 256, 1024)
+    cfg_oom = config(work, "oom", m7, long, batch_size=512)
+    cli("run", str(cfg_oom), "--fresh", "--gpus", "0", "--max-memory-per-gpu", "24GiB")
+    oom = perf(work, "oom")
+    log = (work / "runs" / "oom" / "run.log").read_text().splitlines()
+    halvings = [line.split("] ", 1)[-1] for line in log if "halving" in line]
+    rows += [("OOM recovery (batch 512 forced, 24GiB cap): finished/errors", f"{oom['finished']}/{oom['errors']}"),
+             ("OOM recovery: halvings logged (first, last)", f"{len(halvings)} ({halvings[0]}; {halvings[-1]})"
+              if halvings else "none")]
+
+    table = "| measurement | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
+    print(table)
+    if args.out:
+        (args.out / "placement.md").write_text(table)
+
+
+if __name__ == "__main__":
+    main()
