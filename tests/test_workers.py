@@ -11,8 +11,8 @@ from evalfleet.workers import GROW_AFTER, BatchSizer
 
 def test_batch_size_halves_down_to_one_and_grows_back_after_a_streak():
     b = BatchSizer(8)
-    b.shrink()
-    b.shrink()
+    b.shrink(8)
+    b.shrink(4)
     assert b.size == 2
     for _ in range(GROW_AFTER - 1):
         b.succeeded()
@@ -20,11 +20,14 @@ def test_batch_size_halves_down_to_one_and_grows_back_after_a_streak():
     b.succeeded()
     assert b.size == 4
     for _ in range(5):
-        b.shrink()
+        b.shrink(b.size)
     assert b.size == 1
     for _ in range(10 * GROW_AFTER):
         b.succeeded()
     assert b.size == 8  # never above the start
+    b = BatchSizer(512)
+    b.shrink(256)  # the batch that failed was smaller than the size (a short chunk): halve what failed
+    assert b.size == 128
 
 
 def test_out_of_memory_splits_the_batch_and_a_sample_too_big_alone_is_an_error(tmp_path, smollm2):

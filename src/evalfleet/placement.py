@@ -66,7 +66,8 @@ def parse_bytes(text: str) -> int:
 
 
 def gib(n: float) -> str:
-    return f"{n / GiB:.1f} GiB"
+    """Bytes for people: GiB with one decimal, MiB below 1 GiB."""
+    return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / 2**20:.0f} MiB"
 
 
 def probe_machine() -> Machine:

@@ -370,8 +370,8 @@ def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, console: Console) ->
             raise
         finally:
             driver.commit(force=True)
-            driver.stop()
             progress.close()
+            driver.stop()
     for name in loaded:
         store.set_dataset(name, "done", len(loaded[name]))
 

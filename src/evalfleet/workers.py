@@ -52,8 +52,9 @@ class BatchSizer:
         self.max = self.size = start
         self.streak = 0
 
-    def shrink(self) -> None:
-        self.size, self.streak = max(1, self.size // 2), 0
+    def shrink(self, failed: int) -> None:
+        """A batch of `failed` samples ran out of memory: try half of it."""
+        self.size, self.streak = max(1, min(self.size, failed) // 2), 0
 
     def succeeded(self) -> None:
         self.streak += 1
@@ -130,7 +131,7 @@ def answer_chunk(
                                   f"({len(s.prompt)} prompt characters, {len(s.images)} image(s))")]
                 log.append(f"{s.dataset}/{s.id} does not fit in memory even alone")
             else:
-                sizer.shrink()
+                sizer.shrink(len(batch))
                 log.append(f"out of memory at batch size {len(batch)}: halving to {sizer.size}")
                 continue
         else:
