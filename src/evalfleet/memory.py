@@ -16,7 +16,9 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "F32": 4, "BF16": 2, "
 TEMPLATE_TOKENS = 32
 """Chat-template tokens around each prompt (system line, role markers)."""
 CHARS_PER_TOKEN = 3
-"""Conservative characters per prompt token (real tokenizers average ~4 on English)."""
+"""Conservative characters per token, used when the checkpoint has no loadable tokenizer."""
+LONGEST_PROMPTS = 64
+"""Prompts tokenized to find the longest (the longest by characters)."""
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class ModelEstimate:
     kv_bytes_per_token: int
     """2 (K and V) x layers x kv heads x head dim x dtype bytes."""
     tokens_per_sample: int
-    """Prompt (estimated from the data) + image tokens + max_new_tokens."""
+    """Longest prompt of the data + template + image tokens + max_new_tokens."""
     image_tokens: int
     """Image tokens of the largest image seen in the data (0 for text)."""
     activation_bytes_per_sample: int
@@ -86,16 +88,30 @@ def _image_tokens(folder: Path, config: dict[str, Any], image_sizes: list[tuple[
     return (side // patch) ** 2
 
 
+def longest_prompt_tokens(path: str, prompts: list[str]) -> int:
+    """Tokens of the longest prompt, with the checkpoint's tokenizer (chars / 3 without one)."""
+    longest = sorted(prompts, key=len)[-LONGEST_PROMPTS:]
+    if not longest:
+        return 0
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception:  # no tokenizer files, or one that needs remote code
+        return max(len(p) for p in longest) // CHARS_PER_TOKEN
+    return max(len(ids) for ids in tok(longest)["input_ids"])
+
+
 def estimate_model(
     path: str,
     *,
     dtype: str,
     max_new_tokens: int,
-    prompt_chars: int,
+    prompt_tokens: int,
     image_sizes: list[tuple[int, int]] | None = None,
     images_per_sample: int = 0,
 ) -> ModelEstimate:
-    """Estimate memory of `path` at `dtype` for samples of up to `prompt_chars` characters."""
+    """Estimate memory of `path` at `dtype` for prompts of up to `prompt_tokens` tokens."""
     folder = Path(path)
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
@@ -115,7 +131,7 @@ def estimate_model(
     if params is None:
         params, source = _params_from_config(text, hidden, inter, vocab), "config.json (no safetensors)"
     image_tokens = _image_tokens(folder, config, image_sizes or [])
-    tokens = prompt_chars // CHARS_PER_TOKEN + TEMPLATE_TOKENS + image_tokens * images_per_sample + max_new_tokens
+    tokens = prompt_tokens + TEMPLATE_TOKENS + image_tokens * images_per_sample + max_new_tokens
     # Prefill peak per token: residual + attention in/out + the MLP's gate/up (intermediate x 2), all in dtype.
     activation = tokens * (4 * hidden + 2 * inter) * nbytes + vocab * 4
     return ModelEstimate(

@@ -22,7 +22,7 @@ from evalfleet.config import RunConfig
 from evalfleet.datasets import DatasetError, Sample, load_samples
 from evalfleet.errors import UserError
 from evalfleet.placement import Plan, describe, parse_bytes, plan, probe_machine
-from evalfleet.memory import ModelEstimate, estimate_model
+from evalfleet.memory import ModelEstimate, estimate_model, longest_prompt_tokens
 from evalfleet.progress import RunProgress
 from evalfleet.report import STAGE, write_report
 from evalfleet.scheduler import Chunk, WorkQueue, make_chunks
@@ -258,7 +258,7 @@ def _estimate(cfg: RunConfig, samples: list[Sample], on_gpu: bool) -> ModelEstim
         cfg.model.path,
         dtype=cfg.model.resolved_dtype(on_gpu=on_gpu),
         max_new_tokens=cfg.model.generation.max_new_tokens,
-        prompt_chars=max((len(s.prompt) for s in samples), default=0),
+        prompt_tokens=longest_prompt_tokens(cfg.model.path, [s.prompt for s in samples]),
         image_sizes=sizes,
         images_per_sample=max((len(s.images) for s in samples), default=0),
     )
