@@ -42,6 +42,9 @@ class ModelConfig(_Strict):
     """Weights dtype; `auto` is bfloat16 on GPU and float32 on CPU."""
     trust_remote_code: bool = False
     """Allow model code shipped with the checkpoint to run."""
+    engine: Literal["auto", "generate", "static"] = "auto"
+    """Decoding loop: `static` (preallocated KV cache, decode step replayed as a CUDA graph on GPU; greedy
+    text models), `generate` (transformers' loop); `auto` picks static for greedy text models on one GPU."""
     system_prompt: str | None = None
     """Optional system message put before each question."""
     batch_size: int | Literal["auto"] = "auto"
@@ -165,7 +168,7 @@ class RunConfig(_Strict):
 
     def model_fingerprint(self) -> str:
         """Hash of what determines a prediction; a resumed run must match it."""
-        payload = self.model.model_dump(exclude={"batch_size"})
+        payload = self.model.model_dump(exclude={"batch_size", "engine"})
         payload["seed"] = self.seed
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

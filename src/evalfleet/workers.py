@@ -1,7 +1,7 @@
 """Worker processes: each loads one model replica (on 0, 1 or k GPUs) once and answers chunks.
 
 Protocol over a private pipe (one per worker, so a dying worker cannot corrupt a shared queue):
-  driver -> worker: ("chunk", chunk_id, samples, seed) | None (stop)
+  driver -> worker: ("chunk", chunk_id, samples, seed) | None (stop, after the last chunk's results)
   worker -> driver: ("ready", device_label, load_seconds) | ("results", chunk_id, [Result], [log line])
                     | ("stopped", unload_seconds) | ("fatal", traceback)
 """
@@ -16,7 +16,8 @@ import signal
 import time
 import traceback
 import zlib
-from collections.abc import Iterator
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
@@ -26,7 +27,7 @@ from evalfleet.datasets import Sample
 from evalfleet.store import Result
 
 if TYPE_CHECKING:
-    from evalfleet.backends import Backend
+    from evalfleet.backends import Backend, Prepared
 
 GROW_AFTER = 8
 """Successful batches in a row after which a batch size halved by out-of-memory doubles again."""
@@ -78,66 +79,145 @@ def _limit_address_space(headroom: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (vm_size + headroom, resource.RLIM_INFINITY))
 
 
-def answer_batch(backend: Backend, batch: list[Sample], seed: int, log: list[str]) -> list[Result]:
-    """Answer one batch. Unreadable images become error results; out-of-memory propagates to the caller.
+@dataclass
+class Batch:
+    """Samples of one chunk to answer together."""
 
-    Any other exception fails the batch's samples with its message; its traceback goes to `log`.
-    """
-    from evalfleet.backends import Request, is_out_of_memory
+    chunk_id: int
+    samples: list[Sample]
+    seed: int
 
-    results: list[Result] = []
-    requests, ready = [], []
-    for s in batch:
+
+@dataclass
+class ReadyBatch:
+    """A batch after the CPU stage: images decoded, inputs prepared (or why that failed)."""
+
+    batch: Batch
+    errors: list[Result]
+    """Samples whose images could not be read."""
+    samples: list[Sample]
+    """Samples going to the device."""
+    prepared: Prepared | None = None
+    failure: tuple[str, str] | None = None
+    """(message, traceback) when preparing raised."""
+
+
+def prepare_batch(backend: Backend, batch: Batch) -> ReadyBatch:
+    """CPU stage of a batch: decode images and let the backend tokenize and preprocess."""
+    from evalfleet.backends import Request
+
+    ready = ReadyBatch(batch, [], [])
+    requests = []
+    for s in batch.samples:
         try:
             images = [ref.open() for ref in s.images]
         except ValueError as err:
-            results.append(Result(s.dataset, s.id, None, str(err)))
+            ready.errors.append(Result(s.dataset, s.id, None, str(err)))
             continue
-        requests.append(Request(s.prompt, images, seed ^ zlib.crc32(f"{s.dataset}/{s.id}".encode())))
-        ready.append(s)
-    if not ready:
-        return results
+        requests.append(Request(s.prompt, images, batch.seed ^ zlib.crc32(f"{s.dataset}/{s.id}".encode())))
+        ready.samples.append(s)
+    if requests:
+        try:
+            ready.prepared = backend.prepare(requests)
+        except Exception as err:
+            ready.failure = (f"{type(err).__name__}: {err}", traceback.format_exc())
+    return ready
+
+
+def generate_batch(backend: Backend, ready: ReadyBatch, log: list[str]) -> list[Result]:
+    """Device stage: out-of-memory propagates to the caller; any other error fails the batch's samples."""
+    from evalfleet.backends import is_out_of_memory
+
+    if not ready.samples:
+        return ready.errors
     t0 = time.perf_counter()
     try:
-        gens = backend.generate(requests)
+        if ready.failure is not None:
+            raise RuntimeError(ready.failure[0])
+        assert ready.prepared is not None
+        gens = backend.generate(ready.prepared)
     except Exception as err:
         if is_out_of_memory(err):
             raise
-        first = f"{ready[0].dataset}/{ready[0].id}"
-        log.append(f"batch of {len(ready)} starting at {first} failed:\n{traceback.format_exc()}")
-        return results + [Result(s.dataset, s.id, None, f"{type(err).__name__}: {err}") for s in ready]
-    per_sample = (time.perf_counter() - t0) / len(ready)
-    return results + [Result(s.dataset, s.id, g.text, None, None, per_sample, g.n_tokens) for s, g in zip(ready, gens)]
+        first = f"{ready.samples[0].dataset}/{ready.samples[0].id}"
+        tb = ready.failure[1] if ready.failure else traceback.format_exc()
+        log.append(f"batch of {len(ready.samples)} starting at {first} failed:\n{tb}")
+        message = ready.failure[0] if ready.failure else f"{type(err).__name__}: {err}"
+        return ready.errors + [Result(s.dataset, s.id, None, message) for s in ready.samples]
+    per_sample = (time.perf_counter() - t0) / len(ready.samples)
+    return ready.errors + [
+        Result(s.dataset, s.id, g.text, None, None, per_sample, g.n_tokens) for s, g in zip(ready.samples, gens)
+    ]
 
 
-def answer_chunk(
-    backend: Backend, samples: list[Sample], seed: int, sizer: BatchSizer, log: list[str]
-) -> Iterator[list[Result]]:
-    """Yield the results of each batch of a chunk, halving the batch size on out-of-memory."""
-    from evalfleet.backends import free_memory, is_out_of_memory
+class WorkerLoop:
+    """Receives chunks, cuts them into batches of the current size, prepares the next batch on a thread
+    while the device generates the current one, and sends results batch by batch."""
 
-    todo = list(samples)
-    while todo:
-        batch = todo[: sizer.size]
-        try:
-            results = answer_batch(backend, batch, seed, log)
-        except Exception as err:
-            assert is_out_of_memory(err)
-            del err
-            free_memory()
-            if len(batch) == 1:
-                s = batch[0]
+    def __init__(self, conn: Connection, backend: Backend, batch_size: int) -> None:
+        self.conn, self.backend = conn, backend
+        self.sizer = BatchSizer(batch_size)
+        self.pending: deque[Batch] = deque()
+        self.log: list[str] = []  # lines for the driver's log, sent with the next results
+        self.prefetch = ThreadPoolExecutor(1, thread_name_prefix="prepare")
+
+    def take(self, *, block: bool) -> Batch | None:
+        """The next batch; None when the driver said stop, or (not blocking) when nothing is queued."""
+        while not self.pending:
+            if not block and not self.conn.poll():
+                return None
+            msg = self.conn.recv()  # EOFError: the driver is gone
+            if msg is None:
+                return None
+            _, chunk_id, samples, seed = msg
+            self.pending.append(Batch(chunk_id, samples, seed))
+        head = self.pending[0]
+        n = self.sizer.size
+        if len(head.samples) > n:
+            self.pending[0] = Batch(head.chunk_id, head.samples[n:], head.seed)
+        else:
+            self.pending.popleft()
+        return Batch(head.chunk_id, head.samples[:n], head.seed)
+
+    def submit(self, batch: Batch | None) -> Future[ReadyBatch] | None:
+        return None if batch is None else self.prefetch.submit(prepare_batch, self.backend, batch)
+
+    def run(self) -> None:
+        from evalfleet.backends import free_memory, is_out_of_memory
+
+        current = self.take(block=True)
+        job = self.submit(current)
+        while current is not None and job is not None:
+            ready = job.result()
+            upcoming = self.take(block=False)
+            next_job = self.submit(upcoming)
+            try:
+                results = generate_batch(self.backend, ready, self.log)
+                self.sizer.succeeded()
+            except Exception as err:
+                assert is_out_of_memory(err)
+                del err
+                free_memory()
+                if len(current.samples) > 1:  # retry both halves (and what was prefetched) in order
+                    self.sizer.shrink(len(current.samples))
+                    self.log.append(f"out of memory at batch size {len(current.samples)}: halving to {self.sizer.size}")
+                    if upcoming is not None:
+                        self.pending.appendleft(upcoming)
+                    self.pending.appendleft(current)
+                    current = self.take(block=True)
+                    job = self.submit(current)
+                    continue
+                s = current.samples[0]
+                self.log.append(f"{s.dataset}/{s.id} does not fit in memory even alone")
                 results = [Result(s.dataset, s.id, None, "out of memory even in a batch of 1 "
                                   f"({len(s.prompt)} prompt characters, {len(s.images)} image(s))")]
-                log.append(f"{s.dataset}/{s.id} does not fit in memory even alone")
-            else:
-                sizer.shrink(len(batch))
-                log.append(f"out of memory at batch size {len(batch)}: halving to {sizer.size}")
-                continue
-        else:
-            sizer.succeeded()
-        todo = todo[len(batch) :]
-        yield results
+            self.conn.send(("results", current.chunk_id, results, self.log[:]))
+            self.log.clear()
+            current, job = upcoming, next_job
+            if current is None:
+                current = self.take(block=True)
+                job = self.submit(current)
+        self.prefetch.shutdown()
 
 
 def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size: int) -> None:
@@ -164,19 +244,10 @@ def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size:
     except Exception:
         conn.send(("fatal", traceback.format_exc()))
         return
-    sizer = BatchSizer(batch_size)
-    log: list[str] = []  # lines for the driver's log, sent with the next results
-    while True:
-        try:
-            msg = conn.recv()
-        except EOFError:
-            return  # driver is gone
-        if msg is None:
-            break
-        _, chunk_id, samples, seed = msg
-        for results in answer_chunk(backend, samples, seed, sizer, log):
-            conn.send(("results", chunk_id, results, log[:]))
-            log.clear()
+    try:
+        WorkerLoop(conn, backend, batch_size).run()
+    except EOFError:
+        return  # the driver is gone
     t0 = time.perf_counter()
     del backend
     gc.collect()

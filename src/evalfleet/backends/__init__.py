@@ -26,14 +26,28 @@ class Generation:
     n_tokens: int
 
 
+@dataclass
+class Prepared:
+    """A batch ready for the device: tokenized, images preprocessed (CPU tensors)."""
+
+    inputs: Any
+    seed: int
+
+
 @runtime_checkable
 class Backend(Protocol):
-    """Generates answers for a batch of requests; one instance lives in each worker process."""
+    """Answers batches of requests; one instance lives in each worker process.
+
+    `prepare` is CPU work (templating, tokenizing, image preprocessing) and runs in a prefetch thread
+    while the device is busy with `generate` of the previous batch.
+    """
 
     label: str
-    """Where it runs, for progress lines (e.g. "NVIDIA H100 80GB HBM3 x2")."""
+    """Where it runs, for progress lines (e.g. "NVIDIA H100 80GB HBM3 x2 [static]")."""
 
-    def generate(self, requests: list[Request]) -> list[Generation]: ...
+    def prepare(self, requests: list[Request]) -> Prepared: ...
+
+    def generate(self, prepared: Prepared) -> list[Generation]: ...
 
 
 def load_backend(cfg: ModelConfig, n_gpus: int, max_memory_per_gpu: int | None = None) -> Backend:

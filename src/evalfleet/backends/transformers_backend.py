@@ -13,7 +13,8 @@ from transformers import (
     AutoTokenizer,
 )
 
-from evalfleet.backends import Generation, Request
+from evalfleet.backends import Generation, Prepared, Request
+from evalfleet.backends.static_decode import StaticDecoder
 from evalfleet.config import ModelConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -25,7 +26,11 @@ def is_vision_model(config: Any) -> bool:
 
 
 class TransformersBackend:
-    """Batched `generate` with left padding; greedy unless the config asks for sampling."""
+    """Batched generation with left padding; greedy unless the config asks for sampling.
+
+    Engines: `static` (preallocated KV cache, CUDA-graph decode step; text models, greedy) and
+    `generate` (transformers' own loop; VLMs, sampling, CPU by default).
+    """
 
     def __init__(self, cfg: ModelConfig, n_gpus: int, max_memory_per_gpu: int | None = None) -> None:
         self.cfg = cfg
@@ -61,6 +66,19 @@ class TransformersBackend:
         self.model.eval()
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.engine = self._choose_engine(n_gpus)
+        self.decoder = StaticDecoder(self.model, cuda_graphs=n_gpus > 0) if self.engine == "static" else None
+        self.label += f" [{self.engine}]"
+
+    def _choose_engine(self, n_gpus: int) -> str:
+        """`auto`: the static-cache engine for greedy text models on one GPU, `generate` otherwise."""
+        engine = self.cfg.engine
+        static_ok = not self.vision and self.cfg.generation.temperature == 0
+        if engine == "static" and not static_ok:
+            raise ValueError("engine static needs a text model and greedy decoding (temperature 0)")
+        if engine == "auto":
+            engine = "static" if static_ok and n_gpus == 1 else "generate"
+        return engine
 
     def _messages(self, req: Request) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = []
@@ -73,7 +91,8 @@ class TransformersBackend:
             messages.append({"role": "user", "content": req.prompt})
         return messages
 
-    def _inputs(self, requests: list[Request]) -> dict[str, torch.Tensor]:
+    def prepare(self, requests: list[Request]) -> Prepared:
+        """Template, tokenize and preprocess images on the CPU (runs in the worker's prefetch thread)."""
         if self.vision:
             assert self.processor is not None
             texts = [
@@ -81,14 +100,16 @@ class TransformersBackend:
                 for r in requests
             ]
             images = [r.images for r in requests] if any(r.images for r in requests) else None
-            return self.processor(text=texts, images=images, padding=True, return_tensors="pt")
-        if self.tokenizer.chat_template:
+            inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
+        elif self.tokenizer.chat_template:
             texts = [
                 self.tokenizer.apply_chat_template(self._messages(r), add_generation_prompt=True, tokenize=False)
                 for r in requests
             ]
-            return self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
-        return self.tokenizer([r.prompt for r in requests], padding=True, return_tensors="pt")
+            inputs = self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
+        else:
+            inputs = self.tokenizer([r.prompt for r in requests], padding=True, return_tensors="pt")
+        return Prepared(inputs, requests[0].seed)
 
     def _n_tokens(self, row: list[int]) -> int:
         for i, tok in enumerate(row):
@@ -97,16 +118,21 @@ class TransformersBackend:
         return len(row)
 
     @torch.inference_mode()
-    def generate(self, requests: list[Request]) -> list[Generation]:
+    def generate(self, prepared: Prepared) -> list[Generation]:
         gen = self.cfg.generation
-        inputs = self._inputs(requests).to(self.model.device)
-        kwargs: dict[str, Any] = {"max_new_tokens": gen.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
-        if gen.temperature > 0:
-            torch.manual_seed(requests[0].seed)
-            kwargs.update(do_sample=True, temperature=gen.temperature, top_p=gen.top_p)
+        inputs = prepared.inputs.to(self.model.device)
+        pad = self.tokenizer.pad_token_id
+        if self.decoder is not None:
+            new_t = self.decoder.generate(inputs["input_ids"], inputs["attention_mask"],
+                                          max_new_tokens=gen.max_new_tokens, eos_ids=self.eos_ids, pad_id=pad)
         else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        out = self.model.generate(**inputs, **kwargs)
-        new = out[:, inputs["input_ids"].shape[1] :].tolist()  # [batch, new_tokens]
+            kwargs: dict[str, Any] = {"max_new_tokens": gen.max_new_tokens, "pad_token_id": pad}
+            if gen.temperature > 0:
+                torch.manual_seed(prepared.seed)
+                kwargs.update(do_sample=True, temperature=gen.temperature, top_p=gen.top_p)
+            else:
+                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            new_t = self.model.generate(**inputs, **kwargs)[:, inputs["input_ids"].shape[1] :]
+        new = new_t.tolist()  # [batch, new_tokens]
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         return [Generation(t.strip(), self._n_tokens(row)) for t, row in zip(texts, new)]
