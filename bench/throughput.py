@@ -139,7 +139,7 @@ def vlm_bench(work: Path, shape: str, n: int, new: int) -> None:
     timed_backend(b, with_images(reqs[:k], pics[:k]), 1)  # image decode included, as a script would do
     one = k / (time.perf_counter() - t0)
     record("VLM: one sample at a time", f"{one:.2f} samples/s", "baseline")
-    for batch in (32, 64):
+    for batch in (64, 128):
         t0 = time.perf_counter()
         timed_backend(b, with_images(reqs, pics), batch)
         rate = n / (time.perf_counter() - t0)
@@ -150,8 +150,8 @@ def vlm_bench(work: Path, shape: str, n: int, new: int) -> None:
     data = work / "vlm.jsonl"
     data.write_text("".join(json.dumps({"id": i, "question": question, "image": str(p)}) + "\n"
                             for i, p in enumerate(pics)))
-    perf = run_cli(work, "vlm-e2e", path, data, new, 64)
-    record("VLM: evalfleet run end to end (batch 64, prefetching images)", f"{perf['samples_per_s']:.2f} samples/s",
+    perf = run_cli(work, "vlm-e2e", path, data, new, 128)
+    record("VLM: evalfleet run end to end (batch 128, prefetching images)", f"{perf['samples_per_s']:.2f} samples/s",
            f"{perf['samples_per_s'] / one:.1f}x baseline; errors {perf['errors']}")
 
 

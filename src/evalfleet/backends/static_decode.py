@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from transformers import StaticCache
 
+from evalfleet.backends.attention import ATTENTION
+
 log = logging.getLogger("evalfleet")
 
 SYNC_EVERY = 8
@@ -72,7 +74,7 @@ class StaticDecoder:
         self.model = model
         params = inspect.signature(model.forward).parameters
         self.cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in newer transformers
-        self.use_graphs = cuda_graphs and model.config._attn_implementation == "sdpa"
+        self.use_graphs = cuda_graphs and model.config._attn_implementation == ATTENTION
         self.graph: _StepGraph | None = None
         self.cache: StaticCache | None = None
         self.shape = (0, 0)  # (batch, cache length) of self.cache

@@ -14,6 +14,7 @@ from transformers import (
 )
 
 from evalfleet.backends import Generation, Prepared, Request
+from evalfleet.backends.attention import use_decode_attention
 from evalfleet.backends.static_decode import StaticDecoder
 from evalfleet.config import ModelConfig
 
@@ -64,6 +65,7 @@ class TransformersBackend:
             cfg.path, dtype=dtype, device_map=device_map, max_memory=max_memory, trust_remote_code=trust
         )
         self.model.eval()
+        use_decode_attention(self.model)
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.engine = self._choose_engine(n_gpus)
