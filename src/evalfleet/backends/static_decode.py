@@ -124,10 +124,15 @@ class StaticDecoder:
         mask = torch.zeros(batch, self.shape[1], dtype=attention_mask.dtype, device=device)  # [B, L]
         mask[:, :prompt_len] = attention_mask
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [B, T], as generate derives them
-        logits = self.model(
-            input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-            cache_position=torch.arange(prompt_len, device=device), logits_to_keep=1, **{self.cache_kw: cache},
-        ).logits  # [B, 1, vocab]
+        # Prefill without the static cache, so attention spans the T prompt tokens rather than all L slots,
+        # then copy the keys and values into the static cache.
+        prefill = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                             use_cache=True, logits_to_keep=1)
+        logits = prefill.logits  # [B, 1, vocab]
+        slots = {"cache_position": torch.arange(prompt_len, device=device)}
+        for i, layer in enumerate(prefill.past_key_values.layers):
+            cache.update(layer.keys, layer.values, i, slots)
+        del prefill
         token = logits[:, -1].argmax(-1)  # [B]
         eos = torch.tensor(sorted(eos_ids) or [-1], device=device)
         done = torch.isin(token, eos)
