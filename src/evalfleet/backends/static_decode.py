@@ -31,16 +31,20 @@ class _StepGraph:
     """One decode step (forward, argmax, finished rows -> pad) captured as a CUDA graph.
 
     Inputs are copied into static buffers before each replay; the 4D boolean mask is passed as is, so
-    transformers builds no mask inside the graph (its mask helpers may sync with the host).
+    transformers builds no mask inside the graph (its mask helpers may sync with the host). The warm-up
+    and the capture run on the first step's real inputs: they write that step's keys and values into
+    its own cache slot, which the first replay writes again, identically.
     """
 
-    def __init__(self, model: Any, cache_kw: str, cache: StaticCache, batch: int, length: int, pad_id: int) -> None:
+    def __init__(self, model: Any, cache_kw: str, cache: StaticCache, batch: int, length: int, pad_id: int,
+                 first: tuple[torch.Tensor, torch.Tensor, int, torch.Tensor, torch.Tensor]) -> None:
         dev = model.device
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=dev)
         self.pos = torch.zeros(batch, 1, dtype=torch.long, device=dev)
         self.slot = torch.zeros(1, dtype=torch.long, device=dev)
         self.mask = torch.zeros(batch, 1, 1, length, dtype=torch.bool, device=dev)
         self.done = torch.zeros(batch, dtype=torch.bool, device=dev)
+        self._load(*first)
 
         def step() -> torch.Tensor:
             logits = model(input_ids=self.token, attention_mask=self.mask, position_ids=self.pos,
@@ -57,12 +61,16 @@ class _StepGraph:
         with torch.cuda.graph(self.graph):
             self.out = step()
 
-    def __call__(self, token: torch.Tensor, pos: torch.Tensor, slot: int, mask: torch.Tensor, done: torch.Tensor):
+    def _load(self, token: torch.Tensor, pos: torch.Tensor, slot: int, mask: torch.Tensor, done: torch.Tensor) -> None:
         self.token.copy_(token)
         self.pos.copy_(pos)
         self.slot.fill_(slot)
         self.mask.copy_(mask[:, None, None, :])
         self.done.copy_(done)
+
+    def __call__(self, token: torch.Tensor, pos: torch.Tensor, slot: int, mask: torch.Tensor,
+                 done: torch.Tensor) -> torch.Tensor:
+        self._load(token, pos, slot, mask, done)
         self.graph.replay()
         return self.out.clone()
 
@@ -93,7 +101,8 @@ class StaticDecoder:
               pad_id: int) -> torch.Tensor:
         if self.use_graphs and self.graph is None:
             try:
-                self.graph = _StepGraph(self.model, self.cache_kw, self.cache, *self.shape, pad_id)
+                self.graph = _StepGraph(self.model, self.cache_kw, self.cache, *self.shape, pad_id,
+                                        (token, pos, slot, mask, done))
             except Exception as err:  # an op that cannot be captured: decode eagerly from now on
                 log.warning("CUDA graph capture failed (%s: %s); decoding without graphs", type(err).__name__, err)
                 self.use_graphs = False
