@@ -2,13 +2,13 @@
 
 Everything goes through the `evalfleet` CLI on random-weight checkpoints of real shapes:
   1. `evalfleet plan` of a Qwen2.5-7B-shaped model on 1 and on all GPUs;
-  2. the same workload (P prompts of ~256 tokens -> 64 generated tokens, batch size auto) on GPU 0
-     alone and on all GPUs, in this one run: samples/s after loading, and the ratio;
+  2. the same workload (P prompts of ~256 tokens -> 64 generated tokens, batch size auto) on 1 GPU
+     and on 2, 4, 8 GPUs (as many as there are), in this one run: samples/s after loading, ratios;
   3. with >= 2 GPUs: a Qwen2.5-14B-shaped model (~28 GB) with --max-memory-per-gpu 20GiB, planned
-     and run as one replica sharded over two GPUs;
+     and run as one replica sharded over two GPUs; with >= 4 GPUs, on all of them (hybrid);
   4. out-of-memory recovery: the 7B-shaped model on one GPU capped at 24GiB, forced batch size 512 of
      ~1024-token prompts; batches must shrink and every sample finish;
-  5. replica load and unload times of each run.
+  5. replica load and unload times of each run, and nvidia-smi utilisation samples.
 
     PYTHONPATH=src python bench/placement.py [--prompts 1024] [--work /tmp/bench] [--out DIR]
 """
@@ -29,10 +29,25 @@ from models import prompts, qwen25_text  # noqa: E402
 from evalfleet.placement import probe_machine  # noqa: E402
 
 
+UTILISATION: dict[str, str] = {}
+"""Per run: mean GPU utilisation and peak memory per GPU sampled by nvidia-smi every second."""
+
+
 def cli(*args: str) -> str:
     cmd = [sys.executable, "-m", "evalfleet.cli", *args]
     print("$ evalfleet", " ".join(args), flush=True)
+    smi = subprocess.Popen(["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used", "--format=csv,noheader,nounits",
+                            "-lms", "1000"], stdout=subprocess.PIPE, text=True) if args[0] == "run" else None
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    if smi is not None:
+        smi.terminate()
+        samples: dict[str, list[tuple[int, int]]] = {}
+        for line in smi.communicate()[0].splitlines():
+            idx, util, mem = (x.strip() for x in line.split(","))
+            samples.setdefault(idx, []).append((int(util), int(mem)))
+        UTILISATION[" ".join(args[1:])] = "; ".join(
+            f"GPU {i}: {sum(u for u, _ in v) / len(v):.0f}% mean util, {max(m for _, m in v) / 1024:.1f} GiB peak "
+            f"({len(v)} samples)" for i, v in sorted(samples.items()))
     print(out, flush=True)
     return out
 
@@ -65,6 +80,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench"))
     ap.add_argument("--prompts", type=int, default=1024)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--skip-oom", action="store_true", help="leave out the out-of-memory recovery run")
     args = ap.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -77,19 +93,20 @@ def main() -> None:
     cli("plan", str(cfg7), "--gpus", "0")
     cli("plan", str(cfg7))
 
-    cli("run", str(cfg7), "--fresh", "--gpus", "0")
-    one = perf(work, "dp")
-    cli("run", str(cfg7), "--fresh")
-    many = perf(work, "dp")
-    rows += [
-        ("7B-shaped, 1 GPU: samples/s (tok/s)", f"{one['samples_per_s']} ({one['generated_tokens_per_s']})"),
-        (f"7B-shaped, {n_gpus} GPUs: samples/s (tok/s)", f"{many['samples_per_s']} ({many['generated_tokens_per_s']})"),
-        (f"{n_gpus}-GPU / 1-GPU throughput", f"{many['samples_per_s'] / one['samples_per_s']:.2f}x"),
-        ("load wall s: 1 replica / N replicas", f"{one['load_wall_s']} / {many['load_wall_s']}"),
-        ("model load s per replica (N replicas)", ", ".join(map(str, many["load_s"].values()))),
-        ("unload wall s: 1 replica / N replicas", f"{one.get('unload_wall_s')} / {many.get('unload_wall_s')}"),
-        ("finished / errors (N GPUs)", f"{many['finished']} / {many['errors']}"),
-    ]
+    one: dict = {}
+    for n in [1] + [k for k in (2, 4, 8) if k <= n_gpus]:
+        cli("run", str(cfg7), "--fresh", "--gpus", ",".join(map(str, range(n))))
+        p = perf(work, "dp")
+        one = one or p
+        ratio = p["samples_per_s"] / one["samples_per_s"]
+        rows += [
+            (f"7B-shaped, {n} GPU(s): samples/s (generated tok/s)", f"{p['samples_per_s']} ({p['generated_tokens_per_s']})"),
+            (f"7B-shaped, {n} GPU(s): throughput vs 1 GPU (per GPU)", f"{ratio:.2f}x ({ratio / n:.2f})"),
+            (f"7B-shaped, {n} GPU(s): load wall s (from_pretrained s per replica)",
+             f"{p['load_wall_s']} ({', '.join(map(str, p['load_s'].values()))})"),
+            (f"7B-shaped, {n} GPU(s): unload wall s; finished/errors",
+             f"{p.get('unload_wall_s')}; {p['finished']}/{p['errors']}"),
+        ]
 
     if n_gpus >= 2:
         m14 = qwen25_text(work, "14b")
@@ -100,7 +117,15 @@ def main() -> None:
         sh = perf(work, "sharded")
         rows += [("14B-shaped sharded over 2 GPUs capped at 20GiB: samples/s, finished/errors",
                   f"{sh['samples_per_s']}, {sh['finished']}/{sh['errors']}")]
+        if n_gpus >= 4:  # replicas of 2 GPUs each: hybrid
+            out = cli("run", str(cfg14), "--fresh", "--max-memory-per-gpu", "20GiB")
+            hy = perf(work, "sharded")
+            layout = next(line for line in out.splitlines() if "plan: layout" in line).split("plan: ")[-1]
+            rows += [(f"14B-shaped on {n_gpus} GPUs capped at 20GiB: layout; samples/s; finished/errors",
+                      f"{layout}; {hy['samples_per_s']}; {hy['finished']}/{hy['errors']}")]
 
+    if args.skip_oom:
+        return finish(rows, args.out)
     long = write_data(work, "p1024", 256, 1024)
     cfg_oom = config(work, "oom", m7, long, batch_size=512)
     cli("run", str(cfg_oom), "--fresh", "--gpus", "0", "--max-memory-per-gpu", "24GiB")
@@ -111,10 +136,15 @@ def main() -> None:
              ("OOM recovery: halvings logged (first, last)", f"{len(halvings)} ({halvings[0]}; {halvings[-1]})"
               if halvings else "none")]
 
+    finish(rows, args.out)
+
+
+def finish(rows: list[tuple[str, str]], out: Path | None) -> None:
+    rows += [(f"nvidia-smi during `run {k}`", v) for k, v in UTILISATION.items()]
     table = "| measurement | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
     print(table)
-    if args.out:
-        (args.out / "placement.md").write_text(table)
+    if out:
+        (out / "placement.md").write_text(table)
 
 
 if __name__ == "__main__":
