@@ -38,3 +38,17 @@ def test_free_workers_take_next_chunk_and_dead_workers_give_back_theirs():
     assert q.assign("b").id == 1  # requeued at the front
     assert q.remaining() == 1 + 2 + 2
     assert not q.finished
+
+
+def test_early_workers_leave_scarce_chunks_to_workers_still_loading():
+    q = WorkQueue.of(make_chunks(samples(8), set(), 2), max_in_flight=2)  # 4 chunks
+    for w in "abcd":
+        q.register(w)
+    assert q.assign("a") is not None and q.assign("a") is None  # 3 pending, 3 workers without a chunk
+    assert q.assign("b") is not None and q.assign("b") is None
+    assert q.assign("c") is not None and q.assign("d") is not None
+    assert q.assign("a") is None  # nothing left
+    big = WorkQueue.of(make_chunks(samples(20), set(), 2), max_in_flight=2)  # 10 chunks, 2 workers
+    big.register("a")
+    big.register("b")
+    assert big.assign("a") and big.assign("a") and big.assign("a") is None  # plenty: prefetch allowed

@@ -88,6 +88,7 @@ class _Driver:
         child.close()
         w = _Worker(spec, proc, parent, generation)
         self.workers[spec.name] = w
+        self.queue.register(spec.name)
         self.store.worker_state(w.id, device=spec.name, pid=proc.pid, state="loading")
         log.info("started worker %s (pid %s)", w.id, proc.pid)
 

@@ -50,10 +50,20 @@ class WorkQueue:
     def of(cls, chunks: list[Chunk], max_in_flight: int = 2) -> WorkQueue:
         return cls(deque(chunks), max_in_flight)
 
+    def register(self, worker: str) -> None:
+        """A worker was started (it may still be loading its model)."""
+        self.held.setdefault(worker, [])
+
     def assign(self, worker: str) -> Chunk | None:
-        """The next chunk for `worker`, or None if it holds enough already or nothing is left."""
+        """The next chunk for `worker`, or None if it holds enough already or nothing is left.
+
+        A worker that holds a chunk gets a second one (to prefetch) only while more chunks are pending
+        than there are workers holding none: early workers must not take what late ones need.
+        """
         holding = self.held.setdefault(worker, [])
         if len(holding) >= self.max_in_flight or not self.pending:
+            return None
+        if holding and len(self.pending) <= sum(1 for h in self.held.values() if not h):
             return None
         chunk = self.pending.popleft()
         holding.append(chunk)
