@@ -81,8 +81,8 @@ def probe_machine() -> Machine:
         import pynvml
 
         pynvml.nvmlInit()
-    except Exception:  # no driver: a CPU machine
-        return Machine([], cpus)
+    except Exception:  # no NVML: ask torch (this initialises CUDA in the driver), else a CPU machine
+        return Machine(_torch_gpus(wanted), cpus)
     try:
         count = pynvml.nvmlDeviceGetCount()
         handles = {str(i): pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)}
@@ -98,6 +98,22 @@ def probe_machine() -> Machine:
         return Machine(gpus, cpus)
     finally:
         pynvml.nvmlShutdown()
+
+
+def _torch_gpus(wanted: list[str] | None) -> list[Gpu]:
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return []
+        ids = wanted or [str(i) for i in range(torch.cuda.device_count())]
+        gpus = []
+        for i, gid in enumerate(ids):
+            free, total = torch.cuda.mem_get_info(i)
+            gpus.append(Gpu(i, gid, torch.cuda.get_device_name(i), total, free))
+        return gpus
+    except Exception:
+        return []
 
 
 def _usable(gpu: Gpu, cap: int | None) -> int:
