@@ -39,8 +39,7 @@ def qwen25_text(work: Path, shape: str) -> Path:
     Its tokenizer is the tiny one (ids it lacks decode to nothing), and it has no EOS, so every
     sample generates exactly max_new_tokens: throughput equals that of real weights.
     """
-    import torch
-    from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     folder = work / f"qwen2.5-{shape}-shaped"
     if (folder / "config.json").exists():
@@ -51,14 +50,23 @@ def qwen25_text(work: Path, shape: str) -> Path:
                       num_attention_heads=heads, num_key_value_heads=kv, vocab_size=152064,
                       max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=False,
                       eos_token_id=None, bos_token_id=None, pad_token_id=tok.pad_token_id)
+    return _save_random(Qwen2ForCausalLM, cfg, tok, folder)
+
+
+def _save_random(model_cls: type, cfg: object, tok: object, folder: Path) -> Path:
+    """Initialise `model_cls(cfg)` on the GPU (CPU without one), without EOS; save it with `tok`."""
+    import torch
+    from transformers import GenerationConfig
+
     device, dtype = _device_dtype()
     with torch.device(device):
-        model = Qwen2ForCausalLM(cfg).to(dtype)
+        model = model_cls(cfg).to(dtype)
     model.generation_config = GenerationConfig(eos_token_id=None, pad_token_id=tok.pad_token_id)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     del model
-    torch.cuda.empty_cache()
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return folder
 
 
@@ -84,8 +92,7 @@ def qwen25_vl(work: Path, shape: str) -> Path:
     import json
     import shutil
 
-    import torch
-    from transformers import AutoTokenizer, GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     folder = work / f"qwen2.5-vl-{shape}-shaped"
     if (folder / "config.json").exists():
@@ -109,19 +116,11 @@ def qwen25_vl(work: Path, shape: str) -> Path:
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )
-    device, dtype = _device_dtype()
-    with torch.device(device):
-        model = Qwen2_5_VLForConditionalGeneration(cfg).to(dtype)
-    model.generation_config = GenerationConfig(eos_token_id=None, pad_token_id=tok.pad_token_id)
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
+    _save_random(Qwen2_5_VLForConditionalGeneration, cfg, tok, folder)
     pre = json.loads((tiny / "preprocessor_config.json").read_text())
     pre["size"] = {"shortest_edge": 56 * 56, "longest_edge": 448 * 448}
     (folder / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
     shutil.copy(tiny / "chat_template.jinja", folder / "chat_template.jinja")
-    del model
-    if device == "cuda":
-        torch.cuda.empty_cache()
     return folder
 
 

@@ -107,12 +107,18 @@ def test_two_workers_give_identical_predictions(tmp_path, smollm2, reference):
     assert predictions(tmp_path / "t") == predictions(reference[0])
 
 
-def test_resume_after_sigkill_of_the_driver(tmp_path, smollm2, reference):
+def start_run(tmp_path: Path, smollm2: Path, min_results: int) -> tuple[Path, subprocess.Popen, Path, list[int]]:
+    """`evalfleet run` with one worker in a subprocess, once `min_results` are committed: config, process,
+    store path and worker pids."""
     config = write_yaml(tmp_path, smollm2, workers=1)
     db = tmp_path / "t" / "store.db"
     proc = cli("run", str(config))
-    wait_for(lambda: db.exists() and result_count(db) >= 8, what="first results")
-    workers = [w["pid"] for w in Store(db).workers()]
+    wait_for(lambda: db.exists() and result_count(db) >= min_results, what="first results")
+    return config, proc, db, [w["pid"] for w in Store(db).workers()]
+
+
+def test_resume_after_sigkill_of_the_driver(tmp_path, smollm2, reference):
+    config, proc, db, workers = start_run(tmp_path, smollm2, 8)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     partial = result_count(db)
@@ -174,11 +180,7 @@ def test_cli_names_missing_model_path_and_unloadable_model(tmp_path, smollm2):
 
 
 def test_ctrl_c_saves_results_and_stops_workers(tmp_path, smollm2):
-    config = write_yaml(tmp_path, smollm2, workers=1)
-    db = tmp_path / "t" / "store.db"
-    proc = cli("run", str(config))
-    wait_for(lambda: db.exists() and result_count(db) >= 4, what="first results")
-    workers = [w["pid"] for w in Store(db).workers()]
+    _, proc, db, workers = start_run(tmp_path, smollm2, 4)
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=60)[0]
     assert proc.returncode == 130, output
