@@ -66,7 +66,7 @@ def config(work: Path, name: str, model: Path, data: Path, **model_over: object)
 def perf(work: Path, name: str) -> dict:
     summary = json.loads((work / "runs" / name / "summary.json").read_text())
     ds = summary["datasets"]["prompts"]
-    return {**summary["performance"], "finished": ds["finished"], "errors": ds["errors"]}
+    return {**summary["performance"]["generate"], "finished": ds["finished"], "errors": ds["errors"]}
 
 
 def write_data(work: Path, name: str, n: int, tokens: int) -> Path:

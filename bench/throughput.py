@@ -85,7 +85,7 @@ def run_cli(work: Path, name: str, model: Path, data: Path, new: int, batch: int
     subprocess.run([sys.executable, "-m", "evalfleet.cli", "run", str(path), "--fresh"], check=True)
     wall = time.perf_counter() - t0
     summary = json.loads((work / "runs" / name / "summary.json").read_text())
-    return {**summary["performance"], "wall_s": wall, "errors": summary["datasets"]["d"]["errors"]}
+    return {**summary["performance"]["generate"], "wall_s": wall, "errors": summary["datasets"]["d"]["errors"]}
 
 
 def text_bench(work: Path, shape: str, n: int, prompt_tokens: int, new: int) -> None:

@@ -38,7 +38,9 @@ def test_every_problem_is_reported_with_its_key(tmp_path):
 
 
 def test_missing_required_key_and_source(tmp_path):
-    with pytest.raises(UserError, match="model: required key is missing"):
+    with pytest.raises(UserError, match="datasets: required key is missing"):
+        load_config(write(tmp_path, "name: t\nmodel: {path: m}\n"))
+    with pytest.raises(UserError, match="give exactly one of `model`"):
         load_config(write(tmp_path, "name: t\ndatasets: [{name: a, path: x.jsonl}]\n"))
     with pytest.raises(UserError, match="give exactly one of `path` or `builtin`"):
         load_config(write(tmp_path, "name: t\nmodel: {path: m}\ndatasets: [{name: a}]\n"))
@@ -59,7 +61,27 @@ def test_cli_overrides_use_dotted_keys(tmp_path):
 
 
 def test_fingerprint_ignores_batch_size_but_not_generation(tmp_path):
-    a = load_config(write(tmp_path, GOOD))
-    b = load_config(write(tmp_path, GOOD), {"model.batch_size": 32})
-    c = load_config(write(tmp_path, GOOD), {"model.generation.max_new_tokens": 9})
-    assert a.model_fingerprint() == b.model_fingerprint() != c.model_fingerprint()
+    a = load_config(write(tmp_path, GOOD)).pipeline()[0]
+    b = load_config(write(tmp_path, GOOD), {"model.batch_size": 32}).pipeline()[0]
+    c = load_config(write(tmp_path, GOOD), {"model.generation.max_new_tokens": 9}).pipeline()[0]
+    assert a.fingerprint(0) == b.fingerprint(0) != c.fingerprint(0) and a.fingerprint(0) != a.fingerprint(1)
+
+
+def test_stages_are_validated(tmp_path):
+    judge = "{name: j, kind: judge, model: {path: m}, prompt: 'Rate {prediction}'}"
+    ok = load_config(write(tmp_path, f"name: t\ndatasets: [{{name: a, path: x}}]\nstages: [{{name: g, kind: generate, "
+                                     f"model: {{path: m}}}}, {judge}]\n"))
+    assert [s.kind for s in ok.pipeline()] == ["generate", "judge"]
+    with pytest.raises(UserError, match="give exactly one of `model` \\(one generate stage\\) or `stages`"):
+        load_config(write(tmp_path, f"name: t\nmodel: {{path: m}}\ndatasets: [{{name: a, path: x}}]\nstages: [{judge}]\n"))
+    with pytest.raises(UserError, match="must start with the one `generate` stage"):
+        load_config(write(tmp_path, f"name: t\ndatasets: [{{name: a, path: x}}]\nstages: [{judge}]\n"))
+    with pytest.raises(UserError, match="a judge stage needs a `prompt` template"):
+        load_config(write(tmp_path, "name: t\ndatasets: [{name: a, path: x}]\nstages: [{name: g, kind: generate, "
+                                    "model: {path: m}}, {name: j, kind: judge, model: {path: m}}]\n"))
+
+
+@pytest.mark.parametrize("example", sorted((Path(__file__).parents[1] / "examples").glob("*.yaml")))
+def test_examples_are_valid_configs(example):
+    cfg = load_config(example)
+    assert cfg.pipeline()[0].kind == "generate"

@@ -108,8 +108,9 @@ def plan_cmd(
                 samples += load_samples(ds, seed=cfg.seed, limit=cfg.limit)
             except DatasetError as err:
                 console.print(f"dataset {ds.name}: {escape(str(err))} (ignored for the plan)", highlight=False)
-        for line in make_plan(cfg, samples)[1]:
-            console.print(line, markup=False, highlight=False)
+        for stage in cfg.pipeline():  # judge prompts are not known yet: their plans use the questions
+            for line in make_plan(cfg, stage.model, samples)[1]:
+                console.print(f"{stage.name}: {line}", markup=False, highlight=False)
 
     _guard(go)
 
@@ -123,8 +124,7 @@ def report_cmd(run_dir: Annotated[Path, typer.Argument(help="Run folder (output_
         from evalfleet.store import Store
 
         store = Store.open_existing(run_dir)
-        config = store.get_meta("config")
-        write_report(run_dir, store, config["metrics"], console)
+        write_report(run_dir, store, parse_config(store.get_meta("config"), source=str(run_dir)), console)
         store.close()
 
     _guard(go)

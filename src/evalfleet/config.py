@@ -124,6 +124,57 @@ class DatasetConfig(_Strict):
 MetricName = Literal["exact_match", "vqa_accuracy", "lenient_match"]
 
 
+class JudgeParse(_Strict):
+    """How a judge's reply becomes a score."""
+
+    kind: Literal["number", "json", "label"] = "number"
+    """`number`: the reply's first number, which must lie in [min, max]; `json`: an object with `score` (and `reason`);
+    `label`: the first of `labels` that the reply names."""
+    min: float = 0
+    """Lowest valid score (`number`, `json`)."""
+    max: float = 10
+    """Highest valid score (`number`, `json`)."""
+    labels: dict[str, float] | None = None
+    """`label`: each label and its score, e.g. {correct: 1, incorrect: 0}."""
+
+    @model_validator(mode="after")
+    def _labels_for_label(self) -> JudgeParse:
+        if self.kind == "label" and not self.labels:
+            raise ValueError("kind `label` needs `labels` (label: score)")
+        if self.min > self.max:
+            raise ValueError("`min` is above `max`")
+        return self
+
+
+class StageConfig(_Strict):
+    """One stage of a pipeline, run over all GPUs with its own model."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Stage name, used in the store and reports."""
+    kind: Literal["generate", "judge"]
+    """`generate` answers each sample; `judge` rates the previous stage's answers."""
+    model: ModelConfig
+    """The stage's model."""
+    prompt: str | None = None
+    """Judge: the message template; `{question}`, `{answer}`, `{prediction}`, `{id}`, `{image}`."""
+    parse: JudgeParse = JudgeParse()
+    """Judge: how the reply becomes a score."""
+
+    @model_validator(mode="after")
+    def _judge_needs_prompt(self) -> StageConfig:
+        if self.kind == "judge" and not self.prompt:
+            raise ValueError("a judge stage needs a `prompt` template")
+        return self
+
+    def fingerprint(self, seed: int) -> str:
+        """Hash of what determines this stage's outputs; a resumed run must match it."""
+        payload = self.model_dump(exclude={"name"})
+        payload["seed"] = seed
+        for key in ("batch_size", "engine"):
+            payload["model"].pop(key)
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class RunConfig(_Strict):
     """A whole evaluation run."""
 
@@ -131,8 +182,10 @@ class RunConfig(_Strict):
     """Run name; results go to `output_dir/name`."""
     output_dir: str = "runs"
     """Parent folder of run folders (relative to the working directory)."""
-    model: ModelConfig
-    """The answering model."""
+    model: ModelConfig | None = None
+    """The answering model: shorthand for a single `generate` stage."""
+    stages: list[StageConfig] | None = None
+    """The pipeline, in order: a `generate` stage first, then `judge` stages."""
     datasets: list[DatasetConfig] = Field(min_length=1)
     """Datasets to evaluate."""
     metrics: list[MetricName] = ["exact_match"]
@@ -155,22 +208,30 @@ class RunConfig(_Strict):
     """...or every T seconds, whichever comes first."""
 
     @model_validator(mode="after")
-    def _unique_names(self) -> RunConfig:
-        names = [d.name for d in self.datasets]
-        dups = sorted({n for n in names if names.count(n) > 1})
-        if dups:
-            raise ValueError(f"dataset names must be unique; repeated: {', '.join(dups)}")
+    def _consistent(self) -> RunConfig:
+        for what, names in (("dataset", [d.name for d in self.datasets]),
+                            ("stage", [s.name for s in self.stages or []])):
+            dups = sorted({n for n in names if names.count(n) > 1})
+            if dups:
+                raise ValueError(f"{what} names must be unique; repeated: {', '.join(dups)}")
+        if (self.model is None) == (self.stages is None):
+            raise ValueError("give exactly one of `model` (one generate stage) or `stages`")
+        if self.stages is not None and (self.stages[0].kind != "generate"
+                                        or any(s.kind == "generate" for s in self.stages[1:])):
+            raise ValueError("`stages` must start with the one `generate` stage, followed by `judge` stages")
         return self
+
+    def pipeline(self) -> list[StageConfig]:
+        """The stages to run, in order."""
+        if self.stages is not None:
+            return self.stages
+        assert self.model is not None
+        return [StageConfig(name="generate", kind="generate", model=self.model)]
 
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
 
-    def model_fingerprint(self) -> str:
-        """Hash of what determines a prediction; a resumed run must match it."""
-        payload = self.model.model_dump(exclude={"batch_size", "engine"})
-        payload["seed"] = self.seed
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _format_errors(source: str, err: ValidationError) -> str:

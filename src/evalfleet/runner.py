@@ -1,8 +1,8 @@
 """The driver: loads datasets, starts workers, feeds the dynamic queue, and is the store's single writer.
 
-Reads top to bottom as `run()`: 1. open the store, 2. load datasets, 3. plan the placement, 4. cut
-chunks of what is left, 5. start workers, 6. loop handing out chunks and committing results,
-7. stop workers, 8. report.
+Reads top to bottom as `run()`: 1. open the store, 2. load datasets, 3. run each stage (plan the
+placement, cut chunks of what is left, start workers, hand out chunks and commit results, stop the
+workers), 4. report.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from typing import Any
 
 from rich.console import Console
 
-from evalfleet.config import RunConfig
+from evalfleet.config import ModelConfig, RunConfig, StageConfig
 from evalfleet.datasets import DatasetError, Sample, load_samples
 from evalfleet.errors import UserError
 from evalfleet.placement import Plan, describe, parse_bytes, plan, probe_machine
 from evalfleet.memory import ModelEstimate, estimate_model, longest_prompt_tokens
 from evalfleet.progress import RunProgress
-from evalfleet.report import STAGE, write_report
+from evalfleet.report import write_report
+from evalfleet.scoring.judge import render_judge_prompt
 from evalfleet.scheduler import Chunk, WorkQueue, make_chunks
 from evalfleet.store import Result, Store
 from evalfleet.workers import WorkerSpec, worker_main
@@ -54,6 +55,7 @@ class _Worker:
 @dataclass
 class _Driver:
     cfg: RunConfig
+    stage: StageConfig
     store: Store
     queue: WorkQueue
     progress: RunProgress
@@ -80,7 +82,7 @@ class _Driver:
         parent, child = self.ctx.Pipe()
         proc = self.ctx.Process(
             target=worker_main,
-            args=(child, spec, self.cfg.model.model_dump_json(), self.batch_size),
+            args=(child, spec, self.stage.model.model_dump_json(), self.batch_size),
             name=f"evalfleet-{spec.name}",
             daemon=True,
         )
@@ -158,11 +160,11 @@ class _Driver:
         elif kind == "fatal":
             log.error("worker %s failed to start:\n%s", w.id, msg[1])
             last = msg[1].strip().splitlines()[-1]
-            raise UserError(f"worker {w.id} could not load the model {self.cfg.model.path}: {last}")
+            raise UserError(f"worker {w.id} could not load the model {self.stage.model.path}: {last}")
 
     def commit(self, force: bool = False) -> None:
         if self.buffer and (force or time.monotonic() - self.last_commit >= COMMIT_EVERY_S):
-            self.store.add_results(STAGE, self.buffer)
+            self.store.add_results(self.stage.name, self.buffer)
             for wid, n in self.worker_counts.items():
                 self.store.worker_progress(wid, n)
             self.buffer, self.worker_counts = [], {}
@@ -223,7 +225,7 @@ class _Driver:
             self.perf["unload_wall_s"] = round(time.monotonic() - t0, 3)
             self.progress.note(f"{len(self.perf['unload_s'])} replica(s) unloaded in {self.perf['unload_wall_s']:.2f} s "
                                "wall")
-        self.store.set_meta("performance", self.perf)
+
 
 
 def _load_datasets(cfg: RunConfig, store: Store, progress_note: Any) -> dict[str, list[Sample]]:
@@ -245,9 +247,9 @@ def _load_datasets(cfg: RunConfig, store: Store, progress_note: Any) -> dict[str
     return loaded
 
 
-def _estimate(cfg: RunConfig, samples: list[Sample], on_gpu: bool) -> ModelEstimate | None:
+def _estimate(model: ModelConfig, samples: list[Sample], on_gpu: bool) -> ModelEstimate | None:
     """Memory estimate from the checkpoint files and the data; None when there is no local config.json."""
-    if not (Path(cfg.model.path) / "config.json").is_file():
+    if not (Path(model.path) / "config.json").is_file():
         return None
     sizes = []
     for s in [s for s in samples if s.images][:16]:
@@ -256,24 +258,24 @@ def _estimate(cfg: RunConfig, samples: list[Sample], on_gpu: bool) -> ModelEstim
         except ValueError:
             continue  # reported when the sample runs
     return estimate_model(
-        cfg.model.path,
-        dtype=cfg.model.resolved_dtype(on_gpu=on_gpu),
-        max_new_tokens=cfg.model.generation.max_new_tokens,
-        prompt_tokens=longest_prompt_tokens(cfg.model.path, [s.prompt for s in samples]),
+        model.path,
+        dtype=model.resolved_dtype(on_gpu=on_gpu),
+        max_new_tokens=model.generation.max_new_tokens,
+        prompt_tokens=longest_prompt_tokens(model.path, [s.prompt for s in samples]),
         image_sizes=sizes,
         images_per_sample=max((len(s.images) for s in samples), default=0),
     )
 
 
-def make_plan(cfg: RunConfig, samples: list[Sample]) -> tuple[Plan, list[str]]:
-    """Probe the machine, estimate the model, choose the layout; returns it with its description."""
+def make_plan(cfg: RunConfig, model: ModelConfig, samples: list[Sample]) -> tuple[Plan, list[str]]:
+    """Probe the machine, estimate `model` on `samples`, choose the layout; returns it with its description."""
     machine = probe_machine()
     p = cfg.placement
     cap = parse_bytes(p.max_memory_per_gpu) if p.max_memory_per_gpu else None
     on_gpu = bool(machine.gpus) and not (cfg.workers is not None and cfg.gpus is None)
-    est = _estimate(cfg, samples, on_gpu) if on_gpu else None
+    est = _estimate(model, samples, on_gpu) if on_gpu else None
     chosen = plan(machine, est, mode=p.mode, gpus=cfg.gpus, workers=cfg.workers,
-                  gpus_per_replica=p.gpus_per_replica, max_memory_per_gpu=cap, batch_size=cfg.model.batch_size)
+                  gpus_per_replica=p.gpus_per_replica, max_memory_per_gpu=cap, batch_size=model.batch_size)
     if p.cpu_worker_headroom and chosen.mode == "cpu":
         headroom = parse_bytes(p.cpu_worker_headroom)
         chosen.workers = [replace(w, cpu_headroom=headroom) for w in chosen.workers]
@@ -310,7 +312,8 @@ def run(
     The full log (with tracebacks of failed batches) goes to `log_file`, by default `RUN_DIR/run.log`.
     """
     console = console or Console()
-    check_model_path(cfg.model.path)
+    for stage in cfg.pipeline():
+        check_model_path(stage.model.path)
     run_dir = cfg.run_dir
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -322,62 +325,111 @@ def run(
         handler.close()
 
 
-def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, console: Console) -> dict:
+def _judge_inputs(
+    stage: StageConfig, previous: StageConfig, loaded: dict[str, list[Sample]], store: Store
+) -> dict[str, list[Sample]]:
+    """Samples whose prompt is the judge template filled with the previous stage's answer.
 
-    # 1. The store: refuse to mix predictions of different model settings.
-    store = Store(run_dir / "store.db")
-    store.check_fingerprint(cfg.model_fingerprint())
-    store.set_meta("name", cfg.name)
-    store.set_meta("config", cfg.model_dump(mode="json"))
-    if retry_errors:
-        store.clear_errors(STAGE)
+    A sample the previous stage could not answer, or whose template cannot be filled, gets an error
+    result at this stage instead (once; a later run does not redo it).
+    """
+    assert stage.prompt is not None
+    inputs: dict[str, list[Sample]] = {}
+    for name, samples in loaded.items():
+        by_id = {s.id: s for s in samples}
+        judged, failed = [], []
+        for row in store.rows(previous.name, name):
+            if row["id"] not in by_id:
+                continue
+            if row["prediction"] is None:
+                why = row["error"] or "not answered yet"
+                failed.append(Result(name, row["id"], None, f"nothing to judge: {previous.name} gave no answer ({why})"))
+                continue
+            try:
+                prompt = render_judge_prompt(stage.prompt, row)
+            except KeyError as err:
+                failed.append(Result(name, row["id"], None, f"judge prompt names {err}, which samples do not have"))
+                continue
+            s = by_id[row["id"]]
+            images = s.images if "{image}" in stage.prompt else []
+            judged.append(Sample(name, s.id, s.question, prompt, s.answers, images, s.source))
+        store.add_results(stage.name, failed)
+        inputs[name] = judged
+    return inputs
 
-    # 2. Datasets (a failed one is recorded; the others go on).
+
+def _run_stage(
+    cfg: RunConfig, stage: StageConfig, loaded: dict[str, list[Sample]], store: Store, console: Console
+) -> None:
+    """Plan, cut chunks of what is left, and run the stage's workers until every sample has a result."""
     note = lambda text: console.print(f"[evalfleet] {text}", markup=False, highlight=False)  # noqa: E731
-    loaded = _load_datasets(cfg, store, note)
 
-    # 3. Placement: replicas x GPUs and the starting batch size, explained.
-    chosen, lines = make_plan(cfg, [s for samples in loaded.values() for s in samples])
+    # Placement: replicas x GPUs and the starting batch size, explained.
+    chosen, lines = make_plan(cfg, stage.model, [s for samples in loaded.values() for s in samples])
     for line in lines:
-        note(line)
-        log.info(line)
+        note(f"{stage.name}: {line}")
+        log.info("%s: %s", stage.name, line)
 
-    # 4. Chunks of what is left, cut the same way on every run.
+    # Chunks of what is left, cut the same way on every run.
     chunk_size = cfg.chunk_size or chosen.batch_size
     chunks: list[Chunk] = []
     total = done = 0
     for name, samples in loaded.items():
-        finished = store.done_ids(STAGE, name)
+        finished = store.done_ids(stage.name, name)
         chunks += make_chunks(samples, finished, chunk_size, start_id=len(chunks))
         total += len(samples)
         done += sum(1 for s in samples if s.id in finished or s.error)
     queue = WorkQueue.of(chunks)
     todo = queue.remaining()
-    note(f"run {cfg.name}: {total} samples in {len(loaded)} dataset(s), {done} already done, {todo} to do")
+    note(f"stage {stage.name}: {total} samples in {len(loaded)} dataset(s), {done} already done, {todo} to do")
+    if not todo:
+        return
 
-    # 5-7. Workers and the queue.
-    if todo:
-        specs = chosen.workers[: len(chunks)]  # no idle workers loading a model for nothing
-        note(f"starting {len(specs)} worker(s): {', '.join(s.name for s in specs)}")
-        progress = RunProgress(total, done, console=console, every=cfg.progress_every, seconds=cfg.progress_seconds)
-        driver = _Driver(cfg, store, queue, progress, chosen.batch_size)
-        try:
-            for spec in specs:
-                driver.start(spec)
-            driver.loop()
-        except KeyboardInterrupt:
-            driver.commit(force=True)
-            note("interrupted; results so far are saved. Run the same command again to resume.")
-            raise
-        finally:
-            driver.commit(force=True)
-            progress.close()
-            driver.stop()
+    specs = chosen.workers[: len(chunks)]  # no idle workers loading a model for nothing
+    note(f"{stage.name}: starting {len(specs)} worker(s): {', '.join(s.name for s in specs)}")
+    progress = RunProgress(total, done, console=console, every=cfg.progress_every, seconds=cfg.progress_seconds)
+    driver = _Driver(cfg, stage, store, queue, progress, chosen.batch_size)
+    try:
+        for spec in specs:
+            driver.start(spec)
+        driver.loop()
+    except KeyboardInterrupt:
+        driver.commit(force=True)
+        note("interrupted; results so far are saved. Run the same command again to resume.")
+        raise
+    finally:
+        driver.commit(force=True)
+        progress.close()
+        driver.stop()
+        store.set_meta(f"performance:{stage.name}", driver.perf)
+
+
+def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, console: Console) -> dict:
+    stages = cfg.pipeline()
+
+    # 1. The store: refuse to mix results of different model settings.
+    store = Store(run_dir / "store.db")
+    for stage in stages:
+        store.check_fingerprint(stage.name, stage.fingerprint(cfg.seed))
+    store.set_meta("name", cfg.name)
+    store.set_meta("config", cfg.model_dump(mode="json"))
+    if retry_errors:
+        for stage in stages:
+            store.clear_errors(stage.name)
+
+    # 2. Datasets (a failed one is recorded; the others go on).
+    note = lambda text: console.print(f"[evalfleet] {text}", markup=False, highlight=False)  # noqa: E731
+    loaded = _load_datasets(cfg, store, note)
+
+    # 3. Each stage over all GPUs, in order; a judge reads the stage before it from the store.
+    for previous, stage in zip([None, *stages], stages):
+        inputs = loaded if previous is None else _judge_inputs(stage, previous, loaded, store)
+        _run_stage(cfg, stage, inputs, store, console)
     for name in loaded:
         store.set_dataset(name, "done", len(loaded[name]))
 
-    # 8. Report.
-    summary = write_report(run_dir, store, cfg.metrics, console)
+    # 4. Report.
+    summary = write_report(run_dir, store, cfg, console)
     store.close()
     note(f"results in {run_dir}")
     return summary

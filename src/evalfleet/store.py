@@ -78,15 +78,15 @@ class Store:
     def set_meta(self, key: str, value: Any) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
-    def check_fingerprint(self, fingerprint: str) -> None:
-        """Refuse to resume a run whose predictions were made with other model settings."""
-        old = self.get_meta("fingerprint")
+    def check_fingerprint(self, stage: str, fingerprint: str) -> None:
+        """Refuse to resume a stage whose results were made with other model settings."""
+        old = self.get_meta(f"fingerprint:{stage}")
         if old is None:
-            self.set_meta("fingerprint", fingerprint)
+            self.set_meta(f"fingerprint:{stage}", fingerprint)
         elif old != fingerprint:
             raise UserError(
-                f"{self.path} holds results made with other model or generation settings "
-                f"(fingerprint {old}, now {fingerprint}); use --fresh to start over or another run name"
+                f"{self.path} holds results of stage {stage!r} made with other model, generation or judge "
+                f"settings (fingerprint {old}, now {fingerprint}); use --fresh to start over or another run name"
             )
 
     # -- datasets and samples -----------------------------------------------------------------

@@ -1,0 +1,54 @@
+"""generate -> judge on real questions with SmolLM2 as answerer and as judge."""
+
+import json
+
+from conftest import DEMO_QUESTIONS, quiet_console
+
+from evalfleet.config import parse_config
+from evalfleet.runner import run
+from evalfleet.store import Store
+
+JUDGE_PROMPT = ("Question: {question}\nReference answer: {answer}\nStudent answer: {prediction}\n"
+                "Grade the student answer from 0 to 10. Reply with the number only.")
+
+
+def pipeline_config(tmp_path, smollm2, data):
+    model = {"path": str(smollm2), "dtype": "float32", "batch_size": 4}
+    return parse_config({
+        "name": "p", "output_dir": str(tmp_path), "workers": 1, "metrics": ["lenient_match"],
+        "datasets": [{"name": "qa", "path": str(data), "prompt": "{question} Answer briefly."}],
+        "stages": [
+            {"name": "generate", "kind": "generate", "model": {**model, "generation": {"max_new_tokens": 16}}},
+            {"name": "judge", "kind": "judge", "prompt": JUDGE_PROMPT,
+             "model": {**model, "generation": {"max_new_tokens": 6}}, "parse": {"kind": "number", "min": 0, "max": 10}},
+        ],
+    })
+
+
+def test_generate_then_judge_records_scores_raw_replies_and_parse_errors(tmp_path, smollm2):
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(DEMO_QUESTIONS.read_text().splitlines(keepends=True)[:6]) + "{broken\n")
+    cfg = pipeline_config(tmp_path, smollm2, data)
+    summary = run(cfg, console=quiet_console())
+
+    judge = summary["datasets"]["qa"]["judge"]
+    assert judge["judged"] + judge["parse_errors"] == 6  # every answered sample: a score or a recorded parse error
+    assert judge["errors"] == 1  # the broken row had nothing to judge
+    assert judge["judged"] >= 1 and 0 <= judge["min"] <= judge["mean"] <= judge["max"] <= 10
+    store = Store.open_existing(tmp_path / "p")
+    raw = {r["id"]: r for r in store.rows("judge", "qa")}
+    store.close()
+    assert raw["line7"]["error"].startswith("nothing to judge: generate gave no answer")
+    lines = [json.loads(x) for x in (tmp_path / "p" / "predictions" / "qa.jsonl").read_text().splitlines()]
+    for line in lines[:6]:
+        j = line["judge"]["judge"]
+        assert j["raw"] == raw[line["id"]]["prediction"]  # the judge's reply is kept verbatim
+        assert (j["score"] is None) != (j["error"] is None)  # a score, or why there is none: never a silent 0
+    assert "judge mean score" in (tmp_path / "p" / "summary.md").read_text()
+
+    # Running again recomputes nothing: both stages' results are reused from the store.
+    again = run(cfg, console=(console := quiet_console()))
+    out = console.file.getvalue()
+    assert "stage generate: 7 samples in 1 dataset(s), 7 already done, 0 to do" in out
+    assert "stage judge: 6 samples in 1 dataset(s), 6 already done, 0 to do" in out
+    assert again["datasets"]["qa"]["judge"] == judge
