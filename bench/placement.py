@@ -28,7 +28,6 @@ from models import prompts, qwen25_text  # noqa: E402
 
 from evalfleet.placement import probe_machine  # noqa: E402
 
-
 UTILISATION: dict[str, str] = {}
 """Per run: mean GPU utilisation and peak memory per GPU sampled by nvidia-smi every second."""
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 from rich.console import Console
+from tiny_models import install_video_processor_shim
 
 from evalfleet.config import RunConfig, parse_config
-from tiny_models import install_video_processor_shim
 
 install_video_processor_shim()
 

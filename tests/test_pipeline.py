@@ -28,8 +28,11 @@ def pipeline_config(tmp_path, smollm2, data):
 def test_generate_then_judge_records_scores_raw_replies_and_parse_errors(tmp_path, smollm2):
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(DEMO_QUESTIONS.read_text().splitlines(keepends=True)[:6]) + "{broken\n")
-    cfg = pipeline_config(tmp_path, smollm2, data)
-    summary = run(cfg, console=quiet_console())
+    cfg = pipeline_config(tmp_path, smollm2, data).model_copy(update={"show_samples": True})
+    summary = run(cfg, console=(console := quiet_console()))
+    shown = console.file.getvalue()
+    assert "[cpu0] [qa/q01] lenient_match 1.00 | 7 + 9 = 16" in shown  # --show-samples: a line per sample
+    assert "[cpu0] batch of 4: mean" in shown
 
     judge = summary["datasets"]["qa"]["judge"]
     assert judge["judged"] + judge["parse_errors"] == 6  # every answered sample: a score or a recorded parse error

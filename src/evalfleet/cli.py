@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -38,7 +38,7 @@ def _guard(fn: Callable[[], None]) -> None:
         raise typer.Exit(130) from None
 
 
-OVERRIDE_KEYS = {"workers": "workers", "batch_size": "model.batch_size", "limit": "limit", "seed": "seed",
+OVERRIDE_KEYS = {"show_samples": "show_samples", "workers": "workers", "batch_size": "model.batch_size", "limit": "limit", "seed": "seed",
                  "out": "output_dir", "mode": "placement.mode", "max_memory_per_gpu": "placement.max_memory_per_gpu"}
 
 
@@ -76,12 +76,13 @@ def run_cmd(
     log_file: LogOpt = None,
     mode: ModeOpt = None,
     max_memory_per_gpu: MaxMemOpt = None,
+    show_samples: Annotated[bool, typer.Option("--show-samples", help="A line per finished sample.")] = False,
 ) -> None:
     """Run an evaluation, or resume it where it stopped."""
 
     def go() -> None:
         overrides = _overrides(gpus=gpus, workers=workers, batch_size=batch_size, limit=limit, seed=seed, out=out,
-                               mode=mode, max_memory_per_gpu=max_memory_per_gpu)
+                               mode=mode, max_memory_per_gpu=max_memory_per_gpu, show_samples=show_samples or None)
         _execute(load_config(config, overrides), fresh=fresh, retry_errors=retry_errors, log_file=log_file)
 
     _guard(go)

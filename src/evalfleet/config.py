@@ -202,6 +202,8 @@ class RunConfig(_Strict):
     """Samples handed to a worker at a time (default: the starting batch size)."""
     limit: int | None = Field(None, ge=1)
     """Cap on samples per dataset, applied on top of each dataset's own limit."""
+    show_samples: bool = False
+    """Print a line per finished sample (worker, sample, score, answer) and a line per batch with its mean."""
     progress_every: int = Field(50, ge=1)
     """Non-terminal progress: print a line every N samples..."""
     progress_seconds: float = Field(30.0, gt=0)

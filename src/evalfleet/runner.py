@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 from rich.console import Console
@@ -21,12 +22,13 @@ from rich.console import Console
 from evalfleet.config import ModelConfig, RunConfig, StageConfig
 from evalfleet.datasets import DatasetError, Sample, load_samples
 from evalfleet.errors import UserError
-from evalfleet.placement import Plan, describe, parse_bytes, plan, probe_machine
 from evalfleet.memory import ModelEstimate, estimate_model, longest_prompt_tokens
+from evalfleet.placement import Plan, describe, parse_bytes, plan, probe_machine
 from evalfleet.progress import RunProgress
 from evalfleet.report import write_report
-from evalfleet.scoring.judge import render_judge_prompt
 from evalfleet.scheduler import Chunk, WorkQueue, make_chunks
+from evalfleet.scoring import METRICS
+from evalfleet.scoring.judge import parse_judgement, render_judge_prompt
 from evalfleet.store import Result, Store
 from evalfleet.workers import WorkerSpec, worker_main
 
@@ -71,6 +73,8 @@ class _Driver:
     """When every replica had loaded; throughput counts from then."""
     at_ready: tuple[int, int] = (0, 0)
     """(samples, generated tokens) finished before t_ready."""
+    answers: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    """Accepted answers by (dataset, sample id), for --show-samples lines."""
     perf: dict[str, Any] = field(
         default_factory=lambda: {"load_s": {}, "unload_s": {}, "samples": 0, "generated_tokens": 0}
     )
@@ -154,6 +158,8 @@ class _Driver:
             self.perf["samples"] += len(results)
             self.perf["generated_tokens"] += sum(r.n_tokens or 0 for r in results)
             self.buffer += results
+            if self.cfg.show_samples:
+                self.show(w, results)
             self.worker_counts[w.id] = self.worker_counts.get(w.id, 0) + len(results)
             self.progress.advance(w.spec.name, len(results))
             self.feed(w)
@@ -161,6 +167,26 @@ class _Driver:
             log.error("worker %s failed to start:\n%s", w.id, msg[1])
             last = msg[1].strip().splitlines()[-1]
             raise UserError(f"worker {w.id} could not load the model {self.stage.model.path}: {last}")
+
+    def show(self, w: _Worker, results: list[Result]) -> None:
+        """--show-samples: a line per sample with its score (judge score, or the first metric), then the batch mean."""
+        values = []
+        for r in results:
+            text = (r.output or "").replace("\n", " ")[:100]
+            if r.error is not None:
+                line = f"error | {r.error[:100]}"
+            elif self.stage.kind == "judge":
+                j = parse_judgement(r.output or "", self.stage.parse)
+                line = f"score {j.score:.2f} | {text}" if j.score is not None else f"unparsed ({j.error}) | {text}"
+                values += [j.score] if j.score is not None else []
+            else:
+                metric = self.cfg.metrics[0]
+                value = METRICS[metric](r.output or "", self.answers.get((r.dataset, r.sample_id), []))
+                line = f"{metric} {value:.2f} | {text}"
+                values.append(value)
+            self.progress.note(f"[{w.spec.name}] [{r.dataset}/{r.sample_id}] {line}")
+        if values:
+            self.progress.note(f"[{w.spec.name}] batch of {len(results)}: mean {fmean(values):.2f} over {len(values)}")
 
     def commit(self, force: bool = False) -> None:
         if self.buffer and (force or time.monotonic() - self.last_commit >= COMMIT_EVERY_S):
@@ -388,7 +414,8 @@ def _run_stage(
     specs = chosen.workers[: len(chunks)]  # no idle workers loading a model for nothing
     note(f"{stage.name}: starting {len(specs)} worker(s): {', '.join(s.name for s in specs)}")
     progress = RunProgress(total, done, console=console, every=cfg.progress_every, seconds=cfg.progress_seconds)
-    driver = _Driver(cfg, stage, store, queue, progress, chosen.batch_size)
+    driver = _Driver(cfg, stage, store, queue, progress, chosen.batch_size,
+                     answers={(s.dataset, s.id): s.answers for samples in loaded.values() for s in samples})
     try:
         for spec in specs:
             driver.start(spec)
