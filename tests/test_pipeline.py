@@ -55,3 +55,23 @@ def test_generate_then_judge_records_scores_raw_replies_and_parse_errors(tmp_pat
     assert "stage generate: 7 samples in 1 dataset(s), 7 already done, 0 to do" in out
     assert "stage judge: 6 samples in 1 dataset(s), 6 already done, 0 to do" in out
     assert again["datasets"]["qa"]["judge"] == judge
+
+
+def test_a_second_identical_judge_is_answered_from_the_cache(tmp_path, smollm2):
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(DEMO_QUESTIONS.read_text().splitlines(keepends=True)[:4]))
+    cfg = pipeline_config(tmp_path, smollm2, data)
+    first = run(cfg, console=quiet_console())
+    # Re-scoring with a second judge stage: same judge model, prompt and parsing under a new name.
+    stages = [s.model_dump() for s in cfg.pipeline()] + [{**cfg.pipeline()[1].model_dump(), "name": "judge2"}]
+    again = run(cfg.model_copy(update={"stages": [type(cfg.pipeline()[0])(**s) for s in stages]}),
+                console=(console := quiet_console()))
+    out = console.file.getvalue()
+    assert "stage judge2: 4 samples in 1 dataset(s), 4 already done, 0 to do" in out  # no worker started
+    store = Store.open_existing(tmp_path / "p")
+    cached = list(store.rows("judge2", "qa"))
+    judged = {r["id"]: r["prediction"] for r in store.rows("judge", "qa")}
+    store.close()
+    assert {r["worker"] for r in cached} == {"cache"}
+    assert {r["id"]: r["prediction"] for r in cached} == judged
+    assert again["datasets"]["qa"]["judge2"] == first["datasets"]["qa"]["judge"]

@@ -130,9 +130,9 @@ class JudgeParse(_Strict):
     kind: Literal["number", "json", "label"] = "number"
     """`number`: the reply's first number, which must lie in [min, max]; `json`: an object with `score` (and `reason`);
     `label`: the first of `labels` that the reply names."""
-    min: float = 0
+    min: float = 0.0
     """Lowest valid score (`number`, `json`)."""
-    max: float = 10
+    max: float = 10.0
     """Highest valid score (`number`, `json`)."""
     labels: dict[str, float] | None = None
     """`label`: each label and its score, e.g. {correct: 1, incorrect: 0}."""
@@ -152,7 +152,7 @@ class StageConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     """Stage name, used in the store and reports."""
     kind: Literal["generate", "judge"]
-    """`generate` answers each sample; `judge` rates the previous stage's answers."""
+    """`generate` answers each sample; `judge` rates the generate stage's answers."""
     model: ModelConfig
     """The stage's model."""
     prompt: str | None = None

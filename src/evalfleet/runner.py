@@ -7,6 +7,7 @@ workers), 4. report.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing as mp
 import shutil
@@ -352,24 +353,24 @@ def run(
 
 
 def _judge_inputs(
-    stage: StageConfig, previous: StageConfig, loaded: dict[str, list[Sample]], store: Store
+    stage: StageConfig, answered: StageConfig, loaded: dict[str, list[Sample]], store: Store
 ) -> dict[str, list[Sample]]:
-    """Samples whose prompt is the judge template filled with the previous stage's answer.
+    """Samples whose prompt is the judge template filled with the `answered` stage's answer.
 
-    A sample the previous stage could not answer, or whose template cannot be filled, gets an error
-    result at this stage instead (once; a later run does not redo it).
+    A sample that stage could not answer, or whose template cannot be filled, gets an error result at
+    this stage instead (once; a later run does not redo it). Requests judged before come from the cache.
     """
     assert stage.prompt is not None
     inputs: dict[str, list[Sample]] = {}
     for name, samples in loaded.items():
         by_id = {s.id: s for s in samples}
         judged, failed = [], []
-        for row in store.rows(previous.name, name):
+        for row in store.rows(answered.name, name):
             if row["id"] not in by_id:
                 continue
             if row["prediction"] is None:
                 why = row["error"] or "not answered yet"
-                failed.append(Result(name, row["id"], None, f"nothing to judge: {previous.name} gave no answer ({why})"))
+                failed.append(Result(name, row["id"], None, f"nothing to judge: {answered.name} gave no answer ({why})"))
                 continue
             try:
                 prompt = render_judge_prompt(stage.prompt, row)
@@ -381,7 +382,34 @@ def _judge_inputs(
             judged.append(Sample(name, s.id, s.question, prompt, s.answers, images, s.source))
         store.add_results(stage.name, failed)
         inputs[name] = judged
+    _from_cache(stage, inputs, store)
     return inputs
+
+
+def _cache_key(stage: StageConfig, sample: Sample) -> str:
+    """Judge model and decoding settings + rendered prompt + image bytes."""
+    h = hashlib.sha256(stage.model.model_dump_json(exclude={"batch_size", "engine"}).encode())
+    h.update(sample.prompt.encode())
+    for ref in sample.images:
+        h.update(ref.data if ref.data is not None else Path(ref.path or "").read_bytes())
+    return h.hexdigest()
+
+
+def _from_cache(stage: StageConfig, inputs: dict[str, list[Sample]], store: Store) -> None:
+    """Answer judge samples whose exact request was judged before (any stage, any earlier run of this store)."""
+    keys = {(s.dataset, s.id): _cache_key(stage, s) for samples in inputs.values() for s in samples}
+    hits = store.cached(list(keys.values()))
+    store.add_results(stage.name, [Result(ds, sid, hits[k], worker="cache") for (ds, sid), k in keys.items()
+                                   if k in hits])
+
+
+def _fill_cache(stage: StageConfig, inputs: dict[str, list[Sample]], store: Store) -> None:
+    """Remember this judge stage's replies for identical requests later."""
+    entries = []
+    for name, samples in inputs.items():
+        replies = {r["id"]: r["prediction"] for r in store.rows(stage.name, name) if r["prediction"] is not None}
+        entries += [(_cache_key(stage, s), replies[s.id]) for s in samples if s.id in replies]
+    store.cache(entries)
 
 
 def _run_stage(
@@ -448,10 +476,12 @@ def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, console: Console) ->
     note = lambda text: console.print(f"[evalfleet] {text}", markup=False, highlight=False)  # noqa: E731
     loaded = _load_datasets(cfg, store, note)
 
-    # 3. Each stage over all GPUs, in order; a judge reads the stage before it from the store.
-    for previous, stage in zip([None, *stages], stages):
-        inputs = loaded if previous is None else _judge_inputs(stage, previous, loaded, store)
+    # 3. Each stage over all GPUs, in order; every judge rates the generate stage's answers, read from the store.
+    for stage in stages:
+        inputs = loaded if stage.kind == "generate" else _judge_inputs(stage, stages[0], loaded, store)
         _run_stage(cfg, stage, inputs, store, console)
+        if stage.kind == "judge":
+            _fill_cache(stage, inputs, store)
     for name in loaded:
         store.set_dataset(name, "done", len(loaded[name]))
 

@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS results (
     stage TEXT NOT NULL, dataset TEXT NOT NULL, sample_id TEXT NOT NULL, output TEXT, error TEXT,
     worker TEXT, seconds REAL, n_tokens INTEGER, created REAL NOT NULL,
     PRIMARY KEY (stage, dataset, sample_id));
+CREATE TABLE IF NOT EXISTS judge_cache (key TEXT PRIMARY KEY, output TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY, device TEXT, pid INTEGER, state TEXT, started REAL, heartbeat REAL,
     done INTEGER DEFAULT 0);
@@ -148,6 +149,21 @@ class Store:
             row["metadata"] = json.loads(row["metadata"] or "{}")
             row["finished"] = bool(row["finished"])
             yield row
+
+    # -- judge cache --------------------------------------------------------------------------
+    def cached(self, keys: list[str]) -> dict[str, str]:
+        """Judge replies already made for these keys (judge model + rendered prompt + images)."""
+        out: dict[str, str] = {}
+        for i in range(0, len(keys), 500):  # SQLite's bound-parameter limit
+            part = keys[i : i + 500]
+            cur = self.db.execute(f"SELECT key, output FROM judge_cache WHERE key IN ({','.join('?' * len(part))})", part)
+            out.update(dict(cur.fetchall()))
+        return out
+
+    def cache(self, entries: list[tuple[str, str]]) -> None:
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("INSERT OR IGNORE INTO judge_cache VALUES (?, ?)", entries)
 
     # -- workers ------------------------------------------------------------------------------
     def worker_state(self, worker_id: str, *, device: str, pid: int | None, state: str) -> None:
