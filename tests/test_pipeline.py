@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
 from conftest import DEMO_QUESTIONS, quiet_console
 
 from evalfleet.config import parse_config
+from evalfleet.errors import UserError
 from evalfleet.runner import run
 from evalfleet.store import Store
 
@@ -75,3 +77,21 @@ def test_a_second_identical_judge_is_answered_from_the_cache(tmp_path, smollm2):
     assert {r["worker"] for r in cached} == {"cache"}
     assert {r["id"]: r["prediction"] for r in cached} == judged
     assert again["datasets"]["qa"]["judge2"] == first["datasets"]["qa"]["judge"]
+
+
+def test_a_changed_judge_is_refused_until_its_stage_is_redone(tmp_path, smollm2):
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(DEMO_QUESTIONS.read_text().splitlines(keepends=True)[:2]))
+    cfg = pipeline_config(tmp_path, smollm2, data)
+    run(cfg, console=quiet_console())
+    stages = [s.model_dump() for s in cfg.pipeline()]
+    stages[1]["model"]["generation"]["max_new_tokens"] = 3
+    changed = cfg.model_copy(update={"stages": [type(cfg.pipeline()[0])(**s) for s in stages]})
+    with pytest.raises(UserError, match="stage 'judge' made with other model, generation or judge settings"):
+        run(changed, console=quiet_console())
+    with pytest.raises(UserError, match="--redo nope: no such stage"):
+        run(changed, redo=["nope"], console=quiet_console())
+    run(changed, redo=["judge"], console=(console := quiet_console()))
+    out = console.file.getvalue()
+    assert "stage generate: 2 samples in 1 dataset(s), 2 already done, 0 to do" in out
+    assert "stage judge: 2 samples in 1 dataset(s), 0 already done, 2 to do" in out

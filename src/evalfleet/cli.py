@@ -21,10 +21,11 @@ if not console.is_terminal:  # logs and pipes: keep tables on one line each
     console = Console(width=160)
 
 
-def _execute(cfg: Any, *, fresh: bool, retry_errors: bool, log_file: Path | None) -> None:
+def _execute(cfg: Any, *, fresh: bool, log_file: Path | None, retry_errors: bool = False,
+             redo: list[str] | None = None) -> None:
     from evalfleet.runner import run
 
-    run(cfg, fresh=fresh, retry_errors=retry_errors, console=console, log_file=log_file)
+    run(cfg, fresh=fresh, retry_errors=retry_errors, redo=redo, console=console, log_file=log_file)
 
 
 def _guard(fn: Callable[[], None]) -> None:
@@ -77,13 +78,14 @@ def run_cmd(
     mode: ModeOpt = None,
     max_memory_per_gpu: MaxMemOpt = None,
     show_samples: Annotated[bool, typer.Option("--show-samples", help="A line per finished sample.")] = False,
+    redo: Annotated[list[str] | None, typer.Option("--redo", help="Drop a stage's results first (repeatable).")] = None,
 ) -> None:
     """Run an evaluation, or resume it where it stopped."""
 
     def go() -> None:
         overrides = _overrides(gpus=gpus, workers=workers, batch_size=batch_size, limit=limit, seed=seed, out=out,
                                mode=mode, max_memory_per_gpu=max_memory_per_gpu, show_samples=show_samples or None)
-        _execute(load_config(config, overrides), fresh=fresh, retry_errors=retry_errors, log_file=log_file)
+        _execute(load_config(config, overrides), fresh=fresh, retry_errors=retry_errors, redo=redo, log_file=log_file)
 
     _guard(go)
 
@@ -162,7 +164,7 @@ def demo_cmd(
             },
             source="demo",
         )
-        _execute(cfg, fresh=fresh, retry_errors=False, log_file=log_file)
+        _execute(cfg, fresh=fresh, log_file=log_file)
         console.print(
             "lenient_match judges the first line of each answer: its last number must equal a numeric reference, "
             "otherwise the reference must appear in it as whole words; exact_match compares the whole normalised "

@@ -331,14 +331,22 @@ def run(
     *,
     fresh: bool = False,
     retry_errors: bool = False,
+    redo: list[str] | None = None,
     console: Console | None = None,
     log_file: Path | None = None,
 ) -> dict:
     """Run (or resume) the evaluation described by `cfg`; returns the summary.
 
+    `redo` names stages whose stored results are dropped first (e.g. a judge whose settings changed);
+    identical judge requests are still answered from the judge cache.
+
     The full log (with tracebacks of failed batches) goes to `log_file`, by default `RUN_DIR/run.log`.
     """
     console = console or Console()
+    names = [stage.name for stage in cfg.pipeline()]
+    unknown = sorted(set(redo or []) - set(names))
+    if unknown:
+        raise UserError(f"--redo {', '.join(unknown)}: no such stage (stages: {', '.join(names)})")
     for stage in cfg.pipeline():
         check_model_path(stage.model.path)
     run_dir = cfg.run_dir
@@ -346,7 +354,7 @@ def run(
         shutil.rmtree(run_dir)
     handler = _log_to(log_file or run_dir / "run.log")
     try:
-        return _run(cfg, run_dir, retry_errors, console)
+        return _run(cfg, run_dir, retry_errors, redo or [], console)
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -459,11 +467,13 @@ def _run_stage(
         store.set_meta(f"performance:{stage.name}", driver.perf)
 
 
-def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, console: Console) -> dict:
+def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], console: Console) -> dict:
     stages = cfg.pipeline()
 
     # 1. The store: refuse to mix results of different model settings.
     store = Store(run_dir / "store.db")
+    for name in redo:
+        store.forget_stage(name)
     for stage in stages:
         store.check_fingerprint(stage.name, stage.fingerprint(cfg.seed))
     store.set_meta("name", cfg.name)

@@ -126,6 +126,13 @@ class Store:
             self.db.executemany("INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             return self.db.total_changes - before
 
+    def forget_stage(self, stage: str) -> None:
+        """Drop a stage's results and settings so that it runs again (the judge cache stays)."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("DELETE FROM results WHERE stage = ?", (stage,))
+            self.db.execute("DELETE FROM meta WHERE key = ?", (f"fingerprint:{stage}",))
+
     def clear_errors(self, stage: str) -> int:
         """Forget failed results so that the next run retries them."""
         with self.db:
