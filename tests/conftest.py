@@ -36,6 +36,13 @@ def tiny_qwen2vl(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_pix2pix(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_models import build_tiny_pix2pix
+
+    return build_tiny_pix2pix(tmp_path_factory.mktemp("models") / "tiny-pix2pix")
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen25vl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tiny_models import build_tiny_qwen2vl
 

@@ -74,7 +74,7 @@ def test_stages_are_validated(tmp_path):
     assert [s.kind for s in ok.pipeline()] == ["generate", "judge"]
     with pytest.raises(UserError, match="give exactly one of `model` \\(one generate stage\\) or `stages`"):
         load_config(write(tmp_path, f"name: t\nmodel: {{path: m}}\ndatasets: [{{name: a, path: x}}]\nstages: [{judge}]\n"))
-    with pytest.raises(UserError, match="must start with the one `generate` stage"):
+    with pytest.raises(UserError, match="must start with one `generate` or `edit` stage"):
         load_config(write(tmp_path, f"name: t\ndatasets: [{{name: a, path: x}}]\nstages: [{judge}]\n"))
     with pytest.raises(UserError, match="a judge stage needs a `prompt` template"):
         load_config(write(tmp_path, "name: t\ndatasets: [{name: a, path: x}]\nstages: [{name: g, kind: generate, "
@@ -84,4 +84,4 @@ def test_stages_are_validated(tmp_path):
 @pytest.mark.parametrize("example", sorted((Path(__file__).parents[1] / "examples").glob("*.yaml")))
 def test_examples_are_valid_configs(example):
     cfg = load_config(example)
-    assert cfg.pipeline()[0].kind == "generate"
+    assert cfg.pipeline()[0].kind in ("generate", "edit")

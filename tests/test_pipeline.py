@@ -95,3 +95,46 @@ def test_a_changed_judge_is_refused_until_its_stage_is_redone(tmp_path, smollm2)
     out = console.file.getvalue()
     assert "stage generate: 2 samples in 1 dataset(s), 2 already done, 0 to do" in out
     assert "stage judge: 2 samples in 1 dataset(s), 0 already done, 2 to do" in out
+
+
+def test_edit_then_vlm_judge_saves_seeded_pngs_and_judges_them(tmp_path, tiny_pix2pix, tiny_qwen2vl):
+    import shutil
+
+    import easy_vqa
+    from PIL import Image
+
+    paths = easy_vqa.get_test_image_paths()
+    data = tmp_path / "edits.jsonl"
+    rows = []
+    for i in range(4):
+        shutil.copy(paths[i], tmp_path / f"{i}.png")
+        rows.append({"id": f"e{i}", "question": ["make it red", "add a hat", "flip it", "blur it"][i],
+                     "image": f"{i}.png"})
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = parse_config({
+        "name": "edit", "output_dir": str(tmp_path / "runs"), "workers": 1,
+        "datasets": [{"name": "ed", "path": str(data)}],
+        "stages": [
+            {"name": "edit", "kind": "edit",
+             "model": {"backend": "diffusers", "path": str(tiny_pix2pix), "dtype": "float32", "batch_size": 2,
+                       "diffusion": {"steps": 2, "guidance": 3.0, "image_guidance": 1.5}}},
+            {"name": "judge", "kind": "judge",
+             "prompt": "{image}{edited_image}Instruction: {question}. Rate the edit from 0 to 10.",
+             "model": {"path": str(tiny_qwen2vl), "dtype": "float32", "generation": {"max_new_tokens": 4}}},
+        ],
+    })
+    summary = run(cfg, console=quiet_console())
+    run_dir = tmp_path / "runs" / "edit"
+    store = Store.open_existing(run_dir)
+    edits = {r["id"]: r for r in store.rows("edit", "ed")}
+    judged = {r["id"]: r for r in store.rows("judge", "ed")}
+    store.close()
+    for i in range(4):
+        assert edits[f"e{i}"]["prediction"] == f"edits/ed/e{i}.png"
+        assert Image.open(run_dir / "edits" / "ed" / f"e{i}.png").size == (64, 64)
+        assert judged[f"e{i}"]["finished"] and judged[f"e{i}"]["error"] is None  # the VLM judge saw both images
+    judge = summary["datasets"]["ed"]["judge"]
+    assert judge["judged"] + judge["parse_errors"] == 4
+    first = (run_dir / "edits" / "ed" / "e1.png").read_bytes()
+    run(cfg, fresh=True, console=quiet_console())  # one seed per sample: the same edits again
+    assert (run_dir / "edits" / "ed" / "e1.png").read_bytes() == first

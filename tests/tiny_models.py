@@ -107,3 +107,54 @@ def build_tiny_qwen2vl(path: Path, seed: int = 0, arch: str = "qwen2_vl") -> Pat
     tokenizer.save_pretrained(path)  # processor.save_pretrained needs torchvision: save parts separately
     Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56).save_pretrained(path)
     return path
+
+
+def build_tiny_pix2pix(path: Path, seed: int = 0) -> Path:
+    """Build a tiny random StableDiffusionInstructPix2PixPipeline folder at `path` (64x64 image -> 8x8 latents)."""
+    import json
+
+    import easy_vqa
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionInstructPix2PixPipeline,
+        UNet2DConditionModel,
+    )
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, end_of_word_suffix="</w>", show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(easy_vqa.get_train_questions()[0], trainer)
+    merges = [tuple(m) for m in json.loads(bpe.to_str())["model"]["merges"]]
+    vocab = {t: i for i, t in enumerate(specials + sorted(set(bpe.get_vocab()) - set(specials)))}  # trainer ids vary
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=16)  # CLIP's normalizer, bos/eos, ...
+    text_config = CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=16, projection_dim=32,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=8, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8,
+    )
+    vae = AutoencoderKL(  # 4 blocks -> vae_scale_factor 8, like real SD
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 32, 32), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8,
+        sample_size=64,
+    )
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=vae, text_encoder=CLIPTextModel(text_config), tokenizer=tokenizer, unet=unet,
+        scheduler=EulerAncestralDiscreteScheduler(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(path)
+    return path

@@ -31,11 +31,22 @@ class GenerationConfig(_Strict):
     """Nucleus sampling mass (only used when temperature > 0)."""
 
 
-class ModelConfig(_Strict):
-    """The model that answers."""
+class DiffusionConfig(_Strict):
+    """Denoising settings of a diffusers image-editing pipeline."""
 
-    backend: Literal["transformers"] = "transformers"
-    """Inference backend."""
+    steps: int = Field(20, ge=1)
+    """Denoising steps per image."""
+    guidance: float = Field(7.5, ge=0)
+    """Text guidance scale."""
+    image_guidance: float = Field(1.5, ge=0)
+    """Image guidance scale (InstructPix2Pix-style pipelines)."""
+
+
+class ModelConfig(_Strict):
+    """A model of one stage."""
+
+    backend: Literal["transformers", "diffusers"] = "transformers"
+    """`transformers` for LLMs and VLMs, `diffusers` for image-editing pipelines."""
     path: str
     """Local folder of a Hugging Face checkpoint (or a hub id when the hub is reachable)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -50,7 +61,9 @@ class ModelConfig(_Strict):
     batch_size: int | Literal["auto"] = "auto"
     """Samples per batch; `auto` sizes it from GPU memory headroom (8 on CPU). Halved on out-of-memory."""
     generation: GenerationConfig = GenerationConfig()
-    """Decoding settings."""
+    """Decoding settings (transformers)."""
+    diffusion: DiffusionConfig = DiffusionConfig()
+    """Denoising settings (diffusers)."""
 
     @field_validator("batch_size")
     @classmethod
@@ -151,19 +164,23 @@ class StageConfig(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     """Stage name, used in the store and reports."""
-    kind: Literal["generate", "judge"]
-    """`generate` answers each sample; `judge` rates the generate stage's answers."""
+    kind: Literal["generate", "edit", "judge"]
+    """`generate` answers each sample; `edit` edits each sample's image by its instruction (diffusers);
+    `judge` rates the first stage's answers or edited images."""
     model: ModelConfig
     """The stage's model."""
     prompt: str | None = None
-    """Judge: the message template; `{question}`, `{answer}`, `{prediction}`, `{id}`, `{image}`."""
+    """Judge: the message template; `{question}`, `{answer}`, `{prediction}`, `{id}`, `{image}`,
+    `{edited_image}`."""
     parse: JudgeParse = JudgeParse()
     """Judge: how the reply becomes a score."""
 
     @model_validator(mode="after")
-    def _judge_needs_prompt(self) -> StageConfig:
+    def _consistent(self) -> StageConfig:
         if self.kind == "judge" and not self.prompt:
             raise ValueError("a judge stage needs a `prompt` template")
+        if (self.kind == "edit") != (self.model.backend == "diffusers"):
+            raise ValueError("an edit stage takes a `diffusers` model, and only an edit stage does")
         return self
 
     def fingerprint(self, seed: int) -> str:
@@ -172,6 +189,7 @@ class StageConfig(_Strict):
         payload["seed"] = seed
         for key in ("batch_size", "engine"):
             payload["model"].pop(key)
+        payload["model"].pop("generation" if self.kind == "edit" else "diffusion")
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -185,7 +203,7 @@ class RunConfig(_Strict):
     model: ModelConfig | None = None
     """The answering model: shorthand for a single `generate` stage."""
     stages: list[StageConfig] | None = None
-    """The pipeline, in order: a `generate` stage first, then `judge` stages."""
+    """The pipeline, in order: a `generate` or `edit` stage first, then `judge` stages."""
     datasets: list[DatasetConfig] = Field(min_length=1)
     """Datasets to evaluate."""
     metrics: list[MetricName] = ["exact_match"]
@@ -218,9 +236,9 @@ class RunConfig(_Strict):
                 raise ValueError(f"{what} names must be unique; repeated: {', '.join(dups)}")
         if (self.model is None) == (self.stages is None):
             raise ValueError("give exactly one of `model` (one generate stage) or `stages`")
-        if self.stages is not None and (self.stages[0].kind != "generate"
-                                        or any(s.kind == "generate" for s in self.stages[1:])):
-            raise ValueError("`stages` must start with the one `generate` stage, followed by `judge` stages")
+        if self.stages is not None and (self.stages[0].kind == "judge"
+                                        or any(s.kind != "judge" for s in self.stages[1:])):
+            raise ValueError("`stages` must start with one `generate` or `edit` stage, followed by `judge` stages")
         return self
 
     def pipeline(self) -> list[StageConfig]:

@@ -54,18 +54,20 @@ def build_summary(store: Store, cfg: RunConfig) -> dict[str, Any]:
             datasets[ds["name"]] = {"status": "failed", "error": ds["error"]}
             continue
         rows = list(store.rows(generate.name, ds["name"]))
-        score_rows(rows, cfg.metrics)
+        metrics = cfg.metrics if generate.kind == "generate" else []  # edited images have no text metrics
+        score_rows(rows, metrics)
         rows_by_ds[ds["name"]] = rows
-        datasets[ds["name"]] = {"status": ds["status"], **summarize(rows, cfg.metrics)}
+        datasets[ds["name"]] = {"status": ds["status"], **summarize(rows, metrics)}
         for judge in judges:
             datasets[ds["name"]][judge.name] = _judge(rows, list(store.rows(judge.name, ds["name"])), judge)
     all_rows = [r for rows in rows_by_ds.values() for r in rows]
+    metrics = cfg.metrics if generate.kind == "generate" else []
     return {
         "run": store.get_meta("name"),
-        "metrics": cfg.metrics,
+        "metrics": metrics,
         "judges": [j.name for j in judges],
         "datasets": datasets,
-        "overall": summarize(all_rows, cfg.metrics),
+        "overall": summarize(all_rows, metrics),
         "performance": {s.name: store.get_meta(f"performance:{s.name}") for s in stages},
         "_rows": rows_by_ds,
     }

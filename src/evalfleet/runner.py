@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 
 from evalfleet.config import ModelConfig, RunConfig, StageConfig
-from evalfleet.datasets import DatasetError, Sample, load_samples
+from evalfleet.datasets import DatasetError, ImageRef, Sample, load_samples
 from evalfleet.errors import UserError
 from evalfleet.memory import ModelEstimate, estimate_model, longest_prompt_tokens
 from evalfleet.placement import Plan, describe, parse_bytes, plan, probe_machine
@@ -87,7 +87,7 @@ class _Driver:
         parent, child = self.ctx.Pipe()
         proc = self.ctx.Process(
             target=worker_main,
-            args=(child, spec, self.stage.model.model_dump_json(), self.batch_size),
+            args=(child, spec, self.stage.model.model_dump_json(), self.batch_size, str(self.cfg.run_dir)),
             name=f"evalfleet-{spec.name}",
             daemon=True,
         )
@@ -387,6 +387,9 @@ def _judge_inputs(
                 continue
             s = by_id[row["id"]]
             images = s.images if "{image}" in stage.prompt else []
+            if "{edited_image}" in stage.prompt:
+                edited = store.path.parent / row["prediction"]
+                images = images + [ImageRef(f"{edited}:edited_image", path=str(edited))]
             judged.append(Sample(name, s.id, s.question, prompt, s.answers, images, s.source))
         store.add_results(stage.name, failed)
         inputs[name] = judged
@@ -486,9 +489,9 @@ def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], con
     note = lambda text: console.print(f"[evalfleet] {text}", markup=False, highlight=False)  # noqa: E731
     loaded = _load_datasets(cfg, store, note)
 
-    # 3. Each stage over all GPUs, in order; every judge rates the generate stage's answers, read from the store.
+    # 3. Each stage over all GPUs, in order; every judge rates the first stage's answers, read from the store.
     for stage in stages:
-        inputs = loaded if stage.kind == "generate" else _judge_inputs(stage, stages[0], loaded, store)
+        inputs = _judge_inputs(stage, stages[0], loaded, store) if stage.kind == "judge" else loaded
         _run_stage(cfg, stage, inputs, store, console)
         if stage.kind == "judge":
             _fill_cache(stage, inputs, store)

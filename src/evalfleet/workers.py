@@ -114,7 +114,8 @@ def prepare_batch(backend: Backend, batch: Batch) -> ReadyBatch:
         except ValueError as err:
             ready.errors.append(Result(s.dataset, s.id, None, str(err)))
             continue
-        requests.append(Request(s.prompt, images, batch.seed ^ zlib.crc32(f"{s.dataset}/{s.id}".encode())))
+        name = f"{s.dataset}/{s.id}"
+        requests.append(Request(s.prompt, images, batch.seed ^ zlib.crc32(name.encode()), name))
         ready.samples.append(s)
     if requests:
         try:
@@ -220,7 +221,7 @@ class WorkerLoop:
         self.prefetch.shutdown()
 
 
-def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size: int) -> None:
+def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size: int, output_dir: str) -> None:
     """Entry point of a spawned worker process."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
@@ -236,7 +237,8 @@ def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size:
         from evalfleet.backends import free_memory, load_backend
 
         t0 = time.perf_counter()
-        backend = load_backend(ModelConfig.model_validate_json(model_json), len(spec.gpus), spec.max_memory_per_gpu)
+        backend = load_backend(ModelConfig.model_validate_json(model_json), len(spec.gpus), spec.max_memory_per_gpu,
+                               output_dir)
         load_s = time.perf_counter() - t0
         if spec.cpu_headroom is not None and not spec.gpus:
             _limit_address_space(spec.cpu_headroom)

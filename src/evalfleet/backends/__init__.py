@@ -16,6 +16,8 @@ class Request:
     prompt: str
     images: list[Any]
     seed: int
+    name: str = ""
+    """`dataset/sample id`, for outputs written to files (edited images)."""
 
 
 @dataclass
@@ -50,13 +52,20 @@ class Backend(Protocol):
     def generate(self, prepared: Prepared) -> list[Generation]: ...
 
 
-def load_backend(cfg: ModelConfig, n_gpus: int, max_memory_per_gpu: int | None = None) -> Backend:
-    """Instantiate the configured backend on the CPU (n_gpus=0) or sharded over the visible GPUs."""
-    if cfg.backend == "transformers":
-        from evalfleet.backends.transformers_backend import TransformersBackend
+def load_backend(
+    cfg: ModelConfig, n_gpus: int, max_memory_per_gpu: int | None = None, output_dir: str = "."
+) -> Backend:
+    """Instantiate the configured backend on the CPU (n_gpus=0) or over the visible GPUs.
 
-        return TransformersBackend(cfg, n_gpus, max_memory_per_gpu)
-    raise ValueError(f"unknown backend {cfg.backend!r}")
+    `output_dir` is the run folder, where backends that produce files (edited images) write them.
+    """
+    if cfg.backend == "diffusers":
+        from evalfleet.backends.diffusers_backend import DiffusersBackend
+
+        return DiffusersBackend(cfg, n_gpus, output_dir)
+    from evalfleet.backends.transformers_backend import TransformersBackend
+
+    return TransformersBackend(cfg, n_gpus, max_memory_per_gpu)
 
 
 def is_out_of_memory(err: BaseException) -> bool:

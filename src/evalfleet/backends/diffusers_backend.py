@@ -1,0 +1,56 @@
+"""diffusers backend: image editing (InstructPix2Pix, Qwen-Image-Edit, FLUX Kontext ... pipelines that take
+an image and an instruction). Each edited image is saved as a PNG in the run folder; the answer is its path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evalfleet.backends import Generation, Prepared, Request
+from evalfleet.config import ModelConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class DiffusersBackend:
+    """Batched image editing with one seeded generator per sample (reproducible whatever the batch)."""
+
+    def __init__(self, cfg: ModelConfig, n_gpus: int, output_dir: str) -> None:
+        from diffusers import DiffusionPipeline
+
+        self.cfg = cfg
+        self.device = "cuda" if n_gpus else "cpu"
+        dtype = DTYPES[cfg.resolved_dtype(on_gpu=n_gpus > 0)]
+        self.pipe = DiffusionPipeline.from_pretrained(cfg.path, torch_dtype=dtype,
+                                                      trust_remote_code=cfg.trust_remote_code).to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.label = (torch.cuda.get_device_name(0) if n_gpus else f"CPU x{torch.get_num_threads()}") + " [diffusers]"
+        self.run_dir = Path(output_dir)
+
+    def prepare(self, requests: list[Request]) -> Prepared:
+        missing = [r.name for r in requests if not r.images]
+        if missing:
+            raise ValueError(f"an edit needs an input image; none for {', '.join(missing)}")
+        return Prepared(requests, requests[0].seed)
+
+    @torch.inference_mode()
+    def generate(self, prepared: Prepared) -> list[Generation]:
+        requests: list[Request] = prepared.inputs
+        d = self.cfg.diffusion
+        kwargs: dict[str, Any] = {"num_inference_steps": d.steps, "guidance_scale": d.guidance}
+        if "image_guidance_scale" in self.pipe.__call__.__code__.co_varnames:
+            kwargs["image_guidance_scale"] = d.image_guidance
+        images = self.pipe(
+            prompt=[r.prompt for r in requests], image=[r.images[0] for r in requests],
+            generator=[torch.Generator(self.device).manual_seed(r.seed) for r in requests], output_type="pil",
+            **kwargs,
+        ).images
+        out = []
+        for r, image in zip(requests, images):
+            rel = Path("edits") / f"{r.name}.png"  # name is dataset/id
+            (self.run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            image.save(self.run_dir / rel)
+            out.append(Generation(str(rel), 0))
+        return out
