@@ -77,7 +77,8 @@ def _judge_cell(s: dict[str, Any], judge: str) -> str:
     j = s.get(judge)
     if not j or j["mean"] is None:
         return "-" if not j else f"- ({j['parse_errors']} unparsed)"
-    return f"{j['mean']:.2f} (n={j['judged']}, {j['parse_errors']} unparsed)"
+    return (f"{j['mean']:.2f} (min {j['min']:g}, max {j['max']:g}, std {j['std']:.2f}; "
+            f"n={j['judged']}, {j['parse_errors']} unparsed)")
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
