@@ -138,3 +138,20 @@ def test_edit_then_vlm_judge_saves_seeded_pngs_and_judges_them(tmp_path, tiny_pi
     first = (run_dir / "edits" / "ed" / "e1.png").read_bytes()
     run(cfg, fresh=True, console=quiet_console())  # one seed per sample: the same edits again
     assert (run_dir / "edits" / "ed" / "e1.png").read_bytes() == first
+
+
+def test_edit_backend_reports_each_denoising_step(tiny_pix2pix, tmp_path):
+    import easy_vqa
+    from PIL import Image
+
+    from evalfleet.backends import Request, load_backend
+    from evalfleet.config import ModelConfig
+
+    cfg = ModelConfig(backend="diffusers", path=str(tiny_pix2pix), dtype="float32", diffusion={"steps": 3})
+    backend = load_backend(cfg, 0, output_dir=str(tmp_path))
+    steps = []
+    backend.on_step = lambda step, total: steps.append((step, total))
+    image = Image.open(easy_vqa.get_test_image_paths()[0]).convert("RGB")
+    out = backend.generate(backend.prepare([Request("make it red", [image], 7, "d/x")]))
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+    assert out[0].text == "edits/d/x.png" and (tmp_path / "edits" / "d" / "x.png").is_file()

@@ -70,6 +70,15 @@ class RunProgress:
         else:
             self.console.print(f"[evalfleet] worker {name} ready on {label}", markup=False, highlight=False)
 
+    def step(self, name: str, step: int, steps: int) -> None:
+        """A denoising step of the worker's current batch: a bar under the worker's own (terminal only)."""
+        if self.bars is None:
+            return
+        key = f"{name}/steps"
+        if key not in self.tasks:
+            self.tasks[key] = self.bars.add_task(f"  {name} denoising", total=steps, rate="")
+        self.bars.update(self.tasks[key], completed=step, total=steps)
+
     def note(self, text: str) -> None:
         """A one-off message (worker died, dataset failed ...), printed above the bars."""
         self.console.print(f"[evalfleet] {text}", markup=False, highlight=False)

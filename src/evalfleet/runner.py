@@ -164,6 +164,8 @@ class _Driver:
             self.worker_counts[w.id] = self.worker_counts.get(w.id, 0) + len(results)
             self.progress.advance(w.spec.name, len(results))
             self.feed(w)
+        elif kind == "step":
+            self.progress.step(w.spec.name, msg[1], msg[2])
         elif kind == "fatal":
             log.error("worker %s failed to start:\n%s", w.id, msg[1])
             last = msg[1].strip().splitlines()[-1]

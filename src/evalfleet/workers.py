@@ -3,7 +3,7 @@
 Protocol over a private pipe (one per worker, so a dying worker cannot corrupt a shared queue):
   driver -> worker: ("chunk", chunk_id, samples, seed) | None (stop, after the last chunk's results)
   worker -> driver: ("ready", device_label, load_seconds) | ("results", chunk_id, [Result], [log line])
-                    | ("stopped", unload_seconds) | ("fatal", traceback)
+                    | ("step", step, steps) (denoising) | ("stopped", unload_seconds) | ("fatal", traceback)
 """
 
 from __future__ import annotations
@@ -240,6 +240,8 @@ def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size:
         backend = load_backend(ModelConfig.model_validate_json(model_json), len(spec.gpus), spec.max_memory_per_gpu,
                                output_dir)
         load_s = time.perf_counter() - t0
+        if hasattr(backend, "on_step"):  # denoising progress for the driver's per-worker bar
+            backend.on_step = lambda step, steps: conn.send(("step", step, steps))
         if spec.cpu_headroom is not None and not spec.gpus:
             _limit_address_space(spec.cpu_headroom)
         conn.send(("ready", backend.label, load_s))

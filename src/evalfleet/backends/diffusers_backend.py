@@ -3,6 +3,7 @@ an image and an instruction). Each edited image is saved as a PNG in the run fol
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ class DiffusersBackend:
         self.pipe.set_progress_bar_config(disable=True)
         self.label = (torch.cuda.get_device_name(0) if n_gpus else f"CPU x{torch.get_num_threads()}") + " [diffusers]"
         self.run_dir = Path(output_dir)
+        self.on_step: Callable[[int, int], None] | None = None
+        """Called with (step, steps) after each denoising step, e.g. to draw a progress bar."""
 
     def prepare(self, requests: list[Request]) -> Prepared:
         missing = [r.name for r in requests if not r.images]
@@ -42,6 +45,14 @@ class DiffusersBackend:
         kwargs: dict[str, Any] = {"num_inference_steps": d.steps, "guidance_scale": d.guidance}
         if "image_guidance_scale" in self.pipe.__call__.__code__.co_varnames:
             kwargs["image_guidance_scale"] = d.image_guidance
+        if self.on_step is not None:
+            report = self.on_step
+
+            def step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+                report(step + 1, d.steps)
+                return tensors
+
+            kwargs["callback_on_step_end"] = step_end
         images = self.pipe(
             prompt=[r.prompt for r in requests], image=[r.images[0] for r in requests],
             generator=[torch.Generator(self.device).manual_seed(r.seed) for r in requests], output_type="pil",
