@@ -12,6 +12,7 @@ import logging
 import multiprocessing as mp
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -257,7 +258,7 @@ class _Driver:
 
 
 
-def _load_datasets(cfg: RunConfig, store: Store, progress_note: Any) -> dict[str, list[Sample]]:
+def _load_datasets(cfg: RunConfig, store: Store, progress_note: Callable[[str], None]) -> dict[str, list[Sample]]:
     loaded: dict[str, list[Sample]] = {}
     for ds in cfg.datasets:
         try:
@@ -362,6 +363,11 @@ def run(
         handler.close()
 
 
+def _printer(console: Console) -> Callable[[str], None]:
+    """Driver messages: one plain line each, prefixed, with no rich markup read from user text."""
+    return lambda text: console.print(f"[evalfleet] {text}", markup=False, highlight=False)
+
+
 def _judge_inputs(
     stage: StageConfig, answered: StageConfig, loaded: dict[str, list[Sample]], store: Store
 ) -> dict[str, list[Sample]]:
@@ -392,7 +398,9 @@ def _judge_inputs(
             if "{edited_image}" in stage.prompt:
                 edited = store.path.parent / row["prediction"]
                 images = images + [ImageRef(f"{edited}:edited_image", path=str(edited))]
-            judged.append(Sample(name, s.id, s.question, prompt, s.answers, images, s.source))
+            request = Sample(name, s.id, s.question, prompt, s.answers, images, s.source)
+            request.metadata["cache_key"] = _cache_key(stage, request)  # computed once: it reads the images
+            judged.append(request)
         store.add_results(stage.name, failed)
         inputs[name] = judged
     _from_cache(stage, inputs, store)
@@ -410,7 +418,7 @@ def _cache_key(stage: StageConfig, sample: Sample) -> str:
 
 def _from_cache(stage: StageConfig, inputs: dict[str, list[Sample]], store: Store) -> None:
     """Answer judge samples whose exact request was judged before (any stage, any earlier run of this store)."""
-    keys = {(s.dataset, s.id): _cache_key(stage, s) for samples in inputs.values() for s in samples}
+    keys = {(s.dataset, s.id): s.metadata["cache_key"] for samples in inputs.values() for s in samples}
     hits = store.cached(list(keys.values()))
     store.add_results(stage.name, [Result(ds, sid, hits[k], worker="cache") for (ds, sid), k in keys.items()
                                    if k in hits])
@@ -421,7 +429,7 @@ def _fill_cache(stage: StageConfig, inputs: dict[str, list[Sample]], store: Stor
     entries = []
     for name, samples in inputs.items():
         replies = {r["id"]: r["prediction"] for r in store.rows(stage.name, name) if r["prediction"] is not None}
-        entries += [(_cache_key(stage, s), replies[s.id]) for s in samples if s.id in replies]
+        entries += [(s.metadata["cache_key"], replies[s.id]) for s in samples if s.id in replies]
     store.cache(entries)
 
 
@@ -429,7 +437,7 @@ def _run_stage(
     cfg: RunConfig, stage: StageConfig, loaded: dict[str, list[Sample]], store: Store, console: Console
 ) -> None:
     """Plan, cut chunks of what is left, and run the stage's workers until every sample has a result."""
-    note = lambda text: console.print(f"[evalfleet] {text}", markup=False, highlight=False)  # noqa: E731
+    note = _printer(console)
 
     # Placement: replicas x GPUs and the starting batch size, explained.
     chosen, lines = make_plan(cfg, stage.model, [s for samples in loaded.values() for s in samples])
@@ -488,7 +496,7 @@ def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], con
             store.clear_errors(stage.name)
 
     # 2. Datasets (a failed one is recorded; the others go on).
-    note = lambda text: console.print(f"[evalfleet] {text}", markup=False, highlight=False)  # noqa: E731
+    note = _printer(console)
     loaded = _load_datasets(cfg, store, note)
 
     # 3. Each stage over all GPUs, in order; every judge rates the first stage's answers, read from the store.

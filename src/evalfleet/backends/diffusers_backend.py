@@ -12,8 +12,6 @@ import torch
 from evalfleet.backends import Generation, Prepared, Request
 from evalfleet.config import ModelConfig
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 class DiffusersBackend:
     """Batched image editing with one seeded generator per sample (reproducible whatever the batch)."""
@@ -23,7 +21,7 @@ class DiffusersBackend:
 
         self.cfg = cfg
         self.device = "cuda" if n_gpus else "cpu"
-        dtype = DTYPES[cfg.resolved_dtype(on_gpu=n_gpus > 0)]
+        dtype = getattr(torch, cfg.resolved_dtype(on_gpu=n_gpus > 0))  # the config names torch dtypes
         self.pipe = DiffusionPipeline.from_pretrained(cfg.path, torch_dtype=dtype,
                                                       trust_remote_code=cfg.trust_remote_code).to(self.device)
         self.pipe.set_progress_bar_config(disable=True)

@@ -18,8 +18,6 @@ from evalfleet.backends.attention import use_decode_attention
 from evalfleet.backends.static_decode import StaticDecoder
 from evalfleet.config import ModelConfig
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def is_vision_model(config: Any) -> bool:
     """A checkpoint is treated as a VLM when its config has a vision tower."""
@@ -35,7 +33,7 @@ class TransformersBackend:
 
     def __init__(self, cfg: ModelConfig, n_gpus: int, max_memory_per_gpu: int | None = None) -> None:
         self.cfg = cfg
-        dtype = DTYPES[cfg.resolved_dtype(on_gpu=n_gpus > 0)]
+        dtype = getattr(torch, cfg.resolved_dtype(on_gpu=n_gpus > 0))  # the config names torch dtypes
         if n_gpus == 0:
             device_map: Any = "cpu"
             self.label = f"CPU x{torch.get_num_threads()}"
