@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from models import qwen25_text, tiny_vlm  # noqa: E402
+from models import qwen25_text, tiny_vlm
 
 
 def evalfleet_run(config: dict, work: Path) -> float:

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-from tiny_models import build_tiny_qwen2vl  # noqa: E402
+from tiny_models import build_tiny_qwen2vl
 
 QWEN25_SHAPES = {
     # hidden, intermediate, layers, heads, kv heads (vocab 152064, untied, as Qwen2.5-7B/14B)
@@ -21,7 +21,7 @@ QWEN25_VL_VISION = {
 }
 
 
-def _device_dtype():  # noqa: ANN202
+def _device_dtype():
     import torch
 
     return ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
@@ -92,7 +92,11 @@ def qwen25_vl(work: Path, shape: str) -> Path:
     import json
     import shutil
 
-    from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import (
+        AutoTokenizer,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+    )
 
     folder = work / f"qwen2.5-vl-{shape}-shaped"
     if (folder / "config.json").exists():

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from models import prompts, qwen25_text  # noqa: E402
+from models import prompts, qwen25_text
 
 
 def main() -> None:

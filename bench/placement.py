@@ -10,7 +10,7 @@ Everything goes through the `evalfleet` CLI on random-weight checkpoints of real
      ~1024-token prompts; batches must shrink and every sample finish;
   5. replica load and unload times of each run, and nvidia-smi utilisation samples.
 
-    PYTHONPATH=src python bench/placement.py [--prompts 1024] [--work /tmp/bench] [--out DIR]
+    PYTHONPATH=src python bench/placement.py [--prompts 1024] [--parts scaling,sharded,oom] [--work /tmp/bench] [--out DIR]
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from models import prompts, qwen25_text  # noqa: E402
+from models import prompts, qwen25_text
 
-from evalfleet.placement import probe_machine  # noqa: E402
+from evalfleet.placement import probe_machine
 
 UTILISATION: dict[str, str] = {}
 """Per run: mean GPU utilisation and peak memory per GPU sampled by nvidia-smi every second."""
@@ -79,8 +79,10 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench"))
     ap.add_argument("--prompts", type=int, default=1024)
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--skip-oom", action="store_true", help="leave out the out-of-memory recovery run")
+    ap.add_argument("--parts", default="scaling,sharded,oom",
+                    help="comma-separated subset of: scaling (1 vs N GPUs), sharded (14B-shaped), oom (recovery)")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     n_gpus = len(probe_machine().gpus)
@@ -93,13 +95,15 @@ def main() -> None:
     cli("plan", str(cfg7))
 
     one: dict = {}
-    for n in [1] + [k for k in (2, 4, 8) if k <= n_gpus]:
-        cli("run", str(cfg7), "--fresh", "--gpus", ",".join(map(str, range(n))))
+    for n in [1] + [k for k in (2, 4, 8) if k <= n_gpus] if "scaling" in parts else []:
+        out = cli("run", str(cfg7), "--fresh", "--gpus", ",".join(map(str, range(n))))
+        batch = next((line.split("plan: ")[-1][:40] for line in out.splitlines() if "plan: batch size" in line), "?")
         p = perf(work, "dp")
         one = one or p
         ratio = p["samples_per_s"] / one["samples_per_s"]
         rows += [
-            (f"7B-shaped, {n} GPU(s): samples/s (generated tok/s)", f"{p['samples_per_s']} ({p['generated_tokens_per_s']})"),
+            (f"7B-shaped, {n} GPU(s): samples/s (generated tok/s); {batch}",
+             f"{p['samples_per_s']} ({p['generated_tokens_per_s']})"),
             (f"7B-shaped, {n} GPU(s): throughput vs 1 GPU (per GPU)", f"{ratio:.2f}x ({ratio / n:.2f})"),
             (f"7B-shaped, {n} GPU(s): load wall s (from_pretrained s per replica)",
              f"{p['load_wall_s']} ({', '.join(map(str, p['load_s'].values()))})"),
@@ -107,7 +111,7 @@ def main() -> None:
              f"{p.get('unload_wall_s')}; {p['finished']}/{p['errors']}"),
         ]
 
-    if n_gpus >= 2:
+    if n_gpus >= 2 and "sharded" in parts:
         m14 = qwen25_text(work, "14b")
         data14 = write_data(work, "p256-small", 128, 256)
         cfg14 = config(work, "sharded", m14, data14)
@@ -123,7 +127,7 @@ def main() -> None:
             rows += [(f"14B-shaped on {n_gpus} GPUs capped at 20GiB: layout; samples/s; finished/errors",
                       f"{layout}; {hy['samples_per_s']}; {hy['finished']}/{hy['errors']}")]
 
-    if args.skip_oom:
+    if "oom" not in parts:
         return finish(rows, args.out)
     long = write_data(work, "p1024", 256, 1024)
     cfg_oom = config(work, "oom", m7, long, batch_size=512)

@@ -26,13 +26,13 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from models import images, prompts, qwen25_text, qwen25_vl  # noqa: E402
+from models import images, prompts, qwen25_text, qwen25_vl
 
-from evalfleet.backends import Request  # noqa: E402
-from evalfleet.backends.attention import use_decode_attention  # noqa: E402
-from evalfleet.backends.static_decode import StaticDecoder  # noqa: E402
-from evalfleet.backends.transformers_backend import TransformersBackend  # noqa: E402
-from evalfleet.config import ModelConfig  # noqa: E402
+from evalfleet.backends import Request
+from evalfleet.backends.attention import use_decode_attention
+from evalfleet.backends.static_decode import StaticDecoder
+from evalfleet.backends.transformers_backend import TransformersBackend
+from evalfleet.config import ModelConfig
 
 ROWS: list[tuple[str, str, str]] = []
 
