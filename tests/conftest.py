@@ -37,9 +37,9 @@ def tiny_qwen2vl(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_pix2pix(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tiny_models import build_tiny_pix2pix
+    from tiny_models import build_pix2pix
 
-    return build_tiny_pix2pix(tmp_path_factory.mktemp("models") / "tiny-pix2pix")
+    return build_pix2pix(tmp_path_factory.mktemp("models") / "tiny-pix2pix")
 
 
 @pytest.fixture(scope="session")

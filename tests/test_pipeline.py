@@ -79,6 +79,49 @@ def test_a_second_identical_judge_is_answered_from_the_cache(tmp_path, smollm2):
     assert again["datasets"]["qa"]["judge2"] == first["datasets"]["qa"]["judge"]
 
 
+def test_the_judge_cache_is_shared_between_run_folders(tmp_path, smollm2):
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(DEMO_QUESTIONS.read_text().splitlines(keepends=True)[:3]))
+    first = pipeline_config(tmp_path, smollm2, data)
+    run(first, console=quiet_console())
+    assert (tmp_path / "judge_cache.db").is_file()  # beside the run folders, not inside one
+    second = first.model_copy(update={"name": "p2"})  # another run folder: same answers, same judge requests
+    run(second, console=(console := quiet_console()))
+    assert "stage judge: 3 samples in 1 dataset(s), 3 already done, 0 to do" in console.file.getvalue()
+    store = Store.open_existing(tmp_path / "p2")
+    assert {r["worker"] for r in store.rows("judge", "qa")} == {"cache"}
+    store.close()
+    uncached = first.model_copy(update={"name": "p3", "judge_cache": None})
+    run(uncached, console=(console := quiet_console()))
+    assert "stage judge: 3 samples in 1 dataset(s), 0 already done, 3 to do" in console.file.getvalue()
+
+
+def test_concurrent_stages_judge_answers_as_they_arrive(tmp_path, smollm2):
+    import sqlite3
+
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(DEMO_QUESTIONS.read_text().splitlines(keepends=True)[:16]) + "{broken\n")
+    cfg = pipeline_config(tmp_path, smollm2, data)
+    stages = [s.model_copy(update={"model": s.model.model_copy(update={"batch_size": 2})}) for s in cfg.pipeline()]
+    cfg = cfg.model_copy(update={"concurrent_stages": True, "stages": stages, "judge_cache": None})
+    summary = run(cfg, console=(console := quiet_console()))
+    out = console.file.getvalue()
+    assert "stage judge: 16 samples in 1 dataset(s), 0 already done, 16 to do (judged as the answers arrive)" in out
+    judge = summary["datasets"]["qa"]["judge"]
+    assert judge["judged"] + judge["parse_errors"] == 16 and judge["errors"] == 1
+    db = sqlite3.connect(tmp_path / "p" / "store.db")
+    first_judged, = db.execute("SELECT MIN(created) FROM results WHERE stage = 'judge' AND worker != 'cache' "
+                               "AND error IS NULL").fetchone()
+    last_answered, = db.execute("SELECT MAX(created) FROM results WHERE stage = 'generate'").fetchone()
+    workers = {r[0]: r[1] for r in db.execute("SELECT id, state FROM workers")}
+    db.close()
+    assert first_judged < last_answered  # the judge worked while the answerer was still answering
+    assert workers == {"generate/cpu0.0": "stopped", "judge/cpu0.0": "stopped"}
+    again = run(cfg, console=(console := quiet_console()))  # resume: nothing left at either stage
+    assert "stage judge: 16 samples in 1 dataset(s), 16 already done, 0 to do" in console.file.getvalue()
+    assert again["datasets"]["qa"]["judge"] == judge
+
+
 def test_a_changed_judge_is_refused_until_its_stage_is_redone(tmp_path, smollm2):
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(DEMO_QUESTIONS.read_text().splitlines(keepends=True)[:2]))

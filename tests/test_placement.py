@@ -2,7 +2,7 @@ import pytest
 
 from evalfleet.errors import UserError
 from evalfleet.memory import ModelEstimate
-from evalfleet.placement import GiB, Gpu, Machine, describe, parse_bytes, plan
+from evalfleet.placement import GiB, Gpu, Machine, describe, parse_bytes, plan, split_gpus
 
 
 def gpus(n: int, gib: float, free: float | None = None) -> list[Gpu]:
@@ -79,3 +79,11 @@ def test_parse_bytes():
     assert parse_bytes("10GiB") == 10 * GiB and parse_bytes("20GB") == 20 * 10**9 and parse_bytes("512") == 512
     with pytest.raises(UserError, match="cannot read 'lots'"):
         parse_bytes("lots")
+
+
+def test_stages_at_once_get_disjoint_gpu_shares():
+    assert split_gpus([0, 1, 2, 3], [None, None], ["gen", "judge"]) == [[0, 1], [2, 3]]
+    assert split_gpus([0, 1, 2], [None, None], ["gen", "judge"]) == [[0], [1, 2]]
+    assert split_gpus([0, 1, 2, 3], [None, [0], None], ["gen", "j1", "j2"]) == [[1], [0], [2, 3]]
+    with pytest.raises(UserError, match="no GPU left for stage.s. judge"):
+        split_gpus([0, 1], [[0, 1], None], ["gen", "judge"])

@@ -52,3 +52,19 @@ def test_early_workers_leave_scarce_chunks_to_workers_still_loading():
     big.register("a")
     big.register("b")
     assert big.assign("a") and big.assign("a") and big.assign("a") is None  # plenty: prefetch allowed
+
+
+def test_an_open_queue_takes_more_chunks_and_finishes_only_once_closed():
+    q = WorkQueue.of(make_chunks(samples(4), set(), 2), closed=False)  # chunks 0 and 1
+    for _ in range(2):
+        c = q.assign("a")
+        q.finish_samples("a", c.id, {s.id for s in c.samples})
+    assert not q.finished  # empty, but more may come
+    q.add([samples(3)[:1], samples(3)[1:]])
+    c = q.assign("a")
+    assert c.id == 2 and [s.id for s in c.samples] == ["s0"]
+    q.close()
+    q.finish_samples("a", 2, {"s0"})
+    assert not q.finished and q.assign("a").id == 3
+    q.finish_samples("a", 3, {"s1", "s2"})
+    assert q.finished

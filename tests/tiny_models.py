@@ -109,8 +109,17 @@ def build_tiny_qwen2vl(path: Path, seed: int = 0, arch: str = "qwen2_vl") -> Pat
     return path
 
 
-def build_tiny_pix2pix(path: Path, seed: int = 0) -> Path:
-    """Build a tiny random StableDiffusionInstructPix2PixPipeline folder at `path` (64x64 image -> 8x8 latents)."""
+PIX2PIX_SHAPES = {
+    # image size, text encoder (hidden, intermediate, layers, heads, max tokens), UNet (blocks, layers per block,
+    # cross-attention blocks), VAE (blocks, layers per block, norm groups)
+    "tiny": (64, (32, 64, 2, 2, 16), ((32, 64), 1, 1), ((8, 16, 32, 32), 1, 8)),
+    "sd15": (512, (768, 3072, 12, 12, 77), ((320, 640, 1280, 1280), 2, 3), ((128, 256, 512, 512), 2, 32)),
+}
+
+
+def build_pix2pix(path: Path, seed: int = 0, shape: str = "tiny") -> Path:
+    """Build a random StableDiffusionInstructPix2PixPipeline folder at `path`: `tiny` for tests (64x64 images ->
+    8x8 latents), or `sd15` with the shapes of InstructPix2Pix (Stable Diffusion 1.5) for GPU benchmarks."""
     import json
 
     import easy_vqa
@@ -134,22 +143,27 @@ def build_tiny_pix2pix(path: Path, seed: int = 0) -> Path:
     bpe.train_from_iterator(easy_vqa.get_train_questions()[0], trainer)
     merges = [tuple(m) for m in json.loads(bpe.to_str())["model"]["merges"]]
     vocab = {t: i for i, t in enumerate(specials + sorted(set(bpe.get_vocab()) - set(specials)))}  # trainer ids vary
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=16)  # CLIP's normalizer, bos/eos, ...
+    size, text, unet_shape, vae_shape = PIX2PIX_SHAPES[shape]
+    hidden, inter, layers, heads, max_tokens = text
+    (unet_blocks, unet_layers, n_cross), (vae_blocks, vae_layers, groups) = unet_shape, vae_shape
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_tokens)  # CLIP's normalizer, bos/eos
     text_config = CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=16, projection_dim=32,
+        vocab_size=len(vocab), hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+        num_attention_heads=heads, max_position_embeddings=max_tokens, projection_dim=hidden,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
+    plain = len(unet_blocks) - n_cross
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=8, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8,
+        sample_size=size // 8, in_channels=8, out_channels=4, layers_per_block=unet_layers,
+        block_out_channels=unet_blocks, cross_attention_dim=hidden, attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D",) * n_cross + ("DownBlock2D",) * plain,
+        up_block_types=("UpBlock2D",) * plain + ("CrossAttnUpBlock2D",) * n_cross,
     )
     vae = AutoencoderKL(  # 4 blocks -> vae_scale_factor 8, like real SD
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 32, 32), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8,
-        sample_size=64,
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=vae_blocks, layers_per_block=vae_layers,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=groups,
+        sample_size=size,
     )
     pipe = StableDiffusionInstructPix2PixPipeline(
         vae=vae, text_encoder=CLIPTextModel(text_config), tokenizer=tokenizer, unet=unet,

@@ -102,7 +102,7 @@ def plan_cmd(
 
     def go() -> None:
         from evalfleet.datasets import DatasetError, load_samples
-        from evalfleet.runner import make_plan
+        from evalfleet.runner import judge_plan_samples, make_plan, stage_gpus
 
         cfg = load_config(config, _overrides(gpus=gpus, workers=workers, mode=mode, max_memory_per_gpu=max_memory_per_gpu))
         samples = []
@@ -111,8 +111,11 @@ def plan_cmd(
                 samples += load_samples(ds, seed=cfg.seed, limit=cfg.limit)
             except DatasetError as err:
                 console.print(f"dataset {ds.name}: {escape(str(err))} (ignored for the plan)", highlight=False)
-        for stage in cfg.pipeline():  # judge prompts are not known yet: their plans use the questions
-            for line in make_plan(cfg, stage.model, samples)[1]:
+        stages = cfg.pipeline()
+        share = len(stages) if cfg.concurrent_stages else 1
+        for stage, stage_gpu in zip(stages, stage_gpus(cfg)):  # judges: answers as long as the answerer may write
+            plan_for = judge_plan_samples(stage, stages[0], {"all": samples}) if stage.kind == "judge" else samples
+            for line in make_plan(cfg, stage.model, plan_for, gpus=stage_gpu, share=share)[1]:
                 console.print(f"{stage.name}: {line}", markup=False, highlight=False)
 
     _guard(go)

@@ -174,6 +174,8 @@ class StageConfig(_Strict):
     `{edited_image}`."""
     parse: JudgeParse = JudgeParse()
     """Judge: how the reply becomes a score."""
+    gpus: list[int] | None = None
+    """GPU indices for this stage (default: the run's `gpus`; with `concurrent_stages`, a share of them)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> StageConfig:
@@ -187,6 +189,7 @@ class StageConfig(_Strict):
         """Hash of what determines this stage's outputs; a resumed run must match it."""
         payload = self.model_dump(exclude={"name"})
         payload["seed"] = seed
+        payload.pop("gpus")
         for key in ("batch_size", "engine"):
             payload["model"].pop(key)
         payload["model"].pop("generation" if self.kind == "edit" else "diffusion")
@@ -216,6 +219,11 @@ class RunConfig(_Strict):
     """CPU worker processes when no GPU is used (default 1)."""
     placement: PlacementConfig = PlacementConfig()
     """Replica layout over the GPUs."""
+    concurrent_stages: bool = False
+    """Run all stages at once on disjoint GPU sets (each stage's `gpus`, or the GPUs dealt out evenly in stage
+    order); judges take answers as they are stored. Every model must fit its share."""
+    judge_cache: str | None = "judge_cache.db"
+    """SQLite file of judge replies shared by all runs that name it (relative to `output_dir`); null: none."""
     chunk_size: int | None = Field(None, ge=1)
     """Samples handed to a worker at a time (default: the starting batch size)."""
     limit: int | None = Field(None, ge=1)
@@ -239,6 +247,9 @@ class RunConfig(_Strict):
         if self.stages is not None and (self.stages[0].kind == "judge"
                                         or any(s.kind != "judge" for s in self.stages[1:])):
             raise ValueError("`stages` must start with one `generate` or `edit` stage, followed by `judge` stages")
+        given = [g for s in self.stages or [] for g in s.gpus or []]
+        if self.concurrent_stages and len(given) != len(set(given)):
+            raise ValueError("with `concurrent_stages`, the stages' `gpus` must not overlap")
         return self
 
     def pipeline(self) -> list[StageConfig]:
@@ -251,6 +262,10 @@ class RunConfig(_Strict):
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+    @property
+    def judge_cache_path(self) -> Path | None:
+        return None if self.judge_cache is None else Path(self.output_dir) / Path(self.judge_cache).expanduser()
 
 
 

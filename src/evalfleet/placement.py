@@ -234,3 +234,23 @@ def describe(machine: Machine, est: ModelEstimate | None, chosen: Plan) -> list[
     lines += [f"worker {w.name}: " + (f"GPUs {','.join(w.gpus)}" if w.gpus else f"CPU, {w.threads} thread(s)")
               for w in chosen.workers]
     return lines
+
+
+def split_gpus(visible: list[int], wanted: list[list[int] | None], names: list[str]) -> list[list[int]]:
+    """Disjoint GPU sets for stages that run at once: a stage's own `gpus` are kept, the other visible GPUs
+    are dealt out evenly, in order, to the stages that name none.
+
+    Raises:
+        UserError: a stage would get no GPU.
+    """
+    taken = {g for w in wanted if w for g in w}
+    free = [g for g in visible if g not in taken]
+    open_ = [i for i, w in enumerate(wanted) if w is None]
+    out = [list(w or []) for w in wanted]
+    for j, i in enumerate(open_):
+        out[i] = free[j * len(free) // len(open_) : (j + 1) * len(free) // len(open_)]
+    empty = [names[i] for i, g in enumerate(out) if not g]
+    if empty:
+        raise UserError(f"concurrent_stages: no GPU left for stage(s) {', '.join(empty)} ({len(visible)} GPU(s) "
+                        f"for {len(wanted)} stages); give stages their `gpus` or run them one after the other")
+    return out

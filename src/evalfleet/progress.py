@@ -31,19 +31,25 @@ class RunProgress:
         done: samples already finished when the run started (resume).
         console: where to draw; the live view is used only when it is a terminal.
         every, seconds: without a terminal, print a line every `every` samples or `seconds` seconds.
+        title: the stage's name in bars and lines ("overall" when the run has one stage).
+        shared: another stage's progress whose live view this one joins (stages running at once); the
+            first one is closed last.
     """
 
-    def __init__(self, total: int, done: int, *, console: Console, every: int, seconds: float) -> None:
+    def __init__(self, total: int, done: int, *, console: Console, every: int, seconds: float,
+                 title: str = "overall", shared: RunProgress | None = None) -> None:
         self.total, self.done, self.start_done = total, done, done
         self.console = console
         self.every, self.seconds = every, seconds
+        self.title = title
+        self.prefix = "" if title == "overall" else f"{title}: "
         self.t0 = time.monotonic()
         self.last_line_t, self.last_line_done = self.t0, done
         self.worker_done: dict[str, int] = {}
-        self.live = console.is_terminal
-        self.bars: Progress | None = None
+        self.owner = shared is None
+        self.bars: Progress | None = shared.bars if shared is not None else None
         self.tasks: dict[str, TaskID] = {}
-        if self.live:
+        if self.owner and console.is_terminal:
             self.bars = Progress(
                 TextColumn("{task.description}", style="bold"),
                 BarColumn(),
@@ -54,8 +60,9 @@ class RunProgress:
                 console=console,
                 refresh_per_second=4,
             )
-            self.overall = self.bars.add_task("overall", total=total, completed=done, rate="")
             self.bars.start()
+        if self.bars is not None:
+            self.overall = self.bars.add_task(title, total=total, completed=done, rate="")
 
     def worker(self, name: str, label: str) -> None:
         """A worker is ready (or was replaced); show a bar for it. Rates count from the first one."""
@@ -64,11 +71,11 @@ class RunProgress:
         self.worker_done.setdefault(name, 0)
         if self.bars is not None:
             if name in self.tasks:
-                self.bars.update(self.tasks[name], description=f"{name} {label}")
+                self.bars.update(self.tasks[name], description=f"  {self.prefix}{name} {label}")
             else:
-                self.tasks[name] = self.bars.add_task(f"{name} {label}", total=None, rate="")
+                self.tasks[name] = self.bars.add_task(f"  {self.prefix}{name} {label}", total=None, rate="")
         else:
-            self.console.print(f"[evalfleet] worker {name} ready on {label}", markup=False, highlight=False)
+            self.note(f"{self.prefix}worker {name} ready on {label}")
 
     def step(self, name: str, step: int, steps: int) -> None:
         """A denoising step of the worker's current batch: a bar under the worker's own (terminal only)."""
@@ -76,7 +83,7 @@ class RunProgress:
             return
         key = f"{name}/steps"
         if key not in self.tasks:
-            self.tasks[key] = self.bars.add_task(f"  {name} denoising", total=steps, rate="")
+            self.tasks[key] = self.bars.add_task(f"    {self.prefix}{name} denoising", total=steps, rate="")
         self.bars.update(self.tasks[key], completed=step, total=steps)
 
     def note(self, text: str) -> None:
@@ -107,7 +114,7 @@ class RunProgress:
         eta = _duration(per * remaining) if new else "?"
         pct = 100.0 * self.done / self.total if self.total else 100.0
         self.console.print(
-            f"[evalfleet] {self.done}/{self.total} done ({pct:.0f}%), {remaining} remaining, "
+            f"[evalfleet] {self.prefix}{self.done}/{self.total} done ({pct:.0f}%), {remaining} remaining, "
             f"{per:.2f} s/sample, ETA {eta}",
             markup=False,
             highlight=False,
@@ -118,8 +125,12 @@ class RunProgress:
     def _rate(n: int, elapsed: float) -> str:
         return f"{n / elapsed:.2f} samples/s" if elapsed > 0 and n else ""
 
-    def close(self) -> None:
-        if self.bars is not None:
-            self.bars.stop()
-        elif self.done != self.last_line_done:
+    def flush(self) -> None:
+        """Without a terminal: the last count line, if it was not printed yet."""
+        if self.bars is None and self.done != self.last_line_done:
             self.print_line()
+
+    def close(self) -> None:
+        self.flush()
+        if self.bars is not None and self.owner:
+            self.bars.stop()

@@ -14,6 +14,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from statistics import fmean
@@ -25,13 +26,13 @@ from evalfleet.config import ModelConfig, RunConfig, StageConfig
 from evalfleet.datasets import DatasetError, ImageRef, Sample, load_samples
 from evalfleet.errors import UserError
 from evalfleet.memory import ModelEstimate, estimate_model, longest_prompt_tokens
-from evalfleet.placement import Plan, describe, parse_bytes, plan, probe_machine
+from evalfleet.placement import Plan, describe, parse_bytes, plan, probe_machine, split_gpus
 from evalfleet.progress import RunProgress
 from evalfleet.report import write_report
 from evalfleet.scheduler import Chunk, WorkQueue, make_chunks
 from evalfleet.scoring import METRICS
 from evalfleet.scoring.judge import parse_judgement, render_judge_prompt
-from evalfleet.store import Result, Store
+from evalfleet.store import JudgeCache, Result, Store
 from evalfleet.workers import WorkerSpec, worker_main
 
 log = logging.getLogger("evalfleet")
@@ -64,6 +65,7 @@ class _Driver:
     queue: WorkQueue
     progress: RunProgress
     batch_size: int
+    chunk_size: int = 0
     ctx: Any = field(default_factory=lambda: mp.get_context("spawn"))
     workers: dict[str, _Worker] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
@@ -75,8 +77,15 @@ class _Driver:
     """When every replica had loaded; throughput counts from then."""
     at_ready: tuple[int, int] = (0, 0)
     """(samples, generated tokens) finished before t_ready."""
+    specs: list[WorkerSpec] = field(default_factory=list)
+    """The replicas to start."""
     answers: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     """Accepted answers by (dataset, sample id), for --show-samples lines."""
+    on_commit: Callable[[list[Result]], None] | None = None
+    """Called with each batch of results once they are in the store (a judge running at the same time)."""
+    on_finish: Callable[[], None] | None = None
+    """Called once every sample of the stage has a result, before its workers stop."""
+    stopped: bool = False
     perf: dict[str, Any] = field(
         default_factory=lambda: {"load_s": {}, "unload_s": {}, "samples": 0, "generated_tokens": 0}
     )
@@ -97,7 +106,7 @@ class _Driver:
         w = _Worker(spec, proc, parent, generation)
         self.workers[spec.name] = w
         self.queue.register(spec.name)
-        self.store.worker_state(w.id, device=spec.name, pid=proc.pid, state="loading")
+        self.store.worker_state(self.key(w), device=spec.name, pid=proc.pid, state="loading")
         log.info("started worker %s (pid %s)", w.id, proc.pid)
 
     def feed(self, w: _Worker) -> None:
@@ -112,7 +121,7 @@ class _Driver:
         w.proc.join(timeout=5)
         code = w.proc.exitcode
         self.workers.pop(w.spec.name)
-        self.store.worker_state(w.id, device=w.spec.name, pid=w.proc.pid, state=f"died ({code})")
+        self.store.worker_state(self.key(w), device=w.spec.name, pid=w.proc.pid, state=f"died ({code})")
         chunks = self.queue.release(w.spec.name)
         self.progress.note(f"worker {w.id} died (exit code {code}); {sum(len(c.samples) for c in chunks)} "
                            "samples go back to the queue")
@@ -136,7 +145,7 @@ class _Driver:
         kind = msg[0]
         if kind == "ready":
             w.ready = True
-            self.store.worker_state(w.id, device=msg[1], pid=w.proc.pid, state="running")
+            self.store.worker_state(self.key(w), device=msg[1], pid=w.proc.pid, state="running")
             self.progress.worker(w.spec.name, msg[1])
             log.info("worker %s ready on %s after %.1f s", w.id, msg[1], msg[2])
             self.perf["load_s"][w.id] = round(msg[2], 2)
@@ -196,42 +205,42 @@ class _Driver:
         if self.buffer and (force or time.monotonic() - self.last_commit >= COMMIT_EVERY_S):
             self.store.add_results(self.stage.name, self.buffer)
             for wid, n in self.worker_counts.items():
-                self.store.worker_progress(wid, n)
-            self.buffer, self.worker_counts = [], {}
+                self.store.worker_progress(f"{self.stage.name}/{wid}", n)
+            committed, self.buffer, self.worker_counts = self.buffer, [], {}
             self.last_commit = time.monotonic()
+            if self.on_commit is not None:
+                self.on_commit(committed)
 
-    def loop(self) -> None:
-        while not self.queue.finished:
-            by_conn = {w.conn: w for w in self.workers.values()}
-            by_sentinel = {w.proc.sentinel: w for w in self.workers.values()}
-            for ready in wait([*by_conn, *by_sentinel], timeout=COMMIT_EVERY_S):
-                if ready in by_conn:
-                    w = by_conn[ready]
-                    try:
-                        msg = w.conn.recv()
-                    except (EOFError, OSError):
-                        continue  # its sentinel reports the death
-                    self.handle(w, msg)
-                else:
-                    w = by_sentinel[ready]
-                    while w.conn.poll():  # results sent just before dying still count
-                        try:
-                            self.handle(w, w.conn.recv())
-                        except (EOFError, OSError):
-                            break
-                    if self.workers.get(w.spec.name) is w:
-                        self.on_death(w)
-                    break  # the maps are stale now
-            self.commit()
+    def reap(self, w: _Worker) -> None:
+        """A worker process ended: take the results it sent just before, then requeue and replace it."""
+        while w.conn.poll():
+            try:
+                self.handle(w, w.conn.recv())
+            except (EOFError, OSError):
+                break
+        if self.workers.get(w.spec.name) is w:
+            self.on_death(w)
+
+    def finish(self) -> None:
+        """Every sample has a result: store them, record throughput, tell the listener, unload the models."""
         self.commit(force=True)
         if self.t_ready:  # throughput once every replica was loaded
             wall = time.monotonic() - self.t_ready
             self.perf["generate_wall_s"] = round(wall, 2)
             self.perf["samples_per_s"] = round((self.perf["samples"] - self.at_ready[0]) / wall, 2)
             self.perf["generated_tokens_per_s"] = round((self.perf["generated_tokens"] - self.at_ready[1]) / wall, 1)
+        if self.on_finish is not None:
+            self.on_finish()
+        self.progress.flush()
+        self.stop()
+
+    def key(self, w: _Worker) -> str:
+        """The worker's row in the store's workers table."""
+        return f"{self.stage.name}/{w.id}"
 
     def stop(self) -> None:
         """Ask every worker to unload at once, collect their unload times, then reap them."""
+        self.stopped = True
         t0 = time.monotonic()
         for w in self.workers.values():
             try:
@@ -250,7 +259,7 @@ class _Driver:
             w.proc.join(timeout=10)
             if w.proc.is_alive():
                 w.proc.kill()
-            self.store.worker_state(w.id, device=w.spec.name, pid=w.proc.pid, state="stopped")
+            self.store.worker_state(self.key(w), device=w.spec.name, pid=w.proc.pid, state="stopped")
         if self.perf["unload_s"]:
             self.perf["unload_wall_s"] = round(time.monotonic() - t0, 3)
             self.progress.note(f"{len(self.perf['unload_s'])} replica(s) unloaded in {self.perf['unload_wall_s']:.2f} s "
@@ -297,19 +306,55 @@ def _estimate(model: ModelConfig, samples: list[Sample], on_gpu: bool) -> ModelE
     )
 
 
-def make_plan(cfg: RunConfig, model: ModelConfig, samples: list[Sample]) -> tuple[Plan, list[str]]:
-    """Probe the machine, estimate `model` on `samples`, choose the layout; returns it with its description."""
+def make_plan(
+    cfg: RunConfig, model: ModelConfig, samples: list[Sample], *, gpus: list[int] | None = None, share: int = 1
+) -> tuple[Plan, list[str]]:
+    """Probe the machine, estimate `model` on `samples`, choose the layout; returns it with its description.
+
+    `gpus` replaces the run's GPUs (a stage's own set); `share` divides the CPU cores (stages at once).
+    """
     machine = probe_machine()
+    machine = replace(machine, cpus=max(1, machine.cpus // share))
+    gpus = gpus if gpus is not None else cfg.gpus
     p = cfg.placement
     cap = parse_bytes(p.max_memory_per_gpu) if p.max_memory_per_gpu else None
-    on_gpu = bool(machine.gpus) and not (cfg.workers is not None and cfg.gpus is None)
+    on_gpu = bool(machine.gpus) and not (cfg.workers is not None and gpus is None)
     est = _estimate(model, samples, on_gpu) if on_gpu else None
-    chosen = plan(machine, est, mode=p.mode, gpus=cfg.gpus, workers=cfg.workers,
+    chosen = plan(machine, est, mode=p.mode, gpus=gpus, workers=cfg.workers,
                   gpus_per_replica=p.gpus_per_replica, max_memory_per_gpu=cap, batch_size=model.batch_size)
     if p.cpu_worker_headroom and chosen.mode == "cpu":
         headroom = parse_bytes(p.cpu_worker_headroom)
         chosen.workers = [replace(w, cpu_headroom=headroom) for w in chosen.workers]
     return chosen, describe(machine, est, chosen)
+
+
+def stage_gpus(cfg: RunConfig) -> list[list[int] | None]:
+    """Each stage's GPUs: its own `gpus`, else the run's; with `concurrent_stages`, disjoint shares."""
+    stages = cfg.pipeline()
+    if not (cfg.concurrent_stages and len(stages) > 1):
+        return [s.gpus if s.gpus is not None else cfg.gpus for s in stages]
+    n = len(probe_machine().gpus)
+    if not n or (cfg.workers is not None and cfg.gpus is None):
+        return [None] * len(stages)  # CPU: every stage gets its workers, sharing the cores
+    return split_gpus(cfg.gpus if cfg.gpus is not None else list(range(n)), [s.gpus for s in stages],
+                      [s.name for s in stages])
+
+
+def judge_plan_samples(stage: StageConfig, answered: StageConfig, loaded: dict[str, list[Sample]]) -> list[Sample]:
+    """Stand-ins for a judge's requests before the answers exist, for its memory estimate: the template
+    filled with an answer as long as the answering stage may write (a word per token)."""
+    assert stage.prompt is not None
+    filler = "word " * answered.model.generation.max_new_tokens if answered.kind == "generate" else "edits/x.png"
+    out = []
+    for s in (s for samples in loaded.values() for s in samples if s.error is None):
+        try:
+            prompt = render_judge_prompt(stage.prompt, {"question": s.question, "answers": s.answers, "id": s.id,
+                                                        "prediction": filler})
+        except KeyError:
+            continue
+        images = s.images * (("{image}" in stage.prompt) + ("{edited_image}" in stage.prompt))
+        out.append(Sample(s.dataset, s.id, s.question, prompt, s.answers, images, s.source))
+    return out
 
 
 def check_model_path(path: str) -> None:
@@ -369,24 +414,34 @@ def _printer(console: Console) -> Callable[[str], None]:
 
 
 def _judge_inputs(
-    stage: StageConfig, answered: StageConfig, loaded: dict[str, list[Sample]], store: Store
-) -> dict[str, list[Sample]]:
+    stage: StageConfig,
+    answered: StageConfig,
+    loaded: dict[str, list[Sample]],
+    store: Store,
+    cache: JudgeCache | None,
+    ids: dict[str, set[str]] | None = None,
+) -> tuple[dict[str, list[Sample]], set[tuple[str, str]]]:
     """Samples whose prompt is the judge template filled with the `answered` stage's answer.
 
-    A sample that stage could not answer, or whose template cannot be filled, gets an error result at
-    this stage instead (once; a later run does not redo it). Requests judged before come from the cache.
+    Only samples answered so far count (of `ids`, when given). One the answering stage failed, or whose
+    template cannot be filled, gets an error result at this stage instead (once; a later run does not redo
+    it); a request judged before is answered from the cache. Returns the requests by dataset and the
+    (dataset, id) of the samples given a result here (errors and cache hits).
     """
     assert stage.prompt is not None
     inputs: dict[str, list[Sample]] = {}
+    failed: list[Result] = []
     for name, samples in loaded.items():
+        if ids is not None and name not in ids:
+            continue
         by_id = {s.id: s for s in samples}
-        judged, failed = [], []
-        for row in store.rows(answered.name, name):
-            if row["id"] not in by_id:
+        judged = inputs.setdefault(name, [])
+        for row in store.rows(answered.name, name, None if ids is None else ids[name]):
+            if row["id"] not in by_id or not row["finished"]:
                 continue
             if row["prediction"] is None:
-                why = row["error"] or "not answered yet"
-                failed.append(Result(name, row["id"], None, f"nothing to judge: {answered.name} gave no answer ({why})"))
+                failed.append(Result(name, row["id"], None,
+                                     f"nothing to judge: {answered.name} gave no answer ({row['error']})"))
                 continue
             try:
                 prompt = render_judge_prompt(stage.prompt, row)
@@ -401,10 +456,9 @@ def _judge_inputs(
             request = Sample(name, s.id, s.question, prompt, s.answers, images, s.source)
             request.metadata["cache_key"] = _cache_key(stage, request)  # computed once: it reads the images
             judged.append(request)
-        store.add_results(stage.name, failed)
-        inputs[name] = judged
-    _from_cache(stage, inputs, store)
-    return inputs
+    store.add_results(stage.name, failed)
+    hits = _from_cache(stage, inputs, store, cache) if cache is not None else set()
+    return inputs, hits | {(r.dataset, r.sample_id) for r in failed}
 
 
 def _cache_key(stage: StageConfig, sample: Sample) -> str:
@@ -416,31 +470,91 @@ def _cache_key(stage: StageConfig, sample: Sample) -> str:
     return h.hexdigest()
 
 
-def _from_cache(stage: StageConfig, inputs: dict[str, list[Sample]], store: Store) -> None:
-    """Answer judge samples whose exact request was judged before (any stage, any earlier run of this store)."""
+def _from_cache(
+    stage: StageConfig, inputs: dict[str, list[Sample]], store: Store, cache: JudgeCache
+) -> set[tuple[str, str]]:
+    """Answer judge requests judged before (by any run sharing the cache); returns the (dataset, id) answered."""
     keys = {(s.dataset, s.id): s.metadata["cache_key"] for samples in inputs.values() for s in samples}
-    hits = store.cached(list(keys.values()))
-    store.add_results(stage.name, [Result(ds, sid, hits[k], worker="cache") for (ds, sid), k in keys.items()
-                                   if k in hits])
+    hits = cache.get(list(keys.values()))
+    answered = {(ds, sid): hits[k] for (ds, sid), k in keys.items() if k in hits}
+    store.add_results(stage.name, [Result(ds, sid, out, worker="cache") for (ds, sid), out in answered.items()])
+    return set(answered)
 
 
-def _fill_cache(stage: StageConfig, inputs: dict[str, list[Sample]], store: Store) -> None:
+def _fill_cache(stage: StageConfig, inputs: dict[str, list[Sample]], store: Store, cache: JudgeCache) -> None:
     """Remember this judge stage's replies for identical requests later."""
     entries = []
     for name, samples in inputs.items():
         replies = {r["id"]: r["prediction"] for r in store.rows(stage.name, name) if r["prediction"] is not None}
         entries += [(s.metadata["cache_key"], replies[s.id]) for s in samples if s.id in replies]
-    store.cache(entries)
+    cache.put(entries)
 
 
-def _run_stage(
-    cfg: RunConfig, stage: StageConfig, loaded: dict[str, list[Sample]], store: Store, console: Console
-) -> None:
-    """Plan, cut chunks of what is left, and run the stage's workers until every sample has a result."""
+@dataclass
+class _JudgeFeed:
+    """Streams the answering stage's stored results into a judge's queue, in chunks of the judge's size."""
+
+    stage: StageConfig
+    answered: StageConfig
+    loaded: dict[str, list[Sample]]
+    store: Store
+    cache: JudgeCache | None
+    judge: _Driver
+    chunk_size: int
+    inputs: dict[str, list[Sample]]
+    """Every request made so far (the cache is filled from them at the end)."""
+    waiting: dict[str, list[Sample]] = field(default_factory=dict)
+    """Requests not yet in a chunk, by dataset."""
+
+    def offer(self, results: list[Result]) -> None:
+        ids: dict[str, set[str]] = {}
+        for r in results:
+            ids.setdefault(r.dataset, set()).add(r.sample_id)
+        new, settled = _judge_inputs(self.stage, self.answered, self.loaded, self.store, self.cache, ids)
+        for name, requests in new.items():
+            self.inputs.setdefault(name, []).extend(requests)
+            self.waiting.setdefault(name, []).extend(s for s in requests if (name, s.id) not in settled)
+        if settled:
+            self.judge.progress.advance("-", len(settled))
+        self.cut(final=False)
+
+    def close(self) -> None:
+        """The answering stage is done: the last partial chunks go out, and the judge's queue closes."""
+        self.cut(final=True)
+        self.judge.queue.close()
+
+    def cut(self, *, final: bool) -> None:
+        chunks = []
+        for waiting in self.waiting.values():
+            while len(waiting) >= self.chunk_size or (final and waiting):
+                chunks.append(waiting[: self.chunk_size])
+                del waiting[: self.chunk_size]
+        if chunks:
+            self.judge.queue.add(chunks)
+            for w in self.judge.workers.values():
+                if w.ready:
+                    self.judge.feed(w)
+
+
+def _driver(
+    cfg: RunConfig,
+    stage: StageConfig,
+    plan_for: list[Sample],
+    inputs: dict[str, list[Sample]],
+    store: Store,
+    console: Console,
+    *,
+    gpus: list[int] | None,
+    share: int = 1,
+    streaming: dict[str, list[Sample]] | None = None,
+    shared: RunProgress | None = None,
+) -> _Driver | None:
+    """Plan the stage, cut chunks of what is left, and make its driver; None when nothing is left to do.
+
+    `streaming`: all samples of a judge whose answers are still coming; its queue stays open for them.
+    """
     note = _printer(console)
-
-    # Placement: replicas x GPUs and the starting batch size, explained.
-    chosen, lines = make_plan(cfg, stage.model, [s for samples in loaded.values() for s in samples])
+    chosen, lines = make_plan(cfg, stage.model, plan_for, gpus=gpus, share=share)
     for line in lines:
         note(f"{stage.name}: {line}")
         log.info("%s: %s", stage.name, line)
@@ -448,36 +562,73 @@ def _run_stage(
     # Chunks of what is left, cut the same way on every run.
     chunk_size = cfg.chunk_size or chosen.batch_size
     chunks: list[Chunk] = []
+    for name, samples in inputs.items():
+        chunks += make_chunks(samples, store.done_ids(stage.name, name), chunk_size, start_id=len(chunks))
+    universe = streaming if streaming is not None else inputs
     total = done = 0
-    for name, samples in loaded.items():
+    for name, samples in universe.items():
         finished = store.done_ids(stage.name, name)
-        chunks += make_chunks(samples, finished, chunk_size, start_id=len(chunks))
         total += len(samples)
         done += sum(1 for s in samples if s.id in finished or s.error)
-    queue = WorkQueue.of(chunks)
-    todo = queue.remaining()
-    note(f"stage {stage.name}: {total} samples in {len(loaded)} dataset(s), {done} already done, {todo} to do")
+    queue = WorkQueue.of(chunks, closed=streaming is None)
+    todo = queue.remaining() if streaming is None else total - done
+    note(f"stage {stage.name}: {total} samples in {len(universe)} dataset(s), {done} already done, {todo} to do"
+         + (" (judged as the answers arrive)" if streaming is not None else ""))
     if not todo:
-        return
+        return None
 
-    specs = chosen.workers[: len(chunks)]  # no idle workers loading a model for nothing
-    note(f"{stage.name}: starting {len(specs)} worker(s): {', '.join(s.name for s in specs)}")
-    progress = RunProgress(total, done, console=console, every=cfg.progress_every, seconds=cfg.progress_seconds)
-    driver = _Driver(cfg, stage, store, queue, progress, chosen.batch_size,
-                     answers={(s.dataset, s.id): s.answers for samples in loaded.values() for s in samples})
+    n_chunks = len(chunks) if streaming is None else -(-todo // chunk_size)
+    specs = chosen.workers[:n_chunks]  # no idle workers loading a model for nothing
+    title = stage.name if len(cfg.pipeline()) > 1 else "overall"
+    progress = RunProgress(total, done, console=console, every=cfg.progress_every, seconds=cfg.progress_seconds,
+                           title=title, shared=shared)
+    return _Driver(cfg, stage, store, queue, progress, chosen.batch_size, specs=specs,
+                   answers={(s.dataset, s.id): s.answers for samples in inputs.values() for s in samples},
+                   chunk_size=chunk_size)
+
+
+def _execute(drivers: list[_Driver], console: Console) -> None:
+    """Start every driver's workers, serve them all in one loop until each stage is done, stop them."""
     try:
-        for spec in specs:
-            driver.start(spec)
-        driver.loop()
+        for d in drivers:
+            for spec in d.specs:
+                d.start(spec)
+        _serve(drivers)
     except KeyboardInterrupt:
-        driver.commit(force=True)
-        note("interrupted; results so far are saved. Run the same command again to resume.")
+        _printer(console)("interrupted; results so far are saved. Run the same command again to resume.")
         raise
     finally:
-        driver.commit(force=True)
-        progress.close()
-        driver.stop()
-        store.set_meta(f"performance:{stage.name}", driver.perf)
+        for d in reversed(drivers):  # the first stage's progress owns the live view: it closes last
+            d.on_commit = None  # a judge resumes from the store, it needs no feeding now
+            d.commit(force=True)
+            if not d.stopped:
+                d.stop()
+            d.progress.close()
+            d.store.set_meta(f"performance:{d.stage.name}", d.perf)
+
+
+def _serve(drivers: list[_Driver]) -> None:
+    """One event loop over the workers of every running stage; a stage's workers stop once it is done."""
+    while not all(d.stopped for d in drivers):
+        handles: dict[Any, tuple[_Driver, _Worker, bool]] = {}
+        for d in drivers:
+            for w in d.workers.values() if not d.stopped else ():
+                handles[w.conn] = (d, w, False)
+                handles[w.proc.sentinel] = (d, w, True)
+        for ready in wait(list(handles), timeout=COMMIT_EVERY_S):
+            d, w, died = handles[ready]
+            if died:
+                d.reap(w)
+                break  # the maps are stale now
+            try:
+                msg = w.conn.recv()
+            except (EOFError, OSError):
+                continue  # its sentinel reports the death
+            d.handle(w, msg)
+        for d in drivers:
+            d.commit()
+            if d.queue.finished and not d.stopped:
+                d.finish()
 
 
 def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], console: Console) -> dict:
@@ -494,22 +645,79 @@ def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], con
     if retry_errors:
         for stage in stages:
             store.clear_errors(stage.name)
+    cache = JudgeCache(path) if (path := cfg.judge_cache_path) is not None else None
 
     # 2. Datasets (a failed one is recorded; the others go on).
     note = _printer(console)
     loaded = _load_datasets(cfg, store, note)
 
-    # 3. Each stage over all GPUs, in order; every judge rates the first stage's answers, read from the store.
-    for stage in stages:
-        inputs = _judge_inputs(stage, stages[0], loaded, store) if stage.kind == "judge" else loaded
-        _run_stage(cfg, stage, inputs, store, console)
-        if stage.kind == "judge":
-            _fill_cache(stage, inputs, store)
+    # 3. The stages over all GPUs: one after the other, or all at once on disjoint GPU sets. Every judge
+    #    rates the first stage's answers, read from the store.
+    gpus = stage_gpus(cfg)
+    if cfg.concurrent_stages and len(stages) > 1:
+        _run_concurrently(cfg, stages, gpus, loaded, store, cache, console)
+    else:
+        for stage, stage_gpu in zip(stages, gpus):
+            inputs = loaded
+            if stage.kind == "judge":
+                inputs, _ = _judge_inputs(stage, stages[0], loaded, store, cache)
+            driver = _driver(cfg, stage, [s for samples in inputs.values() for s in samples], inputs, store,
+                             console, gpus=stage_gpu)
+            if driver is not None:
+                _execute([driver], console)
+            if stage.kind == "judge" and cache is not None:
+                _fill_cache(stage, inputs, store, cache)
     for name in loaded:
         store.set_dataset(name, "done", len(loaded[name]))
 
     # 4. Report.
     summary = write_report(run_dir, store, cfg, console)
     store.close()
+    if cache is not None:
+        cache.close()
     note(f"results in {run_dir}")
     return summary
+
+
+def _run_concurrently(
+    cfg: RunConfig,
+    stages: list[StageConfig],
+    gpus: list[list[int] | None],
+    loaded: dict[str, list[Sample]],
+    store: Store,
+    cache: JudgeCache | None,
+    console: Console,
+) -> None:
+    """All stages at once: each judge is fed the first stage's answers as they are stored."""
+    first = _driver(cfg, stages[0], [s for samples in loaded.values() for s in samples], loaded, store, console,
+                    gpus=gpus[0], share=len(stages))
+    drivers = [first] if first is not None else []
+    feeds: list[_JudgeFeed] = []
+    answerable = {name: [s for s in samples if s.error is None] for name, samples in loaded.items()}
+    for stage, stage_gpu in zip(stages[1:], gpus[1:]):
+        inputs, _ = _judge_inputs(stage, stages[0], loaded, store, cache)
+        d = _driver(cfg, stage, judge_plan_samples(stage, stages[0], loaded), inputs, store, console, gpus=stage_gpu,
+                    share=len(stages), streaming=answerable if first is not None else None,
+                    shared=drivers[0].progress if drivers else None)
+        if d is None:
+            continue
+        drivers.append(d)
+        if first is not None:
+            feeds.append(_JudgeFeed(stage, stages[0], loaded, store, cache, d, d.chunk_size, inputs))
+        if cache is not None:
+            d.on_finish = partial(_fill_cache, stage, feeds[-1].inputs if first is not None else inputs, store, cache)
+    if first is not None:
+        first.on_commit = partial(_offer_all, feeds)
+        first.on_finish = partial(_close_all, feeds)
+    if drivers:
+        _execute(drivers, console)
+
+
+def _offer_all(feeds: list[_JudgeFeed], results: list[Result]) -> None:
+    for f in feeds:
+        f.offer(results)
+
+
+def _close_all(feeds: list[_JudgeFeed]) -> None:
+    for f in feeds:
+        f.close()

@@ -45,10 +45,24 @@ class WorkQueue:
     max_in_flight: int = 2
     """Chunks a worker may hold: one running, one waiting, so it never idles on a round trip."""
     held: dict[str, list[Chunk]] = field(default_factory=dict)
+    closed: bool = True
+    """False while chunks may still be added (a judge fed by a stage that is still answering)."""
+    next_id: int = 0
 
     @classmethod
-    def of(cls, chunks: list[Chunk], max_in_flight: int = 2) -> WorkQueue:
-        return cls(deque(chunks), max_in_flight)
+    def of(cls, chunks: list[Chunk], max_in_flight: int = 2, closed: bool = True) -> WorkQueue:
+        return cls(deque(chunks), max_in_flight, closed=closed, next_id=max((c.id for c in chunks), default=-1) + 1)
+
+    def add(self, parts: list[list[Sample]]) -> None:
+        """More work for an open queue: each part becomes a chunk."""
+        assert not self.closed, "chunks added to a closed queue"
+        for samples in parts:
+            self.pending.append(Chunk(self.next_id, samples))
+            self.next_id += 1
+
+    def close(self) -> None:
+        """No more chunks will be added: the queue is finished once these are."""
+        self.closed = True
 
     def register(self, worker: str) -> None:
         """A worker was started (it may still be loading its model)."""
@@ -92,7 +106,7 @@ class WorkQueue:
 
     @property
     def finished(self) -> bool:
-        return not self.pending and not any(self.held.values())
+        return self.closed and not self.pending and not any(self.held.values())
 
     def remaining(self) -> int:
         return sum(len(c.samples) for c in self.pending) + sum(len(c.samples) for cs in self.held.values() for c in cs)

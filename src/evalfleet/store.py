@@ -29,11 +29,20 @@ CREATE TABLE IF NOT EXISTS results (
     stage TEXT NOT NULL, dataset TEXT NOT NULL, sample_id TEXT NOT NULL, output TEXT, error TEXT,
     worker TEXT, seconds REAL, n_tokens INTEGER, created REAL NOT NULL,
     PRIMARY KEY (stage, dataset, sample_id));
-CREATE TABLE IF NOT EXISTS judge_cache (key TEXT PRIMARY KEY, output TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY, device TEXT, pid INTEGER, state TEXT, started REAL, heartbeat REAL,
     done INTEGER DEFAULT 0);
 """
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """A WAL-mode connection that waits (up to a minute) for other writers instead of failing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, timeout=60, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA busy_timeout=60000")
+    return db
 
 
 @dataclass
@@ -53,12 +62,8 @@ class Store:
     """Thin typed access to the run database. Only the driver process writes results."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=60000")
+        self.db = _connect(path)
         self.db.executescript(SCHEMA)
 
     @classmethod
@@ -138,39 +143,26 @@ class Store:
         with self.db:
             return self.db.execute("DELETE FROM results WHERE stage = ? AND error IS NOT NULL", (stage,)).rowcount
 
-    def rows(self, stage: str, dataset: str) -> Iterator[dict[str, Any]]:
-        """Samples of a dataset in load order, joined with their result at `stage` (if any)."""
-        cur = self.db.execute(
-            """SELECT s.id, s.question, s.prompt, s.answers, s.metadata, r.output, COALESCE(r.error, s.error),
-                      r.worker, r.seconds, r.n_tokens, r.sample_id IS NOT NULL OR s.error IS NOT NULL
-               FROM samples s LEFT JOIN results r
-                 ON r.stage = ? AND r.dataset = s.dataset AND r.sample_id = s.id
-               WHERE s.dataset = ? ORDER BY s.position""",
-            (stage, dataset),
-        )
+    def rows(self, stage: str, dataset: str, ids: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Samples of a dataset in load order (or only `ids`), joined with their result at `stage` (if any)."""
+        query = """SELECT s.id, s.question, s.prompt, s.answers, s.metadata, r.output, COALESCE(r.error, s.error),
+                          r.worker, r.seconds, r.n_tokens, r.sample_id IS NOT NULL OR s.error IS NOT NULL
+                   FROM samples s LEFT JOIN results r
+                     ON r.stage = ? AND r.dataset = s.dataset AND r.sample_id = s.id
+                   WHERE s.dataset = ?"""
+        wanted = list(ids) if ids is not None else None
+        parts = [(query + " ORDER BY s.position", [])] if wanted is None else [
+            (query + f" AND s.id IN ({','.join('?' * len(wanted[i:i + 500]))}) ORDER BY s.position", wanted[i:i + 500])
+            for i in range(0, len(wanted), 500)]
         keys = ("id", "question", "prompt", "answers", "metadata", "prediction", "error", "worker", "seconds",
                 "n_tokens", "finished")
-        for r in cur:
-            row = dict(zip(keys, r))
-            row["answers"] = json.loads(row["answers"] or "[]")
-            row["metadata"] = json.loads(row["metadata"] or "{}")
-            row["finished"] = bool(row["finished"])
-            yield row
-
-    # -- judge cache --------------------------------------------------------------------------
-    def cached(self, keys: list[str]) -> dict[str, str]:
-        """Judge replies already made for these keys (judge model + rendered prompt + images)."""
-        out: dict[str, str] = {}
-        for i in range(0, len(keys), 500):  # SQLite's bound-parameter limit
-            part = keys[i : i + 500]
-            cur = self.db.execute(f"SELECT key, output FROM judge_cache WHERE key IN ({','.join('?' * len(part))})", part)
-            out.update(dict(cur.fetchall()))
-        return out
-
-    def cache(self, entries: list[tuple[str, str]]) -> None:
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany("INSERT OR IGNORE INTO judge_cache VALUES (?, ?)", entries)
+        for sql, args in parts:
+            for r in self.db.execute(sql, (stage, dataset, *args)):
+                row = dict(zip(keys, r))
+                row["answers"] = json.loads(row["answers"] or "[]")
+                row["metadata"] = json.loads(row["metadata"] or "{}")
+                row["finished"] = bool(row["finished"])
+                yield row
 
     # -- workers ------------------------------------------------------------------------------
     def worker_state(self, worker_id: str, *, device: str, pid: int | None, state: str) -> None:
@@ -190,3 +182,30 @@ class Store:
     def workers(self) -> list[dict[str, Any]]:
         cur = self.db.execute("SELECT id, device, pid, state, started, heartbeat, done FROM workers ORDER BY rowid")
         return [dict(zip(("id", "device", "pid", "state", "started", "heartbeat", "done"), r)) for r in cur]
+
+
+class JudgeCache:
+    """Judge replies by request key (judge model and settings + rendered prompt + image bytes), in one SQLite
+    file that any number of run folders (and processes) share: re-scoring the same outputs costs nothing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = _connect(path)
+        self.db.execute("CREATE TABLE IF NOT EXISTS judge_cache (key TEXT PRIMARY KEY, output TEXT NOT NULL)")
+
+    def get(self, keys: list[str]) -> dict[str, str]:
+        """Replies already made for these keys."""
+        out: dict[str, str] = {}
+        for i in range(0, len(keys), 500):  # SQLite's bound-parameter limit
+            part = keys[i : i + 500]
+            cur = self.db.execute(f"SELECT key, output FROM judge_cache WHERE key IN ({','.join('?' * len(part))})", part)
+            out.update(dict(cur.fetchall()))
+        return out
+
+    def put(self, entries: list[tuple[str, str]]) -> None:
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("INSERT OR IGNORE INTO judge_cache VALUES (?, ?)", entries)
+
+    def close(self) -> None:
+        self.db.close()
