@@ -1,49 +1,82 @@
-"""Where a static-engine batch spends its time: prefill (+ copy into the static cache) versus the 63
-decode steps, with and without CUDA graphs (Qwen2.5-7B-shaped random weights built in memory).
+"""Where a static-engine batch spends its time, through the backend as `evalfleet run` uses it
+(Qwen2.5-7B-shaped random weights saved once, B prompts of T tokens):
 
-    PYTHONPATH=src python bench/decode_profile.py [--batch 256] [--prompt 256]
+  1. wall time of prefill (+ copy into the static cache) alone, and of prefill + 63 decode steps, with
+     CUDA graphs: the decode step's cost is their difference / 63;
+  2. the same without graphs (eager steps);
+  3. torch.profiler kernel tables (GPU time) of a prefill and of eager decode steps: which kernels cost what.
+
+    PYTHONPATH=src python bench/decode_profile.py [--batch 512] [--prompt 256] [--work /tmp/bench]
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import sys
 import time
+from pathlib import Path
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from evalfleet.backends.attention import use_decode_attention
+sys.path.insert(0, str(Path(__file__).parent))
+from models import prompts, qwen25_text
+
+from evalfleet.backends import Request
 from evalfleet.backends.static_decode import StaticDecoder
+from evalfleet.backends.transformers_backend import TransformersBackend
+from evalfleet.config import ModelConfig
+
+
+def timed(fn) -> float:
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def kernel_table(fn, title: str, rows: int = 22) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    total = sum(e.self_device_time_total for e in events) / 1e3
+    print(f"\n== {title}: {total:.1f} ms of GPU kernels ==")
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:rows]:
+        ms = e.self_device_time_total / 1e3
+        print(f"{ms:9.2f} ms {100 * ms / total:5.1f}% x{e.count:<6d} {e.key[:110]}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--prompt", type=int, default=256)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/bench"))
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO)
-    cfg = Qwen2Config(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                      num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False)
-    with torch.device("cuda"):
-        model = Qwen2ForCausalLM(cfg).to(torch.bfloat16).eval()
-    use_decode_attention(model)
-    b, t = args.batch, args.prompt
-    ids = torch.randint(0, 150000, (b, t), device="cuda")
-    mask = torch.ones(b, t, dtype=torch.long, device="cuda")
+    path = qwen25_text(args.work, "7b")
+    backend = TransformersBackend(ModelConfig(path=str(path), generation={"max_new_tokens": 64}), n_gpus=1)
+    requests = [Request(p, [], 0, f"p/{i}") for i, p in enumerate(prompts(args.work, args.batch, args.prompt))]
+    inputs = backend.prepare(requests).inputs.to("cuda")
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    b, t = ids.shape
+    print(f"batch {b}, padded prompt length {t}, attention: {backend.model.config._attn_implementation}")
+
     for graphs in (True, False):
-        dec = StaticDecoder(model, cuda_graphs=graphs)
-        times = {}
-        for new in (1, 64, 1, 64):  # each measured twice; the second is reported
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            dec.generate(ids, mask, max_new_tokens=new, eos_ids=set(), pad_id=0)
-            torch.cuda.synchronize()
-            times[new] = time.perf_counter() - t0
+        dec = StaticDecoder(backend.model, cuda_graphs=graphs)
+        times: dict[int, float] = {}
+        for new in (64, 1, 64, 1):  # each measured twice; the second is reported
+            times[new] = timed(lambda n=new: dec.generate(ids, mask, max_new_tokens=n, eos_ids=set(), pad_id=0))
         step = (times[64] - times[1]) / 63
-        print(f"graphs={graphs} (captured: {dec.graph is not None}): B={b} T={t}: prefill+copy {times[1] * 1e3:.0f} ms, "
+        print(f"graphs={graphs} (captured: {dec.graph is not None}): prefill+copy {times[1] * 1e3:.0f} ms, "
               f"63 decode steps {(times[64] - times[1]) * 1e3:.0f} ms = {step * 1e3:.1f} ms/step; "
               f"whole {times[64]:.2f} s = {b * 64 / times[64]:,.0f} tok/s", flush=True)
+        if not graphs:
+            kernel_table(lambda d=dec: d.generate(ids, mask, max_new_tokens=1, eos_ids=set(), pad_id=0),
+                         "prefill + copy into the static cache")
+            kernel_table(lambda d=dec: d.generate(ids, mask, max_new_tokens=9, eos_ids=set(), pad_id=0),
+                         "prefill + 8 eager decode steps (subtract the table above)")
 
 
 if __name__ == "__main__":

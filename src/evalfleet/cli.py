@@ -1,4 +1,4 @@
-"""Command line: `evalfleet run | report | demo`."""
+"""Command line: `evalfleet run | plan | status | report | compare | demo`."""
 
 from __future__ import annotations
 
@@ -121,17 +121,78 @@ def plan_cmd(
     _guard(go)
 
 
+@app.command("status")
+def status_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder (output_dir/name).")],
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh until the run is no longer running.")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 2.0,
+) -> None:
+    """Where a run stands: each stage x dataset, each worker, the ETA. Reads the store only (any shell)."""
+
+    def go() -> None:
+        import time
+
+        from rich.live import Live
+
+        from evalfleet.status import read_status, status_view
+
+        st = read_status(run_dir)
+        if not watch:
+            console.print(status_view(st))
+            return
+        with Live(status_view(st), console=console, refresh_per_second=4) as live:
+            while st.state == "running":
+                time.sleep(interval)
+                st = read_status(run_dir)
+                live.update(status_view(st))
+
+    _guard(go)
+
+
 @app.command("report")
-def report_cmd(run_dir: Annotated[Path, typer.Argument(help="Run folder (output_dir/name).")]) -> None:
-    """Rebuild summary.json, summary.md and predictions/ from the store, without recomputing."""
+def report_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder (output_dir/name).")],
+    fmt: Annotated[str, typer.Option("--format", help="Comma-separated: json, md, csv, parquet, html.")] = "json,md",
+) -> None:
+    """Rebuild the report from the store, without recomputing: summary.json + predictions/*.jsonl (json),
+    summary.md (md), predictions/*.csv (csv), predictions.parquet (parquet), report.html (html)."""
 
     def go() -> None:
         from evalfleet.report import write_report
         from evalfleet.store import Store
 
         store = Store.open_existing(run_dir)
-        write_report(run_dir, store, parse_config(store.get_meta("config"), source=str(run_dir)), console)
-        store.close()
+        try:
+            formats = tuple(f.strip() for f in fmt.split(",") if f.strip())
+            write_report(run_dir, store, parse_config(store.get_meta("config"), source=str(run_dir)), console,
+                         formats=formats)
+        finally:
+            store.close()
+
+    _guard(go)
+
+
+@app.command("compare")
+def compare_cmd(
+    run_a: Annotated[Path, typer.Argument(help="First run folder.")],
+    run_b: Annotated[Path, typer.Argument(help="Second run folder.")],
+    metric: Annotated[str | None, typer.Option("--metric", help="Metric or judge stage to compare (default: "
+                                                                "the first metric both runs have).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Also write the comparison: FILE.md or FILE.html.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+) -> None:
+    """Compare two runs sample by sample: metric of each, paired outcomes, bootstrap CI and McNemar's test."""
+
+    def go() -> None:
+        from evalfleet.compare import compare_runs, to_html, to_markdown
+
+        result = compare_runs(run_a, run_b, metric=metric, seed=seed)
+        console.print(to_markdown(result), markup=False, highlight=False)
+        if out is not None:
+            if out.suffix not in (".md", ".html"):
+                raise UserError(f"--out {out}: give a .md or .html file")
+            out.write_text(to_markdown(result) if out.suffix == ".md" else to_html(result))
+            console.print(f"[evalfleet] written {out}", markup=False, highlight=False)
 
     _guard(go)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from rich.console import Console
 from rich.progress import (
@@ -16,11 +19,80 @@ from rich.progress import (
 )
 
 
-def _duration(seconds: float) -> str:
+@dataclass(frozen=True)
+class GpuSample:
+    """One GPU at one moment (NVML)."""
+
+    index: int
+    util: int
+    """Percent of the last sample period in which a kernel ran."""
+    used_bytes: int
+    total_bytes: int
+
+    def __str__(self) -> str:
+        return f"GPU {self.index}: {self.util:3d}% util, {self.used_bytes / 2**30:.1f}/{self.total_bytes / 2**30:.0f} GiB"
+
+
+class GpuMonitor:
+    """Samples every GPU's utilisation and memory through NVML on a thread, every `every` seconds, and
+    hands each round to `on_sample`; keeps per-GPU means for the performance summary."""
+
+    def __init__(self, pynvml: object, every: float, on_sample: Callable[[list[GpuSample]], None]) -> None:
+        self.nvml, self.every, self.on_sample = pynvml, every, on_sample
+        self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        self.util_sum = [0] * len(self.handles)
+        self.rounds = 0
+        self.latest: list[GpuSample] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="gpu-monitor", daemon=True)
+        self.thread.start()
+
+    @classmethod
+    def start(cls, every: float, on_sample: Callable[[list[GpuSample]], None]) -> GpuMonitor | None:
+        """A running monitor, or None when NVML finds no GPU."""
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            if not pynvml.nvmlDeviceGetCount():
+                pynvml.nvmlShutdown()
+                return None
+        except Exception:  # no driver, no NVML library: nothing to show
+            return None
+        return cls(pynvml, every, on_sample)
+
+    def sample(self) -> list[GpuSample]:
+        out = []
+        for i, h in enumerate(self.handles):
+            mem = self.nvml.nvmlDeviceGetMemoryInfo(h)
+            out.append(GpuSample(i, self.nvml.nvmlDeviceGetUtilizationRates(h).gpu, mem.used, mem.total))
+        return out
+
+    def _loop(self) -> None:
+        while not self.stopping.wait(self.every):
+            samples = self.latest = self.sample()
+            self.util_sum = [a + s.util for a, s in zip(self.util_sum, samples)]
+            self.rounds += 1
+            self.on_sample(samples)
+
+    def mean_util(self) -> dict[int, float]:
+        """Mean utilisation per GPU index since the start."""
+        return {i: round(u / self.rounds, 1) for i, u in enumerate(self.util_sum)} if self.rounds else {}
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join()
+        self.nvml.nvmlShutdown()
+
+
+def duration(seconds: float) -> str:
     seconds = int(seconds)
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+GPU_EVERY_S = 2.0
 
 
 class RunProgress:
@@ -31,6 +103,8 @@ class RunProgress:
         done: samples already finished when the run started (resume).
         console: where to draw; the live view is used only when it is a terminal.
         every, seconds: without a terminal, print a line every `every` samples or `seconds` seconds.
+            With GPUs, the live view has a line per GPU (utilisation, memory) refreshed every
+            GPU_EVERY_S seconds, and plain lines end with each GPU's utilisation.
         title: the stage's name in bars and lines ("overall" when the run has one stage).
         shared: another stage's progress whose live view this one joins (stages running at once); the
             first one is closed last.
@@ -63,6 +137,16 @@ class RunProgress:
             self.bars.start()
         if self.bars is not None:
             self.overall = self.bars.add_task(title, total=total, completed=done, rate="")
+        self.gpu_tasks: dict[int, TaskID] = {}
+        self.monitor = GpuMonitor.start(GPU_EVERY_S, self._on_gpus) if self.owner else shared.monitor
+
+    def _on_gpus(self, samples: list[GpuSample]) -> None:
+        if self.bars is None:
+            return
+        for s in samples:
+            if s.index not in self.gpu_tasks:
+                self.gpu_tasks[s.index] = self.bars.add_task("", total=None, rate="")
+            self.bars.update(self.gpu_tasks[s.index], description=str(s))
 
     def worker(self, name: str, label: str) -> None:
         """A worker is ready (or was replaced); show a bar for it. Rates count from the first one."""
@@ -111,11 +195,11 @@ class RunProgress:
         new = self.done - self.start_done
         remaining = self.total - self.done
         per = (now - self.t0) / new if new else float("nan")
-        eta = _duration(per * remaining) if new else "?"
+        eta = duration(per * remaining) if new else "?"
         pct = 100.0 * self.done / self.total if self.total else 100.0
         self.console.print(
             f"[evalfleet] {self.prefix}{self.done}/{self.total} done ({pct:.0f}%), {remaining} remaining, "
-            f"{per:.2f} s/sample, ETA {eta}",
+            f"{per:.2f} s/sample, ETA {eta}" + "".join(f"; GPU {g.index} {g.util}%" for g in (self.monitor.latest if self.monitor else [])),
             markup=False,
             highlight=False,
         )
@@ -132,5 +216,7 @@ class RunProgress:
 
     def close(self) -> None:
         self.flush()
+        if self.owner and self.monitor is not None:
+            self.monitor.stop()
         if self.bars is not None and self.owner:
             self.bars.stop()

@@ -1,16 +1,21 @@
-"""Reports from the store alone: summary.json, summary.md, per-dataset predictions JSONL, a console table."""
+"""Reports from the store alone: summary.json, summary.md, per-sample predictions (JSONL, CSV, parquet), the
+HTML report (`htmlreport`), console tables of results and performance."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from statistics import fmean, pstdev
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
 from evalfleet.config import RunConfig, StageConfig
+from evalfleet.errors import UserError
 from evalfleet.scoring import score_rows, summarize
 from evalfleet.scoring.judge import parse_judgement
 from evalfleet.store import Store
@@ -68,7 +73,9 @@ def build_summary(store: Store, cfg: RunConfig) -> dict[str, Any]:
         "judges": [j.name for j in judges],
         "datasets": datasets,
         "overall": summarize(all_rows, metrics),
-        "performance": {s.name: store.get_meta(f"performance:{s.name}") for s in stages},
+        "performance": (perf := {s.name: store.get_meta(f"performance:{s.name}") for s in stages}),
+        "wall_s": (store.get_meta("state") or {}).get("wall_s"),
+        "gpu_hours": round(sum((p or {}).get("gpu_hours", 0.0) for p in perf.values()), 4),
         "_rows": rows_by_ds,
     }
 
@@ -116,23 +123,95 @@ def console_table(summary: dict[str, Any]) -> Table:
     return table
 
 
-def write_report(run_dir: Path, store: Store, cfg: RunConfig, console: Console | None = None) -> dict[str, Any]:
-    """Write summary.json, summary.md and predictions/<dataset>.jsonl; print the table."""
+def performance_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """Per stage: wall, load and unload wall seconds, samples/s and tokens/s once loaded, GPU-hours, and each
+    worker's busy fraction (time in its batches over time since it loaded)."""
+    out = []
+    for stage, p in summary["performance"].items():
+        if not p:
+            continue
+        busy = ", ".join(f"{w.split('.')[0]} {u['busy_fraction']:.0%}" for w, u in p.get("workers", {}).items()
+                         if u.get("busy_fraction") is not None)
+        out.append([stage] + [str(p.get(k, "-")) for k in ("wall_s", "load_wall_s", "unload_wall_s", "samples_per_s",
+                                                           "generated_tokens_per_s", "gpu_hours")] + [busy or "-"])
+    return out
+
+
+PERFORMANCE_HEAD = ["stage", "wall s", "load s", "unload s", "samples/s", "tokens/s", "GPU-hours", "busy"]
+
+
+def performance_table(summary: dict[str, Any]) -> Table:
+    wall = f"{summary['wall_s']:.1f} s" if summary.get("wall_s") else "-"
+    table = Table(title=f"performance: run wall {wall}, {summary['gpu_hours']:.3f} GPU-hours", title_justify="left")
+    for col in PERFORMANCE_HEAD:
+        table.add_column(col, justify="left" if col in ("stage", "busy") else "right")
+    for row in performance_rows(summary):
+        table.add_row(*row)
+    return table
+
+
+def sample_records(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat record per sample of every dataset: answers, scores, each judge's score/reason/error."""
+    out = []
+    for name, rows in summary["_rows"].items():
+        for r in rows:
+            rec: dict[str, Any] = {"dataset": name, "id": r["id"], "question": r["question"],
+                                   "answer": " / ".join(r["answers"]), "prediction": r["prediction"], "error": r["error"],
+                                   "seconds": r["seconds"], "worker": r["worker"]}
+            rec.update({m: (r["scores"] or {}).get(m) for m in summary["metrics"]})
+            for judge, j in r.get("judge", {}).items():
+                rec.update({f"{judge}_score": j["score"], f"{judge}_reason": j["reason"], f"{judge}_error": j["error"],
+                            f"{judge}_raw": j["raw"]})
+            out.append(rec)
+    return out
+
+
+FORMATS = ("json", "md", "csv", "parquet", "html")
+
+
+def write_report(run_dir: Path, store: Store, cfg: RunConfig, console: Console | None = None,
+                 formats: tuple[str, ...] = ("json", "md")) -> dict[str, Any]:
+    """Write the report in `formats` (json: summary.json + predictions/<dataset>.jsonl; md: summary.md; csv:
+    predictions/<dataset>.csv; parquet: predictions.parquet; html: report.html); print the tables."""
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise UserError(f"unknown report format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
     summary = build_summary(store, cfg)
-    rows_by_ds = summary.pop("_rows")
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (run_dir / "summary.md").write_text(f"# {summary['run']}\n\n" + markdown_table(summary))
+    public = {k: v for k, v in summary.items() if k != "_rows"}
     pred_dir = run_dir / "predictions"
     pred_dir.mkdir(exist_ok=True)
-    for name, rows in rows_by_ds.items():
-        with (pred_dir / f"{name}.jsonl").open("w") as f:
-            for r in rows:
-                answer = r["answers"][0] if len(r["answers"]) == 1 else r["answers"]
-                record = {"id": r["id"], "question": r["question"], "prediction": r["prediction"],
-                          "answer": answer, "score": r["scores"], "error": r["error"]}
-                if "judge" in r:
-                    record["judge"] = r["judge"]
-                f.write(json.dumps(record) + "\n")
+    if "json" in formats:
+        (run_dir / "summary.json").write_text(json.dumps(public, indent=2) + "\n")
+        for name, rows in summary["_rows"].items():
+            with (pred_dir / f"{name}.jsonl").open("w") as f:
+                for r in rows:
+                    answer = r["answers"][0] if len(r["answers"]) == 1 else r["answers"]
+                    record = {"id": r["id"], "question": r["question"], "prediction": r["prediction"],
+                              "answer": answer, "score": r["scores"], "error": r["error"]}
+                    if "judge" in r:
+                        record["judge"] = r["judge"]
+                    f.write(json.dumps(record) + "\n")
+    if "md" in formats:
+        perf = "| " + " | ".join(PERFORMANCE_HEAD) + " |\n|" + "---|" * len(PERFORMANCE_HEAD) + "\n"
+        perf += "".join("| " + " | ".join(row) + " |\n" for row in performance_rows(public))
+        (run_dir / "summary.md").write_text(f"# {summary['run']}\n\n" + markdown_table(public)
+                                            + f"\n## Performance\n\nrun wall s: {public['wall_s']}; "
+                                            f"GPU-hours: {public['gpu_hours']}\n\n" + perf)
+    records = sample_records(summary) if {"csv", "parquet", "html"} & set(formats) else []
+    if "csv" in formats:
+        for name in summary["_rows"]:
+            mine = [r for r in records if r["dataset"] == name]
+            with (pred_dir / f"{name}.csv").open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(mine[0]) if mine else ["id"])
+                writer.writeheader()
+                writer.writerows(mine)
+    if "parquet" in formats:
+        pq.write_table(pa.Table.from_pylist(records), run_dir / "predictions.parquet")
+    if "html" in formats:
+        from evalfleet.htmlreport import write_html
+
+        write_html(run_dir / "report.html", summary, records, store, cfg)
     if console is not None:
-        console.print(console_table(summary))
-    return summary
+        console.print(console_table(public))
+        console.print(performance_table(public))
+    return public

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import multiprocessing as mp
+import os
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -51,10 +53,22 @@ class _Worker:
     conn: Connection
     generation: int
     ready: bool = False
+    t_start: float = field(default_factory=time.monotonic)
+    t_ready: float | None = None
+    busy_s: float = 0.0
+    """Seconds its batches took (preparation included), summed."""
 
     @property
     def id(self) -> str:
         return f"{self.spec.name}.{self.generation}"
+
+    def usage(self) -> dict[str, Any]:
+        """Its life so far: held (process start to now), loading, busy seconds and busy fraction once loaded."""
+        now = time.monotonic()
+        serving = now - self.t_ready if self.t_ready is not None else 0.0
+        return {"device": self.spec.name, "gpus": len(self.spec.gpus), "held_s": round(now - self.t_start, 2),
+                "load_s": round((self.t_ready or now) - self.t_start, 2), "busy_s": round(self.busy_s, 2),
+                "busy_fraction": round(self.busy_s / serving, 3) if serving > 0 else None}
 
 
 @dataclass
@@ -87,9 +101,10 @@ class _Driver:
     """Called once every sample of the stage has a result, before its workers stop."""
     stopped: bool = False
     perf: dict[str, Any] = field(
-        default_factory=lambda: {"load_s": {}, "unload_s": {}, "samples": 0, "generated_tokens": 0}
+        default_factory=lambda: {"load_s": {}, "unload_s": {}, "workers": {}, "samples": 0, "generated_tokens": 0}
     )
-    """Model load and unload seconds per worker, and the wall time of loading/unloading them all."""
+    """Model load and unload seconds per worker, the wall time of loading/unloading them all, each worker's
+    usage (`_Worker.usage`), throughput once all were loaded, the stage's wall time and GPU-hours."""
 
     # -- worker lifecycle ---------------------------------------------------------------------
     def start(self, spec: WorkerSpec) -> None:
@@ -121,6 +136,7 @@ class _Driver:
         w.proc.join(timeout=5)
         code = w.proc.exitcode
         self.workers.pop(w.spec.name)
+        self.perf["workers"][w.id] = w.usage()
         self.store.worker_state(self.key(w), device=w.spec.name, pid=w.proc.pid, state=f"died ({code})")
         chunks = self.queue.release(w.spec.name)
         self.progress.note(f"worker {w.id} died (exit code {code}); {sum(len(c.samples) for c in chunks)} "
@@ -144,7 +160,7 @@ class _Driver:
     def handle(self, w: _Worker, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
         if kind == "ready":
-            w.ready = True
+            w.ready, w.t_ready = True, time.monotonic()
             self.store.worker_state(self.key(w), device=msg[1], pid=w.proc.pid, state="running")
             self.progress.worker(w.spec.name, msg[1])
             log.info("worker %s ready on %s after %.1f s", w.id, msg[1], msg[2])
@@ -166,6 +182,7 @@ class _Driver:
                 if r.error:
                     log.warning("sample %s/%s: %s", r.dataset, r.sample_id, r.error)
             self.queue.finish_samples(w.spec.name, chunk_id, {r.sample_id for r in results})
+            w.busy_s += sum(r.seconds or 0.0 for r in results)
             self.perf["samples"] += len(results)
             self.perf["generated_tokens"] += sum(r.n_tokens or 0 for r in results)
             self.buffer += results
@@ -229,6 +246,8 @@ class _Driver:
             self.perf["generate_wall_s"] = round(wall, 2)
             self.perf["samples_per_s"] = round((self.perf["samples"] - self.at_ready[0]) / wall, 2)
             self.perf["generated_tokens_per_s"] = round((self.perf["generated_tokens"] - self.at_ready[1]) / wall, 1)
+        if self.progress.monitor is not None:
+            self.perf["gpu_util_mean"] = self.progress.monitor.mean_util()
         if self.on_finish is not None:
             self.on_finish()
         self.progress.flush()
@@ -259,7 +278,11 @@ class _Driver:
             w.proc.join(timeout=10)
             if w.proc.is_alive():
                 w.proc.kill()
+            self.perf["workers"][w.id] = w.usage()
             self.store.worker_state(self.key(w), device=w.spec.name, pid=w.proc.pid, state="stopped")
+        used = self.perf["workers"].values()
+        self.perf["wall_s"] = round(time.monotonic() - self.t_spawn, 2)
+        self.perf["gpu_hours"] = round(sum(u["gpus"] * u["held_s"] for u in used) / 3600, 4)
         if self.perf["unload_s"]:
             self.perf["unload_wall_s"] = round(time.monotonic() - t0, 3)
             self.progress.note(f"{len(self.perf['unload_s'])} replica(s) unloaded in {self.perf['unload_wall_s']:.2f} s "
@@ -653,20 +676,29 @@ def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], con
 
     # 3. The stages over all GPUs: one after the other, or all at once on disjoint GPU sets. Every judge
     #    rates the first stage's answers, read from the store.
-    gpus = stage_gpus(cfg)
-    if cfg.concurrent_stages and len(stages) > 1:
-        _run_concurrently(cfg, stages, gpus, loaded, store, cache, console)
-    else:
-        for stage, stage_gpu in zip(stages, gpus):
-            inputs = loaded
-            if stage.kind == "judge":
-                inputs, _ = _judge_inputs(stage, stages[0], loaded, store, cache)
-            driver = _driver(cfg, stage, [s for samples in inputs.values() for s in samples], inputs, store,
-                             console, gpus=stage_gpu)
-            if driver is not None:
-                _execute([driver], console)
-            if stage.kind == "judge" and cache is not None:
-                _fill_cache(stage, inputs, store, cache)
+    started = time.time()
+    state = {"pid": os.getpid(), "host": socket.gethostname(), "started": started}
+    store.set_meta("state", {**state, "state": "running"})
+    try:
+        gpus = stage_gpus(cfg)
+        if cfg.concurrent_stages and len(stages) > 1:
+            _run_concurrently(cfg, stages, gpus, loaded, store, cache, console)
+        else:
+            for stage, stage_gpu in zip(stages, gpus):
+                inputs = loaded
+                if stage.kind == "judge":
+                    inputs, _ = _judge_inputs(stage, stages[0], loaded, store, cache)
+                driver = _driver(cfg, stage, [s for samples in inputs.values() for s in samples], inputs, store,
+                                 console, gpus=stage_gpu)
+                if driver is not None:
+                    _execute([driver], console)
+                if stage.kind == "judge" and cache is not None:
+                    _fill_cache(stage, inputs, store, cache)
+    except BaseException as err:
+        why = "interrupted" if isinstance(err, KeyboardInterrupt) else f"failed: {type(err).__name__}: {err}"
+        store.set_meta("state", {**state, "state": why, "ended": time.time()})
+        raise
+    store.set_meta("state", {**state, "state": "done", "ended": time.time(), "wall_s": round(time.time() - started, 2)})
     for name in loaded:
         store.set_dataset(name, "done", len(loaded[name]))
 

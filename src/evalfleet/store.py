@@ -164,6 +164,21 @@ class Store:
                 row["finished"] = bool(row["finished"])
                 yield row
 
+    def counts(self, stage: str, dataset: str) -> tuple[int, int, int]:
+        """(samples, finished, errors) of a dataset at `stage`; a sample that failed to load counts as a finished error."""
+        row = self.db.execute(
+            """SELECT COUNT(*), COALESCE(SUM(r.sample_id IS NOT NULL OR s.error IS NOT NULL), 0),
+                      COALESCE(SUM(COALESCE(r.error, s.error) IS NOT NULL), 0)
+               FROM samples s LEFT JOIN results r ON r.stage = ? AND r.dataset = s.dataset AND r.sample_id = s.id
+               WHERE s.dataset = ?""", (stage, dataset)).fetchone()
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def finish_times(self, stage: str, since: float = 0.0) -> list[float]:
+        """When each result of `stage` (made by a worker, not taken from the cache) was stored, oldest first."""
+        cur = self.db.execute("SELECT created FROM results WHERE stage = ? AND created >= ? AND worker IS NOT NULL "
+                              "AND worker != 'cache' ORDER BY created", (stage, since))
+        return [r[0] for r in cur]
+
     # -- workers ------------------------------------------------------------------------------
     def worker_state(self, worker_id: str, *, device: str, pid: int | None, state: str) -> None:
         now = time.time()

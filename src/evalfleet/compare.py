@@ -1,0 +1,203 @@
+"""`evalfleet compare`: two runs sample by sample, with a paired bootstrap CI and McNemar's exact test."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import binomtest
+
+from evalfleet.config import parse_config
+from evalfleet.errors import UserError
+from evalfleet.report import build_summary
+from evalfleet.store import Store
+
+BOOTSTRAP = 10_000
+MAX_LISTED = 50
+"""Changed samples listed per dataset in the Markdown output (the HTML lists all)."""
+
+
+@dataclass
+class Changed:
+    """A sample whose outcome differs between the runs."""
+
+    id: str
+    score_a: float
+    score_b: float
+    prediction_a: str | None
+    prediction_b: str | None
+
+
+@dataclass
+class DatasetComparison:
+    dataset: str
+    paired: int
+    """Samples scored in both runs; the statistics are over these."""
+    mean_a: float | None
+    mean_b: float | None
+    ci: tuple[float, float] | None
+    """95% paired-bootstrap interval of mean(B) - mean(A)."""
+    a_only: int
+    """A right, B wrong."""
+    b_only: int
+    both: int
+    neither: int
+    p_value: float | None
+    """McNemar's exact test (two-sided binomial on the discordant pairs)."""
+    only_in_a: list[str]
+    only_in_b: list[str]
+    unscored: int
+    """Samples in both runs but without a score in one of them (error, parse error)."""
+    changed: list[Changed] = field(default_factory=list)
+
+    @property
+    def diff(self) -> float | None:
+        return None if self.mean_a is None or self.mean_b is None else self.mean_b - self.mean_a
+
+
+@dataclass
+class Comparison:
+    run_a: str
+    run_b: str
+    metric: str
+    threshold: float
+    """A score at or above this counts as right (for the paired outcomes and McNemar's test)."""
+    datasets: list[DatasetComparison]
+    only_datasets: list[str]
+
+
+def _load(run_dir: Path) -> tuple[dict[str, Any], Any]:
+    store = Store.open_existing(run_dir)
+    try:
+        cfg = parse_config(store.get_meta("config"), source=str(run_dir))
+        return build_summary(store, cfg), cfg
+    finally:
+        store.close()
+
+
+def _scores(summary: dict[str, Any], metric: str) -> dict[str, dict[str, tuple[float | None, str | None]]]:
+    """Per dataset: sample id -> (score or None, prediction)."""
+    out: dict[str, dict[str, tuple[float | None, str | None]]] = {}
+    for name, rows in summary["_rows"].items():
+        if metric in summary["metrics"]:
+            out[name] = {r["id"]: ((r["scores"] or {}).get(metric), r["prediction"]) for r in rows}
+        else:
+            out[name] = {r["id"]: (r["judge"][metric]["score"], r["prediction"]) for r in rows}
+    return out
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, seed: int, n: int = BOOTSTRAP) -> tuple[float, float]:
+    """95% percentile interval of mean(b - a) over `n` resamples of the pairs."""
+    d = b - a
+    rng = np.random.default_rng(seed)
+    means = np.concatenate([d[rng.integers(0, len(d), (min(500, n - i), len(d)))].mean(axis=1)
+                            for i in range(0, n, 500)])
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def mcnemar_p(a_only: int, b_only: int) -> float:
+    """Exact McNemar: two-sided binomial test of the discordant pairs at 1/2."""
+    n = a_only + b_only
+    return 1.0 if n == 0 else float(binomtest(a_only, n, 0.5).pvalue)
+
+
+def compare_runs(run_a: Path, run_b: Path, *, metric: str | None = None, seed: int = 0) -> Comparison:
+    """Match the runs' samples by dataset and id and compare their scores on `metric` (a metric or judge stage)."""
+    (sa, cfg_a), (sb, _) = _load(run_a), _load(run_b)
+    common = [m for m in sa["metrics"] if m in sb["metrics"]] + [j for j in sa["judges"] if j in sb["judges"]]
+    if metric is None:
+        if not common:
+            raise UserError(f"{run_a} and {run_b} share no metric or judge stage to compare")
+        metric = common[0]
+    elif metric not in common:
+        raise UserError(f"--metric {metric}: not in both runs (shared: {', '.join(common) or 'none'})")
+    threshold = 0.5
+    if metric in sa["judges"]:
+        parse = next(s.parse for s in cfg_a.pipeline() if s.name == metric)
+        threshold = (parse.min + parse.max) / 2
+    a, b = _scores(sa, metric), _scores(sb, metric)
+    out = []
+    for name in [n for n in a if n in b]:
+        ids = [i for i in a[name] if i in b[name]]
+        pairs = [(i, a[name][i], b[name][i]) for i in ids if a[name][i][0] is not None and b[name][i][0] is not None]
+        xa = np.array([p[1][0] for p in pairs], dtype=float)
+        xb = np.array([p[2][0] for p in pairs], dtype=float)
+        right_a, right_b = xa >= threshold, xb >= threshold
+        a_only, b_only = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
+        out.append(DatasetComparison(
+            dataset=name, paired=len(pairs),
+            mean_a=float(xa.mean()) if pairs else None, mean_b=float(xb.mean()) if pairs else None,
+            ci=paired_bootstrap(xa, xb, seed) if pairs else None,
+            a_only=a_only, b_only=b_only, both=int((right_a & right_b).sum()), neither=int((~right_a & ~right_b).sum()),
+            p_value=mcnemar_p(a_only, b_only) if pairs else None,
+            only_in_a=[i for i in a[name] if i not in b[name]], only_in_b=[i for i in b[name] if i not in a[name]],
+            unscored=len(ids) - len(pairs),
+            changed=[Changed(i, pa[0], pb[0], pa[1], pb[1]) for i, pa, pb in pairs
+                     if (pa[0] >= threshold) != (pb[0] >= threshold)],
+        ))
+    only = sorted(set(a) ^ set(b))
+    return Comparison(str(sa["run"]), str(sb["run"]), metric, threshold, out, only)
+
+
+HEAD = ["dataset", "paired", "A", "B", "B - A", "95% CI (bootstrap)", "A right, B wrong", "A wrong, B right",
+        "both right", "both wrong", "McNemar p", "only in A", "only in B", "unscored"]
+
+
+def _row(d: DatasetComparison) -> list[str]:
+    def f(x: float | None) -> str:
+        return "-" if x is None else f"{x:.4f}"
+
+    ci = "-" if d.ci is None else f"[{d.ci[0]:+.4f}, {d.ci[1]:+.4f}]"
+    p = "-" if d.p_value is None else f"{d.p_value:.4g}"
+    return [d.dataset, str(d.paired), f(d.mean_a), f(d.mean_b), "-" if d.diff is None else f"{d.diff:+.4f}", ci,
+            str(d.a_only), str(d.b_only), str(d.both), str(d.neither), p, str(len(d.only_in_a)), str(len(d.only_in_b)),
+            str(d.unscored)]
+
+
+def _title(c: Comparison) -> str:
+    return (f"A = {c.run_a}, B = {c.run_b}; {c.metric} (right: score >= {c.threshold:g}); samples matched by "
+            f"dataset and id")
+
+
+def to_markdown(c: Comparison) -> str:
+    lines = [f"# compare: {_title(c)}", "", "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    lines += ["| " + " | ".join(_row(d)) + " |" for d in c.datasets]
+    if c.only_datasets:
+        lines += ["", f"datasets in only one run: {', '.join(c.only_datasets)}"]
+    for d in c.datasets:
+        if d.changed:
+            lines += ["", f"## {d.dataset}: {len(d.changed)} sample(s) with another outcome",
+                      "", "| id | A score | B score | A prediction | B prediction |", "|---|---|---|---|---|"]
+            lines += [f"| {x.id} | {x.score_a:g} | {x.score_b:g} | {_cell(x.prediction_a)} | {_cell(x.prediction_b)} |"
+                      for x in d.changed[:MAX_LISTED]]
+            if len(d.changed) > MAX_LISTED:
+                lines.append(f"\n... {len(d.changed) - MAX_LISTED} more (all in the HTML output)")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str | None) -> str:
+    return "" if text is None else text.replace("\n", " ").replace("|", "\\|")[:120]
+
+
+def to_html(c: Comparison) -> str:
+    e = html.escape
+    table = ("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in HEAD) + "</tr>"
+             + "".join("<tr>" + "".join(f"<td>{e(x)}</td>" for x in _row(d)) + "</tr>" for d in c.datasets) + "</table>")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>evalfleet compare</title><style>"
+             "body{font-family:system-ui,sans-serif;margin:1.5em} table{border-collapse:collapse;margin-bottom:1.5em}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}</style></head><body>",
+             f"<h1>compare</h1><p>{e(_title(c))}</p>", table]
+    if c.only_datasets:
+        parts.append(f"<p>datasets in only one run: {e(', '.join(c.only_datasets))}</p>")
+    for d in c.datasets:
+        if d.changed:
+            parts.append(f"<h2>{e(d.dataset)}: {len(d.changed)} sample(s) with another outcome</h2><table><tr><th>id</th>"
+                         "<th>A score</th><th>B score</th><th>A prediction</th><th>B prediction</th></tr>"
+                         + "".join(f"<tr><td>{e(x.id)}</td><td>{x.score_a:g}</td><td>{x.score_b:g}</td>"
+                                   f"<td>{e(x.prediction_a or '')}</td><td>{e(x.prediction_b or '')}</td></tr>"
+                                   for x in d.changed) + "</table>")
+    return "".join(parts) + "</body></html>"

@@ -1,0 +1,232 @@
+"""Seeing a run: `status` from another process while it runs, the performance summary, report formats,
+the HTML report in a real headless Chromium, and `compare` of two runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import DEMO_QUESTIONS, quiet_console
+
+from evalfleet.compare import compare_runs, mcnemar_p, paired_bootstrap, to_html, to_markdown
+from evalfleet.config import parse_config
+from evalfleet.errors import UserError
+from evalfleet.runner import run
+from evalfleet.status import read_status, status_view
+from evalfleet.store import Store
+
+JUDGE = ("Question: {question}\nReference answer: {answer}\nStudent answer: {prediction}\n"
+         "Grade the student answer from 0 to 10. Reply with the number only.")
+
+
+def questions(tmp_path: Path, n: int, broken: bool = False) -> Path:
+    data = tmp_path / f"qa{n}.jsonl"
+    data.write_text("".join(DEMO_QUESTIONS.read_text().splitlines(keepends=True)[:n]) + ("{broken\n" if broken else ""))
+    return data
+
+
+def smol_config(tmp_path: Path, smollm2: Path, name: str, data: Path, judge: bool = False, **over: object) -> dict:
+    model = {"path": str(smollm2), "dtype": "float32", "batch_size": 4, "generation": {"max_new_tokens": 12}}
+    cfg: dict = {"name": name, "output_dir": str(tmp_path / "runs"), "workers": 1, "metrics": ["lenient_match"],
+                 "datasets": [{"name": "qa", "path": str(data), "prompt": "{question} Answer briefly."}],
+                 "judge_cache": None, **over}
+    if judge:
+        cfg["stages"] = [{"name": "generate", "kind": "generate", "model": model},
+                         {"name": "judge", "kind": "judge", "prompt": JUDGE, "parse": {"kind": "number"},
+                          "model": {**model, "generation": {"max_new_tokens": 4}}}]
+    else:
+        cfg["model"] = model
+    return cfg
+
+
+def test_status_from_another_process_while_the_run_writes(tmp_path, smollm2):
+    cfg = smol_config(tmp_path, smollm2, "live", questions(tmp_path, 24))
+    cfg["model"]["batch_size"] = 2
+    path = tmp_path / "live.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run_dir = tmp_path / "runs" / "live"
+    proc = subprocess.Popen([sys.executable, "-m", "evalfleet.cli", "run", str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, seen = time.monotonic() + 120, None
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            assert proc.poll() is None, "the run ended early"
+            if (run_dir / "store.db").exists():
+                try:
+                    st = read_status(run_dir)
+                except UserError:  # not started far enough yet
+                    continue
+                if st.state == "running" and st.rows and 0 < st.rows[0].done < st.rows[0].expected:
+                    seen = st
+                    break
+        assert seen is not None, "never saw the run half done"
+        row = seen.rows[0]
+        assert (row.stage, row.dataset, row.expected, row.state) == ("generate", "qa", 24, "running")
+        assert row.remaining == 24 - row.done and 0 < row.percent < 100
+        assert [w["state"] for w in seen.workers] == ["running"] and seen.workers[0]["id"] == "generate/cpu0.0"
+        out = subprocess.run([sys.executable, "-m", "evalfleet.cli", "status", str(run_dir)], capture_output=True,
+                             text=True, check=True).stdout
+        assert "run live: running" in out and "generate/cpu0.0" in out
+        proc.send_signal(signal.SIGKILL)  # the driver dies without a word: status must notice
+        proc.wait()
+        stopped = read_status(run_dir)
+        assert stopped.state == "stopped" and stopped.rows[0].state == "pending" and stopped.eta_s is None
+    finally:
+        proc.kill()
+    # Resumed to the end: done, nothing remaining, ETA 0.
+    subprocess.run([sys.executable, "-m", "evalfleet.cli", "run", str(path)], check=True, capture_output=True)
+    st = read_status(run_dir)
+    assert st.state == "done" and st.rows[0].state == "done" and st.rows[0].remaining == 0 and st.eta_s == 0
+    console = quiet_console()
+    console.print(status_view(st))
+    assert "run live: done" in console.file.getvalue()
+
+
+@pytest.fixture(scope="module")
+def judged_run(tmp_path_factory, smollm2):
+    """A finished generate -> judge run over 8 questions and one broken row."""
+    tmp = tmp_path_factory.mktemp("judged")
+    cfg = parse_config(smol_config(tmp, smollm2, "judged", questions(tmp, 8, broken=True), judge=True))
+    summary = run(cfg, console=(console := quiet_console()))
+    return tmp / "runs" / "judged", summary, console.file.getvalue()
+
+
+def test_performance_summary_at_the_end_of_a_run(judged_run):
+    run_dir, summary, out = judged_run
+    assert "performance: run wall" in out and "GPU-hours" in out
+    assert summary["wall_s"] > 0 and summary["gpu_hours"] == 0  # CPU workers hold no GPU
+    for stage in ("generate", "judge"):
+        perf = summary["performance"][stage]
+        (worker,) = perf["workers"].values()
+        assert worker["device"] == "cpu0" and worker["gpus"] == 0
+        assert 0 < worker["busy_s"] <= worker["held_s"] and 0 < worker["busy_fraction"] <= 1
+        assert perf["wall_s"] >= perf["load_wall_s"] > 0 and perf["samples_per_s"] > 0
+    assert "## Performance" in (run_dir / "summary.md").read_text()
+
+
+def test_report_formats_csv_parquet_and_html(judged_run):
+    run_dir, summary, _ = judged_run
+    subprocess.run([sys.executable, "-m", "evalfleet.cli", "report", str(run_dir), "--format", "csv,parquet,html"],
+                   check=True, capture_output=True)
+    table = pq.read_table(run_dir / "predictions.parquet").to_pylist()
+    assert len(table) == 9 and {"dataset", "id", "prediction", "lenient_match", "judge_score", "judge_raw"} <= set(table[0])
+    csv_text = (run_dir / "predictions" / "qa.csv").read_text()
+    assert csv_text.splitlines()[0].startswith("dataset,id,question") and len(csv_text.splitlines()) >= 10
+    page = (run_dir / "report.html").read_text()
+    for plot in ("metric per dataset", "judge: score histogram", "throughput over time", "busy time per worker"):
+        assert plot in page
+    assert page.count("data:image/png;base64,") == 4
+    bad = subprocess.run([sys.executable, "-m", "evalfleet.cli", "report", str(run_dir), "--format", "pdf"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown report format(s) pdf" in bad.stdout
+
+
+def chromium():
+    """A headless Chromium through Debian's chromium + chromium-driver; CI requires it (EVALFLEET_REQUIRE_BROWSER)."""
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        if os.environ.get("EVALFLEET_REQUIRE_BROWSER"):
+            pytest.fail("chromium and chromedriver are required (apt-get install chromium chromium-driver)")
+        pytest.skip("chromium/chromedriver not installed")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+
+
+def visible_rows(driver) -> list:
+    from selenium.webdriver.common.by import By
+
+    return [r for r in driver.find_elements(By.CSS_SELECTOR, "#samples tbody tr") if r.is_displayed()]
+
+
+def test_html_report_in_headless_chromium_filters_and_shows_thumbnails(judged_run, tmp_path, tiny_qwen2vl):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    run_dir, summary, _ = judged_run
+    subprocess.run([sys.executable, "-m", "evalfleet.cli", "report", str(run_dir), "--format", "html"],
+                   check=True, capture_output=True)
+    # A VLM run on images, for the thumbnails.
+    vlm = parse_config({"name": "vlm", "output_dir": str(tmp_path), "workers": 1, "judge_cache": None,
+                        "model": {"path": str(tiny_qwen2vl), "dtype": "float32", "generation": {"max_new_tokens": 2}},
+                        "datasets": [{"name": "easy", "builtin": "easy-vqa", "limit": 3}]})
+    run(vlm, console=quiet_console())
+    subprocess.run([sys.executable, "-m", "evalfleet.cli", "report", str(tmp_path / "vlm"), "--format", "html"],
+                   check=True, capture_output=True)
+
+    driver = chromium()
+    try:
+        driver.get((run_dir / "report.html").as_uri())
+        assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+        preds = [json.loads(x) for x in (run_dir / "predictions" / "qa.jsonl").read_text().splitlines()]
+        assert len(visible_rows(driver)) == 9
+        driver.find_element(By.ID, "f-errors").click()
+        assert len(visible_rows(driver)) == sum(p["error"] is not None for p in preds) == 1
+        driver.find_element(By.ID, "f-errors").click()
+        driver.find_element(By.ID, "f-wrong").click()
+        wrong = sum(p["score"] is not None and p["score"]["lenient_match"] < 0.5 for p in preds)
+        assert len(visible_rows(driver)) == wrong and 0 < wrong < 9
+        assert driver.find_element(By.ID, "shown").text == str(wrong)
+        Select(driver.find_element(By.ID, "f-dataset")).select_by_value("qa")
+        assert len(visible_rows(driver)) == wrong
+        shot = tmp_path / "report.png"
+        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+        driver.get((tmp_path / "vlm" / "report.html").as_uri())
+        assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+        thumbs = driver.find_elements(By.CSS_SELECTOR, "#samples img.thumb")
+        assert len(thumbs) == 3 and all(driver.execute_script("return arguments[0].naturalWidth", t) > 0 for t in thumbs)
+        driver.save_screenshot(str(tmp_path / "vlm.png"))
+    finally:
+        driver.quit()
+
+
+def test_compare_two_runs_pairs_samples_by_id(tmp_path, smollm2):
+    data = questions(tmp_path, 12)
+    run(parse_config(smol_config(tmp_path, smollm2, "a", data, limit=10)), console=quiet_console())
+    b = smol_config(tmp_path, smollm2, "b", data)
+    b["model"]["generation"]["max_new_tokens"] = 3  # cut answers: some right ones go wrong
+    run(parse_config(b), console=quiet_console())
+    c = compare_runs(tmp_path / "runs" / "a", tmp_path / "runs" / "b")
+    assert c.metric == "lenient_match" and c.only_datasets == []
+    (d,) = c.datasets
+    assert d.paired == 10 and len(d.only_in_b) == 2 and d.only_in_a == []
+    assert d.a_only + d.b_only + d.both + d.neither == 10
+    assert d.ci is not None and d.ci[0] <= d.diff <= d.ci[1]
+    assert d.p_value == pytest.approx(mcnemar_p(d.a_only, d.b_only))
+    assert len(d.changed) == d.a_only + d.b_only
+    md = to_markdown(c)
+    assert "| qa | 10 |" in md and "McNemar p" in md
+    assert "<table>" in to_html(c)
+    out = subprocess.run([sys.executable, "-m", "evalfleet.cli", "compare", str(tmp_path / "runs" / "a"),
+                          str(tmp_path / "runs" / "b"), "--out", str(tmp_path / "cmp.html")],
+                         capture_output=True, text=True, check=True).stdout
+    assert "| qa | 10 |" in out and (tmp_path / "cmp.html").is_file()
+
+
+def test_mcnemar_and_bootstrap_statistics():
+    import numpy as np
+
+    assert mcnemar_p(10, 2) == pytest.approx(2 * (1 + 12 + 66) / 4096)  # exact binomial, two-sided
+    assert mcnemar_p(0, 0) == 1.0
+    same = np.array([0.0, 1.0, 1.0, 0.0])
+    assert paired_bootstrap(same, same, seed=0) == (0.0, 0.0)
+    a, b = np.zeros(200), np.ones(200)
+    b[:50] = 0  # B is right on 150 more samples: diff 0.75
+    low, high = paired_bootstrap(a, b, seed=0)
+    assert low < 0.75 < high and high - low < 0.2
