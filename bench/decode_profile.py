@@ -4,7 +4,8 @@
   1. wall time of prefill (+ copy into the static cache) alone, and of prefill + 63 decode steps, with
      CUDA graphs: the decode step's cost is their difference / 63;
   2. the same without graphs (eager steps);
-  3. torch.profiler kernel tables (GPU time) of a prefill and of eager decode steps: which kernels cost what.
+  3. torch.profiler kernel tables (GPU time) of a prefill and of eager decode steps: which kernels cost what;
+  4. 1 again with fused RMSNorm and SiLU-gate kernels (`backends/fused.py`).
 
     PYTHONPATH=src python bench/decode_profile.py [--batch 512] [--prompt 256] [--work /tmp/bench]
 """
@@ -17,9 +18,10 @@ import time
 from pathlib import Path
 
 import torch
+import transformers.models.qwen2.modeling_qwen2 as qwen2
 
 sys.path.insert(0, str(Path(__file__).parent))
-from models import prompts, qwen25_text
+from models import chat_prompts, qwen25_text
 
 from evalfleet.backends import Request
 from evalfleet.backends.static_decode import StaticDecoder
@@ -52,27 +54,35 @@ def kernel_table(fn, title: str, rows: int = 22) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=512)
-    ap.add_argument("--prompt", type=int, default=256)
+    ap.add_argument("--prompt", type=int, default=256, help="prompt tokens, chat template included")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench"))
     args = ap.parse_args()
     path = qwen25_text(args.work, "7b")
     backend = TransformersBackend(ModelConfig(path=str(path), generation={"max_new_tokens": 64}), n_gpus=1)
-    requests = [Request(p, [], 0, f"p/{i}") for i, p in enumerate(prompts(args.work, args.batch, args.prompt))]
+    fused_forwards = {m: m.__dict__.pop("forward") for m in backend.model.modules() if "forward" in m.__dict__}
+    fused_rotary = qwen2.apply_rotary_pos_emb  # until the fused run: transformers' own
+    qwen2.apply_rotary_pos_emb = getattr(fused_rotary, "_torchdynamo_orig_callable", fused_rotary)
+    requests = [Request(p, [], 0, f"p/{i}") for i, p in enumerate(chat_prompts(args.work, args.batch, args.prompt))]
     inputs = backend.prepare(requests).inputs.to("cuda")
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     b, t = ids.shape
     print(f"batch {b}, padded prompt length {t}, attention: {backend.model.config._attn_implementation}")
 
-    for graphs in (True, False):
+    for graphs, fused in ((True, False), (False, False), (True, True)):
+        if fused:  # the backend fused them; the runs before used transformers' own forwards
+            for m, forward in fused_forwards.items():
+                m.forward = forward
+            qwen2.apply_rotary_pos_emb = fused_rotary
+            print(f"fused {len(fused_forwards)} modules (RMSNorm, MLP) and the rotary embedding")
         dec = StaticDecoder(backend.model, cuda_graphs=graphs)
         times: dict[int, float] = {}
         for new in (64, 1, 64, 1):  # each measured twice; the second is reported
             times[new] = timed(lambda n=new: dec.generate(ids, mask, max_new_tokens=n, eos_ids=set(), pad_id=0))
         step = (times[64] - times[1]) / 63
-        print(f"graphs={graphs} (captured: {dec.graph is not None}): prefill+copy {times[1] * 1e3:.0f} ms, "
+        print(f"fused={fused} graphs={graphs} (captured: {dec.graph is not None}): prefill+copy {times[1] * 1e3:.0f} ms, "
               f"63 decode steps {(times[64] - times[1]) * 1e3:.0f} ms = {step * 1e3:.1f} ms/step; "
               f"whole {times[64]:.2f} s = {b * 64 / times[64]:,.0f} tok/s", flush=True)
-        if not graphs:
+        if not graphs or fused:
             kernel_table(lambda d=dec: d.generate(ids, mask, max_new_tokens=1, eos_ids=set(), pad_id=0),
                          "prefill + copy into the static cache")
             kernel_table(lambda d=dec: d.generate(ids, mask, max_new_tokens=9, eos_ids=set(), pad_id=0),

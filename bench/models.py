@@ -86,6 +86,16 @@ def prompts(work: Path, n: int, tokens: int) -> list[str]:
     return out
 
 
+def chat_prompts(work: Path, n: int, tokens: int) -> list[str]:
+    """`n` prompts whose chat-templated form (as the backend sends it) is about `tokens` tokens long."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_vlm(work))
+    empty = tok.apply_chat_template([{"role": "user", "content": ""}], add_generation_prompt=True, tokenize=False)
+    overhead = len(tok(empty, add_special_tokens=False)["input_ids"])
+    return prompts(work, n, tokens - overhead)
+
+
 def qwen25_vl(work: Path, shape: str) -> Path:
     """A Qwen2.5-VL-`shape`-shaped VLM (text as Qwen2.5-7B, vision tower as Qwen2.5-VL-7B's), no EOS,
     with the tiny tokenizer and an image processor that keeps 448x448 images at 256 image tokens."""

@@ -26,7 +26,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from models import images, prompts, qwen25_text, qwen25_vl
+from models import chat_prompts, images, prompts, qwen25_text, qwen25_vl
 
 from evalfleet.backends import Request
 from evalfleet.backends.attention import use_decode_attention
@@ -90,7 +90,7 @@ def run_cli(work: Path, name: str, model: Path, data: Path, new: int, batch: int
 
 def text_bench(work: Path, shape: str, n: int, prompt_tokens: int, new: int) -> None:
     path = qwen25_text(work, shape)
-    reqs = [Request(p, [], 0) for p in prompts(work, n, prompt_tokens)]
+    reqs = [Request(p, [], 0) for p in chat_prompts(work, n, prompt_tokens)]
     n_gpus = int(torch.cuda.is_available())
     gen = TransformersBackend(ModelConfig(path=str(path), engine="generate", generation={"max_new_tokens": new}),
                               n_gpus)
