@@ -73,7 +73,7 @@ def test_status_from_another_process_while_the_run_writes(tmp_path, smollm2):
         row = seen.rows[0]
         assert (row.stage, row.dataset, row.expected, row.state) == ("generate", "qa", 24, "running")
         assert row.remaining == 24 - row.done and 0 < row.percent < 100
-        assert [w["state"] for w in seen.workers] == ["running"] and seen.workers[0]["id"] == "generate/cpu0.0"
+        assert [w["state"] for w in seen.workers] == ["running"] and seen.workers[0]["id"].startswith("generate/cpu0.0@")
         out = subprocess.run([sys.executable, "-m", "evalfleet.cli", "status", str(run_dir)], capture_output=True,
                              text=True, check=True).stdout
         assert "run live: running" in out and "generate/cpu0.0" in out

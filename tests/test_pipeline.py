@@ -113,7 +113,7 @@ def test_concurrent_stages_judge_answers_as_they_arrive(tmp_path, smollm2):
     first_judged, = db.execute("SELECT MIN(created) FROM results WHERE stage = 'judge' AND worker != 'cache' "
                                "AND error IS NULL").fetchone()
     last_answered, = db.execute("SELECT MAX(created) FROM results WHERE stage = 'generate'").fetchone()
-    workers = {r[0]: r[1] for r in db.execute("SELECT id, state FROM workers")}
+    workers = {r[0].split("@")[0]: r[1] for r in db.execute("SELECT id, state FROM workers")}
     db.close()
     assert first_judged < last_answered  # the judge worked while the answerer was still answering
     assert workers == {"generate/cpu0.0": "stopped", "judge/cpu0.0": "stopped"}

@@ -140,7 +140,7 @@ def test_dead_worker_is_replaced_and_its_chunk_requeued(tmp_path, smollm2, refer
     def running_worker():
         if not db.exists() or result_count(db) < 4:
             return None
-        return next((w for w in Store(db).workers() if w["state"] == "running" and w["id"] == "generate/cpu1.0"), None)
+        return next((w for w in Store(db).workers() if w["state"] == "running" and w["id"].startswith("generate/cpu1.0@")), None)
 
     victim = wait_for(running_worker, what="a running worker")
     os.kill(victim["pid"], signal.SIGKILL)
@@ -148,7 +148,7 @@ def test_dead_worker_is_replaced_and_its_chunk_requeued(tmp_path, smollm2, refer
     assert proc.returncode == 0, output
     assert "worker cpu1.0 died (exit code -9)" in output
     assert f"[evalfleet] {N_TEXT}/{N_TEXT} done (100%), 0 remaining" in output  # plain progress lines
-    states = {w["id"]: w["state"] for w in Store(db).workers()}
+    states = {w["id"].split("@")[0]: w["state"] for w in Store(db).workers()}
     assert states["generate/cpu1.0"] == "died (-9)" and "generate/cpu1.1" in states
     assert result_count(db) == N_TEXT
     assert predictions(tmp_path / "t") == predictions(reference[0])

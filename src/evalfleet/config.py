@@ -224,6 +224,12 @@ class RunConfig(_Strict):
     order); judges take answers as they are stored. Every model must fit its share."""
     judge_cache: str | None = "judge_cache.db"
     """SQLite file of judge replies shared by all runs that name it (relative to `output_dir`); null: none."""
+    shard: str | None = Field(None, pattern=r"^\d+/\d+$")
+    """`i/N`: run only shard i of N (a stable hash of dataset and sample id) into RUN_DIR/shards/i-of-N;
+    `evalfleet merge RUN_DIR` unites the shards."""
+    lease_seconds: float = Field(120.0, gt=0)
+    """Several `evalfleet run` processes on one run: a sample claimed by one that is not finished within this
+    time (renewed while it lives) may be taken by another."""
     chunk_size: int | None = Field(None, ge=1)
     """Samples handed to a worker at a time (default: the starting batch size)."""
     limit: int | None = Field(None, ge=1)
@@ -247,6 +253,8 @@ class RunConfig(_Strict):
         if self.stages is not None and (self.stages[0].kind == "judge"
                                         or any(s.kind != "judge" for s in self.stages[1:])):
             raise ValueError("`stages` must start with one `generate` or `edit` stage, followed by `judge` stages")
+        if self.shard is not None and not int(self.shard.split("/")[0]) < int(self.shard.split("/")[1]):
+            raise ValueError(f"shard {self.shard}: the index must be below the count")
         given = [g for s in self.stages or [] for g in s.gpus or []]
         if self.concurrent_stages and len(given) != len(set(given)):
             raise ValueError("with `concurrent_stages`, the stages' `gpus` must not overlap")
@@ -261,7 +269,12 @@ class RunConfig(_Strict):
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name
+        """Where this process writes: the run folder, or its shard's folder inside it."""
+        run = Path(self.output_dir) / self.name
+        if self.shard is None:
+            return run
+        index, count = self.shard.split("/")
+        return run / "shards" / f"{index}-of-{count}"
 
     @property
     def judge_cache_path(self) -> Path | None:

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import multiprocessing as mp
 import os
+import secrets
 import shutil
 import socket
 import time
@@ -24,6 +25,7 @@ from typing import Any
 
 from rich.console import Console
 
+from evalfleet.cluster.shards import in_shard, parse_shard
 from evalfleet.config import ModelConfig, RunConfig, StageConfig
 from evalfleet.datasets import DatasetError, ImageRef, Sample, load_samples
 from evalfleet.errors import UserError
@@ -46,7 +48,7 @@ MAX_CHUNK_ATTEMPTS = 2
 COMMIT_EVERY_S = 1.0
 
 
-@dataclass
+@dataclass(eq=False)
 class _Worker:
     spec: WorkerSpec
     proc: Any
@@ -84,7 +86,7 @@ class _Driver:
     workers: dict[str, _Worker] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
     buffer: list[Result] = field(default_factory=list)
-    worker_counts: dict[str, int] = field(default_factory=dict)
+    worker_counts: dict[_Worker, int] = field(default_factory=dict)
     last_commit: float = field(default_factory=time.monotonic)
     t_spawn: float = field(default_factory=time.monotonic)
     t_ready: float = 0.0
@@ -93,6 +95,16 @@ class _Driver:
     """(samples, generated tokens) finished before t_ready."""
     specs: list[WorkerSpec] = field(default_factory=list)
     """The replicas to start."""
+    inputs: dict[str, list[Sample]] = field(default_factory=dict)
+    """Every sample of the stage known so far, by dataset: what is left of them is re-queued when the queue
+    runs dry (samples another driver leased and then gave up)."""
+    owner: str = ""
+    """This driver's name on its leases."""
+    lease_s: float = 120.0
+    open_inputs: bool = False
+    """More inputs may come (a judge fed while its answerer still runs): the queue must not close yet."""
+    last_renew: float = field(default_factory=time.monotonic)
+    last_refill: float = 0.0
     answers: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     """Accepted answers by (dataset, sample id), for --show-samples lines."""
     on_commit: Callable[[list[Result]], None] | None = None
@@ -126,6 +138,13 @@ class _Driver:
 
     def feed(self, w: _Worker) -> None:
         while (chunk := self.queue.assign(w.spec.name)) is not None:
+            mine = self.store.claim(self.stage.name, chunk.samples[0].dataset, [s.id for s in chunk.samples],
+                                    self.owner, self.lease_s)
+            others = {s.id for s in chunk.samples} - mine
+            if others:  # done or leased by another driver on this run
+                self.queue.finish_samples(w.spec.name, chunk.id, others)
+                if not mine:
+                    continue
             try:
                 w.conn.send(("chunk", chunk.id, chunk.samples, self.cfg.seed))
             except (BrokenPipeError, OSError):
@@ -188,7 +207,7 @@ class _Driver:
             self.buffer += results
             if self.cfg.show_samples:
                 self.show(w, results)
-            self.worker_counts[w.id] = self.worker_counts.get(w.id, 0) + len(results)
+            self.worker_counts[w] = self.worker_counts.get(w, 0) + len(results)
             self.progress.advance(w.spec.name, len(results))
             self.feed(w)
         elif kind == "step":
@@ -221,12 +240,39 @@ class _Driver:
     def commit(self, force: bool = False) -> None:
         if self.buffer and (force or time.monotonic() - self.last_commit >= COMMIT_EVERY_S):
             self.store.add_results(self.stage.name, self.buffer)
-            for wid, n in self.worker_counts.items():
-                self.store.worker_progress(f"{self.stage.name}/{wid}", n)
+            for w, n in self.worker_counts.items():
+                self.store.worker_progress(self.key(w), n)
             committed, self.buffer, self.worker_counts = self.buffer, [], {}
             self.last_commit = time.monotonic()
             if self.on_commit is not None:
                 self.on_commit(committed)
+
+    def maintain(self) -> None:
+        """Renew this driver's leases; when its queue ran dry, queue what is still unfinished (another driver
+        may have left it) or close the queue once every sample has a result."""
+        now = time.monotonic()
+        if now - self.last_renew > self.lease_s / 4:
+            self.store.renew(self.owner, self.lease_s)
+            self.last_renew = now
+        busy = self.queue.pending or any(self.queue.held.values())
+        if busy or self.open_inputs or self.queue.closed or now - self.last_refill < 2:
+            return  # a judge fed as answers arrive is refilled by its feed until the answerer is done
+        self.last_refill = now
+        self.commit(force=True)
+        parts, finished = [], 0
+        for name, samples in self.inputs.items():
+            done = self.store.done_ids(self.stage.name, name)
+            finished += sum(1 for s in samples if s.id in done or s.error)
+            parts += [c.samples for c in make_chunks(samples, done, self.chunk_size)]
+        if finished > self.progress.done:  # other drivers' work
+            self.progress.advance("-", finished - self.progress.done)
+        if parts:
+            self.queue.add(parts)
+            for w in self.workers.values():
+                if w.ready:
+                    self.feed(w)
+        else:
+            self.queue.close()
 
     def reap(self, w: _Worker) -> None:
         """A worker process ended: take the results it sent just before, then requeue and replace it."""
@@ -251,11 +297,12 @@ class _Driver:
         if self.on_finish is not None:
             self.on_finish()
         self.progress.flush()
+        self.store.release(self.owner)
         self.stop()
 
     def key(self, w: _Worker) -> str:
-        """The worker's row in the store's workers table."""
-        return f"{self.stage.name}/{w.id}"
+        """The worker's row in the store's workers table: stage/worker@host:driver-pid (drivers may share a run)."""
+        return f"{self.stage.name}/{w.id}@{self.owner.rsplit(':', 1)[0]}"
 
     def stop(self) -> None:
         """Ask every worker to unload at once, collect their unload times, then reap them."""
@@ -300,7 +347,12 @@ def _load_datasets(cfg: RunConfig, store: Store, progress_note: Callable[[str], 
             progress_note(f"dataset {ds.name} failed: {err}")
             log.error("dataset %s failed: %s", ds.name, err)
             continue
-        store.put_samples(samples)
+        positions = list(range(len(samples)))
+        if cfg.shard is not None:  # this process's share only, at their places in the whole dataset
+            index, count = parse_shard(cfg.shard)
+            positions = [i for i, s in zip(positions, samples) if in_shard(ds.name, s.id, index, count)]
+            samples = [samples[i] for i in positions]
+        store.put_samples(samples, positions)
         store.set_dataset(ds.name, "running", len(samples))
         loaded[ds.name] = samples
         for s in samples:
@@ -542,9 +594,9 @@ class _JudgeFeed:
         self.cut(final=False)
 
     def close(self) -> None:
-        """The answering stage is done: the last partial chunks go out, and the judge's queue closes."""
+        """The answering stage is done: the last partial chunks go out; the judge's queue may close."""
         self.cut(final=True)
-        self.judge.queue.close()
+        self.judge.open_inputs = False
 
     def cut(self, *, final: bool) -> None:
         chunks = []
@@ -567,6 +619,7 @@ def _driver(
     store: Store,
     console: Console,
     *,
+    owner: str,
     gpus: list[int] | None,
     share: int = 1,
     streaming: dict[str, list[Sample]] | None = None,
@@ -575,6 +628,7 @@ def _driver(
     """Plan the stage, cut chunks of what is left, and make its driver; None when nothing is left to do.
 
     `streaming`: all samples of a judge whose answers are still coming; its queue stays open for them.
+    `owner` names this driver on its leases.
     """
     note = _printer(console)
     chosen, lines = make_plan(cfg, stage.model, plan_for, gpus=gpus, share=share)
@@ -593,7 +647,7 @@ def _driver(
         finished = store.done_ids(stage.name, name)
         total += len(samples)
         done += sum(1 for s in samples if s.id in finished or s.error)
-    queue = WorkQueue.of(chunks, closed=streaming is None)
+    queue = WorkQueue.of(chunks, closed=False)  # closed once the store shows every sample done
     todo = queue.remaining() if streaming is None else total - done
     note(f"stage {stage.name}: {total} samples in {len(universe)} dataset(s), {done} already done, {todo} to do"
          + (" (judged as the answers arrive)" if streaming is not None else ""))
@@ -605,9 +659,9 @@ def _driver(
     title = stage.name if len(cfg.pipeline()) > 1 else "overall"
     progress = RunProgress(total, done, console=console, every=cfg.progress_every, seconds=cfg.progress_seconds,
                            title=title, shared=shared)
-    return _Driver(cfg, stage, store, queue, progress, chosen.batch_size, specs=specs,
-                   answers={(s.dataset, s.id): s.answers for samples in inputs.values() for s in samples},
-                   chunk_size=chunk_size)
+    return _Driver(cfg, stage, store, queue, progress, chosen.batch_size, specs=specs, inputs=inputs, owner=owner,
+                   lease_s=cfg.lease_seconds, open_inputs=streaming is not None, chunk_size=chunk_size,
+                   answers={(s.dataset, s.id): s.answers for samples in inputs.values() for s in samples})
 
 
 def _execute(drivers: list[_Driver], console: Console) -> None:
@@ -649,8 +703,11 @@ def _serve(drivers: list[_Driver]) -> None:
                 continue  # its sentinel reports the death
             d.handle(w, msg)
         for d in drivers:
+            if d.stopped:
+                continue
             d.commit()
-            if d.queue.finished and not d.stopped:
+            d.maintain()
+            if d.queue.finished:
                 d.finish()
 
 
@@ -678,18 +735,19 @@ def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], con
     #    rates the first stage's answers, read from the store.
     started = time.time()
     state = {"pid": os.getpid(), "host": socket.gethostname(), "started": started}
+    owner = f"{state['host']}:{state['pid']}:{secrets.token_hex(4)}"  # this driver, on its leases
     store.set_meta("state", {**state, "state": "running"})
     try:
         gpus = stage_gpus(cfg)
         if cfg.concurrent_stages and len(stages) > 1:
-            _run_concurrently(cfg, stages, gpus, loaded, store, cache, console)
+            _run_concurrently(cfg, stages, gpus, loaded, store, cache, console, owner)
         else:
             for stage, stage_gpu in zip(stages, gpus):
                 inputs = loaded
                 if stage.kind == "judge":
                     inputs, _ = _judge_inputs(stage, stages[0], loaded, store, cache)
                 driver = _driver(cfg, stage, [s for samples in inputs.values() for s in samples], inputs, store,
-                                 console, gpus=stage_gpu)
+                                 console, owner=owner, gpus=stage_gpu)
                 if driver is not None:
                     _execute([driver], console)
                 if stage.kind == "judge" and cache is not None:
@@ -719,16 +777,18 @@ def _run_concurrently(
     store: Store,
     cache: JudgeCache | None,
     console: Console,
+    owner: str,
 ) -> None:
     """All stages at once: each judge is fed the first stage's answers as they are stored."""
     first = _driver(cfg, stages[0], [s for samples in loaded.values() for s in samples], loaded, store, console,
-                    gpus=gpus[0], share=len(stages))
+                    owner=owner, gpus=gpus[0], share=len(stages))
     drivers = [first] if first is not None else []
     feeds: list[_JudgeFeed] = []
     answerable = {name: [s for s in samples if s.error is None] for name, samples in loaded.items()}
     for stage, stage_gpu in zip(stages[1:], gpus[1:]):
         inputs, _ = _judge_inputs(stage, stages[0], loaded, store, cache)
-        d = _driver(cfg, stage, judge_plan_samples(stage, stages[0], loaded), inputs, store, console, gpus=stage_gpu,
+        d = _driver(cfg, stage, judge_plan_samples(stage, stages[0], loaded), inputs, store, console, owner=owner,
+                    gpus=stage_gpu,
                     share=len(stages), streaming=answerable if first is not None else None,
                     shared=drivers[0].progress if drivers else None)
         if d is None:

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from rich.table import Table
 from evalfleet.config import parse_config
 from evalfleet.errors import UserError
 from evalfleet.progress import duration
-from evalfleet.store import Store
+from evalfleet.store import Store, pid_alive
 
 RATE_WINDOW_S = 60.0
 """Recent throughput (for the ETA) counts results stored in this many last seconds."""
@@ -68,15 +67,7 @@ class RunStatus:
 
 def _driver_alive(state: dict[str, Any]) -> bool | None:
     """Whether the run's driver process still exists; None when it runs on another host."""
-    if state.get("host") != socket.gethostname():
-        return None
-    try:
-        os.kill(int(state["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(int(state["pid"])) if state.get("host") == socket.gethostname() else None
 
 
 def read_status(run_dir: Path, now: float | None = None) -> RunStatus:

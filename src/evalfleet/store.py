@@ -1,13 +1,17 @@
 """The run store: one SQLite database (WAL) per run folder.
 
 Rows are keyed by (stage, dataset, sample id) and written with INSERT OR IGNORE, so several drivers
-writing to one run (e.g. Slurm array tasks) can never produce two results for one sample; the first
-committed result wins. Stages (`generate`, later `judge`, ...) share the samples table.
+writing to one run can never produce two results for one sample; the first committed result wins.
+Drivers of several `evalfleet run` processes on one run share the work through leases: a driver claims
+samples before a worker gets them, renews its claims while it lives, and a claim that expires (or
+whose process is gone, on the same host) may be taken by another. Stages share the samples table.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -29,10 +33,24 @@ CREATE TABLE IF NOT EXISTS results (
     stage TEXT NOT NULL, dataset TEXT NOT NULL, sample_id TEXT NOT NULL, output TEXT, error TEXT,
     worker TEXT, seconds REAL, n_tokens INTEGER, created REAL NOT NULL,
     PRIMARY KEY (stage, dataset, sample_id));
+CREATE TABLE IF NOT EXISTS leases (
+    stage TEXT NOT NULL, dataset TEXT NOT NULL, sample_id TEXT NOT NULL, owner TEXT NOT NULL, host TEXT NOT NULL,
+    pid INTEGER NOT NULL, expires REAL NOT NULL, PRIMARY KEY (stage, dataset, sample_id));
 CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY, device TEXT, pid INTEGER, state TEXT, started REAL, heartbeat REAL,
     done INTEGER DEFAULT 0);
 """
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -105,10 +123,11 @@ class Store:
         cur = self.db.execute("SELECT name, status, n_samples, error FROM datasets ORDER BY rowid")
         return [dict(zip(("name", "status", "n_samples", "error"), r)) for r in cur]
 
-    def put_samples(self, samples: list[Sample]) -> None:
+    def put_samples(self, samples: list[Sample], positions: list[int] | None = None) -> None:
+        """Store samples in dataset order (`positions`: their places in the whole dataset, for a shard)."""
         rows = [
             (s.dataset, s.id, i, s.question, s.prompt, json.dumps(s.answers), s.source, s.error, json.dumps(s.metadata))
-            for i, s in enumerate(samples)
+            for i, s in zip(positions or range(len(samples)), samples)
         ]
         with self.db:
             self.db.execute("BEGIN")
@@ -178,6 +197,47 @@ class Store:
         cur = self.db.execute("SELECT created FROM results WHERE stage = ? AND created >= ? AND worker IS NOT NULL "
                               "AND worker != 'cache' ORDER BY created", (stage, since))
         return [r[0] for r in cur]
+
+    # -- leases: several drivers on one run -----------------------------------------------------
+    def claim(self, stage: str, dataset: str, ids: list[str], owner: str, ttl: float) -> set[str]:
+        """Lease the samples of `ids` that have no result and no live lease of another driver; returns them.
+
+        A lease is live until it expires, except that one held by a process that no longer exists on
+        this host is taken over at once.
+        """
+        now, host = time.time(), socket.gethostname()
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            taken: set[str] = set()
+            for i in range(0, len(ids), 500):
+                part = ids[i : i + 500]
+                marks = ",".join("?" * len(part))
+                done = {r[0] for r in self.db.execute(
+                    f"SELECT sample_id FROM results WHERE stage = ? AND dataset = ? AND sample_id IN ({marks})",
+                    (stage, dataset, *part))}
+                for sid, other, other_host, pid, expires in self.db.execute(
+                        f"SELECT sample_id, owner, host, pid, expires FROM leases WHERE stage = ? AND dataset = ? "
+                        f"AND sample_id IN ({marks})", (stage, dataset, *part)):
+                    alive = expires > now and not (other_host == host and not pid_alive(pid))
+                    if other != owner and alive:
+                        taken.add(sid)
+                mine = [sid for sid in part if sid not in done and sid not in taken]
+                self.db.executemany("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                    [(stage, dataset, sid, owner, host, os.getpid(), now + ttl) for sid in mine])
+                taken |= done
+        return set(ids) - taken
+
+    def renew(self, owner: str, ttl: float) -> None:
+        """Extend every lease of `owner`."""
+        self.db.execute("UPDATE leases SET expires = ? WHERE owner = ?", (time.time() + ttl, owner))
+
+    def release(self, owner: str) -> None:
+        """Drop every lease of `owner` (its stage is done) and any lease on a sample that has its result."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("DELETE FROM leases WHERE owner = ?", (owner,))
+            self.db.execute("""DELETE FROM leases WHERE EXISTS (SELECT 1 FROM results r WHERE r.stage = leases.stage
+                               AND r.dataset = leases.dataset AND r.sample_id = leases.sample_id)""")
 
     # -- workers ------------------------------------------------------------------------------
     def worker_state(self, worker_id: str, *, device: str, pid: int | None, state: str) -> None:

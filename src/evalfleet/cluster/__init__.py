@@ -1,0 +1,1 @@
+"""Beyond one process: deterministic shards merged into one run, Slurm job arrays."""
