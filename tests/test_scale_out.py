@@ -93,3 +93,88 @@ def test_three_runs_on_one_folder_share_the_work_and_survive_a_kill(tmp_path, sm
     # Work done twice: at most what the victim held when it died (two chunks of two).
     assert n <= sum(done.values()) <= n + 4
     assert leases == 0  # released at the end; the victim's were taken over
+
+
+def test_shards_split_every_sample_once_and_read_slurm_variables(monkeypatch):
+    import pytest
+
+    from evalfleet.cluster.shards import in_shard, parse_shard
+    from evalfleet.errors import UserError
+
+    ids = [f"s{i}" for i in range(300)]
+    owners = [[i for i in range(4) if in_shard("d", sid, i, 4)] for sid in ids]
+    assert all(len(o) == 1 for o in owners)  # a partition
+    assert all(40 < sum(o == [i] for o in owners) < 110 for i in range(4))  # and a fair one
+    assert parse_shard("2/4") == (2, 4)
+    with pytest.raises(UserError, match="index must be in 0..3"):
+        parse_shard("4/4")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "5")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
+    assert parse_shard("slurm") == (2, 3)
+    monkeypatch.delenv("SLURM_ARRAY_TASK_COUNT")
+    with pytest.raises(UserError, match="not inside a Slurm job array"):
+        parse_shard("slurm")
+
+
+def test_slurm_array_scripts_run_shard_by_shard_then_merge(tmp_path, smollm2):
+    import json
+
+    n = 9
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(DEMO_QUESTIONS.read_text().splitlines(keepends=True)[:n]) + "{broken\n")
+    cfg = {"name": "arr", "output_dir": str(tmp_path / "runs"), "workers": 1, "judge_cache": None,
+           "metrics": ["lenient_match"],
+           "model": {"path": str(smollm2), "dtype": "float32", "batch_size": 4, "generation": {"max_new_tokens": 8}},
+           "datasets": [{"name": "qa", "path": str(data)}]}
+    path = tmp_path / "arr.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = subprocess.run([sys.executable, "-m", "evalfleet.cli", "slurm", str(path), "--array", "3",
+                          "--gpus-per-task", "1", "--time", "02:00:00", "--partition", "gpu"],
+                         capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    folder = tmp_path / "runs" / "arr" / "slurm"
+    array, merge = folder / "array.sbatch", folder / "merge.sbatch"
+    assert str(array) in out and "sbatch --dependency=afterany:JOBID" in out
+    text = array.read_text()
+    for line in ("#SBATCH --array=0-2", "#SBATCH --gpus-per-task=1", "#SBATCH --time=02:00:00",
+                 "#SBATCH --partition=gpu", f"#SBATCH --output={folder}/%A_%a.out"):
+        assert line in text.splitlines()
+    assert "--shard slurm" in text and "#SBATCH --array" not in merge.read_text()
+    for script in (array, merge):
+        subprocess.run(["bash", "-n", str(script)], check=True)  # syntax, as sbatch would read it
+
+    # Run the tasks here as Slurm would: its variables set, `srun` running the step in place.
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "srun").write_text('#!/bin/sh\nexec "$@"\n')
+    (shim / "srun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}", "SLURM_ARRAY_TASK_COUNT": "3",
+           "SLURM_ARRAY_TASK_MIN": "0"}
+    for task in range(3):
+        subprocess.run(["bash", str(array)], env={**env, "SLURM_ARRAY_TASK_ID": str(task)}, check=True,
+                       capture_output=True)
+    shards = sorted(p.name for p in (tmp_path / "runs" / "arr" / "shards").iterdir())
+    assert shards == ["0-of-3", "1-of-3", "2-of-3"]
+    sizes = [Store.open_existing(tmp_path / "runs" / "arr" / "shards" / s).db.execute(
+        "SELECT COUNT(*) FROM samples").fetchone()[0] for s in shards]
+    assert sum(sizes) == n + 1 and all(sizes)
+    merged = subprocess.run(["bash", str(merge)], env=env, capture_output=True, text=True, check=True).stdout
+    assert "warning" not in merged
+    run_dir = tmp_path / "runs" / "arr"
+    lines = [json.loads(x) for x in (run_dir / "predictions" / "qa.jsonl").read_text().splitlines()]
+    expected = [json.loads(x)["id"] for x in DEMO_QUESTIONS.read_text().splitlines()[:n]] + [f"line{n + 1}"]
+    assert [x["id"] for x in lines] == expected  # one line per sample, in dataset order
+    assert all(x["prediction"] for x in lines[:n]) and lines[n]["error"]  # the broken row: its error, once
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["datasets"]["qa"]["samples"] == n + 1 and summary["performance"]["generate"]["shards"] == 3
+
+
+def test_network_filesystems_are_recognised_by_their_mount():
+    from pathlib import Path
+
+    from evalfleet.store import network_filesystem
+
+    mounts = "rootfs / ext4 rw 0 0\nserver:/export /shared nfs4 rw 0 0\ntmpfs /shared/tmp tmpfs rw 0 0\n"
+    assert network_filesystem(Path("/shared/runs/a"), mounts) == "nfs4"
+    assert network_filesystem(Path("/shared/tmp/x"), mounts) is None  # the longest mount point wins
+    assert network_filesystem(Path("/home/me"), mounts) is None

@@ -79,12 +79,18 @@ def run_cmd(
     max_memory_per_gpu: MaxMemOpt = None,
     show_samples: Annotated[bool, typer.Option("--show-samples", help="A line per finished sample.")] = False,
     redo: Annotated[list[str] | None, typer.Option("--redo", help="Drop a stage's results first (repeatable).")] = None,
+    shard: Annotated[str | None, typer.Option("--shard", help="i/N: only shard i of N, into RUN_DIR/shards/; "
+                                                              "`slurm`: the array task's shard.")] = None,
 ) -> None:
     """Run an evaluation, or resume it where it stopped."""
 
     def go() -> None:
+        from evalfleet.cluster.shards import parse_shard
+
         overrides = _overrides(gpus=gpus, workers=workers, batch_size=batch_size, limit=limit, seed=seed, out=out,
                                mode=mode, max_memory_per_gpu=max_memory_per_gpu, show_samples=show_samples or None)
+        if shard is not None:
+            overrides["shard"] = "/".join(map(str, parse_shard(shard)))
         _execute(load_config(config, overrides), fresh=fresh, retry_errors=retry_errors, redo=redo, log_file=log_file)
 
     _guard(go)
@@ -193,6 +199,56 @@ def compare_cmd(
                 raise UserError(f"--out {out}: give a .md or .html file")
             out.write_text(to_markdown(result) if out.suffix == ".md" else to_html(result))
             console.print(f"[evalfleet] written {out}", markup=False, highlight=False)
+
+    _guard(go)
+
+
+@app.command("merge")
+def merge_cmd(run_dir: Annotated[Path, typer.Argument(help="Run folder whose shards/ to unite.")]) -> None:
+    """Unite the shard stores of RUN_DIR/shards/ (runs with --shard i/N) into RUN_DIR's store; write the report."""
+
+    def go() -> None:
+        from evalfleet.cluster.shards import merge_shards
+        from evalfleet.report import write_report
+
+        store, notes = merge_shards(run_dir)
+        try:
+            for note in notes:
+                console.print(f"[evalfleet] warning: {note}", markup=False, highlight=False)
+            write_report(run_dir, store, parse_config(store.get_meta("config"), source=str(run_dir)), console)
+        finally:
+            store.close()
+
+    _guard(go)
+
+
+@app.command("slurm")
+def slurm_cmd(
+    config: Annotated[Path, typer.Argument(help="YAML config file.")],
+    array: Annotated[int, typer.Option("--array", help="Array tasks: the run is split into this many shards.")],
+    gpus_per_task: Annotated[int | None, typer.Option("--gpus-per-task", help="GPUs of each task.")] = None,
+    cpus_per_task: Annotated[int | None, typer.Option("--cpus-per-task", help="CPU cores of each task.")] = None,
+    mem: Annotated[str | None, typer.Option("--mem", help="Memory of each task, e.g. 64G.")] = None,
+    time_limit: Annotated[str | None, typer.Option("--time", help="Time limit, e.g. 12:00:00.")] = None,
+    partition: Annotated[str | None, typer.Option("--partition", help="Slurm partition.")] = None,
+    account: Annotated[str | None, typer.Option("--account", help="Slurm account.")] = None,
+    submit: Annotated[bool, typer.Option("--submit", help="sbatch the array and the merge job after it.")] = False,
+) -> None:
+    """Write a Slurm job array (task i runs shard i) and a merge job; with --submit, submit both."""
+
+    def go() -> None:
+        from evalfleet.cluster.slurm import SlurmOptions, submit_jobs, write_scripts
+
+        opts = SlurmOptions(array, gpus_per_task, cpus_per_task, mem, time_limit, partition, account)
+        array_script, merge_script = write_scripts(load_config(config), config, opts)
+        console.print(f"[evalfleet] wrote {array_script} and {merge_script}", markup=False, highlight=False)
+        if submit:
+            job, merge_job = submit_jobs(array_script, merge_script)
+            console.print(f"[evalfleet] submitted array job {job} and merge job {merge_job} (after it)",
+                          markup=False, highlight=False)
+        else:
+            console.print(f"[evalfleet] submit: sbatch {array_script}, then sbatch --dependency=afterany:JOBID "
+                          f"{merge_script}", markup=False, highlight=False)
 
     _guard(go)
 

@@ -36,7 +36,7 @@ from evalfleet.report import write_report
 from evalfleet.scheduler import Chunk, WorkQueue, make_chunks
 from evalfleet.scoring import METRICS
 from evalfleet.scoring.judge import parse_judgement, render_judge_prompt
-from evalfleet.store import JudgeCache, Result, Store
+from evalfleet.store import JudgeCache, Result, Store, network_filesystem
 from evalfleet.workers import WorkerSpec, worker_main
 
 log = logging.getLogger("evalfleet")
@@ -729,6 +729,9 @@ def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], con
 
     # 2. Datasets (a failed one is recorded; the others go on).
     note = _printer(console)
+    if fs := network_filesystem(run_dir):
+        note(f"{run_dir} is on a network filesystem ({fs}): SQLite can share it only between processes of one "
+             "host. To run on several nodes, use shards (--shard i/N or `evalfleet slurm`) and `evalfleet merge`.")
     loaded = _load_datasets(cfg, store, note)
 
     # 3. The stages over all GPUs: one after the other, or all at once on disjoint GPU sets. Every judge

@@ -1,0 +1,87 @@
+"""Slurm job arrays: an sbatch script whose tasks run one shard each, and a merge job that runs after them."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from evalfleet.config import RunConfig
+from evalfleet.errors import UserError
+
+
+@dataclass
+class SlurmOptions:
+    """Resources of each array task (None: the cluster's default)."""
+
+    tasks: int
+    gpus_per_task: int | None = None
+    cpus_per_task: int | None = None
+    mem: str | None = None
+    time: str | None = None
+    partition: str | None = None
+    account: str | None = None
+
+
+def _header(name: str, out: Path, opts: SlurmOptions, *, array: bool) -> list[str]:
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={name}", f"#SBATCH --output={out}"]
+    if array:
+        lines.append(f"#SBATCH --array=0-{opts.tasks - 1}")
+        if opts.gpus_per_task:
+            lines.append(f"#SBATCH --gpus-per-task={opts.gpus_per_task}")
+        if opts.cpus_per_task:
+            lines.append(f"#SBATCH --cpus-per-task={opts.cpus_per_task}")
+        if opts.mem:
+            lines.append(f"#SBATCH --mem={opts.mem}")
+    if opts.time:
+        lines.append(f"#SBATCH --time={opts.time}")
+    if opts.partition:
+        lines.append(f"#SBATCH --partition={opts.partition}")
+    if opts.account:
+        lines.append(f"#SBATCH --account={opts.account}")
+    return lines
+
+
+def write_scripts(cfg: RunConfig, config_path: Path, opts: SlurmOptions) -> tuple[Path, Path]:
+    """Write RUN_DIR/slurm/array.sbatch (task i runs shard i of N; Slurm sets CUDA_VISIBLE_DEVICES to the
+    task's GPUs) and RUN_DIR/slurm/merge.sbatch (unites the shards and writes the report)."""
+    if opts.tasks < 1:
+        raise UserError("--array: at least one task")
+    run_dir = (Path(cfg.output_dir) / cfg.name).resolve()
+    folder = run_dir / "slurm"
+    folder.mkdir(parents=True, exist_ok=True)
+    python = shlex.quote(sys.executable)
+    cwd = shlex.quote(str(Path.cwd()))
+    array = _header(f"evalfleet-{cfg.name}", folder / "%A_%a.out", opts, array=True) + [
+        "set -euo pipefail",
+        f"cd {cwd}",
+        f"srun {python} -m evalfleet.cli run {shlex.quote(str(config_path.resolve()))} --shard slurm",
+    ]
+    merge = _header(f"evalfleet-{cfg.name}-merge", folder / "merge_%j.out", opts, array=False) + [
+        "set -euo pipefail",
+        f"cd {cwd}",
+        f"srun {python} -m evalfleet.cli merge {shlex.quote(str(run_dir))}",
+    ]
+    paths = folder / "array.sbatch", folder / "merge.sbatch"
+    for path, lines in zip(paths, (array, merge)):
+        path.write_text("\n".join(lines) + "\n")
+        path.chmod(0o755)
+    return paths
+
+
+def submit_jobs(array: Path, merge: Path) -> tuple[str, str]:
+    """sbatch the array, then the merge job to run after it (whatever the tasks' outcome); the job ids."""
+
+    def sbatch(*args: str) -> str:
+        try:
+            out = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True, check=True)
+        except FileNotFoundError:
+            raise UserError("sbatch not found: submit the scripts on a Slurm login node") from None
+        except subprocess.CalledProcessError as err:
+            raise UserError(f"sbatch failed: {err.stderr.strip()}") from None
+        return out.stdout.strip().split(";")[0]
+
+    job = sbatch(str(array))
+    return job, sbatch(f"--dependency=afterany:{job}", str(merge))
