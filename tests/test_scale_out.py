@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -178,3 +179,68 @@ def test_network_filesystems_are_recognised_by_their_mount():
     assert network_filesystem(Path("/shared/runs/a"), mounts) == "nfs4"
     assert network_filesystem(Path("/shared/tmp/x"), mounts) is None  # the longest mount point wins
     assert network_filesystem(Path("/home/me"), mounts) is None
+
+
+def test_ray_runs_replicas_as_actors_and_replaces_a_killed_one(tmp_path, smollm2):
+    import pytest
+
+    pytest.importorskip("ray")
+    n = 24
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(DEMO_QUESTIONS.read_text().splitlines(keepends=True)[:n]))
+    cfg = {"name": "ray", "output_dir": str(tmp_path / "runs"), "workers": 2, "judge_cache": None,
+           "model": {"path": str(smollm2), "dtype": "float32", "batch_size": 2, "generation": {"max_new_tokens": 8}},
+           "datasets": [{"name": "qa", "path": str(data)}]}
+    path = tmp_path / "ray.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    db_path = tmp_path / "runs" / "ray" / "store.db"
+    proc = subprocess.Popen([sys.executable, "-m", "evalfleet.cli", "run", str(path), "--ray"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def victim() -> int | None:
+        if not db_path.exists():
+            return None
+        db = sqlite3.connect(db_path, timeout=30)
+        try:
+            if db.execute("SELECT COUNT(*) FROM results").fetchone()[0] < 4:
+                return None
+            row = db.execute("SELECT pid FROM workers WHERE id LIKE 'generate/cpu1.0@%' AND state = 'running'").fetchone()
+            return row[0] if row else None
+        except sqlite3.OperationalError:
+            return None
+        finally:
+            db.close()
+
+    deadline = time.monotonic() + 180
+    while (pid := victim()) is None:
+        assert time.monotonic() < deadline and proc.poll() is None, "no running actor seen"
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)  # the actor's process, as when its node goes down
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out
+    assert re.search(r"worker cpu0 ready on CPU x\d+ \[generate\] on \S+", out)  # workers report their node
+    assert "worker cpu1.0 died" in out
+    db = sqlite3.connect(db_path)
+    answered = db.execute("SELECT COUNT(*) FROM results WHERE output IS NOT NULL AND error IS NULL").fetchone()[0]
+    states = {r[0].split("@")[0]: r[1] for r in db.execute("SELECT id, state FROM workers")}
+    db.close()
+    assert answered == n
+    assert states["generate/cpu1.0"].startswith("died") and "generate/cpu1.1" in states  # replaced
+
+
+def test_slurm_ray_cluster_script(tmp_path):
+    cfg = {"name": "big", "output_dir": str(tmp_path / "runs"), "model": {"path": "/models/x"},
+           "datasets": [{"name": "d", "path": "d.jsonl"}]}
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    subprocess.run([sys.executable, "-m", "evalfleet.cli", "slurm", str(path), "--ray-nodes", "4", "--gpus-per-task",
+                    "8", "--time", "24:00:00"], check=True, capture_output=True, cwd=tmp_path)
+    script = tmp_path / "runs" / "big" / "slurm" / "ray.sbatch"
+    lines = script.read_text().splitlines()
+    for line in ("#SBATCH --nodes=4", "#SBATCH --gpus-per-node=8", "#SBATCH --time=24:00:00"):
+        assert line in lines
+    assert any("ray.scripts.scripts start --head" in x for x in lines)
+    assert lines[-1].endswith('--ray-address "$address"') and "evalfleet.cli run" in lines[-1]
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    bad = subprocess.run([sys.executable, "-m", "evalfleet.cli", "slurm", str(path)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "give --array N" in bad.stdout

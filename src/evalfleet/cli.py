@@ -81,6 +81,9 @@ def run_cmd(
     redo: Annotated[list[str] | None, typer.Option("--redo", help="Drop a stage's results first (repeatable).")] = None,
     shard: Annotated[str | None, typer.Option("--shard", help="i/N: only shard i of N, into RUN_DIR/shards/; "
                                                               "`slurm`: the array task's shard.")] = None,
+    ray: Annotated[bool, typer.Option("--ray", help="Run the replicas as Ray actors (cluster.backend: ray).")] = False,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster to join, e.g. auto or "
+                                                                          "HOST:6379 (implies --ray).")] = None,
 ) -> None:
     """Run an evaluation, or resume it where it stopped."""
 
@@ -91,6 +94,10 @@ def run_cmd(
                                mode=mode, max_memory_per_gpu=max_memory_per_gpu, show_samples=show_samples or None)
         if shard is not None:
             overrides["shard"] = "/".join(map(str, parse_shard(shard)))
+        if ray or ray_address:
+            overrides["cluster.backend"] = "ray"
+            if ray_address:
+                overrides["cluster.address"] = ray_address
         _execute(load_config(config, overrides), fresh=fresh, retry_errors=retry_errors, redo=redo, log_file=log_file)
 
     _guard(go)
@@ -225,7 +232,10 @@ def merge_cmd(run_dir: Annotated[Path, typer.Argument(help="Run folder whose sha
 @app.command("slurm")
 def slurm_cmd(
     config: Annotated[Path, typer.Argument(help="YAML config file.")],
-    array: Annotated[int, typer.Option("--array", help="Array tasks: the run is split into this many shards.")],
+    array: Annotated[int | None, typer.Option("--array", help="Array tasks: the run is split into this many "
+                                                              "shards, merged by a job after them.")] = None,
+    ray_nodes: Annotated[int | None, typer.Option("--ray-nodes", help="Instead: one allocation of this many nodes "
+                                                                      "running a Ray cluster for one run.")] = None,
     gpus_per_task: Annotated[int | None, typer.Option("--gpus-per-task", help="GPUs of each task.")] = None,
     cpus_per_task: Annotated[int | None, typer.Option("--cpus-per-task", help="CPU cores of each task.")] = None,
     mem: Annotated[str | None, typer.Option("--mem", help="Memory of each task, e.g. 64G.")] = None,
@@ -234,12 +244,21 @@ def slurm_cmd(
     account: Annotated[str | None, typer.Option("--account", help="Slurm account.")] = None,
     submit: Annotated[bool, typer.Option("--submit", help="sbatch the array and the merge job after it.")] = False,
 ) -> None:
-    """Write a Slurm job array (task i runs shard i) and a merge job; with --submit, submit both."""
+    """Write a Slurm job array (task i runs shard i) and a merge job, or (--ray-nodes) one multi-node job running
+    a Ray cluster for the run; with --submit, submit them."""
 
     def go() -> None:
-        from evalfleet.cluster.slurm import SlurmOptions, submit_jobs, write_scripts
+        from evalfleet.cluster.slurm import SlurmOptions, sbatch, submit_jobs, write_ray_script, write_scripts
 
-        opts = SlurmOptions(array, gpus_per_task, cpus_per_task, mem, time_limit, partition, account)
+        if (array is None) == (ray_nodes is None):
+            raise UserError("give --array N (shards + merge) or --ray-nodes N (one Ray cluster)")
+        opts = SlurmOptions(array or 1, gpus_per_task, cpus_per_task, mem, time_limit, partition, account)
+        if ray_nodes is not None:
+            script = write_ray_script(load_config(config), config, ray_nodes, opts)
+            console.print(f"[evalfleet] wrote {script}", markup=False, highlight=False)
+            if submit:
+                console.print(f"[evalfleet] submitted job {sbatch(str(script))}", markup=False, highlight=False)
+            return
         array_script, merge_script = write_scripts(load_config(config), config, opts)
         console.print(f"[evalfleet] wrote {array_script} and {merge_script}", markup=False, highlight=False)
         if submit:

@@ -92,6 +92,15 @@ class PlacementConfig(_Strict):
     more is split as on a CUDA out-of-memory."""
 
 
+class ClusterConfig(_Strict):
+    """Where the replicas run."""
+
+    backend: Literal["local", "ray"] = "local"
+    """`local`: processes on this machine; `ray`: Ray actors anywhere in a Ray cluster."""
+    address: str | None = None
+    """Ray: the cluster to join (`auto`: the one started on this node; none: start a local one)."""
+
+
 class FieldMap(_Strict):
     """Column names in the source file for each sample field."""
 
@@ -219,6 +228,8 @@ class RunConfig(_Strict):
     """CPU worker processes when no GPU is used (default 1)."""
     placement: PlacementConfig = PlacementConfig()
     """Replica layout over the GPUs."""
+    cluster: ClusterConfig = ClusterConfig()
+    """Local processes or a Ray cluster."""
     concurrent_stages: bool = False
     """Run all stages at once on disjoint GPU sets (each stage's `gpus`, or the GPUs dealt out evenly in stage
     order); judges take answers as they are stored. Every model must fit its share."""

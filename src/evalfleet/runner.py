@@ -30,7 +30,7 @@ from evalfleet.config import ModelConfig, RunConfig, StageConfig
 from evalfleet.datasets import DatasetError, ImageRef, Sample, load_samples
 from evalfleet.errors import UserError
 from evalfleet.memory import ModelEstimate, estimate_model, longest_prompt_tokens
-from evalfleet.placement import Plan, describe, parse_bytes, plan, probe_machine, split_gpus
+from evalfleet.placement import Machine, Plan, describe, parse_bytes, plan, probe_machine, split_gpus
 from evalfleet.progress import RunProgress
 from evalfleet.report import write_report
 from evalfleet.scheduler import Chunk, WorkQueue, make_chunks
@@ -121,15 +121,17 @@ class _Driver:
     # -- worker lifecycle ---------------------------------------------------------------------
     def start(self, spec: WorkerSpec) -> None:
         generation = self.restarts.get(spec.name, 0)
-        parent, child = self.ctx.Pipe()
-        proc = self.ctx.Process(
-            target=worker_main,
-            args=(child, spec, self.stage.model.model_dump_json(), self.batch_size, str(self.cfg.run_dir)),
-            name=f"evalfleet-{spec.name}",
-            daemon=True,
-        )
-        proc.start()
-        child.close()
+        args = (spec, self.stage.model.model_dump_json(), self.batch_size, str(self.cfg.run_dir))
+        if self.cfg.cluster.backend == "ray":
+            from evalfleet.cluster.ray import RayProcess
+
+            proc: Any = RayProcess(*args)
+            parent = proc.conn
+        else:
+            parent, child = self.ctx.Pipe()
+            proc = self.ctx.Process(target=worker_main, args=(child, *args), name=f"evalfleet-{spec.name}", daemon=True)
+            proc.start()
+            child.close()
         w = _Worker(spec, proc, parent, generation)
         self.workers[spec.name] = w
         self.queue.register(spec.name)
@@ -388,7 +390,7 @@ def make_plan(
 
     `gpus` replaces the run's GPUs (a stage's own set); `share` divides the CPU cores (stages at once).
     """
-    machine = probe_machine()
+    machine = _machine(cfg)
     machine = replace(machine, cpus=max(1, machine.cpus // share))
     gpus = gpus if gpus is not None else cfg.gpus
     p = cfg.placement
@@ -403,12 +405,22 @@ def make_plan(
     return chosen, describe(machine, est, chosen)
 
 
+def _machine(cfg: RunConfig) -> Machine:
+    """This machine, or with `cluster.backend: ray` the whole Ray cluster as one pool."""
+    if cfg.cluster.backend == "ray":
+        from evalfleet.cluster.ray import cluster_machine, connect
+
+        connect(cfg.cluster.address)
+        return cluster_machine()
+    return probe_machine()
+
+
 def stage_gpus(cfg: RunConfig) -> list[list[int] | None]:
     """Each stage's GPUs: its own `gpus`, else the run's; with `concurrent_stages`, disjoint shares."""
     stages = cfg.pipeline()
     if not (cfg.concurrent_stages and len(stages) > 1):
         return [s.gpus if s.gpus is not None else cfg.gpus for s in stages]
-    n = len(probe_machine().gpus)
+    n = len(_machine(cfg).gpus)
     if not n or (cfg.workers is not None and cfg.gpus is None):
         return [None] * len(stages)  # CPU: every stage gets its workers, sharing the cores
     return split_gpus(cfg.gpus if cfg.gpus is not None else list(range(n)), [s.gpus for s in stages],
@@ -691,7 +703,8 @@ def _serve(drivers: list[_Driver]) -> None:
         for d in drivers:
             for w in d.workers.values() if not d.stopped else ():
                 handles[w.conn] = (d, w, False)
-                handles[w.proc.sentinel] = (d, w, True)
+                if w.proc.sentinel is not None:  # a Ray actor has none: its connection's end says it is gone
+                    handles[w.proc.sentinel] = (d, w, True)
         for ready in wait(list(handles), timeout=COMMIT_EVERY_S):
             d, w, died = handles[ready]
             if died:
@@ -700,6 +713,9 @@ def _serve(drivers: list[_Driver]) -> None:
             try:
                 msg = w.conn.recv()
             except (EOFError, OSError):
+                if w.proc.sentinel is None:
+                    d.reap(w)
+                    break
                 continue  # its sentinel reports the death
             d.handle(w, msg)
         for d in drivers:

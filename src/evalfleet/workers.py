@@ -221,10 +221,12 @@ class WorkerLoop:
         self.prefetch.shutdown()
 
 
-def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size: int, output_dir: str) -> None:
-    """Entry point of a spawned worker process."""
-    _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size: int, output_dir: str,
+                where: str = "") -> None:
+    """Entry point of a worker: a spawned process of the driver, or a Ray actor (`where`: its node)."""
+    if not where:
+        _die_with_parent()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     if spec.gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpus)
     try:
@@ -244,7 +246,7 @@ def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size:
             backend.on_step = lambda step, steps: conn.send(("step", step, steps))
         if spec.cpu_headroom is not None and not spec.gpus:
             _limit_address_space(spec.cpu_headroom)
-        conn.send(("ready", backend.label, load_s))
+        conn.send(("ready", backend.label + (f" on {where}" if where else ""), load_s))
     except Exception:
         conn.send(("fatal", traceback.format_exc()))
         return

@@ -1,4 +1,5 @@
-"""Slurm job arrays: an sbatch script whose tasks run one shard each, and a merge job that runs after them."""
+"""Slurm: a job array whose tasks run one shard each plus a merge job after them, or one allocation of
+several nodes running a Ray cluster that one `evalfleet run --ray-address` drives."""
 
 from __future__ import annotations
 
@@ -71,17 +72,52 @@ def write_scripts(cfg: RunConfig, config_path: Path, opts: SlurmOptions) -> tupl
     return paths
 
 
+def write_ray_script(cfg: RunConfig, config_path: Path, nodes: int, opts: SlurmOptions) -> Path:
+    """Write RUN_DIR/slurm/ray.sbatch: one allocation of `nodes` nodes, a Ray head on the first and workers on
+    the others (Ray's documented way on Slurm), then one `evalfleet run --ray-address` driving them all."""
+    if nodes < 1:
+        raise UserError("--ray-nodes: at least one node")
+    run_dir = (Path(cfg.output_dir) / cfg.name).resolve()
+    folder = run_dir / "slurm"
+    folder.mkdir(parents=True, exist_ok=True)
+    python = shlex.quote(sys.executable)
+    lines = _header(f"evalfleet-{cfg.name}-ray", folder / "ray_%j.out", opts, array=False) + [
+        f"#SBATCH --nodes={nodes}",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --exclusive",
+        *([f"#SBATCH --gpus-per-node={opts.gpus_per_task}"] if opts.gpus_per_task else []),
+        "set -euo pipefail",
+        f"cd {shlex.quote(str(Path.cwd()))}",
+        'mapfile -t hosts < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
+        'head_ip=$(srun --nodes=1 --ntasks=1 -w "${hosts[0]}" hostname --ip-address | cut -d" " -f1)',
+        'address="$head_ip:6379"',
+        f'srun --nodes=1 --ntasks=1 -w "${{hosts[0]}}" {python} -m ray.scripts.scripts start --head '
+        '--node-ip-address="$head_ip" --port=6379 --block &',
+        "sleep 15",
+        'for host in "${hosts[@]:1}"; do',
+        f'  srun --nodes=1 --ntasks=1 -w "$host" {python} -m ray.scripts.scripts start --address="$address" --block &',
+        "done",
+        "sleep 15",
+        f'{python} -m evalfleet.cli run {shlex.quote(str(config_path.resolve()))} --ray-address "$address"',
+    ]
+    path = folder / "ray.sbatch"
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o755)
+    return path
+
+
+def sbatch(*args: str) -> str:
+    """Submit with sbatch; the job id."""
+    try:
+        out = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True, check=True)
+    except FileNotFoundError:
+        raise UserError("sbatch not found: submit the scripts on a Slurm login node") from None
+    except subprocess.CalledProcessError as err:
+        raise UserError(f"sbatch failed: {err.stderr.strip()}") from None
+    return out.stdout.strip().split(";")[0]
+
+
 def submit_jobs(array: Path, merge: Path) -> tuple[str, str]:
     """sbatch the array, then the merge job to run after it (whatever the tasks' outcome); the job ids."""
-
-    def sbatch(*args: str) -> str:
-        try:
-            out = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True, check=True)
-        except FileNotFoundError:
-            raise UserError("sbatch not found: submit the scripts on a Slurm login node") from None
-        except subprocess.CalledProcessError as err:
-            raise UserError(f"sbatch failed: {err.stderr.strip()}") from None
-        return out.stdout.strip().split(";")[0]
-
     job = sbatch(str(array))
     return job, sbatch(f"--dependency=afterany:{job}", str(merge))
