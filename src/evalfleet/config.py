@@ -42,11 +42,33 @@ class DiffusionConfig(_Strict):
     """Image guidance scale (InstructPix2Pix-style pipelines)."""
 
 
+class ServerConfig(_Strict):
+    """OpenAI-compatible endpoints (`backend: openai`) or servers evalfleet starts (`backend: server`)."""
+
+    urls: list[str] = []
+    """`openai`: base URLs, e.g. http://host:8000/v1; requests go to the least-loaded one."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the API key (the key itself is never stored)."""
+    max_in_flight: int = Field(16, ge=1)
+    """Concurrent requests per endpoint."""
+    timeout_s: float = Field(600.0, gt=0)
+    """Per request."""
+    retries: int = Field(6, ge=0)
+    """Retries with exponential backoff on connection errors, timeouts, 429 and 5xx."""
+    preset: Literal["vllm", "sglang", "llama.cpp"] | None = None
+    """`server`: a ready command (see `backends/server.py`); `command` overrides it."""
+    command: str | None = None
+    """`server`: command template with {model}, {port}, {gpus}, {gpu_layers}, {threads}, {name}."""
+    startup_timeout_s: float = Field(900.0, gt=0)
+    """`server`: how long a server may take to answer before the replica fails."""
+
+
 class ModelConfig(_Strict):
     """A model of one stage."""
 
-    backend: Literal["transformers", "diffusers"] = "transformers"
-    """`transformers` for LLMs and VLMs, `diffusers` for image-editing pipelines."""
+    backend: Literal["transformers", "diffusers", "openai", "server"] = "transformers"
+    """`transformers` for LLMs and VLMs, `diffusers` for image-editing pipelines, `openai` for OpenAI-compatible
+    endpoints (`path` is the served model name), `server` for a server per replica that evalfleet starts."""
     path: str
     """Local folder of a Hugging Face checkpoint (or a hub id when the hub is reachable)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -64,6 +86,16 @@ class ModelConfig(_Strict):
     """Decoding settings (transformers)."""
     diffusion: DiffusionConfig = DiffusionConfig()
     """Denoising settings (diffusers)."""
+    server: ServerConfig = ServerConfig()
+    """Endpoints or managed servers (`openai`, `server`)."""
+
+    @model_validator(mode="after")
+    def _server_settings(self) -> ModelConfig:
+        if self.backend == "openai" and not self.server.urls:
+            raise ValueError("backend openai needs server.urls (OpenAI-compatible base URLs)")
+        if self.backend == "server" and not (self.server.preset or self.server.command):
+            raise ValueError("backend server needs server.preset (vllm, sglang, llama.cpp) or server.command")
+        return self
 
     @field_validator("batch_size")
     @classmethod
@@ -201,6 +233,8 @@ class StageConfig(_Strict):
         payload.pop("gpus")
         for key in ("batch_size", "engine"):
             payload["model"].pop(key)
+        for key in ("urls", "api_key_env", "max_in_flight", "timeout_s", "retries", "startup_timeout_s"):
+            payload["model"]["server"].pop(key)  # where and how it is reached, not what it answers
         payload["model"].pop("generation" if self.kind == "edit" else "diffusion")
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -390,6 +390,13 @@ def make_plan(
 
     `gpus` replaces the run's GPUs (a stage's own set); `share` divides the CPU cores (stages at once).
     """
+    if model.backend == "openai":  # the endpoints do the work: one worker sends the requests
+        s = model.server
+        batch = model.batch_size if model.batch_size != "auto" else 2 * s.max_in_flight * len(s.urls)
+        chosen = plan(Machine([], 1), None, workers=1, batch_size=batch)
+        chosen.reasons.append(f"openai backend: {len(s.urls)} endpoint(s), up to {s.max_in_flight} requests in "
+                              "flight each, from one worker")
+        return chosen, [f"plan: {r}" for r in chosen.reasons]
     machine = _machine(cfg)
     machine = replace(machine, cpus=max(1, machine.cpus // share))
     gpus = gpus if gpus is not None else cfg.gpus
@@ -483,7 +490,8 @@ def run(
     if unknown:
         raise UserError(f"--redo {', '.join(unknown)}: no such stage (stages: {', '.join(names)})")
     for stage in cfg.pipeline():
-        check_model_path(stage.model.path)
+        if stage.model.backend != "openai":  # there, `path` names the served model
+            check_model_path(stage.model.path)
     run_dir = cfg.run_dir
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)

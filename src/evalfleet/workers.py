@@ -127,7 +127,7 @@ def prepare_batch(backend: Backend, batch: Batch) -> ReadyBatch:
 
 def generate_batch(backend: Backend, ready: ReadyBatch, log: list[str]) -> list[Result]:
     """Device stage: out-of-memory propagates to the caller; any other error fails the batch's samples."""
-    from evalfleet.backends import is_out_of_memory
+    from evalfleet.backends import ReplicaLost, is_out_of_memory
 
     if not ready.samples:
         return ready.errors
@@ -138,7 +138,7 @@ def generate_batch(backend: Backend, ready: ReadyBatch, log: list[str]) -> list[
         assert ready.prepared is not None
         gens = backend.generate(ready.prepared)
     except Exception as err:
-        if is_out_of_memory(err):
+        if is_out_of_memory(err) or isinstance(err, ReplicaLost):
             raise
         first = f"{ready.samples[0].dataset}/{ready.samples[0].id}"
         tb = ready.failure[1] if ready.failure else traceback.format_exc()
@@ -147,7 +147,8 @@ def generate_batch(backend: Backend, ready: ReadyBatch, log: list[str]) -> list[
         return ready.errors + [Result(s.dataset, s.id, None, message) for s in ready.samples]
     per_sample = (time.perf_counter() - t0) / len(ready.samples)
     return ready.errors + [
-        Result(s.dataset, s.id, g.text, None, None, per_sample, g.n_tokens) for s, g in zip(ready.samples, gens)
+        Result(s.dataset, s.id, None if g.error else g.text, g.error, None, per_sample, g.n_tokens)
+        for s, g in zip(ready.samples, gens)
     ]
 
 
@@ -196,7 +197,8 @@ class WorkerLoop:
                 results = generate_batch(self.backend, ready, self.log)
                 self.sizer.succeeded()
             except Exception as err:
-                assert is_out_of_memory(err)
+                if not is_out_of_memory(err):
+                    raise  # the replica is lost: the driver requeues what this worker held
                 del err
                 free_memory()
                 if len(current.samples) > 1:  # retry both halves (and what was prefetched) in order
@@ -254,6 +256,9 @@ def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size:
         WorkerLoop(conn, backend, batch_size).run()
     except EOFError:
         return  # the driver is gone
+    finally:
+        if hasattr(backend, "close"):  # servers it started
+            backend.close()
     t0 = time.perf_counter()
     del backend
     gc.collect()

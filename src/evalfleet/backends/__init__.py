@@ -26,6 +26,8 @@ class Generation:
 
     text: str
     n_tokens: int
+    error: str | None = None
+    """Why this request got no answer (e.g. an endpoint's error after retries); the sample records it."""
 
 
 @dataclass
@@ -59,6 +61,14 @@ def load_backend(
 
     `output_dir` is the run folder, where backends that produce files (edited images) write them.
     """
+    if cfg.backend == "openai":
+        from evalfleet.backends.openai_backend import OpenAIBackend
+
+        return OpenAIBackend(cfg, cfg.server.urls, cfg.path)
+    if cfg.backend == "server":
+        from evalfleet.backends.server import ManagedServer
+
+        return ManagedServer(cfg, n_gpus, output_dir)
     if cfg.backend == "diffusers":
         from evalfleet.backends.diffusers_backend import DiffusersBackend
 
@@ -66,6 +76,10 @@ def load_backend(
     from evalfleet.backends.transformers_backend import TransformersBackend
 
     return TransformersBackend(cfg, n_gpus, max_memory_per_gpu)
+
+
+class ReplicaLost(RuntimeError):
+    """The replica can answer no more (its server died): the worker ends and the driver requeues its batch."""
 
 
 def is_out_of_memory(err: BaseException) -> bool:
