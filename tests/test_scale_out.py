@@ -10,12 +10,25 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import yaml
 from conftest import DEMO_QUESTIONS
 
 from evalfleet.datasets import Sample
 from evalfleet.store import Result, Store
+
+
+def smol_run(tmp_path, smollm2, name: str, n: int, workers: int) -> tuple[Path, Path]:
+    """A config of SmolLM2 on `n` questions (batches of 2) and the path its store will have."""
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(DEMO_QUESTIONS.read_text().splitlines(keepends=True)[:n]))
+    cfg = {"name": name, "output_dir": str(tmp_path / "runs"), "workers": workers, "judge_cache": None,
+           "model": {"path": str(smollm2), "dtype": "float32", "batch_size": 2, "generation": {"max_new_tokens": 8}},
+           "datasets": [{"name": "qa", "path": str(data)}]}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, tmp_path / "runs" / name / "store.db"
 
 
 def test_leases_keep_samples_from_two_drivers_until_they_expire_or_their_process_is_gone(tmp_path):
@@ -42,14 +55,7 @@ def test_leases_keep_samples_from_two_drivers_until_they_expire_or_their_process
 
 def test_three_runs_on_one_folder_share_the_work_and_survive_a_kill(tmp_path, smollm2):
     n = 20
-    data = tmp_path / "qa.jsonl"
-    data.write_text("".join(DEMO_QUESTIONS.read_text().splitlines(keepends=True)[:n]))
-    cfg = {"name": "shared", "output_dir": str(tmp_path / "runs"), "workers": 1, "judge_cache": None,
-           "model": {"path": str(smollm2), "dtype": "float32", "batch_size": 2, "generation": {"max_new_tokens": 8}},
-           "datasets": [{"name": "qa", "path": str(data)}]}
-    path = tmp_path / "shared.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    db_path = tmp_path / "runs" / "shared" / "store.db"
+    path, db_path = smol_run(tmp_path, smollm2, "shared", n, workers=1)
     procs = [subprocess.Popen([sys.executable, "-m", "evalfleet.cli", "run", str(path)], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(3)]
     victim = procs[2]
@@ -186,14 +192,7 @@ def test_ray_runs_replicas_as_actors_and_replaces_a_killed_one(tmp_path, smollm2
 
     pytest.importorskip("ray")
     n = 24
-    data = tmp_path / "qa.jsonl"
-    data.write_text("".join(DEMO_QUESTIONS.read_text().splitlines(keepends=True)[:n]))
-    cfg = {"name": "ray", "output_dir": str(tmp_path / "runs"), "workers": 2, "judge_cache": None,
-           "model": {"path": str(smollm2), "dtype": "float32", "batch_size": 2, "generation": {"max_new_tokens": 8}},
-           "datasets": [{"name": "qa", "path": str(data)}]}
-    path = tmp_path / "ray.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    db_path = tmp_path / "runs" / "ray" / "store.db"
+    path, db_path = smol_run(tmp_path, smollm2, "ray", n, workers=2)
     proc = subprocess.Popen([sys.executable, "-m", "evalfleet.cli", "run", str(path), "--ray"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -27,22 +27,11 @@ class SlurmOptions:
 
 
 def _header(name: str, out: Path, opts: SlurmOptions, *, array: bool) -> list[str]:
-    lines = ["#!/bin/bash", f"#SBATCH --job-name={name}", f"#SBATCH --output={out}"]
-    if array:
-        lines.append(f"#SBATCH --array=0-{opts.tasks - 1}")
-        if opts.gpus_per_task:
-            lines.append(f"#SBATCH --gpus-per-task={opts.gpus_per_task}")
-        if opts.cpus_per_task:
-            lines.append(f"#SBATCH --cpus-per-task={opts.cpus_per_task}")
-        if opts.mem:
-            lines.append(f"#SBATCH --mem={opts.mem}")
-    if opts.time:
-        lines.append(f"#SBATCH --time={opts.time}")
-    if opts.partition:
-        lines.append(f"#SBATCH --partition={opts.partition}")
-    if opts.account:
-        lines.append(f"#SBATCH --account={opts.account}")
-    return lines
+    per_task = {"array": f"0-{opts.tasks - 1}", "gpus-per-task": opts.gpus_per_task,
+                "cpus-per-task": opts.cpus_per_task, "mem": opts.mem} if array else {}
+    options = {"job-name": name, "output": out, **per_task, "time": opts.time, "partition": opts.partition,
+               "account": opts.account}
+    return ["#!/bin/bash"] + [f"#SBATCH --{key}={value}" for key, value in options.items() if value]
 
 
 def write_scripts(cfg: RunConfig, config_path: Path, opts: SlurmOptions) -> tuple[Path, Path]:
