@@ -44,14 +44,16 @@ def fuse_elementwise(model: Any) -> int:
         return 0
     rms = torch.compile(_rms_norm, dynamic=True)
     silu_mul = torch.compile(_silu_mul, dynamic=True)
-    try:  # compile once now: a failure must happen here, not in the middle of a batch
-        probe = torch.randn(2, 3, 64, device=model.device, dtype=model.dtype)
-        rms(probe, torch.ones(64, device=model.device, dtype=model.dtype), 1e-6)
-        silu_mul(probe, probe)
+    try:  # compile once now (as batches run: without autograd): a failure must happen here, not in a batch
+        with torch.inference_mode():
+            probe = torch.randn(2, 3, 64, device=model.device, dtype=model.dtype)
+            rms(probe, torch.ones(64, device=model.device, dtype=model.dtype), 1e-6)
+            silu_mul(probe, probe)
     except Exception as err:  # Inductor/Triton missing or broken: keep transformers' kernels
         log.warning("fused kernels unavailable (%s: %s); using transformers' own", type(err).__name__, err)
         return 0
     n = 0
+    big_mlp = 0
     for module in model.modules():
         kind = type(module).__name__
         modeling = sys.modules[type(module).__module__]
@@ -63,5 +65,28 @@ def fuse_elementwise(model: Any) -> int:
             n += 1
         elif kind in GATED_MLPS and getattr(module.config, "hidden_act", None) == "silu":
             module.forward = lambda x, m=module: m.down_proj(silu_mul(m.gate_proj(x), m.up_proj(x)))
+            big_mlp = max(big_mlp, module.config.intermediate_size)
             n += 1
+    if n:
+        _warm_up(model, silu_mul, big_mlp)
     return n
+
+
+@torch.inference_mode()
+def _warm_up(model: Any, silu_mul: Any, intermediate: int) -> None:
+    """Compile the kernels now, while loading, for the shapes batches will have (a prompt of several tokens
+    and one new token, each for a batch of rows with its own positions), rather than in the first batch.
+    A prefill whose MLP activation exceeds 2^31 elements needs 64-bit indexing: that kernel too, if there
+    is room to try it."""
+    ids = torch.ones(2, 8, dtype=torch.long, device=model.device)
+    pos = torch.arange(8, device=model.device).expand(2, 8)
+    out = model(input_ids=ids, position_ids=pos, use_cache=True)
+    model(input_ids=ids[:, :1], position_ids=pos[:, -1:] + 1, past_key_values=out.past_key_values, use_cache=True)
+    rows = 2**31 // max(1, intermediate) + 1
+    if intermediate and torch.cuda.mem_get_info(model.device)[0] > 4 * rows * intermediate * 2:
+        try:
+            big = torch.empty(rows, intermediate, device=model.device, dtype=model.dtype)
+            silu_mul(big, big)
+        except torch.cuda.OutOfMemoryError:
+            pass
+        torch.cuda.empty_cache()

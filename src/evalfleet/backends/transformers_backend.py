@@ -65,21 +65,12 @@ class TransformersBackend:
         )
         self.model.eval()
         use_decode_attention(self.model)
-        if fuse_elementwise(self.model):
-            self._warm_up()
+        fuse_elementwise(self.model)
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.engine = self._choose_engine(n_gpus)
         self.decoder = StaticDecoder(self.model, cuda_graphs=n_gpus > 0) if self.engine == "static" else None
         self.label += f" [{self.engine}]"
-
-    @torch.inference_mode()
-    def _warm_up(self) -> None:
-        """Compile the fused kernels for prompt-shaped and one-token inputs now, while loading, rather than
-        in the first batch (a dimension of size 1 gets its own kernel)."""
-        ids = torch.ones(2, 8, dtype=torch.long, device=self.model.device)
-        out = self.model(input_ids=ids, use_cache=True)
-        self.model(input_ids=ids[:, :1], past_key_values=out.past_key_values, use_cache=True)
 
     def _choose_engine(self, n_gpus: int) -> str:
         """`auto`: the static-cache engine for greedy text models on one GPU, `generate` otherwise."""
