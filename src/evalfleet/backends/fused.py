@@ -85,7 +85,7 @@ def _warm_up(model: Any, silu_mul: Any, intermediate: int) -> None:
     rows = 2**31 // max(1, intermediate) + 1
     if intermediate and torch.cuda.mem_get_info(model.device)[0] > 4 * rows * intermediate * 2:
         try:
-            big = torch.empty(rows, intermediate, device=model.device, dtype=model.dtype)
+            big = torch.empty(2, rows // 2 + 1, intermediate, device=model.device, dtype=model.dtype)  # [B, T, I]
             silu_mul(big, big)
         except torch.cuda.OutOfMemoryError:
             pass
