@@ -26,7 +26,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from models import chat_prompts, images, prompts, qwen25_text, qwen25_vl
+from models import chat_prompts, images, qwen25_text, qwen25_vl
 
 from evalfleet.backends import Request
 from evalfleet.backends.attention import use_decode_attention

@@ -12,6 +12,7 @@ from scipy.stats import binomtest
 
 from evalfleet.config import parse_config
 from evalfleet.errors import UserError
+from evalfleet.htmlreport import html_table
 from evalfleet.report import build_summary
 from evalfleet.store import Store
 
@@ -185,9 +186,8 @@ def _cell(text: str | None) -> str:
 
 def to_html(c: Comparison) -> str:
     e = html.escape
-    table = ("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in HEAD) + "</tr>"
-             + "".join("<tr>" + "".join(f"<td>{e(x)}</td>" for x in _row(d)) + "</tr>" for d in c.datasets) + "</table>")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>evalfleet compare</title><style>"
+    table = html_table(HEAD, [_row(d) for d in c.datasets])
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>evalfleet compare</title><style>"
              "body{font-family:system-ui,sans-serif;margin:1.5em} table{border-collapse:collapse;margin-bottom:1.5em}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}</style></head><body>",
              f"<h1>compare</h1><p>{e(_title(c))}</p>", table]
@@ -195,9 +195,7 @@ def to_html(c: Comparison) -> str:
         parts.append(f"<p>datasets in only one run: {e(', '.join(c.only_datasets))}</p>")
     for d in c.datasets:
         if d.changed:
-            parts.append(f"<h2>{e(d.dataset)}: {len(d.changed)} sample(s) with another outcome</h2><table><tr><th>id</th>"
-                         "<th>A score</th><th>B score</th><th>A prediction</th><th>B prediction</th></tr>"
-                         + "".join(f"<tr><td>{e(x.id)}</td><td>{x.score_a:g}</td><td>{x.score_b:g}</td>"
-                                   f"<td>{e(x.prediction_a or '')}</td><td>{e(x.prediction_b or '')}</td></tr>"
-                                   for x in d.changed) + "</table>")
+            parts.append(f"<h2>{e(d.dataset)}: {len(d.changed)} sample(s) with another outcome</h2>" + html_table(
+                ["id", "A score", "B score", "A prediction", "B prediction"],
+                [[x.id, f"{x.score_a:g}", f"{x.score_b:g}", x.prediction_a or "", x.prediction_b or ""] for x in d.changed]))
     return "".join(parts) + "</body></html>"

@@ -165,7 +165,7 @@ def write_html(path: Path, summary: dict[str, Any], records: list[dict[str, Any]
              f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>",
              f"<h1>evalfleet: {e(str(summary['run']))}</h1><h2>Results</h2>", _md_table_html(markdown_table(public))]
     parts.append(f"<h2>Performance</h2><p>run wall {e(str(public['wall_s']))} s, {public['gpu_hours']} GPU-hours</p>")
-    parts.append(_table(PERFORMANCE_HEAD, performance_rows(public)))
+    parts.append(html_table(PERFORMANCE_HEAD, performance_rows(public)))
     plots = _plots(summary, records, store)
     if plots:
         parts.append("<h2>Plots</h2><div class='plots'>" + "".join(
@@ -214,7 +214,8 @@ def _num(value: Any) -> str:
     return "" if value is None else f"{value:.3g}"
 
 
-def _table(head: list[str], rows: list[list[str]]) -> str:
+def html_table(head: list[str], rows: list[list[str]]) -> str:
+    """A plain HTML table of escaped text."""
     return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
             + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
             + "</table>")
@@ -223,4 +224,4 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 def _md_table_html(md: str) -> str:
     """A Markdown table (as written to summary.md) as HTML."""
     lines = [line.strip().strip("|").split(" | ") for line in md.strip().splitlines()]
-    return _table([c.strip() for c in lines[0]], [[c.strip().replace("**", "") for c in line] for line in lines[2:]])
+    return html_table([c.strip() for c in lines[0]], [[c.strip().replace("**", "") for c in line] for line in lines[2:]])
