@@ -103,44 +103,70 @@ def test_openai_backend_retries_until_the_endpoint_comes_up(tmp_path, gguf):
     assert "│ qa      │       3 │        3 │      0 │" in out
 
 
-def test_openai_backend_retries_429(tmp_path, llama_url):
-    seen = {"429": 0, "ok": 0}
+class Proxy:
+    """A real HTTP server in front of the llama.cpp server: answers the first `refuse` completions with 429,
+    passes the others on, and records what it saw."""
 
-    class Limiter(BaseHTTPRequestHandler):
-        """Answers the first two completions with 429, then passes requests on to the llama.cpp server."""
+    def __init__(self, upstream: str, refuse: int = 0) -> None:
+        seen = self.seen = {"429": 0, "ok": 0, "auth": set()}
 
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            if seen["429"] < 2:
-                seen["429"] += 1
-                self.send_response(429)
-                self.send_header("Retry-After", "0")
-                self.send_header("Content-Length", "0")
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                seen["auth"].add(self.headers.get("Authorization"))
+                if seen["429"] < refuse:
+                    seen["429"] += 1
+                    self.send_response(429)
+                    self.send_header("Retry-After", "0")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                req = urllib.request.Request(upstream + self.path.removeprefix("/v1"), data=body,
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req) as reply:
+                    data = reply.read()
+                seen["ok"] += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                return
-            req = urllib.request.Request(llama_url + self.path.removeprefix("/v1"), data=body,
-                                         headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(req) as reply:
-                data = reply.read()
-            seen["ok"] += 1
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+                self.wfile.write(data)
 
-        def log_message(self, *args: object) -> None:
-            pass
+            def log_message(self, *args: object) -> None:
+                pass
 
-    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Limiter)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_openai_backend_retries_429(tmp_path, llama_url):
+    proxy = Proxy(llama_url, refuse=2)
     try:
-        summary = run(parse_config(openai_config(tmp_path, [f"http://127.0.0.1:{proxy.server_port}/v1"], 3)),
-                      console=quiet_console())
+        summary = run(parse_config(openai_config(tmp_path, [proxy.url], 3)), console=quiet_console())
     finally:
-        proxy.shutdown()
-    assert seen == {"429": 2, "ok": 3}
+        proxy.close()
+    assert (proxy.seen["429"], proxy.seen["ok"]) == (2, 3)
     assert summary["datasets"]["qa"]["errors"] == 0
+
+
+def test_requests_spread_over_endpoints_and_the_api_key_stays_secret(tmp_path, llama_url, monkeypatch):
+    monkeypatch.setenv("EVALFLEET_TEST_KEY", "sk-evalfleet-secret-123")
+    proxies = [Proxy(llama_url), Proxy(llama_url)]
+    try:
+        cfg = openai_config(tmp_path, [p.url for p in proxies], 8, api_key_env="EVALFLEET_TEST_KEY")
+        summary = run(parse_config(cfg), console=quiet_console())
+    finally:
+        for p in proxies:
+            p.close()
+    assert summary["datasets"]["qa"]["errors"] == 0
+    assert all(p.seen["ok"] >= 2 for p in proxies) and sum(p.seen["ok"] for p in proxies) == 8
+    assert all(p.seen["auth"] == {"Bearer sk-evalfleet-secret-123"} for p in proxies)  # sent ...
+    for f in (tmp_path / "runs").rglob("*"):  # ... and written nowhere
+        assert not f.is_file() or b"sk-evalfleet-secret-123" not in f.read_bytes(), f
 
 
 def test_two_managed_servers_one_killed_every_sample_answered_once(tmp_path, gguf):
