@@ -167,6 +167,16 @@ class DatasetConfig(_Strict):
     """Shuffle with the run's seed before `limit`."""
     prompt: str = "{question}"
     """Template of the user message; `{question}` and any column of the row may be used."""
+    extract: list[str] | None = None
+    """Answer extraction before metrics (`scoring/extract.py`): e.g. [strip_think, boxed, answer_prefix,
+    last_number]; default: [strip_think, choice] for multiple choice, else [strip_think, answer_prefix]."""
+
+    @field_validator("extract")
+    @classmethod
+    def _known_steps(cls, v: list[str] | None) -> list[str] | None:
+        from evalfleet.scoring.extract import check_steps
+
+        return None if v is None else check_steps(v)
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetConfig:

@@ -175,7 +175,7 @@ def write_html(path: Path, summary: dict[str, Any], records: list[dict[str, Any]
     images = _images(cfg) if records else {}
     edits = cfg.pipeline()[0].kind == "edit"
     judges = summary["judges"]
-    head = ["dataset", "id", "images", "question", "answer", "prediction", *summary["metrics"],
+    head = ["dataset", "id", "images", "question", "answer", "prediction", "extracted", *summary["metrics"],
             *[f"{j} score" for j in judges], *[f"{j} reason" for j in judges], "error"]
     rows = []
     for i, r in enumerate(records):
@@ -187,7 +187,8 @@ def write_html(path: Path, summary: dict[str, Any], records: list[dict[str, Any]
                 refs.append(ImageRef(f"{edited}:edited_image", path=str(edited)))
             thumbs = "".join(_thumb(ref) for ref in refs)
         prediction = "" if edits else r["prediction"]
-        cells = [e(r["dataset"]), e(r["id"]), thumbs, _text(r["question"]), _text(r["answer"]), _text(prediction)]
+        cells = [e(r["dataset"]), e(r["id"]), thumbs, _text(r["question"]), _text(r["answer"]), _text(prediction),
+                 _text(r["extracted"] if not edits else "")]
         cells += [_num(r.get(m)) for m in summary["metrics"]]
         cells += [_num(r.get(f"{j}_score")) for j in judges]
         cells += [_text(r.get(f"{j}_reason") or r.get(f"{j}_error")) for j in judges]

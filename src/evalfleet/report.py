@@ -60,7 +60,8 @@ def build_summary(store: Store, cfg: RunConfig) -> dict[str, Any]:
             continue
         rows = list(store.rows(generate.name, ds["name"]))
         metrics = cfg.metrics if generate.kind == "generate" else []  # edited images have no text metrics
-        score_rows(rows, metrics)
+        steps = next((d.extract for d in cfg.datasets if d.name == ds["name"]), None)
+        score_rows(rows, metrics, steps)
         rows_by_ds[ds["name"]] = rows
         datasets[ds["name"]] = {"status": ds["status"], **summarize(rows, metrics)}
         for judge in judges:
@@ -156,7 +157,8 @@ def sample_records(summary: dict[str, Any]) -> list[dict[str, Any]]:
     for name, rows in summary["_rows"].items():
         for r in rows:
             rec: dict[str, Any] = {"dataset": name, "id": r["id"], "question": r["question"],
-                                   "answer": " / ".join(r["answers"]), "prediction": r["prediction"], "error": r["error"],
+                                   "answer": " / ".join(r["answers"]), "prediction": r["prediction"],
+                                   "extracted": r["extracted"], "extraction": r["extraction"], "error": r["error"],
                                    "seconds": r["seconds"], "worker": r["worker"]}
             rec.update({m: (r["scores"] or {}).get(m) for m in summary["metrics"]})
             for judge, j in r.get("judge", {}).items():
@@ -187,7 +189,8 @@ def write_report(run_dir: Path, store: Store, cfg: RunConfig, console: Console |
                 for r in rows:
                     answer = r["answers"][0] if len(r["answers"]) == 1 else r["answers"]
                     record = {"id": r["id"], "question": r["question"], "prediction": r["prediction"],
-                              "answer": answer, "score": r["scores"], "error": r["error"]}
+                              "extracted": r["extracted"], "extraction": r["extraction"], "answer": answer,
+                              "score": r["scores"], "error": r["error"]}
                     if "judge" in r:
                         record["judge"] = r["judge"]
                     f.write(json.dumps(record) + "\n")

@@ -34,7 +34,7 @@ from evalfleet.placement import Machine, Plan, describe, parse_bytes, plan, prob
 from evalfleet.progress import RunProgress
 from evalfleet.report import write_report
 from evalfleet.scheduler import Chunk, WorkQueue, make_chunks
-from evalfleet.scoring import METRICS
+from evalfleet.scoring import score_sample
 from evalfleet.scoring.judge import parse_judgement, render_judge_prompt
 from evalfleet.store import JudgeCache, Result, Store, network_filesystem
 from evalfleet.workers import WorkerSpec, worker_main
@@ -105,8 +105,8 @@ class _Driver:
     """More inputs may come (a judge fed while its answerer still runs): the queue must not close yet."""
     last_renew: float = field(default_factory=time.monotonic)
     last_refill: float = 0.0
-    answers: dict[tuple[str, str], list[str]] = field(default_factory=dict)
-    """Accepted answers by (dataset, sample id), for --show-samples lines."""
+    samples: dict[tuple[str, str], Sample] = field(default_factory=dict)
+    """Samples by (dataset, sample id), for --show-samples lines."""
     on_commit: Callable[[list[Result]], None] | None = None
     """Called with each batch of results once they are in the store (a judge running at the same time)."""
     on_finish: Callable[[], None] | None = None
@@ -231,8 +231,9 @@ class _Driver:
                 line = f"score {j.score:.2f} | {text}" if j.score is not None else f"unparsed ({j.error}) | {text}"
                 values += [j.score] if j.score is not None else []
             else:
-                metric = self.cfg.metrics[0]
-                value = METRICS[metric](r.output or "", self.answers.get((r.dataset, r.sample_id), []))
+                metric, s = self.cfg.metrics[0], self.samples[(r.dataset, r.sample_id)]
+                steps = next((d.extract for d in self.cfg.datasets if d.name == r.dataset), None)
+                value = score_sample(r.output or "", s.answers, [metric], steps, s.metadata.get("options"))[2][metric]
                 line = f"{metric} {value:.2f} | {text}"
                 values.append(value)
             self.progress.note(f"[{w.spec.name}] [{r.dataset}/{r.sample_id}] {line}")
@@ -681,7 +682,7 @@ def _driver(
                            title=title, shared=shared)
     return _Driver(cfg, stage, store, queue, progress, chosen.batch_size, specs=specs, inputs=inputs, owner=owner,
                    lease_s=cfg.lease_seconds, open_inputs=streaming is not None, chunk_size=chunk_size,
-                   answers={(s.dataset, s.id): s.answers for samples in inputs.values() for s in samples})
+                   samples={(s.dataset, s.id): s for samples in inputs.values() for s in samples})
 
 
 def _execute(drivers: list[_Driver], console: Console) -> None:
