@@ -26,7 +26,7 @@ def score_rows(rows: list[dict[str, Any]], metrics: list[str], steps: list[str] 
     for row in rows:
         if row["finished"] and row["error"] is None and row["prediction"] is not None:
             row["extracted"], row["extraction"], row["scores"] = score_sample(
-                row["prediction"], row["answers"], metrics, steps, row["metadata"].get("options"))
+                row["prediction"], row["answers"], metrics, steps, row.get("metadata", {}).get("options"))
         else:
             row["extracted"] = row["extraction"] = row["scores"] = None
 
