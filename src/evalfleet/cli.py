@@ -307,7 +307,7 @@ def demo_cmd(
         console.print(
             "lenient_match judges the first line of each answer: its last number must equal a numeric reference, "
             "otherwise the reference must appear in it as whole words; exact_match compares the whole normalised "
-            "answer (SmolLM2 answers in sentences, so it scores ~0).",
+            "answer (SmolLM2 answers in sentences, so it scores near 0).",
             highlight=False,
         )
 

@@ -22,6 +22,7 @@ OPTIONS = {"A": "Berlin", "B": "Paris", "C": "Rome", "D": "Madrid"}
     ("Paris\nis the capital", ["first_line"], ("Paris", "fallback")),
     ("score=7/10", ["regex:score=(\\d+)"], ("7", "regex:score=(\\d+)")),
     ("no marker here", ["answer_prefix"], ("no marker here", "fallback")),
+    ("The answer to this is long", ["answer_prefix"], ("The answer to this is long", "fallback")),
 ])
 def test_extraction_steps(reply, steps, expected):
     assert extract(reply, steps) == expected

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 
 _THINK = re.compile(r"<think>.*?</think>|^.*?</think>", re.DOTALL)  # a closed block, or an opening lost to truncation
-_PREFIX = re.compile(r"(?:final answer|the answer is|answer)\s*[:：]?\s*(.+)", re.IGNORECASE | re.DOTALL)
+_PREFIX = re.compile(r"(?:final answer\s*[:：]?|the answer is\s*[:：]?|answer\s*[:：])\s*(.+)", re.IGNORECASE | re.DOTALL)
 _NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")
 _WORD = re.compile(r"[^\W_]+(?:['-][^\W_]+)*")
 
