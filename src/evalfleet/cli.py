@@ -115,7 +115,8 @@ def plan_cmd(
 
     def go() -> None:
         from evalfleet.datasets import DatasetError, load_samples
-        from evalfleet.runner import judge_plan_samples, make_plan, stage_gpus
+        from evalfleet.judging import judge_plan_samples
+        from evalfleet.runner import make_plan, stage_gpus
 
         cfg = load_config(config, _overrides(gpus=gpus, workers=workers, mode=mode, max_memory_per_gpu=max_memory_per_gpu))
         samples = []
@@ -248,7 +249,13 @@ def slurm_cmd(
     a Ray cluster for the run; with --submit, submit them."""
 
     def go() -> None:
-        from evalfleet.cluster.slurm import SlurmOptions, sbatch, submit_jobs, write_ray_script, write_scripts
+        from evalfleet.cluster.slurm import (
+            SlurmOptions,
+            sbatch,
+            submit_jobs,
+            write_ray_script,
+            write_scripts,
+        )
 
         if (array is None) == (ray_nodes is None):
             raise UserError("give --array N (shards + merge) or --ray-nodes N (one Ray cluster)")

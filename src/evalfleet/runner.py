@@ -7,7 +7,6 @@ workers), 4. report.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import multiprocessing as mp
 import os
@@ -27,15 +26,31 @@ from rich.console import Console
 
 from evalfleet.cluster.shards import in_shard, parse_shard
 from evalfleet.config import ModelConfig, RunConfig, StageConfig
-from evalfleet.datasets import DatasetError, ImageRef, Sample, load_samples
+from evalfleet.datasets import DatasetError, Sample, load_samples
 from evalfleet.errors import UserError
+from evalfleet.judging import (
+    JudgeFeed,
+    close_all,
+    fill_cache,
+    judge_inputs,
+    judge_plan_samples,
+    offer_all,
+)
 from evalfleet.memory import ModelEstimate, estimate_model, longest_prompt_tokens
-from evalfleet.placement import Machine, Plan, describe, parse_bytes, plan, probe_machine, split_gpus
+from evalfleet.placement import (
+    Machine,
+    Plan,
+    describe,
+    parse_bytes,
+    plan,
+    probe_machine,
+    split_gpus,
+)
 from evalfleet.progress import RunProgress
 from evalfleet.report import write_report
 from evalfleet.scheduler import Chunk, WorkQueue, make_chunks
 from evalfleet.scoring import score_sample
-from evalfleet.scoring.judge import parse_judgement, render_judge_prompt
+from evalfleet.scoring.judge import parse_judgement
 from evalfleet.store import JudgeCache, Result, Store, network_filesystem
 from evalfleet.workers import WorkerSpec, worker_main
 
@@ -435,23 +450,6 @@ def stage_gpus(cfg: RunConfig) -> list[list[int] | None]:
                       [s.name for s in stages])
 
 
-def judge_plan_samples(stage: StageConfig, answered: StageConfig, loaded: dict[str, list[Sample]]) -> list[Sample]:
-    """Stand-ins for a judge's requests before the answers exist, for its memory estimate: the template
-    filled with an answer as long as the answering stage may write (a word per token)."""
-    assert stage.prompt is not None
-    filler = "word " * answered.model.generation.max_new_tokens if answered.kind == "generate" else "edits/x.png"
-    out = []
-    for s in (s for samples in loaded.values() for s in samples if s.error is None):
-        try:
-            prompt = render_judge_prompt(stage.prompt, {"question": s.question, "answers": s.answers, "id": s.id,
-                                                        "prediction": filler})
-        except KeyError:
-            continue
-        images = s.images * (("{image}" in stage.prompt) + ("{edited_image}" in stage.prompt))
-        out.append(Sample(s.dataset, s.id, s.question, prompt, s.answers, images, s.source))
-    return out
-
-
 def check_model_path(path: str) -> None:
     """A model path that looks local must exist (hub ids look like `org/name`)."""
     p = Path(path).expanduser()
@@ -507,129 +505,6 @@ def run(
 def _printer(console: Console) -> Callable[[str], None]:
     """Driver messages: one plain line each, prefixed, with no rich markup read from user text."""
     return lambda text: console.print(f"[evalfleet] {text}", markup=False, highlight=False)
-
-
-def _judge_inputs(
-    stage: StageConfig,
-    answered: StageConfig,
-    loaded: dict[str, list[Sample]],
-    store: Store,
-    cache: JudgeCache | None,
-    ids: dict[str, set[str]] | None = None,
-) -> tuple[dict[str, list[Sample]], set[tuple[str, str]]]:
-    """Samples whose prompt is the judge template filled with the `answered` stage's answer.
-
-    Only samples answered so far count (of `ids`, when given). One the answering stage failed, or whose
-    template cannot be filled, gets an error result at this stage instead (once; a later run does not redo
-    it); a request judged before is answered from the cache. Returns the requests by dataset and the
-    (dataset, id) of the samples given a result here (errors and cache hits).
-    """
-    assert stage.prompt is not None
-    inputs: dict[str, list[Sample]] = {}
-    failed: list[Result] = []
-    for name, samples in loaded.items():
-        if ids is not None and name not in ids:
-            continue
-        by_id = {s.id: s for s in samples}
-        judged = inputs.setdefault(name, [])
-        for row in store.rows(answered.name, name, None if ids is None else ids[name]):
-            if row["id"] not in by_id or not row["finished"]:
-                continue
-            if row["prediction"] is None:
-                failed.append(Result(name, row["id"], None,
-                                     f"nothing to judge: {answered.name} gave no answer ({row['error']})"))
-                continue
-            try:
-                prompt = render_judge_prompt(stage.prompt, row)
-            except KeyError as err:
-                failed.append(Result(name, row["id"], None, f"judge prompt names {err}, which samples do not have"))
-                continue
-            s = by_id[row["id"]]
-            images = s.images if "{image}" in stage.prompt else []
-            if "{edited_image}" in stage.prompt:
-                edited = store.path.parent / row["prediction"]
-                images = images + [ImageRef(f"{edited}:edited_image", path=str(edited))]
-            request = Sample(name, s.id, s.question, prompt, s.answers, images, s.source)
-            request.metadata["cache_key"] = _cache_key(stage, request)  # computed once: it reads the images
-            judged.append(request)
-    store.add_results(stage.name, failed)
-    hits = _from_cache(stage, inputs, store, cache) if cache is not None else set()
-    return inputs, hits | {(r.dataset, r.sample_id) for r in failed}
-
-
-def _cache_key(stage: StageConfig, sample: Sample) -> str:
-    """Judge model and decoding settings + rendered prompt + image bytes."""
-    h = hashlib.sha256(stage.model.model_dump_json(exclude={"batch_size", "engine"}).encode())
-    h.update(sample.prompt.encode())
-    for ref in sample.images:
-        h.update(ref.data if ref.data is not None else Path(ref.path or "").read_bytes())
-    return h.hexdigest()
-
-
-def _from_cache(
-    stage: StageConfig, inputs: dict[str, list[Sample]], store: Store, cache: JudgeCache
-) -> set[tuple[str, str]]:
-    """Answer judge requests judged before (by any run sharing the cache); returns the (dataset, id) answered."""
-    keys = {(s.dataset, s.id): s.metadata["cache_key"] for samples in inputs.values() for s in samples}
-    hits = cache.get(list(keys.values()))
-    answered = {(ds, sid): hits[k] for (ds, sid), k in keys.items() if k in hits}
-    store.add_results(stage.name, [Result(ds, sid, out, worker="cache") for (ds, sid), out in answered.items()])
-    return set(answered)
-
-
-def _fill_cache(stage: StageConfig, inputs: dict[str, list[Sample]], store: Store, cache: JudgeCache) -> None:
-    """Remember this judge stage's replies for identical requests later."""
-    entries = []
-    for name, samples in inputs.items():
-        replies = {r["id"]: r["prediction"] for r in store.rows(stage.name, name) if r["prediction"] is not None}
-        entries += [(s.metadata["cache_key"], replies[s.id]) for s in samples if s.id in replies]
-    cache.put(entries)
-
-
-@dataclass
-class _JudgeFeed:
-    """Streams the answering stage's stored results into a judge's queue, in chunks of the judge's size."""
-
-    stage: StageConfig
-    answered: StageConfig
-    loaded: dict[str, list[Sample]]
-    store: Store
-    cache: JudgeCache | None
-    judge: _Driver
-    chunk_size: int
-    inputs: dict[str, list[Sample]]
-    """Every request made so far (the cache is filled from them at the end)."""
-    waiting: dict[str, list[Sample]] = field(default_factory=dict)
-    """Requests not yet in a chunk, by dataset."""
-
-    def offer(self, results: list[Result]) -> None:
-        ids: dict[str, set[str]] = {}
-        for r in results:
-            ids.setdefault(r.dataset, set()).add(r.sample_id)
-        new, settled = _judge_inputs(self.stage, self.answered, self.loaded, self.store, self.cache, ids)
-        for name, requests in new.items():
-            self.inputs.setdefault(name, []).extend(requests)
-            self.waiting.setdefault(name, []).extend(s for s in requests if (name, s.id) not in settled)
-        if settled:
-            self.judge.progress.advance("-", len(settled))
-        self.cut(final=False)
-
-    def close(self) -> None:
-        """The answering stage is done: the last partial chunks go out; the judge's queue may close."""
-        self.cut(final=True)
-        self.judge.open_inputs = False
-
-    def cut(self, *, final: bool) -> None:
-        chunks = []
-        for waiting in self.waiting.values():
-            while len(waiting) >= self.chunk_size or (final and waiting):
-                chunks.append(waiting[: self.chunk_size])
-                del waiting[: self.chunk_size]
-        if chunks:
-            self.judge.queue.add(chunks)
-            for w in self.judge.workers.values():
-                if w.ready:
-                    self.judge.feed(w)
 
 
 def _driver(
@@ -773,13 +648,13 @@ def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], con
             for stage, stage_gpu in zip(stages, gpus):
                 inputs = loaded
                 if stage.kind == "judge":
-                    inputs, _ = _judge_inputs(stage, stages[0], loaded, store, cache)
+                    inputs, _ = judge_inputs(stage, stages[0], loaded, store, cache)
                 driver = _driver(cfg, stage, [s for samples in inputs.values() for s in samples], inputs, store,
                                  console, owner=owner, gpus=stage_gpu)
                 if driver is not None:
                     _execute([driver], console)
                 if stage.kind == "judge" and cache is not None:
-                    _fill_cache(stage, inputs, store, cache)
+                    fill_cache(stage, inputs, store, cache)
     except BaseException as err:
         why = "interrupted" if isinstance(err, KeyboardInterrupt) else f"failed: {type(err).__name__}: {err}"
         store.set_meta("state", {**state, "state": why, "ended": time.time()})
@@ -811,10 +686,10 @@ def _run_concurrently(
     first = _driver(cfg, stages[0], [s for samples in loaded.values() for s in samples], loaded, store, console,
                     owner=owner, gpus=gpus[0], share=len(stages))
     drivers = [first] if first is not None else []
-    feeds: list[_JudgeFeed] = []
+    feeds: list[JudgeFeed] = []
     answerable = {name: [s for s in samples if s.error is None] for name, samples in loaded.items()}
     for stage, stage_gpu in zip(stages[1:], gpus[1:]):
-        inputs, _ = _judge_inputs(stage, stages[0], loaded, store, cache)
+        inputs, _ = judge_inputs(stage, stages[0], loaded, store, cache)
         d = _driver(cfg, stage, judge_plan_samples(stage, stages[0], loaded), inputs, store, console, owner=owner,
                     gpus=stage_gpu,
                     share=len(stages), streaming=answerable if first is not None else None,
@@ -823,21 +698,11 @@ def _run_concurrently(
             continue
         drivers.append(d)
         if first is not None:
-            feeds.append(_JudgeFeed(stage, stages[0], loaded, store, cache, d, d.chunk_size, inputs))
+            feeds.append(JudgeFeed(stage, stages[0], loaded, store, cache, d, d.chunk_size, inputs))
         if cache is not None:
-            d.on_finish = partial(_fill_cache, stage, feeds[-1].inputs if first is not None else inputs, store, cache)
+            d.on_finish = partial(fill_cache, stage, feeds[-1].inputs if first is not None else inputs, store, cache)
     if first is not None:
-        first.on_commit = partial(_offer_all, feeds)
-        first.on_finish = partial(_close_all, feeds)
+        first.on_commit = partial(offer_all, feeds)
+        first.on_finish = partial(close_all, feeds)
     if drivers:
         _execute(drivers, console)
-
-
-def _offer_all(feeds: list[_JudgeFeed], results: list[Result]) -> None:
-    for f in feeds:
-        f.offer(results)
-
-
-def _close_all(feeds: list[_JudgeFeed]) -> None:
-    for f in feeds:
-        f.close()
