@@ -534,13 +534,14 @@ def _driver(
 
     # Chunks of what is left, cut the same way on every run.
     chunk_size = cfg.chunk_size or chosen.batch_size
+    universe = streaming if streaming is not None else inputs
+    finished_by_ds = {name: store.done_ids(stage.name, name) for name in {*inputs, *universe}}
     chunks: list[Chunk] = []
     for name, samples in inputs.items():
-        chunks += make_chunks(samples, store.done_ids(stage.name, name), chunk_size, start_id=len(chunks))
-    universe = streaming if streaming is not None else inputs
+        chunks += make_chunks(samples, finished_by_ds[name], chunk_size, start_id=len(chunks))
     total = done = 0
     for name, samples in universe.items():
-        finished = store.done_ids(stage.name, name)
+        finished = finished_by_ds[name]
         total += len(samples)
         done += sum(1 for s in samples if s.id in finished or s.error)
     queue = WorkQueue.of(chunks, closed=False)  # closed once the store shows every sample done
