@@ -87,7 +87,7 @@ def test_text_run_scores_and_writes_reports(reference):
     assert qa["exact_match"]["all"] < 0.2 < qa["lenient_match"]["all"]
     lines = [json.loads(x) for x in (run_dir / "predictions" / "qa.jsonl").read_text().splitlines()]
     assert len(lines) == N_TEXT and set(lines[0]) == {"id", "question", "prediction", "extracted",
-                                                              "extraction", "answer", "score", "error"}
+                                                              "extraction", "answer", "score", "error", "prompt"}
     paris = next(x for x in lines if "France" in x["question"])
     assert "Paris" in paris["prediction"] and paris["score"]["lenient_match"] == 1.0
     assert "| qa | 44 | 44 | 0 |" in (run_dir / "summary.md").read_text()

@@ -1,4 +1,4 @@
-"""Command line: `evalfleet run | plan | status | report | compare | demo`."""
+"""Command line: `evalfleet run | plan | status | report | show | compare | merge | slurm | demo`."""
 
 from __future__ import annotations
 
@@ -180,6 +180,43 @@ def report_cmd(
             formats = tuple(f.strip() for f in fmt.split(",") if f.strip())
             write_report(run_dir, store, parse_config(store.get_meta("config"), source=str(run_dir)), console,
                          formats=formats)
+        finally:
+            store.close()
+
+    _guard(go)
+
+
+@app.command("show")
+def show_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder (output_dir/name).")],
+    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    sample_id: Annotated[str, typer.Argument(help="Sample id.")],
+) -> None:
+    """One sample as stored: its question and reference answers, then for each stage the exact prompt its model
+    was given (chat-templated) and the reply."""
+
+    def go() -> None:
+        from evalfleet.store import Store
+
+        store = Store.open_existing(run_dir)
+        try:
+            cfg = parse_config(store.get_meta("config"), source=str(run_dir))
+            shown = False
+            for stage in cfg.pipeline():
+                row = next(store.rows(stage.name, dataset, [sample_id]), None)
+                if row is None:
+                    break
+                if not shown:
+                    console.print(f"{dataset}/{sample_id}\nquestion: {row['question']}\n"
+                                  f"answers: {' / '.join(row['answers'])}", markup=False, highlight=False)
+                    shown = True
+                prompt = row["rendered_prompt"] or "(not stored: answered from the judge cache or never run)"
+                console.rule(f"{stage.name}: prompt", characters="-")
+                console.print(prompt, markup=False, highlight=False)
+                console.rule(f"{stage.name}: {'error' if row['error'] else 'reply'}", characters="-")
+                console.print(row["error"] or row["prediction"] or "(not answered yet)", markup=False, highlight=False)
+            if not shown:
+                raise UserError(f"{run_dir}: no sample {sample_id!r} in dataset {dataset!r}")
         finally:
             store.close()
 

@@ -146,6 +146,26 @@ class FieldMap(_Strict):
     """Image column: a path relative to the dataset file, base64 text, or bytes."""
 
 
+class FewShotConfig(_Strict):
+    """Worked examples put before each question, rendered with the dataset's `prompt` and `instruction`."""
+
+    path: str | None = None
+    """File of examples in any dataset format, read with the dataset's `fields` (relative to the config file)."""
+    examples: list[dict[str, Any]] | None = None
+    """Inline examples, each a row such as {question: ..., answer: ...} (with any column the prompt names)."""
+    n: int | None = Field(None, ge=1)
+    """Use the first n examples (default: all)."""
+    multiturn: bool = True
+    """Each example as a user turn and an assistant turn (chat models); false: all of them inside the user
+    message, each as `question answer` and a blank line, then the question."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FewShotConfig:
+        if (self.path is None) == (self.examples is None):
+            raise ValueError("give exactly one of `path` or `examples`")
+        return self
+
+
 class DatasetConfig(_Strict):
     """One dataset of the run."""
 
@@ -167,6 +187,13 @@ class DatasetConfig(_Strict):
     """Shuffle with the run's seed before `limit`."""
     prompt: str = "{question}"
     """Template of the user message; `{question}` and any column of the row may be used."""
+    instruction: str | None = None
+    """Put on a new line after the prompt (e.g. "Answer with the number only."); for multiple choice it replaces
+    the default "Please select the correct answer from the options above."."""
+    system_prompt: str | None = None
+    """System message for this dataset's questions (instead of the model's `system_prompt`)."""
+    few_shot: FewShotConfig | None = None
+    """Worked examples before each question."""
     extract: list[str] | None = None
     """Answer extraction before metrics (`scoring/extract.py`): e.g. [strip_think, boxed, answer_prefix,
     last_number]; default: [strip_think, choice] for multiple choice, else [strip_think, answer_prefix]."""
@@ -360,6 +387,8 @@ def parse_config(data: dict[str, Any], source: str = "<dict>", base_dir: Path | 
         for ds in cfg.datasets:
             if ds.path is not None and not Path(ds.path).is_absolute():
                 ds.path = str((base_dir / ds.path).resolve())
+            if ds.few_shot is not None and ds.few_shot.path is not None:
+                ds.few_shot.path = str((base_dir / ds.few_shot.path).resolve())
     return cfg
 
 

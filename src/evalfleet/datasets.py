@@ -70,6 +70,8 @@ class Sample:
     source: str = ""
     error: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    context: list[dict[str, str]] = field(default_factory=list)
+    """Chat messages before the prompt: the dataset's system prompt and few-shot turns."""
 
 
 Row = tuple[int, dict[str, Any] | Exception]
@@ -189,15 +191,24 @@ class _ImageResolver:
             raise RowError(column, "neither an existing image path nor valid base64") from None
 
 
-def _mcq_prompt(question: str, row: dict[str, Any]) -> tuple[str, dict[str, str]]:
+MCQ_INSTRUCTION = "Please select the correct answer from the options above."
+
+
+def _mcq_prompt(question: str, row: dict[str, Any], instruction: str | None) -> tuple[str, dict[str, str]]:
     options = {k: str(row[k]) for k in OPTION_LETTERS if row.get(k) not in (None, "") and str(row[k]) != "nan"}
     if not options:
         return question, {}
     hint = row.get("hint")
     lines = [f"Hint: {hint}"] if hint not in (None, "", "nan") else []
     lines += [f"Question: {question}", "Options:"] + [f"{k}. {v}" for k, v in options.items()]
-    lines.append("Please select the correct answer from the options above.")
+    lines.append(instruction or MCQ_INSTRUCTION)
     return "\n".join(lines), options
+
+
+def _user_message(cfg: DatasetConfig, row: dict[str, Any], question: str, mcq: bool) -> str:
+    """The prompt template filled from the row, then the instruction (for multiple choice, already in `question`)."""
+    text = cfg.prompt.format_map({**row, "question": question})
+    return f"{text}\n{cfg.instruction}" if cfg.instruction and not mcq else text
 
 
 def _sample_from_row(
@@ -218,11 +229,11 @@ def _sample_from_row(
             sample.images = resolve(row[f.image], f.image, f"{where}:{f.image}")
         question = sample.question
         if fmt == "vlmeval":
-            question, options = _mcq_prompt(sample.question, row)
+            question, options = _mcq_prompt(sample.question, row, cfg.instruction)
             if options:
                 sample.metadata["options"] = options
         try:
-            sample.prompt = cfg.prompt.format_map({**row, "question": question})
+            sample.prompt = _user_message(cfg, row, question, bool(sample.metadata.get("options")))
         except KeyError as err:
             raise RowError("prompt", f"template names column {err} which this row lacks") from None
     except RowError as err:
@@ -280,13 +291,54 @@ def _easy_vqa_samples(cfg: DatasetConfig) -> list[Sample]:
             dataset=cfg.name,
             id=f"{cfg.split}-{i}",
             question=q,
-            prompt=cfg.prompt.format_map({"question": q}),
+            prompt=_user_message(cfg, {}, q, mcq=False),
             answers=[a],
             images=[ImageRef(f"easy-vqa:{cfg.split}:{i}:image", path=paths[img])],
             source=f"easy-vqa:{cfg.split}:{i}",
         )
         for i, (q, a, img) in enumerate(zip(texts, answers, image_ids))
     ]
+
+
+def _few_shot_examples(cfg: DatasetConfig) -> list[tuple[str, str]]:
+    """(user message, answer) of each few-shot example, rendered like the dataset's questions."""
+    fs = cfg.few_shot
+    assert fs is not None
+    if fs.path is not None:
+        examples = _file_samples(cfg.model_copy(update={"path": fs.path, "format": "auto"}))
+    else:
+        where = Path(f"dataset {cfg.name} few_shot.examples")
+        resolve = _ImageResolver(Path.cwd(), base64_only=False)
+        examples = [_sample_from_row(cfg, where, "jsonl", i, row, resolve) for i, row in enumerate(fs.examples or [], 1)]
+    examples = examples[: fs.n]
+    for ex in examples:
+        problem = ex.error
+        if not problem and ex.images:
+            problem = f"{ex.source}:{cfg.fields.image}: few-shot examples are text only"
+        if not problem and not ex.answers:
+            problem = f"{ex.source}:{cfg.fields.answer}: missing answer"
+        if problem:
+            raise DatasetError(f"dataset {cfg.name!r}: few-shot example {problem}")
+    if fs.n is not None and len(examples) < fs.n:
+        raise DatasetError(f"dataset {cfg.name!r}: few_shot.n is {fs.n} but there are only {len(examples)} examples")
+    return [(ex.prompt, ex.answers[0]) for ex in examples]
+
+
+def _add_context(cfg: DatasetConfig, samples: list[Sample]) -> None:
+    """Give each sample the dataset's system prompt and few-shot examples (as chat turns, or in its prompt)."""
+    context = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
+    prefix = ""
+    if cfg.few_shot is not None:
+        examples = _few_shot_examples(cfg)
+        if cfg.few_shot.multiturn:
+            for question, answer in examples:
+                context += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        else:
+            prefix = "".join(f"{question} {answer}\n\n" for question, answer in examples)
+    for s in samples:
+        if not s.error:
+            s.context = context
+            s.prompt = prefix + s.prompt
 
 
 def load_samples(cfg: DatasetConfig, *, seed: int, limit: int | None = None) -> list[Sample]:
@@ -297,6 +349,7 @@ def load_samples(cfg: DatasetConfig, *, seed: int, limit: int | None = None) -> 
         if s.id in seen:
             raise DatasetError(f"dataset {cfg.name!r}: duplicate sample id {s.id!r} at {s.source} (first at {seen[s.id]})")
         seen[s.id] = s.source
+    _add_context(cfg, samples)
     if cfg.shuffle:
         random.Random(seed).shuffle(samples)
     for cap in (cfg.limit, limit):

@@ -190,7 +190,7 @@ def write_report(run_dir: Path, store: Store, cfg: RunConfig, console: Console |
                     answer = r["answers"][0] if len(r["answers"]) == 1 else r["answers"]
                     record = {"id": r["id"], "question": r["question"], "prediction": r["prediction"],
                               "extracted": r["extracted"], "extraction": r["extraction"], "answer": answer,
-                              "score": r["scores"], "error": r["error"]}
+                              "score": r["scores"], "error": r["error"], "prompt": r["rendered_prompt"]}
                     if "judge" in r:
                         record["judge"] = r["judge"]
                     f.write(json.dumps(record) + "\n")

@@ -370,6 +370,11 @@ def _load_datasets(cfg: RunConfig, store: Store, progress_note: Callable[[str], 
             index, count = parse_shard(cfg.shard)
             positions = [i for i, s in zip(positions, samples) if in_shard(ds.name, s.id, index, count)]
             samples = [samples[i] for i in positions]
+        if changed := store.changed_prompts(cfg.pipeline()[0].name, samples):
+            raise UserError(
+                f"dataset {ds.name}: {len(changed)} answered samples (e.g. {changed[0]!r}) had another prompt, "
+                "instruction, system prompt or few-shot examples; use --fresh to start over, "
+                f"--redo {cfg.pipeline()[0].name} to answer them again, or another run name")
         store.put_samples(samples, positions)
         store.set_dataset(ds.name, "running", len(samples))
         loaded[ds.name] = samples
@@ -389,11 +394,12 @@ def _estimate(model: ModelConfig, samples: list[Sample], on_gpu: bool) -> ModelE
             sizes += [ref.open().size for ref in s.images]
         except ValueError:
             continue  # reported when the sample runs
+    texts = ["".join(m["content"] for m in s.context) + s.prompt for s in samples]  # few-shot turns count too
     return estimate_model(
         model.path,
         dtype=model.resolved_dtype(on_gpu=on_gpu),
         max_new_tokens=model.generation.max_new_tokens,
-        prompt_tokens=longest_prompt_tokens(model.path, [s.prompt for s in samples]),
+        prompt_tokens=longest_prompt_tokens(model.path, texts),
         image_sizes=sizes,
         images_per_sample=max((len(s.images) for s in samples), default=0),
     )

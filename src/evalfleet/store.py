@@ -28,10 +28,10 @@ CREATE TABLE IF NOT EXISTS datasets (
     name TEXT PRIMARY KEY, status TEXT NOT NULL, n_samples INTEGER, error TEXT, updated REAL);
 CREATE TABLE IF NOT EXISTS samples (
     dataset TEXT NOT NULL, id TEXT NOT NULL, position INTEGER NOT NULL, question TEXT, prompt TEXT,
-    answers TEXT, source TEXT, error TEXT, metadata TEXT, PRIMARY KEY (dataset, id));
+    answers TEXT, source TEXT, error TEXT, metadata TEXT, context TEXT, PRIMARY KEY (dataset, id));
 CREATE TABLE IF NOT EXISTS results (
     stage TEXT NOT NULL, dataset TEXT NOT NULL, sample_id TEXT NOT NULL, output TEXT, error TEXT,
-    worker TEXT, seconds REAL, n_tokens INTEGER, created REAL NOT NULL,
+    worker TEXT, seconds REAL, n_tokens INTEGER, created REAL NOT NULL, prompt TEXT,
     PRIMARY KEY (stage, dataset, sample_id));
 CREATE TABLE IF NOT EXISTS leases (
     stage TEXT NOT NULL, dataset TEXT NOT NULL, sample_id TEXT NOT NULL, owner TEXT NOT NULL, host TEXT NOT NULL,
@@ -40,6 +40,8 @@ CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY, device TEXT, pid INTEGER, state TEXT, started REAL, heartbeat REAL,
     done INTEGER DEFAULT 0);
 """
+ADDED_COLUMNS = {"samples": ["context TEXT"], "results": ["prompt TEXT"]}
+"""Columns newer than the first stores, added to an older store when it is opened."""
 
 
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "fuse.ceph",
@@ -100,6 +102,8 @@ class Result:
     worker: str | None = None
     seconds: float | None = None
     n_tokens: int | None = None
+    prompt: str | None = None
+    """The exact prompt the model was given (see `Prepared.prompts`)."""
 
 
 class Store:
@@ -109,6 +113,11 @@ class Store:
         self.path = path
         self.db = _connect(path)
         self.db.executescript(SCHEMA)
+        for table, columns in ADDED_COLUMNS.items():
+            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            for column in columns:
+                if column.split()[0] not in have:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
     @classmethod
     def open_existing(cls, run_dir: Path) -> Store:
@@ -152,12 +161,25 @@ class Store:
     def put_samples(self, samples: list[Sample], positions: list[int] | None = None) -> None:
         """Store samples in dataset order (`positions`: their places in the whole dataset, for a shard)."""
         rows = [
-            (s.dataset, s.id, i, s.question, s.prompt, json.dumps(s.answers), s.source, s.error, json.dumps(s.metadata))
+            (s.dataset, s.id, i, s.question, s.prompt, json.dumps(s.answers), s.source, s.error, json.dumps(s.metadata),
+             json.dumps(s.context))
             for i, s in zip(positions or range(len(samples)), samples)
         ]
         with self.db:
             self.db.execute("BEGIN")
-            self.db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self.db.executemany("INSERT OR REPLACE INTO samples (dataset, id, position, question, prompt, answers, "
+                                "source, error, metadata, context) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def changed_prompts(self, stage: str, samples: list[Sample]) -> list[str]:
+        """Ids of `samples` answered at `stage` when their prompt or context (system, few-shot) was another."""
+        if not samples:
+            return []
+        now = {s.id: (s.prompt, s.context) for s in samples}
+        cur = self.db.execute(
+            """SELECT s.id, s.prompt, s.context FROM samples s JOIN results r
+                 ON r.stage = ? AND r.dataset = s.dataset AND r.sample_id = s.id WHERE s.dataset = ?""",
+            (stage, samples[0].dataset))
+        return [i for i, prompt, context in cur if i in now and now[i] != (prompt, json.loads(context or "[]"))]
 
     # -- results ------------------------------------------------------------------------------
     def done_ids(self, stage: str, dataset: str) -> set[str]:
@@ -168,12 +190,14 @@ class Store:
         """Insert results in one transaction; returns how many were new (duplicates are ignored)."""
         now = time.time()
         rows = [
-            (stage, r.dataset, r.sample_id, r.output, r.error, r.worker, r.seconds, r.n_tokens, now) for r in results
+            (stage, r.dataset, r.sample_id, r.output, r.error, r.worker, r.seconds, r.n_tokens, now, r.prompt)
+            for r in results
         ]
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             before = self.db.total_changes
-            self.db.executemany("INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self.db.executemany("INSERT OR IGNORE INTO results (stage, dataset, sample_id, output, error, worker, "
+                                "seconds, n_tokens, created, prompt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             return self.db.total_changes - before
 
     def forget_stage(self, stage: str) -> None:
@@ -191,7 +215,8 @@ class Store:
     def rows(self, stage: str, dataset: str, ids: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
         """Samples of a dataset in load order (or only `ids`), joined with their result at `stage` (if any)."""
         query = """SELECT s.id, s.question, s.prompt, s.answers, s.metadata, r.output, COALESCE(r.error, s.error),
-                          r.worker, r.seconds, r.n_tokens, r.sample_id IS NOT NULL OR s.error IS NOT NULL
+                          r.worker, r.seconds, r.n_tokens, r.sample_id IS NOT NULL OR s.error IS NOT NULL,
+                          s.context, r.prompt
                    FROM samples s LEFT JOIN results r
                      ON r.stage = ? AND r.dataset = s.dataset AND r.sample_id = s.id
                    WHERE s.dataset = ?"""
@@ -200,12 +225,12 @@ class Store:
             (query + f" AND s.id IN ({','.join('?' * len(wanted[i:i + 500]))}) ORDER BY s.position", wanted[i:i + 500])
             for i in range(0, len(wanted), 500)]
         keys = ("id", "question", "prompt", "answers", "metadata", "prediction", "error", "worker", "seconds",
-                "n_tokens", "finished")
+                "n_tokens", "finished", "context", "rendered_prompt")
         for sql, args in parts:
             for r in self.db.execute(sql, (stage, dataset, *args)):
                 row = dict(zip(keys, r))
-                row["answers"] = json.loads(row["answers"] or "[]")
-                row["metadata"] = json.loads(row["metadata"] or "{}")
+                for key, empty in (("answers", "[]"), ("metadata", "{}"), ("context", "[]")):
+                    row[key] = json.loads(row[key] or empty)
                 row["finished"] = bool(row["finished"])
                 yield row
 

@@ -115,7 +115,7 @@ def prepare_batch(backend: Backend, batch: Batch) -> ReadyBatch:
             ready.errors.append(Result(s.dataset, s.id, None, str(err)))
             continue
         name = f"{s.dataset}/{s.id}"
-        requests.append(Request(s.prompt, images, batch.seed ^ zlib.crc32(name.encode()), name))
+        requests.append(Request(s.prompt, images, batch.seed ^ zlib.crc32(name.encode()), name, s.context))
         ready.samples.append(s)
     if requests:
         try:
@@ -147,8 +147,8 @@ def generate_batch(backend: Backend, ready: ReadyBatch, log: list[str]) -> list[
         return ready.errors + [Result(s.dataset, s.id, None, message) for s in ready.samples]
     per_sample = (time.perf_counter() - t0) / len(ready.samples)
     return ready.errors + [
-        Result(s.dataset, s.id, None if g.error else g.text, g.error, None, per_sample, g.n_tokens)
-        for s, g in zip(ready.samples, gens)
+        Result(s.dataset, s.id, None if g.error else g.text, g.error, None, per_sample, g.n_tokens, prompt)
+        for s, g, prompt in zip(ready.samples, gens, ready.prepared.prompts)
     ]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -18,6 +18,24 @@ class Request:
     seed: int
     name: str = ""
     """`dataset/sample id`, for outputs written to files (edited images)."""
+    context: list[dict[str, str]] = field(default_factory=list)
+    """Messages before the user message: the dataset's system prompt and few-shot turns."""
+
+    def messages(self, system_prompt: str | None, user: Any) -> list[dict[str, Any]]:
+        """The chat: a system message (the dataset's, else the model's `system_prompt`), the few-shot turns,
+        then the user message with content `user`."""
+        context = self.context
+        if system_prompt and not (context and context[0]["role"] == "system"):
+            context = [{"role": "system", "content": system_prompt}, *context]
+        return [*context, {"role": "user", "content": user}]
+
+    def plain_text(self, system_prompt: str | None) -> str:
+        """The chat as one text for models without a chat template, laid out as lm-evaluation-harness does:
+        the system prompt and a blank line, each example as question, space, answer and a blank line, then
+        the prompt."""
+        *before, _ = self.messages(system_prompt, self.prompt)
+        ends = {"system": "\n\n", "user": " ", "assistant": "\n\n"}
+        return "".join(m["content"] + ends[m["role"]] for m in before) + self.prompt
 
 
 @dataclass
@@ -36,6 +54,8 @@ class Prepared:
 
     inputs: Any
     seed: int
+    prompts: list[str]
+    """The exact prompt each request was given (chat-templated text, or the messages as JSON), for the store."""
 
 
 @runtime_checkable

@@ -34,7 +34,7 @@ class DiffusersBackend:
         missing = [r.name for r in requests if not r.images]
         if missing:
             raise ValueError(f"an edit needs an input image; none for {', '.join(missing)}")
-        return Prepared(requests, requests[0].seed)
+        return Prepared(requests, requests[0].seed, [r.prompt for r in requests])
 
     @torch.inference_mode()
     def generate(self, prepared: Prepared) -> list[Generation]:

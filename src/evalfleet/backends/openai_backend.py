@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -44,19 +45,21 @@ class OpenAIBackend:
         self.label = f"{model} @ {', '.join(urls)}"
 
     def prepare(self, requests: list[Request]) -> Prepared:
-        """Chat messages (system prompt, images as data URLs, the prompt) for each request."""
-        batch = []
+        """Chat messages (system prompt, few-shot turns, images as data URLs, the prompt) for each request;
+        the stored prompt is the messages as JSON with each image as `<image>`."""
+        batch, shown = [], []
         for r in requests:
-            messages: list[dict[str, Any]] = []
-            if self.cfg.system_prompt:
-                messages.append({"role": "system", "content": self.cfg.system_prompt})
-            if r.images:
-                content = [{"type": "image_url", "image_url": {"url": data_url(img)}} for img in r.images]
-                messages.append({"role": "user", "content": [*content, {"type": "text", "text": r.prompt}]})
-            else:
-                messages.append({"role": "user", "content": r.prompt})
-            batch.append(messages)
-        return Prepared(batch, requests[0].seed if requests else 0)
+            urls = [data_url(img) for img in r.images]
+            batch.append(r.messages(self.cfg.system_prompt, self._content(r.prompt, urls)))
+            shown.append(json.dumps(r.messages(self.cfg.system_prompt, self._content(r.prompt, ["<image>"] * len(urls))),
+                                    ensure_ascii=False))
+        return Prepared(batch, requests[0].seed if requests else 0, shown)
+
+    @staticmethod
+    def _content(prompt: str, image_urls: list[str]) -> str | list[dict[str, Any]]:
+        if not image_urls:
+            return prompt
+        return [*({"type": "image_url", "image_url": {"url": u}} for u in image_urls), {"type": "text", "text": prompt}]
 
     def _endpoint(self) -> int:
         """The least-loaded endpoint with room, waiting for one if all are full."""

@@ -82,36 +82,30 @@ class TransformersBackend:
             engine = "static" if static_ok and n_gpus == 1 else "generate"
         return engine
 
-    def _messages(self, req: Request) -> list[dict[str, Any]]:
-        messages: list[dict[str, Any]] = []
-        if self.cfg.system_prompt:
-            messages.append({"role": "system", "content": self.cfg.system_prompt})
-        if self.vision:
-            content = [{"type": "image"} for _ in req.images] + [{"type": "text", "text": req.prompt}]
-            messages.append({"role": "user", "content": content})
-        else:
-            messages.append({"role": "user", "content": req.prompt})
-        return messages
-
     def prepare(self, requests: list[Request]) -> Prepared:
         """Template, tokenize and preprocess images on the CPU (runs in the worker's prefetch thread)."""
+        system = self.cfg.system_prompt
         if self.vision:
             assert self.processor is not None
             texts = [
-                self.processor.apply_chat_template(self._messages(r), add_generation_prompt=True, tokenize=False)
+                self.processor.apply_chat_template(
+                    r.messages(system, [*({"type": "image"} for _ in r.images), {"type": "text", "text": r.prompt}]),
+                    add_generation_prompt=True, tokenize=False)
                 for r in requests
             ]
             images = [r.images for r in requests] if any(r.images for r in requests) else None
             inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
         elif self.tokenizer.chat_template:
             texts = [
-                self.tokenizer.apply_chat_template(self._messages(r), add_generation_prompt=True, tokenize=False)
+                self.tokenizer.apply_chat_template(r.messages(system, r.prompt), add_generation_prompt=True,
+                                                   tokenize=False)
                 for r in requests
             ]
             inputs = self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
         else:
-            inputs = self.tokenizer([r.prompt for r in requests], padding=True, return_tensors="pt")
-        return Prepared(inputs, requests[0].seed)
+            texts = [r.plain_text(system) for r in requests]
+            inputs = self.tokenizer(texts, padding=True, return_tensors="pt")
+        return Prepared(inputs, requests[0].seed, texts)
 
     def _n_tokens(self, row: list[int]) -> int:
         for i, tok in enumerate(row):

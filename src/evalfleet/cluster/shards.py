@@ -78,11 +78,13 @@ def merge_shards(run_dir: Path) -> tuple[Store, list[str]]:
             with store.db:
                 store.db.execute("BEGIN IMMEDIATE")
                 for table in ("datasets", "samples", "results"):
-                    rows = src.execute(f"SELECT * FROM {table}").fetchall()
-                    if rows:
-                        marks = ",".join("?" * len(rows[0]))
-                        verb = "INSERT OR REPLACE" if table == "datasets" else "INSERT OR IGNORE"
-                        store.db.executemany(f"{verb} INTO {table} VALUES ({marks})", rows)
+                    # by name: a shard made by an older evalfleet may lack newer columns
+                    columns = [r[1] for r in store.db.execute(f"PRAGMA table_info({table})")]
+                    have = {r[1] for r in src.execute(f"PRAGMA table_info({table})")}
+                    rows = src.execute(f"SELECT {', '.join(c if c in have else 'NULL' for c in columns)} "
+                                       f"FROM {table}").fetchall()
+                    verb = "INSERT OR REPLACE" if table == "datasets" else "INSERT OR IGNORE"
+                    store.db.executemany(f"{verb} INTO {table} VALUES ({','.join('?' * len(columns))})", rows)
                 store.db.executemany("INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?, ?)",
                                      [(f"{path.name}/{r[0]}", *r[1:]) for r in src.execute("SELECT * FROM workers")])
                 for key, value in meta.items():
