@@ -84,6 +84,8 @@ def test_openai_backend_answers_through_a_real_server(tmp_path, llama_url):
     assert "openai backend: 1 endpoint(s), up to 2 requests in flight" in console.file.getvalue()
     preds = [json.loads(x) for x in (tmp_path / "runs" / "api" / "predictions" / "qa.jsonl").read_text().splitlines()]
     assert all(p["prediction"] for p in preds)
+    # The stored prompt is what went over the wire: the chat messages.
+    assert json.loads(preds[0]["prompt"]) == [{"role": "user", "content": f"{preds[0]['question']} Answer briefly."}]
 
 
 def test_openai_backend_retries_until_the_endpoint_comes_up(tmp_path, gguf):
