@@ -61,3 +61,34 @@ def test_auto_engine_and_refusals(smollm2):
     assert backend(smollm2, "auto").engine == "generate"  # static is auto-chosen on one GPU only
     with pytest.raises(ValueError, match="engine static needs a text model and greedy decoding"):
         TransformersBackend(ModelConfig(path=str(smollm2), engine="static", generation={"temperature": 0.7}), 0)
+
+
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl"])
+def test_packed_vision_attention_equals_attention_per_image(tiny_qwen2vl, tiny_qwen25vl, arch):
+    """Images of two sizes: one SDPA call per size and layer instead of one per image (or window), same output."""
+    import torch
+    from torch.profiler import profile
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from evalfleet.backends.attention import VISION_ATTENTION, use_packed_vision_attention
+
+    path = tiny_qwen2vl if arch == "qwen2_vl" else tiny_qwen25vl
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
+    paths = easy_vqa.get_test_image_paths()
+    sizes = [(56, 56), (112, 84), (56, 56), (112, 84), (112, 84)]
+    images = [Image.open(paths[i]).convert("RGB").resize(size) for i, size in enumerate(sizes)]
+    inputs = AutoProcessor.from_pretrained(path).image_processor(images=images, return_tensors="pt")
+
+    def features() -> tuple[torch.Tensor, int]:
+        with torch.no_grad(), profile() as prof:
+            out = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output
+        calls = sum(e.count for e in prof.key_averages() if e.key == "aten::scaled_dot_product_attention")
+        return torch.cat(list(out)), calls
+
+    reference, calls_per_image = features()
+    assert use_packed_vision_attention(model) == 1
+    assert model.model.visual.config._attn_implementation == VISION_ATTENTION
+    packed, calls_packed = features()
+    assert torch.equal(packed, reference)
+    layers = model.config.vision_config.depth
+    assert calls_per_image >= len(images) * layers and calls_packed == 2 * layers

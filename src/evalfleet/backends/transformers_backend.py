@@ -14,7 +14,7 @@ from transformers import (
 )
 
 from evalfleet.backends import Generation, Prepared, Request
-from evalfleet.backends.attention import use_decode_attention
+from evalfleet.backends.attention import use_decode_attention, use_packed_vision_attention
 from evalfleet.backends.fused import fuse_elementwise
 from evalfleet.backends.static_decode import StaticDecoder
 from evalfleet.config import ModelConfig
@@ -65,6 +65,8 @@ class TransformersBackend:
         )
         self.model.eval()
         use_decode_attention(self.model)
+        if self.vision:
+            use_packed_vision_attention(self.model)
         fuse_elementwise(self.model)
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])

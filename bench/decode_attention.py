@@ -1,0 +1,80 @@
+"""Decode-step attention kernels compared on the static engine's shapes (issue 4): one-token queries of a
+Qwen2.5-7B-shaped model (28 query heads over 4 KV heads, head dim 128), batch 512, a bf16 KV cache of L slots
+with a boolean padding mask. Prints GPU time per call and per decode step (x 28 layers), and each variant's
+largest difference from evalfleet's current kernel (`grouped_decode_attention`).
+
+    PYTHONPATH=src python bench/decode_attention.py [--batch 512] [--length 384]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from evalfleet.backends.attention import grouped_decode_attention
+
+HEADS, KV_HEADS, DIM, LAYERS = 28, 4, 128, 28
+
+
+def gpu_ms(fn, reps: int = 50) -> float:
+    for _ in range(3):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--length", type=int, default=384, help="KV cache slots (prompt + new tokens, rounded up)")
+    ap.add_argument("--used", type=int, default=300, help="slots holding tokens (the rest is masked)")
+    args = ap.parse_args()
+    b, length = args.batch, args.length
+    dev, dt = "cuda", torch.bfloat16
+    g = torch.Generator(dev).manual_seed(0)
+    q = torch.randn(b, HEADS, 1, DIM, device=dev, dtype=dt, generator=g)
+    k = torch.randn(b, KV_HEADS, length, DIM, device=dev, dtype=dt, generator=g)
+    v = torch.randn(b, KV_HEADS, length, DIM, device=dev, dtype=dt, generator=g)
+    mask = torch.zeros(b, 1, 1, length, device=dev, dtype=torch.bool)
+    mask[:, :, :, : args.used] = True
+    mask[: b // 4, :, :, :8] = False  # left padding on some rows
+    scale = DIM**-0.5
+
+    def current() -> torch.Tensor:
+        return grouped_decode_attention(None, q, k, v, mask, scaling=scale)[0]  # [B, 1, H, D]
+
+    def sdpa_groups_as_queries() -> torch.Tensor:  # the query heads of a KV head as its query "sequence"
+        out = F.scaled_dot_product_attention(q.view(b, KV_HEADS, HEADS // KV_HEADS, DIM), k, v, attn_mask=mask,
+                                             scale=scale)
+        return out.reshape(b, HEADS, 1, DIM).transpose(1, 2)
+
+    def sdpa_enable_gqa() -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True).transpose(1, 2)
+
+    compiled = torch.compile(lambda: grouped_decode_attention(None, q, k, v, mask, scaling=scale)[0])
+
+    reference = current().float()
+    kv_bytes = 2 * k.numel() * k.element_size()
+    print(f"batch {b}, {length} slots ({args.used} used), K+V {kv_bytes / 1e6:.0f} MB per layer; "
+          f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}")
+    print("| kernel | ms per call | ms per step (x28) | GB/s of K+V | max diff vs current |\n|---|---|---|---|---|")
+    for name, fn in (("current (matmul, fp32 softmax)", current), ("SDPA, query groups as queries", sdpa_groups_as_queries),
+                     ("SDPA enable_gqa", sdpa_enable_gqa), ("current under torch.compile", compiled)):
+        try:
+            ms = gpu_ms(fn)
+            diff = (fn().float() - reference).abs().max().item()
+            print(f"| {name} | {ms:.3f} | {ms * LAYERS:.2f} | {kv_bytes / ms / 1e6:,.0f} | {diff:.4f} |", flush=True)
+        except Exception as err:  # a variant this torch cannot run: say so, measure the others
+            print(f"| {name} | failed: {type(err).__name__}: {str(err)[:80]} | | | |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
