@@ -3,6 +3,7 @@ for vision towers (one SDPA call per image size instead of one per image or wind
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -24,24 +25,18 @@ def grouped_decode_attention(
     module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None, **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """SDPA, except for one-token queries (decode steps): there, two batched matmuls over the KV heads.
+    """SDPA, except for one-token queries (decode steps): there, SDPA's grouped-query mode with the mask.
 
-    SDPA with a padding mask and grouped-query attention copies the whole KV cache once per query group
-    (`repeat_kv`, 7x for Qwen2.5-7B) at every step and then runs a kernel made for long queries; reading
-    the cache once per KV head is what a decode step should cost.
+    transformers' SDPA path, given a padding mask, copies the whole KV cache once per query group (`repeat_kv`,
+    7x for Qwen2.5-7B) at every step; `enable_gqa` reads each KV head once. On an H100, batch 512, 384 slots:
+    0.15 ms a layer, against 0.28 ms for two matmuls around an fp32 softmax (`bench/decode_attention.py`).
     """
     if query.shape[2] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    b, heads, _, dim = query.shape
-    kv_heads, length = key.shape[1], key.shape[2]
-    q = query.view(b, kv_heads, heads // kv_heads, dim)  # [B, KV, G, D]: query head k*G+g reads KV head k
-    scores = torch.matmul(q, key.transpose(2, 3)).float() * (scaling if scaling is not None else dim**-0.5)
-    if attention_mask is not None:  # [B, 1, 1, L]: boolean (keep) or additive
-        mask = attention_mask[:, :, -1:, :length]
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    out = torch.matmul(scores.softmax(-1).to(value.dtype), value)  # [B, KV, G, D]
-    return out.reshape(b, heads, 1, dim).transpose(1, 2).contiguous(), None  # [B, 1, H, D], as SDPA returns
+    mask = None if attention_mask is None else attention_mask[:, :, -1:, : key.shape[2]]  # [B, 1, 1, L]
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None  # [B, 1, H, D], as SDPA returns
 
 
 def packed_attention(
@@ -54,28 +49,23 @@ def packed_attention(
     if cu_seq_lens_q is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
-    _, heads, total, dim = query.shape
-    bounds = cu_seq_lens_q.tolist()
+    heads, total, dim = query.shape[1:]
     starts_by_length: dict[int, list[int]] = {}
-    for start, end in zip(bounds, bounds[1:]):
+    for start, end in pairwise(cu_seq_lens_q.tolist()):
         if end > start:
             starts_by_length.setdefault(end - start, []).append(start)
     out = torch.empty_like(query[0])  # [H, N, D]
     for length, starts in starts_by_length.items():
         n = len(starts)
-        index = None if n * length == total else (
-            torch.tensor(starts, device=query.device)[:, None] + torch.arange(length, device=query.device)).flatten()
-
-        def stack(t: torch.Tensor) -> torch.Tensor:  # [1, H, N, D] -> [n, H, length, D]
-            t = t[0] if index is None else t[0][:, index]
-            return t.view(heads, n, length, dim).transpose(0, 1)
-
-        o = F.scaled_dot_product_attention(stack(query), stack(key), stack(value), scale=scaling, is_causal=is_causal)
-        o = o.transpose(0, 1).reshape(heads, n * length, dim)
-        if index is None:
-            out = o
-        else:
-            out[:, index] = o
+        if n * length == total:  # one length only: the sequences are consecutive views, nothing to gather
+            q, k, v = (t[0].view(heads, n, length, dim).transpose(0, 1) for t in (query, key, value))
+            o = F.scaled_dot_product_attention(q, k, v, scale=scaling, is_causal=is_causal)  # [n, H, length, D]
+            out = o.transpose(0, 1).reshape(heads, total, dim)
+            break
+        index = (torch.tensor(starts, device=query.device)[:, None] + torch.arange(length, device=query.device)).flatten()
+        q, k, v = (t[0][:, index].view(heads, n, length, dim).transpose(0, 1) for t in (query, key, value))
+        o = F.scaled_dot_product_attention(q, k, v, scale=scaling, is_causal=is_causal)
+        out[:, index] = o.transpose(0, 1).reshape(heads, n * length, dim)
     return out.transpose(0, 1)[None], None  # [1, N, H, D], as flash attention returns
 
 
