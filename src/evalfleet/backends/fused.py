@@ -84,9 +84,11 @@ def _warm_up(model: Any, silu_mul: Any, intermediate: int) -> None:
     model(input_ids=ids[:, :1], position_ids=pos[:, -1:] + 1, past_key_values=out.past_key_values, use_cache=True)
     rows = 2**31 // max(1, intermediate) + 1
     if intermediate and torch.cuda.mem_get_info(model.device)[0] > 4 * rows * intermediate * 2:
-        try:
-            big = torch.empty(2, rows // 2 + 1, intermediate, device=model.device, dtype=model.dtype)  # [B, T, I]
-            silu_mul(big, big)
+        try:  # two tensors: the kernel compiled for one tensor passed twice would not serve gate and up
+            gate, up = (torch.empty(2, rows // 2 + 1, intermediate, device=model.device, dtype=model.dtype)
+                        for _ in range(2))  # [B, T, I]
+            silu_mul(gate, up)
+            del gate, up
         except torch.cuda.OutOfMemoryError:
             pass
         torch.cuda.empty_cache()
