@@ -61,7 +61,7 @@ def main() -> None:
     backend = TransformersBackend(ModelConfig(path=str(path), generation={"max_new_tokens": 64}), n_gpus=1)
     fused_forwards = {m: m.__dict__.pop("forward") for m in backend.model.modules() if "forward" in m.__dict__}
     fused_rotary = qwen2.apply_rotary_pos_emb  # until the fused run: transformers' own
-    qwen2.apply_rotary_pos_emb = getattr(fused_rotary, "_torchdynamo_orig_callable", fused_rotary)
+    qwen2.apply_rotary_pos_emb = getattr(fused_rotary, "original", fused_rotary)
     requests = [Request(p, [], 0, f"p/{i}") for i, p in enumerate(chat_prompts(args.work, args.batch, args.prompt))]
     inputs = backend.prepare(requests).inputs.to("cuda")
     ids, mask = inputs["input_ids"], inputs["attention_mask"]

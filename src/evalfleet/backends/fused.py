@@ -35,6 +35,38 @@ def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _rotary_rows(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Rotary embedding of q [N, Hq, D] and k [N, Hk, D], token by token (cos, sin [N, D])."""
+    c, s = cos[:, None], sin[:, None]
+    return q * c + _rotate_half(q) * s, k * c + _rotate_half(k) * s
+
+
+def _fused_rotary(original: Any, rows: Any) -> Any:
+    """`apply_rotary_pos_emb(q, k, cos, sin)` computed in the projections' memory order [B, T, H, D], token rows
+    flattened so that only the token count is dynamic: a kernel compiled over the transposed [B, H, T, D] views
+    with every size dynamic spent its time in index arithmetic (130 ms of a 3 s 7B prefill, ~0.5 TB/s)."""
+
+    def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *args: Any,
+                             **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if args or kwargs or q.dim() != 4 or cos.dim() != 3:
+            return original(q, k, cos, sin, *args, **kwargs)
+        b, _, t, d = q.shape
+        flat = [x.transpose(1, 2).reshape(b * t, -1, d) for x in (q, k)]  # views: q, k are [B, T, H, D] in memory
+        flat += [x.expand(b, t, d).reshape(b * t, d) for x in (cos, sin)]
+        for x in flat:
+            torch._dynamo.maybe_mark_dynamic(x, 0)
+        q_out, k_out = rows(*flat)
+        return q_out.view(b, t, -1, d).transpose(1, 2), k_out.view(b, t, -1, d).transpose(1, 2)
+
+    apply_rotary_pos_emb.original = original  # type: ignore[attr-defined]
+    return apply_rotary_pos_emb
+
+
 def fuse_elementwise(model: Any) -> int:
     """Patch the model's RMSNorm and SiLU-gated MLP modules to fused kernels; returns how many were patched.
 
@@ -44,6 +76,7 @@ def fuse_elementwise(model: Any) -> int:
         return 0
     rms = torch.compile(_rms_norm, dynamic=True)
     silu_mul = torch.compile(_silu_mul, dynamic=True)
+    rotary_rows = torch.compile(_rotary_rows)  # the token dimension is marked dynamic at each call
     try:  # compile once now (as batches run: without autograd): a failure must happen here, not in a batch
         with torch.inference_mode():
             probe = torch.randn(2, 3, 64, device=model.device, dtype=model.dtype)
@@ -57,8 +90,8 @@ def fuse_elementwise(model: Any) -> int:
     for module in model.modules():
         kind = type(module).__name__
         modeling = sys.modules[type(module).__module__]
-        if kind in ROTARY_ATTENTIONS and not hasattr(modeling.apply_rotary_pos_emb, "_torchdynamo_orig_callable"):
-            modeling.apply_rotary_pos_emb = torch.compile(modeling.apply_rotary_pos_emb, dynamic=True)
+        if kind in ROTARY_ATTENTIONS and not hasattr(modeling.apply_rotary_pos_emb, "original"):
+            modeling.apply_rotary_pos_emb = _fused_rotary(modeling.apply_rotary_pos_emb, rotary_rows)
             n += 1
         if kind in RMS_NORMS:
             module.forward = lambda x, m=module: rms(x, m.weight, m.variance_epsilon)
