@@ -181,8 +181,6 @@ def make_prefetcher(
     (H100: 256 images took ~2 s to prepare alone and several times that beside generation)."""
     preparer = getattr(backend, "preparer", None)
     if in_process and preparer is not None:
-        if mp.current_process().daemon:  # a worker: multiprocessing refuses children of daemonic processes, but
-            mp.current_process().daemon = False  # this one dies with the worker (PR_SET_PDEATHSIG) like it with us
         pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_child_init,
                                    initargs=(preparer, threads))
         return pool, _child_prepare
