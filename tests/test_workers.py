@@ -50,35 +50,3 @@ def test_out_of_memory_splits_the_batch_and_a_sample_too_big_alone_is_an_error(t
     log = (tmp_path / "t" / "run.log").read_text()
     assert "out of memory at batch size 32: halving to 16" in log
     assert "long/huge does not fit in memory even alone" in log
-
-
-def test_vlm_batches_prepared_in_a_child_process_equal_those_prepared_in_a_thread(tiny_qwen2vl):
-    """A VLM on a GPU prepares batches in a child process (no GIL shared with generation): the same inputs
-    and answers as preparing on a thread; a bad image is still that sample's error."""
-    import easy_vqa
-    import torch
-
-    from evalfleet.backends.transformers_backend import TransformersBackend
-    from evalfleet.config import ModelConfig
-    from evalfleet.datasets import ImageRef, Sample
-    from evalfleet.workers import Batch, generate_batch, make_prefetcher
-
-    backend = TransformersBackend(ModelConfig(path=str(tiny_qwen2vl), dtype="float32",
-                                              generation={"max_new_tokens": 4}), n_gpus=0)
-    paths = easy_vqa.get_test_image_paths()
-    samples = [Sample("d", str(i), "q", f"What shape is in image {i}?", ["circle"],
-                      [ImageRef(f"i{i}", path=paths[i])]) for i in range(3)]
-    samples.append(Sample("d", "bad", "q", "What shape?", [], [ImageRef("bad:image", data=b"not an image")]))
-    batch = Batch(0, samples, 7)
-    ready = {}
-    for in_process in (False, True):
-        pool, prepare = make_prefetcher(backend, in_process=in_process, threads=1)
-        with pool:
-            ready[in_process] = pool.submit(prepare, batch).result()
-    thread, child = ready[False], ready[True]
-    assert [s.id for s in child.samples] == ["0", "1", "2"] and child.errors[0].sample_id == "bad"
-    assert child.prepared.prompts == thread.prepared.prompts
-    for key, value in thread.prepared.inputs.items():
-        assert torch.equal(child.prepared.inputs[key], value), key
-    answers = [[r.output for r in generate_batch(backend, ready[p], [])] for p in (False, True)]
-    assert answers[0] == answers[1]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import multiprocessing as mp
 import os
 import resource
 import signal
@@ -18,12 +17,10 @@ import time
 import traceback
 import zlib
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from evalfleet.config import ModelConfig
 from evalfleet.datasets import Sample
@@ -105,7 +102,7 @@ class ReadyBatch:
     """(message, traceback) when preparing raised."""
 
 
-def prepare_batch(backend: Backend | Any, batch: Batch) -> ReadyBatch:
+def prepare_batch(backend: Backend, batch: Batch) -> ReadyBatch:
     """CPU stage of a batch: decode images and let the backend tokenize and preprocess."""
     from evalfleet.backends import Request
 
@@ -155,49 +152,16 @@ def generate_batch(backend: Backend, ready: ReadyBatch, log: list[str]) -> list[
     ]
 
 
-_CHILD_PREPARER: Any = None
-"""The backend's `preparer` in a prefetch child process."""
-
-
-def _child_init(preparer: Any, threads: int) -> None:
-    global _CHILD_PREPARER
-    _die_with_parent()
-    import torch
-
-    torch.set_num_threads(threads)
-    _CHILD_PREPARER = preparer
-
-
-def _child_prepare(batch: Batch) -> ReadyBatch:
-    return prepare_batch(_CHILD_PREPARER, batch)
-
-
-def make_prefetcher(
-    backend: Backend, *, in_process: bool, threads: int
-) -> tuple[Executor, Callable[[Batch], ReadyBatch]]:
-    """Where the next batch is prepared while the device runs the current one: a thread, or, when `in_process`
-    and the backend has a picklable `preparer`, a child process. A VLM on a GPU needs the process: transformers'
-    generate loop is Python bound, and image preprocessing on a thread of the same process took the GIL from it
-    (H100: 256 images took ~2 s to prepare alone and several times that beside generation)."""
-    preparer = getattr(backend, "preparer", None)
-    if in_process and preparer is not None:
-        pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_child_init,
-                                   initargs=(preparer, threads))
-        return pool, _child_prepare
-    return ThreadPoolExecutor(1, thread_name_prefix="prepare"), partial(prepare_batch, backend)
-
-
 class WorkerLoop:
-    """Receives chunks, cuts them into batches of the current size, prepares the next batch on a thread (or a
-    child process) while the device generates the current one, and sends results batch by batch."""
+    """Receives chunks, cuts them into batches of the current size, prepares the next batch on a thread
+    while the device generates the current one, and sends results batch by batch."""
 
-    def __init__(self, conn: Connection, backend: Backend, batch_size: int, *, prepare_in_process: bool = False,
-                 threads: int = 1) -> None:
+    def __init__(self, conn: Connection, backend: Backend, batch_size: int) -> None:
         self.conn, self.backend = conn, backend
         self.sizer = BatchSizer(batch_size)
         self.pending: deque[Batch] = deque()
         self.log: list[str] = []  # lines for the driver's log, sent with the next results
-        self.prefetch, self.prepare = make_prefetcher(backend, in_process=prepare_in_process, threads=threads)
+        self.prefetch = ThreadPoolExecutor(1, thread_name_prefix="prepare")
 
     def take(self, *, block: bool) -> Batch | None:
         """The next batch; None when the driver said stop, or (not blocking) when nothing is queued."""
@@ -218,7 +182,7 @@ class WorkerLoop:
         return Batch(head.chunk_id, head.samples[:n], head.seed)
 
     def submit(self, batch: Batch | None) -> Future[ReadyBatch] | None:
-        return None if batch is None else self.prefetch.submit(self.prepare, batch)
+        return None if batch is None else self.prefetch.submit(prepare_batch, self.backend, batch)
 
     def run(self) -> None:
         from evalfleet.backends import free_memory, is_out_of_memory
@@ -289,8 +253,7 @@ def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size:
         conn.send(("fatal", traceback.format_exc()))
         return
     try:
-        vlm_on_gpu = bool(spec.gpus) and getattr(backend, "vision", False)
-        WorkerLoop(conn, backend, batch_size, prepare_in_process=vlm_on_gpu, threads=spec.threads).run()
+        WorkerLoop(conn, backend, batch_size).run()
     except EOFError:
         return  # the driver is gone
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,41 +18,6 @@ from evalfleet.backends.attention import use_decode_attention, use_packed_vision
 from evalfleet.backends.fused import fuse_elementwise
 from evalfleet.backends.static_decode import StaticDecoder
 from evalfleet.config import ModelConfig
-
-
-@dataclass
-class Preparer:
-    """The CPU half of the backend: chat template, tokenizer, image preprocessing. Picklable, so that a VLM's
-    worker can run it in a child process, where image preprocessing cannot hold the GIL against the
-    generate loop."""
-
-    tokenizer: Any
-    processor: Any
-    system_prompt: str | None
-
-    def prepare(self, requests: list[Request]) -> Prepared:
-        """Template, tokenize and preprocess images (in the worker's prefetch thread or process)."""
-        system = self.system_prompt
-        if self.processor is not None:
-            texts = [
-                self.processor.apply_chat_template(
-                    r.messages(system, [*({"type": "image"} for _ in r.images), {"type": "text", "text": r.prompt}]),
-                    add_generation_prompt=True, tokenize=False)
-                for r in requests
-            ]
-            images = [r.images for r in requests] if any(r.images for r in requests) else None
-            inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
-        elif self.tokenizer.chat_template:
-            texts = [
-                self.tokenizer.apply_chat_template(r.messages(system, r.prompt), add_generation_prompt=True,
-                                                   tokenize=False)
-                for r in requests
-            ]
-            inputs = self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
-        else:
-            texts = [r.plain_text(system) for r in requests]
-            inputs = self.tokenizer(texts, padding=True, return_tensors="pt")
-        return Prepared(inputs, requests[0].seed, texts)
 
 
 def is_vision_model(config: Any) -> bool:
@@ -99,8 +63,6 @@ class TransformersBackend:
         self.model = model_cls.from_pretrained(
             cfg.path, dtype=dtype, device_map=device_map, max_memory=max_memory, trust_remote_code=trust
         )
-        self.preparer = Preparer(self.tokenizer, self.processor, cfg.system_prompt)
-        self.prepare = self.preparer.prepare
         self.model.eval()
         use_decode_attention(self.model)
         if self.vision:
@@ -121,6 +83,31 @@ class TransformersBackend:
         if engine == "auto":
             engine = "static" if static_ok and n_gpus == 1 else "generate"
         return engine
+
+    def prepare(self, requests: list[Request]) -> Prepared:
+        """Template, tokenize and preprocess images on the CPU (runs in the worker's prefetch thread)."""
+        system = self.cfg.system_prompt
+        if self.vision:
+            assert self.processor is not None
+            texts = [
+                self.processor.apply_chat_template(
+                    r.messages(system, [*({"type": "image"} for _ in r.images), {"type": "text", "text": r.prompt}]),
+                    add_generation_prompt=True, tokenize=False)
+                for r in requests
+            ]
+            images = [r.images for r in requests] if any(r.images for r in requests) else None
+            inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
+        elif self.tokenizer.chat_template:
+            texts = [
+                self.tokenizer.apply_chat_template(r.messages(system, r.prompt), add_generation_prompt=True,
+                                                   tokenize=False)
+                for r in requests
+            ]
+            inputs = self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
+        else:
+            texts = [r.plain_text(system) for r in requests]
+            inputs = self.tokenizer(texts, padding=True, return_tensors="pt")
+        return Prepared(inputs, requests[0].seed, texts)
 
     def _n_tokens(self, row: list[int]) -> int:
         for i, tok in enumerate(row):
