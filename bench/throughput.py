@@ -174,7 +174,7 @@ def vlm_bench(work: Path, shape: str, n: int, new: int) -> None:
     data.write_text("".join(json.dumps({"id": i, "question": question, "image": str(p)}) + "\n"
                             for i, p in enumerate(pics)))
     perf = run_cli(work, "vlm-e2e", path, data, new, 256)
-    busy = ", ".join(f"{w['busy_fraction']:.0%}" for w in perf["workers"].values())
+    busy = ", ".join(f"{w['busy_fraction'] or 0:.0%}" for w in perf["workers"].values())
     record("VLM: evalfleet run end to end (batch 256, prefetching images)", f"{perf['samples_per_s']:.2f} samples/s",
            f"{perf['samples_per_s'] / one:.1f}x baseline; generation phase {perf['generate_wall_s']} s, worker busy "
            f"{busy}; errors {perf['errors']}")
