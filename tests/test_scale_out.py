@@ -243,3 +243,20 @@ def test_slurm_ray_cluster_script(tmp_path):
     subprocess.run(["bash", "-n", str(script)], check=True)
     bad = subprocess.run([sys.executable, "-m", "evalfleet.cli", "slurm", str(path)], capture_output=True, text=True)
     assert bad.returncode == 2 and "give --array N" in bad.stdout
+
+
+def test_a_killed_driver_not_yet_reaped_holds_no_leases():
+    """A killed process stays a zombie until its parent reaps it; its leases must not wait for expiry."""
+    from evalfleet.store import pid_alive
+
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        assert pid_alive(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while pid_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pid_alive(proc.pid) and proc.poll() is not None  # dead to evalfleet, now reaped
+    finally:
+        proc.kill()
+        proc.wait()

@@ -71,14 +71,17 @@ def network_filesystem(path: Path, mounts: str | None = None) -> str | None:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process of this id exists on this host."""
+    """Whether a process of this id runs on this host; a zombie (dead, not yet reaped by its parent) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # Linux: the state follows the parenthesised command name, which may itself hold spaces
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _connect(path: Path) -> sqlite3.Connection:
