@@ -357,6 +357,7 @@ class _Driver:
 
 def _load_datasets(cfg: RunConfig, store: Store, progress_note: Callable[[str], None]) -> dict[str, list[Sample]]:
     loaded: dict[str, list[Sample]] = {}
+    first_stage = cfg.pipeline()[0].name  # answers the prompts
     for ds in cfg.datasets:
         try:
             samples = load_samples(ds, seed=cfg.seed, limit=cfg.limit)
@@ -370,11 +371,11 @@ def _load_datasets(cfg: RunConfig, store: Store, progress_note: Callable[[str], 
             index, count = parse_shard(cfg.shard)
             positions = [i for i, s in zip(positions, samples) if in_shard(ds.name, s.id, index, count)]
             samples = [samples[i] for i in positions]
-        if changed := store.changed_prompts(cfg.pipeline()[0].name, samples):
+        if changed := store.changed_prompts(first_stage, samples):
             raise UserError(
                 f"dataset {ds.name}: {len(changed)} answered samples (e.g. {changed[0]!r}) had another prompt, "
                 "instruction, system prompt or few-shot examples; use --fresh to start over, "
-                f"--redo {cfg.pipeline()[0].name} to answer them again, or another run name")
+                f"--redo {first_stage} to answer them again, or another run name")
         store.put_samples(samples, positions)
         store.set_dataset(ds.name, "running", len(samples))
         loaded[ds.name] = samples
