@@ -300,6 +300,13 @@ def _easy_vqa_samples(cfg: DatasetConfig) -> list[Sample]:
     ]
 
 
+def plain_layout(messages: list[dict[str, str]]) -> str:
+    """Chat messages as one text, laid out as lm-evaluation-harness does without a chat template: a system
+    message and a blank line, each user message and a space, each assistant message and a blank line."""
+    ends = {"system": "\n\n", "user": " ", "assistant": "\n\n"}
+    return "".join(m["content"] + ends[m["role"]] for m in messages)
+
+
 def _few_shot_examples(cfg: DatasetConfig) -> list[tuple[str, str]]:
     """(user message, answer) of each few-shot example, rendered like the dataset's questions."""
     fs = cfg.few_shot
@@ -327,14 +334,13 @@ def _few_shot_examples(cfg: DatasetConfig) -> list[tuple[str, str]]:
 def _add_context(cfg: DatasetConfig, samples: list[Sample]) -> None:
     """Give each sample the dataset's system prompt and few-shot examples (as chat turns, or in its prompt)."""
     context = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
+    turns = [{"role": role, "content": text} for example in (_few_shot_examples(cfg) if cfg.few_shot else [])
+             for role, text in zip(("user", "assistant"), example)]
     prefix = ""
-    if cfg.few_shot is not None:
-        examples = _few_shot_examples(cfg)
-        if cfg.few_shot.multiturn:
-            for question, answer in examples:
-                context += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-        else:
-            prefix = "".join(f"{question} {answer}\n\n" for question, answer in examples)
+    if cfg.few_shot is not None and not cfg.few_shot.multiturn:
+        prefix = plain_layout(turns)
+    else:
+        context += turns
     for s in samples:
         if not s.error:
             s.context = context

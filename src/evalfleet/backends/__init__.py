@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from evalfleet.datasets import plain_layout
+
 if TYPE_CHECKING:
     from evalfleet.config import ModelConfig
 
@@ -30,12 +32,9 @@ class Request:
         return [*context, {"role": "user", "content": user}]
 
     def plain_text(self, system_prompt: str | None) -> str:
-        """The chat as one text for models without a chat template, laid out as lm-evaluation-harness does:
-        the system prompt and a blank line, each example as question, space, answer and a blank line, then
-        the prompt."""
+        """The chat as one text for models without a chat template (`datasets.plain_layout`), then the prompt."""
         *before, _ = self.messages(system_prompt, self.prompt)
-        ends = {"system": "\n\n", "user": " ", "assistant": "\n\n"}
-        return "".join(m["content"] + ends[m["role"]] for m in before) + self.prompt
+        return plain_layout(before) + self.prompt
 
 
 @dataclass
