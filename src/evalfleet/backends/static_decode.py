@@ -17,14 +17,15 @@ from typing import Any
 import torch
 from transformers import StaticCache
 
-from evalfleet.backends.attention import ATTENTION
+from evalfleet.backends.attention import ATTENTION, prompt_boundaries
 
 log = logging.getLogger("evalfleet")
 
 SYNC_EVERY = 8
 """Decode steps between checks of whether every row has finished."""
-LENGTH_QUANTUM = 64
-"""Cache lengths are rounded up to this, so prompt-length changes rarely need a new cache."""
+LENGTH_QUANTUM = 16
+"""Cache lengths are rounded up to this, so prompt-length changes rarely need a new cache. Not more: a decode step
+attends over every slot (64 made the benchmark's 322 slots 384: +19% attention per step)."""
 
 
 class _StepGraph:
@@ -32,8 +33,8 @@ class _StepGraph:
 
     Inputs are copied into static buffers before each replay; the 4D boolean mask is passed as is, so
     transformers builds no mask inside the graph (its mask helpers may sync with the host). The warm-up
-    and the capture run on the first step's real inputs: they write that step's keys and values into
-    its own cache slot, which the first replay writes again, identically.
+    and the capture run on the first step's inputs (real ones, or dummies at load: `StaticDecoder.warm_up`): they
+    write that step's keys and values into its own cache slot, which the first replay writes again.
     """
 
     def __init__(self, model: Any, cache_kw: str, cache: StaticCache, batch: int, length: int, pad_id: int,
@@ -60,6 +61,7 @@ class _StepGraph:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.out = step()
+        set_length(cache, first[2])  # the warm-up steps advanced it; the first replay writes this slot
 
     def _load(self, token: torch.Tensor, pos: torch.Tensor, slot: int, mask: torch.Tensor, done: torch.Tensor) -> None:
         self.token.copy_(token)
@@ -75,6 +77,14 @@ class _StepGraph:
         return self.out.clone()
 
 
+def set_length(cache: StaticCache, n: int) -> None:
+    """Make `n` the next slot written. Newer transformers keep the write position in each static layer (a
+    tensor advanced by every update, inside the CUDA graph too) rather than taking `cache_position`."""
+    for layer in cache.layers:
+        if isinstance(getattr(layer, "cumulative_length", None), torch.Tensor):
+            layer.cumulative_length.fill_(n)
+
+
 class StaticDecoder:
     """Batched greedy decoding for a causal LM, exact against `generate(do_sample=False)`."""
 
@@ -82,7 +92,11 @@ class StaticDecoder:
         self.model = model
         params = inspect.signature(model.forward).parameters
         self.cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in newer transformers
-        self.use_graphs = cuda_graphs and model.config._attn_implementation == ATTENTION
+        ours = model.config._attn_implementation == ATTENTION
+        self.use_graphs = cuda_graphs and ours
+        # evalfleet's attention takes the prompt's boundaries (flash attention) and the cache's sink through the
+        # forward's kwargs: the prompt's keys and values go straight into the static cache, with no dynamic cache
+        self.sink = ours and any(p.kind is p.VAR_KEYWORD for p in params.values())
         self.graph: _StepGraph | None = None
         self.cache: StaticCache | None = None
         self.shape = (0, 0)  # (batch, cache length) of self.cache
@@ -112,6 +126,47 @@ class StaticDecoder:
                             cache_position=torch.tensor([slot], device=mask.device), **{self.cache_kw: self.cache}).logits
         return torch.where(done, pad_id, logits[:, -1].argmax(-1))
 
+    def _prefill(self, cache: StaticCache, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 positions: torch.Tensor) -> torch.Tensor:
+        """The prompt's forward, attending over its T tokens rather than the cache's L slots; its keys and
+        values end in slots [0, T) of `cache`. Returns the last position's logits."""
+        prompt_len = input_ids.shape[1]
+        if not self.sink:  # another attention: a dynamic cache for the prompt, then copied
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                             use_cache=True, logits_to_keep=1)
+            slots = {"cache_position": torch.arange(prompt_len, device=input_ids.device)}
+            for i, layer in enumerate(out.past_key_values.layers):
+                cache.update(layer.keys, layer.values, i, slots)
+            return out.logits
+
+        def store(layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> None:
+            layer = cache.layers[layer_idx]
+            if not layer.is_initialized:  # allocates the layer's tensors (an update of no tokens)
+                cache.update(key[:, :, :0], value[:, :, :0], layer_idx, {"cache_position": key.new_zeros(0, dtype=torch.long)})
+            layer.keys[:, :, :prompt_len].copy_(key)  # a plain strided copy: index_copy_ was ~10x slower here
+            layer.values[:, :, :prompt_len].copy_(value)
+
+        extra = prompt_boundaries(attention_mask) if input_ids.is_cuda else {}
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                            use_cache=False, logits_to_keep=1, kv_sink=store, **extra).logits
+        set_length(cache, prompt_len)
+        return logits
+
+    @torch.inference_mode()
+    def warm_up(self, rows: int, prompt_len: int, max_new_tokens: int, pad_id: int) -> None:
+        """Allocate the cache and capture the decode step for batches of `rows` prompts of `prompt_len` tokens
+        (while the model loads rather than in the first batch); nothing without CUDA graphs."""
+        if not self.use_graphs:
+            return
+        cache = self._cache_for(rows, prompt_len + max_new_tokens)
+        device = self.model.device
+        mask = torch.zeros(rows, self.shape[1], dtype=torch.long, device=device)
+        mask[:, : prompt_len + 1] = 1
+        token = torch.zeros(rows, 1, dtype=torch.long, device=device)
+        pos = torch.full((rows, 1), prompt_len, dtype=torch.long, device=device)
+        set_length(cache, prompt_len)
+        self._step(token, pos, prompt_len, mask, torch.zeros(rows, dtype=torch.bool, device=device), pad_id)
+
     @torch.inference_mode()
     def generate(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int, eos_ids: set[int],
@@ -133,15 +188,7 @@ class StaticDecoder:
         mask = torch.zeros(batch, self.shape[1], dtype=attention_mask.dtype, device=device)  # [B, L]
         mask[:, :prompt_len] = attention_mask
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [B, T], as generate derives them
-        # Prefill without the static cache, so attention spans the T prompt tokens rather than all L slots,
-        # then copy the keys and values into the static cache.
-        prefill = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                             use_cache=True, logits_to_keep=1)
-        logits = prefill.logits  # [B, 1, vocab]
-        slots = {"cache_position": torch.arange(prompt_len, device=device)}
-        for i, layer in enumerate(prefill.past_key_values.layers):
-            cache.update(layer.keys, layer.values, i, slots)
-        del prefill
+        logits = self._prefill(cache, input_ids, attention_mask, positions)  # [B, 1, vocab]
         token = logits[:, -1].argmax(-1)  # [B]
         eos = torch.tensor(sorted(eos_ids) or [-1], device=device)
         done = torch.isin(token, eos)
