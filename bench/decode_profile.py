@@ -59,6 +59,7 @@ def main() -> None:
     args = ap.parse_args()
     path = qwen25_text(args.work, "7b")
     backend = TransformersBackend(ModelConfig(path=str(path), generation={"max_new_tokens": 64}), n_gpus=1)
+    backend.load()
     fused_forwards = {m: m.__dict__.pop("forward") for m in backend.model.modules() if "forward" in m.__dict__}
     fused_rotary = qwen2.apply_rotary_pos_emb  # until the fused run: transformers' own
     qwen2.apply_rotary_pos_emb = getattr(fused_rotary, "original", fused_rotary)

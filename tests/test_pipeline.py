@@ -187,11 +187,12 @@ def test_edit_backend_reports_each_denoising_step(tiny_pix2pix, tmp_path):
     import easy_vqa
     from PIL import Image
 
-    from evalfleet.backends import Request, load_backend
+    from evalfleet.backends import Request, make_backend
     from evalfleet.config import ModelConfig
 
     cfg = ModelConfig(backend="diffusers", path=str(tiny_pix2pix), dtype="float32", diffusion={"steps": 3})
-    backend = load_backend(cfg, 0, output_dir=str(tmp_path))
+    backend = make_backend(cfg, 0, output_dir=str(tmp_path))
+    backend.load()
     steps = []
     backend.on_step = lambda step, total: steps.append((step, total))
     image = Image.open(easy_vqa.get_test_image_paths()[0]).convert("RGB")

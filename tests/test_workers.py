@@ -50,3 +50,28 @@ def test_out_of_memory_splits_the_batch_and_a_sample_too_big_alone_is_an_error(t
     log = (tmp_path / "t" / "run.log").read_text()
     assert "out of memory at batch size 32: halving to 16" in log
     assert "long/huge does not fit in memory even alone" in log
+
+
+def test_first_batch_is_prepared_before_the_model_loads_then_answered(smollm2):
+    """The driver sends a worker its first chunk as it starts it: the worker tokenizes it while its weights load."""
+    import multiprocessing as mp
+
+    from evalfleet.backends.transformers_backend import TransformersBackend
+    from evalfleet.config import ModelConfig
+    from evalfleet.datasets import Sample
+    from evalfleet.workers import WorkerLoop
+
+    driver, worker = mp.Pipe()
+    samples = [Sample("d", f"q{i}", q, q) for i, q in enumerate(["What is 2 + 3?", "Name a colour.", "Say hi."])]
+    driver.send(("chunk", 0, samples, 0))
+    backend = TransformersBackend(ModelConfig(path=str(smollm2), dtype="float32", generation={"max_new_tokens": 4}), 0)
+    loop = WorkerLoop(worker, backend, batch_size=2)
+    first = loop.first()
+    ready = first.result(timeout=60)  # prepared with no model loaded
+    assert backend.model is None and ready.prepared.inputs["input_ids"].shape[0] == 2
+    backend.load()
+    driver.send(None)
+    loop.run(first)
+    answered = [driver.recv() for _ in range(2)]
+    assert [[r.sample_id for r in msg[2]] for msg in answered] == [["q0", "q1"], ["q2"]]
+    assert all(r.output is not None and r.n_tokens for msg in answered for r in msg[2])

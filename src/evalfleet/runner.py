@@ -8,6 +8,7 @@ workers), 4. report.
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing as mp
 import os
 import secrets
@@ -72,8 +73,10 @@ class _Worker:
     ready: bool = False
     t_start: float = field(default_factory=time.monotonic)
     t_ready: float | None = None
+    t_stop: float | None = None
+    """When the driver told it to stop: its serving time ends there, before unloading."""
     busy_s: float = 0.0
-    """Seconds its batches took (preparation included), summed."""
+    """Seconds its batches took on the device (`Backend.generate`; preparation overlaps it), summed."""
 
     @property
     def id(self) -> str:
@@ -82,7 +85,7 @@ class _Worker:
     def usage(self) -> dict[str, Any]:
         """Its life so far: held (process start to now), loading, busy seconds and busy fraction once loaded."""
         now = time.monotonic()
-        serving = now - self.t_ready if self.t_ready is not None else 0.0
+        serving = (self.t_stop or now) - self.t_ready if self.t_ready is not None else 0.0
         return {"device": self.spec.name, "gpus": len(self.spec.gpus), "held_s": round(now - self.t_start, 2),
                 "load_s": round((self.t_ready or now) - self.t_start, 2), "busy_s": round(self.busy_s, 2),
                 "busy_fraction": round(self.busy_s / serving, 3) if serving > 0 else None}
@@ -153,8 +156,17 @@ class _Driver:
         self.store.worker_state(self.key(w), device=spec.name, pid=proc.pid, state="loading")
         log.info("started worker %s (pid %s)", w.id, proc.pid)
 
-    def feed(self, w: _Worker) -> None:
-        while (chunk := self.queue.assign(w.spec.name)) is not None:
+    def launch(self, specs: list[WorkerSpec]) -> None:
+        """Start workers, then send each its first chunk at once: it prepares that batch while its model loads."""
+        for spec in specs:
+            self.start(spec)
+        for spec in specs:
+            self.feed(self.workers[spec.name], most=1)  # more would fill the pipe of a worker that reads no more yet
+
+    def feed(self, w: _Worker, most: float = math.inf) -> None:
+        """Send `w` the chunks the queue assigns it (at most `most`)."""
+        sent = 0
+        while sent < most and (chunk := self.queue.assign(w.spec.name)) is not None:
             mine = self.store.claim(self.stage.name, chunk.samples[0].dataset, [s.id for s in chunk.samples],
                                     self.owner, self.lease_s)
             others = {s.id for s in chunk.samples} - mine
@@ -166,6 +178,7 @@ class _Driver:
                 w.conn.send(("chunk", chunk.id, chunk.samples, self.cfg.seed))
             except (BrokenPipeError, OSError):
                 return  # it died; its sentinel reports it and the chunk is requeued
+            sent += 1
 
     def on_death(self, w: _Worker) -> None:
         """Requeue the dead worker's chunks and start a replacement (up to MAX_RESTARTS per slot)."""
@@ -184,7 +197,7 @@ class _Driver:
                 self.fail_chunk(chunk, f"{chunk.attempts} workers died while answering this batch (last exit code {code})")
         self.restarts[w.spec.name] = self.restarts.get(w.spec.name, 0) + 1
         if self.restarts[w.spec.name] <= MAX_RESTARTS and not self.queue.finished:
-            self.start(w.spec)
+            self.launch([w.spec])
         elif not self.workers:
             raise RuntimeError("every worker died; see the log. Run again to resume.")
 
@@ -327,6 +340,7 @@ class _Driver:
         self.stopped = True
         t0 = time.monotonic()
         for w in self.workers.values():
+            w.t_stop = time.monotonic()
             try:
                 w.conn.send(None)
             except (BrokenPipeError, OSError):
@@ -572,8 +586,7 @@ def _execute(drivers: list[_Driver], console: Console) -> None:
     """Start every driver's workers, serve them all in one loop until each stage is done, stop them."""
     try:
         for d in drivers:
-            for spec in d.specs:
-                d.start(spec)
+            d.launch(d.specs)
         _serve(drivers)
     except KeyboardInterrupt:
         _printer(console)("interrupted; results so far are saved. Run the same command again to resume.")

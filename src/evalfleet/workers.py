@@ -162,14 +162,16 @@ class WorkerLoop:
         self.pending: deque[Batch] = deque()
         self.log: list[str] = []  # lines for the driver's log, sent with the next results
         self.prefetch = ThreadPoolExecutor(1, thread_name_prefix="prepare")
+        self.stopping = False
 
     def take(self, *, block: bool) -> Batch | None:
         """The next batch; None when the driver said stop, or (not blocking) when nothing is queued."""
         while not self.pending:
-            if not block and not self.conn.poll():
+            if self.stopping or (not block and not self.conn.poll()):
                 return None
             msg = self.conn.recv()  # EOFError: the driver is gone
             if msg is None:
+                self.stopping = True  # remembered: a poll between batches may be what reads it
                 return None
             _, chunk_id, samples, seed = msg
             self.pending.append(Batch(chunk_id, samples, seed))
@@ -181,18 +183,26 @@ class WorkerLoop:
             self.pending.popleft()
         return Batch(head.chunk_id, head.samples[:n], head.seed)
 
-    def submit(self, batch: Batch | None) -> Future[ReadyBatch] | None:
-        return None if batch is None else self.prefetch.submit(prepare_batch, self.backend, batch)
+    def _prepare(self, batch: Batch | None) -> ReadyBatch | None:
+        return None if batch is None else prepare_batch(self.backend, batch)
 
-    def run(self) -> None:
+    def submit(self, batch: Batch | None) -> Future[ReadyBatch | None]:
+        """Prepare `batch` on the prefetch thread; None (the driver said stop) passes through."""
+        return self.prefetch.submit(self._prepare, batch)
+
+    def first(self) -> Future[ReadyBatch | None]:
+        """Receive and prepare the first batch on the prefetch thread, while the main thread loads the model (the
+        driver sends a worker its first chunk as it starts it)."""
+        return self.prefetch.submit(lambda: self._prepare(self.take(block=True)))
+
+    def run(self, first: Future[ReadyBatch | None]) -> None:
         from evalfleet.backends import free_memory, is_out_of_memory
 
-        current = self.take(block=True)
-        job = self.submit(current)
-        while current is not None and job is not None:
-            ready = job.result()
+        job = first
+        while (ready := job.result()) is not None:
+            current = ready.batch
             upcoming = self.take(block=False)
-            next_job = self.submit(upcoming)
+            job = None if upcoming is None else self.submit(upcoming)  # prepared while this one generates
             try:
                 results = generate_batch(self.backend, ready, self.log)
                 self.sizer.succeeded()
@@ -207,8 +217,7 @@ class WorkerLoop:
                     if upcoming is not None:
                         self.pending.appendleft(upcoming)
                     self.pending.appendleft(current)
-                    current = self.take(block=True)
-                    job = self.submit(current)
+                    job = self.submit(self.take(block=True))
                     continue
                 s = current.samples[0]
                 self.log.append(f"{s.dataset}/{s.id} does not fit in memory even alone")
@@ -216,10 +225,8 @@ class WorkerLoop:
                                   f"({len(s.prompt)} prompt characters, {len(s.images)} image(s))")]
             self.conn.send(("results", current.chunk_id, results, self.log[:]))
             self.log.clear()
-            current, job = upcoming, next_job
-            if current is None:
-                current = self.take(block=True)
-                job = self.submit(current)
+            if job is None:
+                job = self.submit(self.take(block=True))
         self.prefetch.shutdown()
 
 
@@ -238,11 +245,18 @@ def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # N workers' loading bars would garble the live view
-        from evalfleet.backends import free_memory, load_backend
+        from evalfleet.backends import free_memory, make_backend
 
         t0 = time.perf_counter()
-        backend = load_backend(ModelConfig.model_validate_json(model_json), len(spec.gpus), spec.max_memory_per_gpu,
+        backend = make_backend(ModelConfig.model_validate_json(model_json), len(spec.gpus), spec.max_memory_per_gpu,
                                output_dir)
+        loop = WorkerLoop(conn, backend, batch_size)
+        first = loop.first()  # prepared while the model loads
+        backend.load()
+        if hasattr(backend, "warm_up") and first.done() and first.exception() is None:
+            ready = first.result()
+            if ready is not None and ready.prepared is not None:  # e.g. capture the decode step for batches of
+                backend.warm_up(ready.prepared)  # this shape now, rather than in the first one
         load_s = time.perf_counter() - t0
         if hasattr(backend, "on_step"):  # denoising progress for the driver's per-worker bar
             backend.on_step = lambda step, steps: conn.send(("step", step, steps))
@@ -253,7 +267,7 @@ def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size:
         conn.send(("fatal", traceback.format_exc()))
         return
     try:
-        WorkerLoop(conn, backend, batch_size).run()
+        loop.run(first)
     except EOFError:
         return  # the driver is gone
     finally:

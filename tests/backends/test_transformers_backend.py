@@ -17,7 +17,9 @@ QUESTIONS = [
 
 def backend(path, engine: str, new_tokens: int = 12) -> TransformersBackend:
     cfg = ModelConfig(path=str(path), dtype="float32", engine=engine, generation={"max_new_tokens": new_tokens})
-    return TransformersBackend(cfg, n_gpus=0)
+    b = TransformersBackend(cfg, n_gpus=0)
+    b.load()
+    return b
 
 
 def answers(b: TransformersBackend, requests: list[Request], batch: int) -> list[tuple[str, int]]:
@@ -92,3 +94,15 @@ def test_packed_vision_attention_equals_attention_per_image(tiny_qwen2vl, tiny_q
     assert torch.equal(packed, reference)
     layers = model.config.vision_config.depth
     assert calls_per_image >= len(images) * layers and calls_packed == 2 * layers
+
+
+def test_prompt_boundaries_separate_each_rows_padding_and_tokens():
+    """Flash attention over left-padded prompts: a sequence per padding run and per row's tokens, in [B * T] order."""
+    import torch
+
+    from evalfleet.backends.attention import prompt_boundaries
+
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1]])
+    b = prompt_boundaries(mask)
+    assert b["cu_seq_lens_q"].tolist() == [0, 2, 4, 8, 9, 12] and b["cu_seq_lens_q"].dtype == torch.int32
+    assert b["max_length_q"] == 4 and b["cu_seq_lens_k"] is b["cu_seq_lens_q"]

@@ -62,21 +62,27 @@ class Backend(Protocol):
     """Answers batches of requests; one instance lives in each worker process.
 
     `prepare` is CPU work (templating, tokenizing, image preprocessing) and runs in a prefetch thread
-    while the device is busy with `generate` of the previous batch.
+    while the device is busy with `generate` of the previous batch. It works from construction on, before
+    `load`, so a worker prepares its first batch while the weights load. A backend may also offer
+    `warm_up(prepared)`, called after `load` with the first batch: one-time work for batches of its shape.
     """
 
     label: str
     """Where it runs, for progress lines (e.g. "NVIDIA H100 80GB HBM3 x2 [static]")."""
+
+    def load(self) -> None:
+        """The slow part of starting: load the weights, start the server."""
 
     def prepare(self, requests: list[Request]) -> Prepared: ...
 
     def generate(self, prepared: Prepared) -> list[Generation]: ...
 
 
-def load_backend(
+def make_backend(
     cfg: ModelConfig, n_gpus: int, max_memory_per_gpu: int | None = None, output_dir: str = "."
 ) -> Backend:
-    """Instantiate the configured backend on the CPU (n_gpus=0) or over the visible GPUs.
+    """The configured backend for the CPU (n_gpus=0) or the visible GPUs, ready to `prepare`; `load` it before
+    `generate`.
 
     `output_dir` is the run folder, where backends that produce files (edited images) write them.
     """

@@ -17,18 +17,21 @@ class DiffusersBackend:
     """Batched image editing with one seeded generator per sample (reproducible whatever the batch)."""
 
     def __init__(self, cfg: ModelConfig, n_gpus: int, output_dir: str) -> None:
-        from diffusers import DiffusionPipeline
-
         self.cfg = cfg
         self.device = "cuda" if n_gpus else "cpu"
-        dtype = getattr(torch, cfg.resolved_dtype(on_gpu=n_gpus > 0))  # the config names torch dtypes
-        self.pipe = DiffusionPipeline.from_pretrained(cfg.path, torch_dtype=dtype,
-                                                      trust_remote_code=cfg.trust_remote_code).to(self.device)
-        self.pipe.set_progress_bar_config(disable=True)
+        self.pipe: Any = None
         self.label = (torch.cuda.get_device_name(0) if n_gpus else f"CPU x{torch.get_num_threads()}") + " [diffusers]"
         self.run_dir = Path(output_dir)
         self.on_step: Callable[[int, int], None] | None = None
         """Called with (step, steps) after each denoising step, e.g. to draw a progress bar."""
+
+    def load(self) -> None:
+        from diffusers import DiffusionPipeline
+
+        dtype = getattr(torch, self.cfg.resolved_dtype(on_gpu=self.device == "cuda"))  # the config names torch dtypes
+        self.pipe = DiffusionPipeline.from_pretrained(self.cfg.path, torch_dtype=dtype,
+                                                      trust_remote_code=self.cfg.trust_remote_code).to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
 
     def prepare(self, requests: list[Request]) -> Prepared:
         missing = [r.name for r in requests if not r.images]

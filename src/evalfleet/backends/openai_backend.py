@@ -44,6 +44,9 @@ class OpenAIBackend:
         self.pool = ThreadPoolExecutor(s.max_in_flight * len(urls), thread_name_prefix="request")
         self.label = f"{model} @ {', '.join(urls)}"
 
+    def load(self) -> None:
+        """Nothing to load: the endpoints serve already."""
+
     def prepare(self, requests: list[Request]) -> Prepared:
         """Chat messages (system prompt, few-shot turns, images as data URLs, the prompt) for each request;
         the stored prompt is the messages as JSON with each image as `<image>`."""

@@ -54,24 +54,31 @@ class ManagedServer(OpenAIBackend):
         s = cfg.server
         template = s.command or PRESETS[s.preset or "vllm"]
         port = free_port()
-        command = template.format(model=shlex.quote(cfg.path), port=port, gpus=max(1, n_gpus), name=SERVED_NAME,
-                                  gpu_layers=-1 if n_gpus else 0, threads=_threads())
+        self.command = template.format(model=shlex.quote(cfg.path), port=port, gpus=max(1, n_gpus), name=SERVED_NAME,
+                                       gpu_layers=-1 if n_gpus else 0, threads=_threads())
         logs = Path(output_dir) / "servers"
         logs.mkdir(parents=True, exist_ok=True)
         self.log_path = logs / f"server-{os.getpid()}-{port}.log"
-        with self.log_path.open("w") as log:
-            log.write(f"$ {command}\n")
-            log.flush()
-            self.proc = subprocess.Popen(shlex.split(command), stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True, preexec_fn=_die_with_worker)  # noqa: PLW1509 (prctl only)
-        url = f"http://127.0.0.1:{port}/v1"
-        self._wait_healthy(url + "/models", s.startup_timeout_s)
+        self.proc: subprocess.Popen[bytes] | None = None
         # A local server that stops answering is most likely dead: few retries, then the replica is replaced.
         local = cfg.model_copy(update={"server": s.model_copy(update={"retries": min(s.retries, 2)})})
-        super().__init__(local, [url], SERVED_NAME, alive=lambda: self.proc.poll() is None)
-        self.label = f"{s.preset or 'custom'} server :{port} (pid {self.proc.pid})"
+        url = f"http://127.0.0.1:{port}/v1"
+        self.health_url = url + "/models"
+        super().__init__(local, [url], SERVED_NAME, alive=lambda: self.proc is not None and self.proc.poll() is None)
+        self.label = f"{s.preset or 'custom'} server :{port}"
+
+    def load(self) -> None:
+        """Start the server and wait until it answers."""
+        with self.log_path.open("w") as log:
+            log.write(f"$ {self.command}\n")
+            log.flush()
+            self.proc = subprocess.Popen(shlex.split(self.command), stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True, preexec_fn=_die_with_worker)  # noqa: PLW1509 (prctl only)
+        self.label += f" (pid {self.proc.pid})"
+        self._wait_healthy(self.health_url, self.cfg.server.startup_timeout_s)
 
     def _wait_healthy(self, url: str, timeout: float) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -90,7 +97,7 @@ class ManagedServer(OpenAIBackend):
 
     def close(self) -> None:
         """Stop the server and everything it started."""
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
                 self.proc.wait(timeout=20)

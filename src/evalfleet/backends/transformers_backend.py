@@ -11,10 +11,14 @@ from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
     AutoTokenizer,
+    BatchEncoding,
 )
 
 from evalfleet.backends import Generation, Prepared, Request
-from evalfleet.backends.attention import use_decode_attention, use_packed_vision_attention
+from evalfleet.backends.attention import (
+    use_decode_attention,
+    use_packed_vision_attention,
+)
 from evalfleet.backends.fused import fuse_elementwise
 from evalfleet.backends.static_decode import StaticDecoder
 from evalfleet.config import ModelConfig
@@ -25,6 +29,12 @@ def is_vision_model(config: Any) -> bool:
     return getattr(config, "vision_config", None) is not None
 
 
+def _tensors(encoding: BatchEncoding) -> BatchEncoding:
+    """Token ids as torch tensors by way of numpy: `return_tensors="pt"` builds them from nested lists, a third of
+    the time of tokenizing 512 prompts."""
+    return BatchEncoding({k: torch.from_numpy(v) for k, v in encoding.items()})
+
+
 class TransformersBackend:
     """Batched generation with left padding; greedy unless the config asks for sampling.
 
@@ -33,36 +43,41 @@ class TransformersBackend:
     """
 
     def __init__(self, cfg: ModelConfig, n_gpus: int, max_memory_per_gpu: int | None = None) -> None:
-        self.cfg = cfg
-        dtype = getattr(torch, cfg.resolved_dtype(on_gpu=n_gpus > 0))  # the config names torch dtypes
-        if n_gpus == 0:
-            device_map: Any = "cpu"
-            self.label = f"CPU x{torch.get_num_threads()}"
-        else:
-            # One GPU: all on it. Several: accelerate's balanced device map, each GPU capped if asked.
-            device_map = "cuda:0" if n_gpus == 1 else "balanced"
-            self.label = torch.cuda.get_device_name(0) + (f" x{n_gpus}" if n_gpus > 1 else "")
-            if max_memory_per_gpu is not None:
-                for i in range(n_gpus):  # the cap binds the allocator too, not only the device map
-                    total = torch.cuda.get_device_properties(i).total_memory
-                    torch.cuda.set_per_process_memory_fraction(min(1.0, max_memory_per_gpu / total), i)
-        max_memory = {i: max_memory_per_gpu for i in range(n_gpus)} if max_memory_per_gpu and n_gpus > 1 else None
+        """Reads the config and the tokenizer (or processor): enough to `prepare`; `load` loads the weights."""
+        self.cfg, self.n_gpus, self.max_memory_per_gpu = cfg, n_gpus, max_memory_per_gpu
         trust = cfg.trust_remote_code
         self.vision = is_vision_model(AutoConfig.from_pretrained(cfg.path, trust_remote_code=trust))
         if self.vision:
             self.processor = AutoProcessor.from_pretrained(cfg.path, trust_remote_code=trust)
             self.tokenizer = self.processor.tokenizer
-            model_cls = AutoModelForImageTextToText
         else:
             self.processor = None
             self.tokenizer = AutoTokenizer.from_pretrained(cfg.path, trust_remote_code=trust)
-            model_cls = AutoModelForCausalLM
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = model_cls.from_pretrained(
-            cfg.path, dtype=dtype, device_map=device_map, max_memory=max_memory, trust_remote_code=trust
-        )
+        self.engine = self._choose_engine(n_gpus)
+        where = (f"CPU x{torch.get_num_threads()}" if n_gpus == 0
+                 else torch.cuda.get_device_name(0) + (f" x{n_gpus}" if n_gpus > 1 else ""))
+        self.label = f"{where} [{self.engine}]"
+        self.model: Any = None
+        self.decoder: StaticDecoder | None = None
+        self.eos_ids: set[int] = set()
+
+    def load(self) -> None:
+        """Load the weights (one GPU: all on it; several: accelerate's balanced device map, each GPU capped if
+        asked) and switch in evalfleet's attention and fused kernels."""
+        cfg, n_gpus, cap = self.cfg, self.n_gpus, self.max_memory_per_gpu
+        dtype = getattr(torch, cfg.resolved_dtype(on_gpu=n_gpus > 0))  # the config names torch dtypes
+        device_map: Any = "cpu" if n_gpus == 0 else "cuda:0" if n_gpus == 1 else "balanced"
+        if n_gpus and cap is not None:
+            for i in range(n_gpus):  # the cap binds the allocator too, not only the device map
+                total = torch.cuda.get_device_properties(i).total_memory
+                torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), i)
+        max_memory = {i: cap for i in range(n_gpus)} if cap and n_gpus > 1 else None
+        model_cls = AutoModelForImageTextToText if self.vision else AutoModelForCausalLM
+        self.model = model_cls.from_pretrained(cfg.path, dtype=dtype, device_map=device_map, max_memory=max_memory,
+                                               trust_remote_code=cfg.trust_remote_code)
         self.model.eval()
         use_decode_attention(self.model)
         if self.vision:
@@ -70,9 +85,14 @@ class TransformersBackend:
         fuse_elementwise(self.model)
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        self.engine = self._choose_engine(n_gpus)
-        self.decoder = StaticDecoder(self.model, cuda_graphs=n_gpus > 0) if self.engine == "static" else None
-        self.label += f" [{self.engine}]"
+        if self.engine == "static":
+            self.decoder = StaticDecoder(self.model, cuda_graphs=n_gpus > 0)
+
+    def warm_up(self, prepared: Prepared) -> None:
+        """Get ready for batches shaped like `prepared` (the static engine captures its decode step now)."""
+        if self.decoder is not None:
+            rows, prompt_len = prepared.inputs["input_ids"].shape
+            self.decoder.warm_up(rows, prompt_len, self.cfg.generation.max_new_tokens, self.tokenizer.pad_token_id)
 
     def _choose_engine(self, n_gpus: int) -> str:
         """`auto`: the static-cache engine for greedy text models on one GPU, `generate` otherwise."""
@@ -103,10 +123,10 @@ class TransformersBackend:
                                                    tokenize=False)
                 for r in requests
             ]
-            inputs = self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
+            inputs = _tensors(self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="np"))
         else:
             texts = [r.plain_text(system) for r in requests]
-            inputs = self.tokenizer(texts, padding=True, return_tensors="pt")
+            inputs = _tensors(self.tokenizer(texts, padding=True, return_tensors="np"))
         return Prepared(inputs, requests[0].seed, texts)
 
     def _n_tokens(self, row: list[int]) -> int:
