@@ -106,3 +106,18 @@ def test_prompt_boundaries_separate_each_rows_padding_and_tokens():
     b = prompt_boundaries(mask)
     assert b["cu_seq_lens_q"].tolist() == [0, 2, 4, 8, 9, 12] and b["cu_seq_lens_q"].dtype == torch.int32
     assert b["max_length_q"] == 4 and b["cu_seq_lens_k"] is b["cu_seq_lens_q"]
+
+
+def test_static_engine_one_token_prompts_equal_generate(smollm2):
+    """Prompts of a single token take the decode-step attention path; their keys and values must still be cached."""
+    import torch
+
+    from evalfleet.backends.static_decode import StaticDecoder
+
+    model = backend(smollm2, "static").model
+    ids = torch.tensor([[504], [2133]])
+    mask = torch.ones_like(ids)
+    ours = StaticDecoder(model, cuda_graphs=False).generate(ids, mask, max_new_tokens=6, eos_ids=set(), pad_id=0)
+    reference = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0,
+                               eos_token_id=None)[:, 1:]
+    assert torch.equal(ours, reference)

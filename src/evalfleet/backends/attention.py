@@ -59,9 +59,9 @@ def grouped_decode_attention(
     512, 384 slots, 0.15 ms a layer, against 0.28 ms for two matmuls around an fp32 softmax
     (`bench/decode_attention.py`); for prompts, flash attention needs no mask and skips the masked-out half.
     """
+    if (sink := kwargs.pop("kv_sink", None)) is not None:  # a prompt's forward (of one token, maybe)
+        sink(module.layer_idx, key, value)
     if query.shape[2] != 1:
-        if (sink := kwargs.pop("kv_sink", None)) is not None:
-            sink(module.layer_idx, key, value)
         if (cu_seq_lens_q is not None and max_length_q == query.shape[2] == key.shape[2] and not dropout
                 and kwargs.get("sliding_window") is None and query.dtype in (torch.float16, torch.bfloat16)):
             return _varlen_prompt_attention(query, key, value, scaling, cu_seq_lens_q, max_length_q), None
