@@ -38,6 +38,8 @@ def test_free_workers_take_next_chunk_and_dead_workers_give_back_theirs():
     assert q.assign("b").id == 1  # requeued at the front
     assert q.remaining() == 1 + 2 + 2
     assert not q.finished
+    c = q.assign("c")  # handed to a worker as it starts; it dies loading its model
+    assert q.release("c", answering=False)[0].attempts == c.attempts == 0
 
 
 def test_early_workers_leave_scarce_chunks_to_workers_still_loading():

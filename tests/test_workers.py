@@ -64,9 +64,9 @@ def test_first_batch_is_prepared_before_the_model_loads_then_answered(smollm2):
     driver, worker = mp.Pipe()
     samples = [Sample("d", f"q{i}", q, q) for i, q in enumerate(["What is 2 + 3?", "Name a colour.", "Say hi."])]
     driver.send(("chunk", 0, samples, 0))
+    loop = WorkerLoop(worker, batch_size=2)
     backend = TransformersBackend(ModelConfig(path=str(smollm2), dtype="float32", generation={"max_new_tokens": 4}), 0)
-    loop = WorkerLoop(worker, backend, batch_size=2)
-    first = loop.first()
+    first = loop.start(backend)
     ready = first.result(timeout=60)  # prepared with no model loaded
     assert backend.model is None and ready.prepared.inputs["input_ids"].shape[0] == 2
     backend.load()

@@ -187,7 +187,7 @@ class _Driver:
         self.workers.pop(w.spec.name)
         self.perf["workers"][w.id] = w.usage()
         self.store.worker_state(self.key(w), device=w.spec.name, pid=w.proc.pid, state=f"died ({code})")
-        chunks = self.queue.release(w.spec.name)
+        chunks = self.queue.release(w.spec.name, answering=w.ready)
         self.progress.note(f"worker {w.id} died (exit code {code}); {sum(len(c.samples) for c in chunks)} "
                            "samples go back to the queue")
         log.warning("worker %s died with exit code %s", w.id, code)
@@ -197,7 +197,7 @@ class _Driver:
                 self.fail_chunk(chunk, f"{chunk.attempts} workers died while answering this batch (last exit code {code})")
         self.restarts[w.spec.name] = self.restarts.get(w.spec.name, 0) + 1
         if self.restarts[w.spec.name] <= MAX_RESTARTS and not self.queue.finished:
-            self.launch([w.spec])
+            self.start(w.spec)  # fed once ready: ready peers take the requeued chunks meanwhile
         elif not self.workers:
             raise RuntimeError("every worker died; see the log. Run again to resume.")
 

@@ -92,11 +92,12 @@ class WorkQueue:
                     self.held[worker].remove(chunk)
                 return
 
-    def release(self, worker: str) -> list[Chunk]:
-        """A worker died: its unfinished chunks go back to the front of the queue, oldest first."""
+    def release(self, worker: str, *, answering: bool = True) -> list[Chunk]:
+        """A worker died: its unfinished chunks go back to the front of the queue, oldest first. They count the
+        attempt only if it died `answering` (not while loading its model)."""
         chunks = self.held.pop(worker, [])
         for chunk in reversed(chunks):
-            chunk.attempts += 1
+            chunk.attempts += answering
             self.pending.appendleft(chunk)
         return chunks
 

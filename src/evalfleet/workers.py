@@ -1,7 +1,8 @@
 """Worker processes: each loads one model replica (on 0, 1 or k GPUs) once and answers chunks.
 
 Protocol over a private pipe (one per worker, so a dying worker cannot corrupt a shared queue):
-  driver -> worker: ("chunk", chunk_id, samples, seed) | None (stop, after the last chunk's results)
+  driver -> worker: ("chunk", chunk_id, samples, seed) | None (stop, after the last chunk's results);
+                    the first chunk comes as the worker starts, before "ready" (prepared while the model loads)
   worker -> driver: ("ready", device_label, load_seconds) | ("results", chunk_id, [Result], [log line])
                     | ("step", step, steps) (denoising) | ("stopped", unload_seconds) | ("fatal", traceback)
 """
@@ -156,13 +157,19 @@ class WorkerLoop:
     """Receives chunks, cuts them into batches of the current size, prepares the next batch on a thread
     while the device generates the current one, and sends results batch by batch."""
 
-    def __init__(self, conn: Connection, backend: Backend, batch_size: int) -> None:
-        self.conn, self.backend = conn, backend
+    backend: Backend
+    """Set by `start`."""
+
+    def __init__(self, conn: Connection, batch_size: int) -> None:
+        self.conn = conn
         self.sizer = BatchSizer(batch_size)
         self.pending: deque[Batch] = deque()
         self.log: list[str] = []  # lines for the driver's log, sent with the next results
         self.prefetch = ThreadPoolExecutor(1, thread_name_prefix="prepare")
         self.stopping = False
+        # The driver sends a worker its first chunk as it starts it: read at once, so that the driver's send of a
+        # chunk larger than the pipe's buffer does not wait for this worker's imports and model
+        self.received = self.prefetch.submit(self.take, block=True)
 
     def take(self, *, block: bool) -> Batch | None:
         """The next batch; None when the driver said stop, or (not blocking) when nothing is queued."""
@@ -190,10 +197,11 @@ class WorkerLoop:
         """Prepare `batch` on the prefetch thread; None (the driver said stop) passes through."""
         return self.prefetch.submit(self._prepare, batch)
 
-    def first(self) -> Future[ReadyBatch | None]:
-        """Receive and prepare the first batch on the prefetch thread, while the main thread loads the model (the
-        driver sends a worker its first chunk as it starts it)."""
-        return self.prefetch.submit(lambda: self._prepare(self.take(block=True)))
+    def start(self, backend: Backend) -> Future[ReadyBatch | None]:
+        """Prepare the first batch with `backend` on the prefetch thread, once received, while the main thread
+        loads the model."""
+        self.backend = backend
+        return self.prefetch.submit(lambda: self._prepare(self.received.result()))
 
     def run(self, first: Future[ReadyBatch | None]) -> None:
         from evalfleet.backends import free_memory, is_out_of_memory
@@ -238,6 +246,7 @@ def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     if spec.gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpus)
+    loop = WorkerLoop(conn, batch_size)
     try:
         import torch
 
@@ -250,8 +259,7 @@ def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size:
         t0 = time.perf_counter()
         backend = make_backend(ModelConfig.model_validate_json(model_json), len(spec.gpus), spec.max_memory_per_gpu,
                                output_dir)
-        loop = WorkerLoop(conn, backend, batch_size)
-        first = loop.first()  # prepared while the model loads
+        first = loop.start(backend)  # prepared while the model loads
         backend.load()
         if hasattr(backend, "warm_up") and first.done() and first.exception() is None:
             ready = first.result()

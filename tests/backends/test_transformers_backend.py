@@ -59,9 +59,19 @@ def test_vlm_batches_equal_one_at_a_time(tiny_qwen2vl):
     assert answers(b, requests, 6) == answers(b, requests, 1)
 
 
+def test_sliding_window_models_are_recognised():
+    """Their static cache layers are rolling buffers: they go to transformers' `generate`."""
+    from transformers import Gemma3TextConfig, MistralConfig, Qwen2Config
+
+    from evalfleet.backends.transformers_backend import has_sliding_window
+
+    assert has_sliding_window(MistralConfig(sliding_window=4096)) and has_sliding_window(Gemma3TextConfig())
+    assert not has_sliding_window(MistralConfig(sliding_window=None)) and not has_sliding_window(Qwen2Config())
+
+
 def test_auto_engine_and_refusals(smollm2):
     assert backend(smollm2, "auto").engine == "generate"  # static is auto-chosen on one GPU only
-    with pytest.raises(ValueError, match="engine static needs a text model and greedy decoding"):
+    with pytest.raises(ValueError, match="engine static needs a text model without sliding-window attention and greedy"):
         TransformersBackend(ModelConfig(path=str(smollm2), engine="static", generation={"temperature": 0.7}), 0)
 
 
@@ -121,3 +131,26 @@ def test_static_engine_one_token_prompts_equal_generate(smollm2):
     reference = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0,
                                eos_token_id=None)[:, 1:]
     assert torch.equal(ours, reference)
+
+
+def test_static_engine_falls_back_when_a_layer_does_not_pass_the_sink_on(smollm2):
+    """A model whose attention module drops unknown keyword arguments: the prompt goes through a dynamic cache."""
+    import torch
+
+    from evalfleet.backends.static_decode import StaticDecoder
+
+    model = backend(smollm2, "static").model
+    attn = model.model.layers[3].self_attn
+    original = attn.forward
+
+    def drops_extras(*args, kv_sink=None, **kwargs):
+        return original(*args, **kwargs)
+
+    attn.forward = drops_extras
+    ids = torch.tensor([[504, 2133, 30], [2133, 504, 91]])
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    decoder = StaticDecoder(model, cuda_graphs=False)
+    ours = decoder.generate(ids, mask, max_new_tokens=5, eos_ids=set(), pad_id=0)
+    reference = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0,
+                               eos_token_id=None)[:, 3:]
+    assert not decoder.sink and torch.equal(ours, reference)

@@ -59,8 +59,9 @@ def grouped_decode_attention(
     512, 384 slots, 0.15 ms a layer, against 0.28 ms for two matmuls around an fp32 softmax
     (`bench/decode_attention.py`); for prompts, flash attention needs no mask and skips the masked-out half.
     """
-    if (sink := kwargs.pop("kv_sink", None)) is not None:  # a prompt's forward (of one token, maybe)
-        sink(module.layer_idx, key, value)
+    sink = kwargs.pop("kv_sink", None)
+    if sink is not None and (layer_idx := getattr(module, "layer_idx", None)) is not None:
+        sink(layer_idx, key, value)  # a prompt's forward (of one token, maybe)
     if query.shape[2] != 1:
         if (cu_seq_lens_q is not None and max_length_q == query.shape[2] == key.shape[2] and not dropout
                 and kwargs.get("sliding_window") is None and query.dtype in (torch.float16, torch.bfloat16)):

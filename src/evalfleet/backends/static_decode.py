@@ -86,7 +86,8 @@ def set_length(cache: StaticCache, n: int) -> None:
 
 
 class StaticDecoder:
-    """Batched greedy decoding for a causal LM, exact against `generate(do_sample=False)`."""
+    """Batched greedy decoding for a causal LM: the tokens of `generate(do_sample=False)` with the same attention
+    kernels (tests, CPU fp32); on CUDA the prompt's flash attention rounds differently from SDPA in bf16."""
 
     def __init__(self, model: Any, *, cuda_graphs: bool) -> None:
         self.model = model
@@ -97,6 +98,10 @@ class StaticDecoder:
         # evalfleet's attention takes the prompt's boundaries (flash attention) and the cache's sink through the
         # forward's kwargs: the prompt's keys and values go straight into the static cache, with no dynamic cache
         self.sink = ours and any(p.kind is p.VAR_KEYWORD for p in params.values())
+        config = model.config
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.flash = (model.device.type == "cuda" and torch.cuda.get_device_capability(model.device)[0] >= 8
+                      and head_dim <= 256)  # flash attention's limits (Ampere or newer)
         self.graph: _StepGraph | None = None
         self.cache: StaticCache | None = None
         self.shape = (0, 0)  # (batch, cache length) of self.cache
@@ -120,6 +125,7 @@ class StaticDecoder:
             except Exception as err:  # an op that cannot be captured: decode eagerly from now on
                 log.warning("CUDA graph capture failed (%s: %s); decoding without graphs", type(err).__name__, err)
                 self.use_graphs = False
+                set_length(self.cache, slot)  # the warm-up steps may have advanced it
         if self.graph is not None:
             return self.graph(token, pos, slot, mask, done)
         logits = self.model(input_ids=token, attention_mask=mask, position_ids=pos, use_cache=True,
@@ -139,23 +145,31 @@ class StaticDecoder:
                 cache.update(layer.keys, layer.values, i, slots)
             return out.logits
 
+        stored: set[int] = set()
+
         def store(layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> None:
             layer = cache.layers[layer_idx]
             if not layer.is_initialized:  # allocates the layer's tensors (an update of no tokens)
                 cache.update(key[:, :, :0], value[:, :, :0], layer_idx, {"cache_position": key.new_zeros(0, dtype=torch.long)})
             layer.keys[:, :, :prompt_len].copy_(key)  # a plain strided copy: index_copy_ was ~10x slower here
             layer.values[:, :, :prompt_len].copy_(value)
+            stored.add(layer_idx)
 
-        extra = prompt_boundaries(attention_mask) if input_ids.is_cuda else {}
+        extra = prompt_boundaries(attention_mask) if self.flash else {}
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
                             use_cache=False, logits_to_keep=1, kv_sink=store, **extra).logits
+        if len(stored) != len(cache.layers):  # a module of this model did not pass the sink on: copy instead
+            log.warning("%d of %d layers stored their keys and values; prompts now go through a dynamic cache",
+                        len(stored), len(cache.layers))
+            self.sink = False
+            return self._prefill(cache, input_ids, attention_mask, positions)
         set_length(cache, prompt_len)
         return logits
 
     @torch.inference_mode()
     def warm_up(self, rows: int, prompt_len: int, max_new_tokens: int, pad_id: int) -> None:
         """Allocate the cache and capture the decode step for batches of `rows` prompts of `prompt_len` tokens
-        (while the model loads rather than in the first batch); nothing without CUDA graphs."""
+        (at load, before the worker reports ready, rather than in the first batch); nothing without CUDA graphs."""
         if not self.use_graphs:
             return
         cache = self._cache_for(rows, prompt_len + max_new_tokens)

@@ -29,6 +29,14 @@ def is_vision_model(config: Any) -> bool:
     return getattr(config, "vision_config", None) is not None
 
 
+def has_sliding_window(config: Any) -> bool:
+    """Some layers attend over a window only (Mistral v0.1, Gemma 3, Phi-3): their static cache layers are
+    rolling buffers, which the static engine's prompt writes do not handle."""
+    if types := getattr(config, "layer_types", None):
+        return any("sliding" in t for t in types)
+    return bool(getattr(config, "sliding_window", None)) and getattr(config, "use_sliding_window", True)
+
+
 def _tensors(encoding: BatchEncoding) -> BatchEncoding:
     """Token ids as torch tensors by way of numpy: `return_tensors="pt"` builds them from nested lists, a third of
     the time of tokenizing 512 prompts."""
@@ -46,7 +54,9 @@ class TransformersBackend:
         """Reads the config and the tokenizer (or processor): enough to `prepare`; `load` loads the weights."""
         self.cfg, self.n_gpus, self.max_memory_per_gpu = cfg, n_gpus, max_memory_per_gpu
         trust = cfg.trust_remote_code
-        self.vision = is_vision_model(AutoConfig.from_pretrained(cfg.path, trust_remote_code=trust))
+        config = AutoConfig.from_pretrained(cfg.path, trust_remote_code=trust)
+        self.vision = is_vision_model(config)
+        self.sliding = has_sliding_window(getattr(config, "text_config", config))
         if self.vision:
             self.processor = AutoProcessor.from_pretrained(cfg.path, trust_remote_code=trust)
             self.tokenizer = self.processor.tokenizer
@@ -95,11 +105,13 @@ class TransformersBackend:
             self.decoder.warm_up(rows, prompt_len, self.cfg.generation.max_new_tokens, self.tokenizer.pad_token_id)
 
     def _choose_engine(self, n_gpus: int) -> str:
-        """`auto`: the static-cache engine for greedy text models on one GPU, `generate` otherwise."""
+        """`auto`: the static-cache engine for greedy text models without sliding windows on one GPU, `generate`
+        otherwise."""
         engine = self.cfg.engine
-        static_ok = not self.vision and self.cfg.generation.temperature == 0
+        static_ok = not self.vision and not self.sliding and self.cfg.generation.temperature == 0
         if engine == "static" and not static_ok:
-            raise ValueError("engine static needs a text model and greedy decoding (temperature 0)")
+            raise ValueError("engine static needs a text model without sliding-window attention and greedy "
+                             "decoding (temperature 0)")
         if engine == "auto":
             engine = "static" if static_ok and n_gpus == 1 else "generate"
         return engine
