@@ -75,3 +75,45 @@ def test_first_batch_is_prepared_before_the_model_loads_then_answered(smollm2):
     answered = [driver.recv() for _ in range(2)]
     assert [[r.sample_id for r in msg[2]] for msg in answered] == [["q0", "q1"], ["q2"]]
     assert all(r.output is not None and r.n_tokens for msg in answered for r in msg[2])
+
+
+def test_next_batch_is_prepared_while_the_current_one_generates_even_if_its_chunk_comes_late(smollm2):
+    """The driver answers a worker's results with its next chunk: that chunk reaches the worker after it started
+    its next batch. It must still be prepared while that batch generates, not after."""
+    import multiprocessing as mp
+    import threading
+    import time
+
+    from evalfleet.backends.transformers_backend import TransformersBackend
+    from evalfleet.config import ModelConfig
+    from evalfleet.datasets import Sample
+    from evalfleet.workers import WorkerLoop
+
+    backend = TransformersBackend(ModelConfig(path=str(smollm2), dtype="float32", generation={"max_new_tokens": 24}), 0)
+    backend.load()
+    prepare, generate = backend.prepare, backend.generate
+    prepared, generated, generating = {}, [], threading.Event()
+
+    def timed_prepare(requests):
+        prepared[requests[0].name] = time.monotonic()
+        return prepare(requests)
+
+    def timed_generate(batch):
+        generating.set()
+        out = generate(batch)
+        generated.append(time.monotonic())
+        return out
+
+    backend.prepare, backend.generate = timed_prepare, timed_generate
+    driver, worker = mp.Pipe()
+    loop = WorkerLoop(worker, batch_size=2)
+    driver.send(("chunk", 0, [Sample("d", f"a{i}", q, q) for i, q in enumerate(["Name a colour.", "Say hi."])], 0))
+    run = threading.Thread(target=loop.run, args=(loop.start(backend),))
+    run.start()
+    assert generating.wait(60)
+    driver.send(("chunk", 1, [Sample("d", "b0", "What is 2 + 3?", "What is 2 + 3?")], 0))
+    answered = [driver.recv()[1] for _ in range(2)]
+    driver.send(None)
+    run.join(60)
+    assert answered == [0, 1] and not run.is_alive()
+    assert prepared["d/b0"] < generated[0]  # chunk 1 was prepared before chunk 0's batch had finished generating

@@ -8,7 +8,6 @@ workers), 4. report.
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing as mp
 import os
 import secrets
@@ -157,16 +156,15 @@ class _Driver:
         log.info("started worker %s (pid %s)", w.id, proc.pid)
 
     def launch(self, specs: list[WorkerSpec]) -> None:
-        """Start workers, then send each its first chunk at once: it prepares that batch while its model loads."""
+        """Start workers, then feed them at once (all registered first, so the queue shares chunks fairly): a
+        worker prepares its first batch while its model loads."""
         for spec in specs:
             self.start(spec)
         for spec in specs:
-            self.feed(self.workers[spec.name], most=1)  # more would fill the pipe of a worker that reads no more yet
+            self.feed(self.workers[spec.name])
 
-    def feed(self, w: _Worker, most: float = math.inf) -> None:
-        """Send `w` the chunks the queue assigns it (at most `most`)."""
-        sent = 0
-        while sent < most and (chunk := self.queue.assign(w.spec.name)) is not None:
+    def feed(self, w: _Worker) -> None:
+        while (chunk := self.queue.assign(w.spec.name)) is not None:
             mine = self.store.claim(self.stage.name, chunk.samples[0].dataset, [s.id for s in chunk.samples],
                                     self.owner, self.lease_s)
             others = {s.id for s in chunk.samples} - mine
@@ -178,7 +176,6 @@ class _Driver:
                 w.conn.send(("chunk", chunk.id, chunk.samples, self.cfg.seed))
             except (BrokenPipeError, OSError):
                 return  # it died; its sentinel reports it and the chunk is requeued
-            sent += 1
 
     def on_death(self, w: _Worker) -> None:
         """Requeue the dead worker's chunks and start a replacement (up to MAX_RESTARTS per slot)."""

@@ -2,7 +2,7 @@
 
 Protocol over a private pipe (one per worker, so a dying worker cannot corrupt a shared queue):
   driver -> worker: ("chunk", chunk_id, samples, seed) | None (stop, after the last chunk's results);
-                    the first chunk comes as the worker starts, before "ready" (prepared while the model loads)
+                    the first chunks come as the worker starts, before "ready" (prepared while the model loads)
   worker -> driver: ("ready", device_label, load_seconds) | ("results", chunk_id, [Result], [log line])
                     | ("step", step, steps) (denoising) | ("stopped", unload_seconds) | ("fatal", traceback)
 """
@@ -12,8 +12,10 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
+import queue
 import resource
 import signal
+import threading
 import time
 import traceback
 import zlib
@@ -21,7 +23,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from evalfleet.config import ModelConfig
 from evalfleet.datasets import Sample
@@ -155,7 +157,11 @@ def generate_batch(backend: Backend, ready: ReadyBatch, log: list[str]) -> list[
 
 class WorkerLoop:
     """Receives chunks, cuts them into batches of the current size, prepares the next batch on a thread
-    while the device generates the current one, and sends results batch by batch."""
+    while the device generates the current one, and sends results batch by batch.
+
+    A daemon thread reads the pipe as messages come (the driver's sends never wait for this worker), into
+    `inbox`; the prefetch thread takes the next batch from it, waiting for the driver if need be, and prepares
+    it while the main thread generates: the next batch is ready however late the driver's chunk arrives."""
 
     backend: Backend
     """Set by `start`."""
@@ -165,20 +171,33 @@ class WorkerLoop:
         self.sizer = BatchSizer(batch_size)
         self.pending: deque[Batch] = deque()
         self.log: list[str] = []  # lines for the driver's log, sent with the next results
+        self.inbox: queue.Queue[Any] = queue.Queue()
         self.prefetch = ThreadPoolExecutor(1, thread_name_prefix="prepare")
         self.stopping = False
-        # The driver sends a worker its first chunk as it starts it: read at once, so that the driver's send of a
-        # chunk larger than the pipe's buffer does not wait for this worker's imports and model
-        self.received = self.prefetch.submit(self.take, block=True)
+        self.preparing = threading.Lock()
+        threading.Thread(target=self._receive, name="receive", daemon=True).start()
 
-    def take(self, *, block: bool) -> Batch | None:
-        """The next batch; None when the driver said stop, or (not blocking) when nothing is queued."""
-        while not self.pending:
-            if self.stopping or (not block and not self.conn.poll()):
-                return None
-            msg = self.conn.recv()  # EOFError: the driver is gone
+    def _receive(self) -> None:
+        while True:
+            try:
+                msg = self.conn.recv()
+            except (EOFError, OSError) as err:  # the driver is gone
+                self.inbox.put(EOFError(str(err)))
+                return
+            self.inbox.put(msg)
             if msg is None:
-                self.stopping = True  # remembered: a poll between batches may be what reads it
+                return
+
+    def take(self) -> Batch | None:
+        """The next batch, waiting for the driver's next chunk if none is queued; None once the driver said stop."""
+        while not self.pending:
+            if self.stopping:
+                return None
+            msg = self.inbox.get()
+            if isinstance(msg, EOFError):
+                raise msg
+            if msg is None:
+                self.stopping = True
                 return None
             _, chunk_id, samples, seed = msg
             self.pending.append(Batch(chunk_id, samples, seed))
@@ -190,52 +209,57 @@ class WorkerLoop:
             self.pending.popleft()
         return Batch(head.chunk_id, head.samples[:n], head.seed)
 
-    def _prepare(self, batch: Batch | None) -> ReadyBatch | None:
-        return None if batch is None else prepare_batch(self.backend, batch)
+    def _prepare(self, batch: Batch) -> ReadyBatch:
+        with self.preparing:  # tokenizers set their padding per call: one batch at a time
+            return prepare_batch(self.backend, batch)
 
-    def submit(self, batch: Batch | None) -> Future[ReadyBatch | None]:
-        """Prepare `batch` on the prefetch thread; None (the driver said stop) passes through."""
-        return self.prefetch.submit(self._prepare, batch)
+    def _next(self) -> Future[ReadyBatch | None]:
+        """The next batch, taken and prepared on the prefetch thread."""
+        return self.prefetch.submit(lambda: None if (b := self.take()) is None else self._prepare(b))
 
     def start(self, backend: Backend) -> Future[ReadyBatch | None]:
-        """Prepare the first batch with `backend` on the prefetch thread, once received, while the main thread
-        loads the model."""
+        """Prepare the first batch with `backend` on the prefetch thread (the driver sends a worker its first
+        chunk as it starts it), while the main thread loads the model."""
         self.backend = backend
-        return self.prefetch.submit(lambda: self._prepare(self.received.result()))
+        return self._next()
 
     def run(self, first: Future[ReadyBatch | None]) -> None:
-        from evalfleet.backends import free_memory, is_out_of_memory
-
         job = first
         while (ready := job.result()) is not None:
-            current = ready.batch
-            upcoming = self.take(block=False)
-            job = None if upcoming is None else self.submit(upcoming)  # prepared while this one generates
-            try:
-                results = generate_batch(self.backend, ready, self.log)
-                self.sizer.succeeded()
-            except Exception as err:
-                if not is_out_of_memory(err):
-                    raise  # the replica is lost: the driver requeues what this worker held
-                del err
-                free_memory()
-                if len(current.samples) > 1:  # retry both halves (and what was prefetched) in order
-                    self.sizer.shrink(len(current.samples))
-                    self.log.append(f"out of memory at batch size {len(current.samples)}: halving to {self.sizer.size}")
-                    if upcoming is not None:
-                        self.pending.appendleft(upcoming)
-                    self.pending.appendleft(current)
-                    job = self.submit(self.take(block=True))
-                    continue
-                s = current.samples[0]
-                self.log.append(f"{s.dataset}/{s.id} does not fit in memory even alone")
-                results = [Result(s.dataset, s.id, None, "out of memory even in a batch of 1 "
-                                  f"({len(s.prompt)} prompt characters, {len(s.images)} image(s))")]
-            self.conn.send(("results", current.chunk_id, results, self.log[:]))
+            job = self._next()  # prepared while this one generates
+            self.conn.send(("results", ready.batch.chunk_id, self._answer(ready), self.log[:]))
             self.log.clear()
-            if job is None:
-                job = self.submit(self.take(block=True))
         self.prefetch.shutdown()
+
+    def _answer(self, ready: ReadyBatch) -> list[Result]:
+        """The batch's results; after out-of-memory, those of its parts at the halved size, prepared here, down to
+        single samples."""
+        from evalfleet.backends import free_memory, is_out_of_memory
+
+        try:
+            results = generate_batch(self.backend, ready, self.log)
+            self.sizer.succeeded()
+            return results
+        except Exception as err:
+            if not is_out_of_memory(err):
+                raise  # the replica is lost: the driver requeues what this worker held
+        free_memory()
+        batch = ready.batch
+        if len(batch.samples) == 1:
+            s = batch.samples[0]
+            self.log.append(f"{s.dataset}/{s.id} does not fit in memory even alone")
+            return [Result(s.dataset, s.id, None, "out of memory even in a batch of 1 "
+                           f"({len(s.prompt)} prompt characters, {len(s.images)} image(s))")]
+        self.sizer.shrink(len(batch.samples))
+        n = self.sizer.size
+        self.log.append(f"out of memory at batch size {len(batch.samples)}: halving to {n}")
+        return [r for i in range(0, len(batch.samples), n)
+                for r in self._answer(self._prepare(Batch(batch.chunk_id, batch.samples[i : i + n], batch.seed)))]
+
+    def close(self) -> None:
+        """Release a prefetch thread waiting for a chunk (the worker is ending on an error)."""
+        self.inbox.put(None)
+        self.prefetch.shutdown(wait=False, cancel_futures=True)
 
 
 def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size: int, output_dir: str,
@@ -273,12 +297,14 @@ def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size:
         conn.send(("ready", backend.label + (f" on {where}" if where else ""), load_s))
     except Exception:
         conn.send(("fatal", traceback.format_exc()))
+        loop.close()
         return
     try:
         loop.run(first)
     except EOFError:
         return  # the driver is gone
     finally:
+        loop.close()
         if hasattr(backend, "close"):  # servers it started
             backend.close()
     t0 = time.perf_counter()
