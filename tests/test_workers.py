@@ -52,9 +52,42 @@ def test_out_of_memory_splits_the_batch_and_a_sample_too_big_alone_is_an_error(t
     assert "long/huge does not fit in memory even alone" in log
 
 
+def results(conn):
+    """The worker's next message that is not a heartbeat."""
+    while (msg := conn.recv())[0] == "heartbeat":
+        pass
+    return msg
+
+
+def test_heartbeats_come_while_the_main_thread_is_busy():
+    """A worker's heartbeat thread speaks for it every HEARTBEAT_S, whatever its main thread does; it stops when
+    the loop closes."""
+    import multiprocessing as mp
+    import time
+
+    from evalfleet.workers import HEARTBEAT_S, WorkerLoop
+
+    driver, worker = mp.Pipe()
+    loop = WorkerLoop(worker, batch_size=2)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 2.5 * HEARTBEAT_S:  # busy, holding the interpreter as a Python loop does
+        pass
+    beats = []
+    while driver.poll(0):
+        beats.append(driver.recv())
+    assert beats and all(b == ("heartbeat",) for b in beats) and len(beats) in (2, 3)
+    loop.close()
+    time.sleep(1.5 * HEARTBEAT_S)
+    while driver.poll(0):
+        driver.recv()
+    time.sleep(1.5 * HEARTBEAT_S)
+    assert not driver.poll(0)
+
+
 def test_first_batch_is_prepared_before_the_model_loads_then_answered(smollm2):
     """The driver sends a worker its first chunk as it starts it: the worker tokenizes it while its weights load."""
     import multiprocessing as mp
+    import threading
 
     from evalfleet.backends.transformers_backend import TransformersBackend
     from evalfleet.config import ModelConfig
@@ -70,9 +103,12 @@ def test_first_batch_is_prepared_before_the_model_loads_then_answered(smollm2):
     ready = first.result(timeout=60)  # prepared with no model loaded
     assert backend.model is None and ready.prepared.inputs["input_ids"].shape[0] == 2
     backend.load()
-    driver.send(None)
-    loop.run(first)
-    answered = [driver.recv() for _ in range(2)]
+    run = threading.Thread(target=loop.run, args=(first,))
+    run.start()
+    answered = [results(driver) for _ in range(2)]
+    driver.send(None)  # stop: the driver says so once every result is in
+    run.join(60)
+    assert not run.is_alive()
     assert [[r.sample_id for r in msg[2]] for msg in answered] == [["q0", "q1"], ["q2"]]
     assert all(r.output is not None and r.n_tokens for msg in answered for r in msg[2])
 
@@ -112,8 +148,38 @@ def test_next_batch_is_prepared_while_the_current_one_generates_even_if_its_chun
     run.start()
     assert generating.wait(60)
     driver.send(("chunk", 1, [Sample("d", "b0", "What is 2 + 3?", "What is 2 + 3?")], 0))
-    answered = [driver.recv()[1] for _ in range(2)]
+    answered = [results(driver)[1] for _ in range(2)]
     driver.send(None)
     run.join(60)
     assert answered == [0, 1] and not run.is_alive()
     assert prepared["d/b0"] < generated[0]  # chunk 1 was prepared before chunk 0's batch had finished generating
+
+
+def test_a_stop_during_a_batch_lets_it_finish_and_starts_no_other(smollm2):
+    """After a stop signal the driver says stop while the worker still has batches queued: the batch on the
+    device is answered, the queued ones are not started (the driver gives up their leases)."""
+    import multiprocessing as mp
+    import threading
+
+    from evalfleet.backends.transformers_backend import TransformersBackend
+    from evalfleet.config import ModelConfig
+    from evalfleet.datasets import Sample
+    from evalfleet.workers import WorkerLoop
+
+    backend = TransformersBackend(ModelConfig(path=str(smollm2), dtype="float32", generation={"max_new_tokens": 8}), 0)
+    backend.load()
+    driver, worker = mp.Pipe()
+    loop = WorkerLoop(worker, batch_size=2)
+    driver.send(("chunk", 0, [Sample("d", f"q{i}", f"Count to {i}.", f"Count to {i}.") for i in range(8)], 0))
+    run = threading.Thread(target=loop.run, args=(loop.start(backend),))
+    run.start()
+    first = results(driver)
+    driver.send(None)
+    run.join(60)
+    assert not run.is_alive()
+    later = []
+    while driver.poll(0.5):
+        if (msg := driver.recv())[0] == "results":
+            later.append(msg)
+    assert [r.sample_id for r in first[2]] == ["q0", "q1"]
+    assert len(later) <= 1 and sum(len(m[2]) for m in later) <= 2  # the batch it was on, if any; q4.. never

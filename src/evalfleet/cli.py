@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from evalfleet.config import load_config, parse_config
-from evalfleet.errors import UserError
+from evalfleet.errors import RunError, UserError
+from evalfleet.stopping import Stopped
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -25,16 +26,31 @@ def _execute(cfg: Any, *, fresh: bool, log_file: Path | None, retry_errors: bool
              redo: list[str] | None = None) -> None:
     from evalfleet.runner import run
 
-    run(cfg, fresh=fresh, retry_errors=retry_errors, redo=redo, console=console, log_file=log_file)
+    summary = run(cfg, fresh=fresh, retry_errors=retry_errors, redo=redo, console=console, log_file=log_file)
+    failed = [f"{name}: {ds.get('error')}" for name, ds in summary["datasets"].items() if ds.get("status") == "failed"]
+    if failed:  # the others' results are saved and reported; the run as a whole did not do what was asked
+        raise RunError("these datasets could not be read, the others' results are saved:\n  " + "\n  ".join(failed))
 
 
-def _guard(fn: Callable[[], None]) -> None:
-    """Print user errors without a traceback; exit 130 on Ctrl-C."""
+def _guard(fn: Callable[[], None], store: Path | None = None) -> None:
+    """Print user errors (exit 2) and runs that could not go on (exit 1) without a traceback; after a stop signal,
+    exit 130 (Ctrl-C) or 75 (SIGTERM, SIGUSR1: preempted, run again to resume). `store`: the store the command
+    reads, named in its errors."""
+    from evalfleet.store import store_errors
+
     try:
-        fn()
-    except UserError as err:
-        console.print(f"[bold red]error:[/bold red] {escape(str(err))}", highlight=False)
-        raise typer.Exit(2) from None
+        if store is None:
+            fn()
+        else:
+            with store_errors(store):
+                fn()
+    except (UserError, RunError) as err:
+        console.print(f"[bold red]error:[/bold red] {escape(str(err))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(err.exit_code) from None
+    except Stopped as stop:
+        console.print(f"[evalfleet] {stop}; results so far are saved. Run the same command again to resume.",
+                      markup=False, highlight=False)
+        raise typer.Exit(stop.exit_code) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
@@ -160,7 +176,7 @@ def status_cmd(
                 st = read_status(run_dir)
                 live.update(status_view(st))
 
-    _guard(go)
+    _guard(go, store=run_dir / "store.db")
 
 
 @app.command("report")
@@ -183,7 +199,7 @@ def report_cmd(
         finally:
             store.close()
 
-    _guard(go)
+    _guard(go, store=run_dir / "store.db")
 
 
 @app.command("show")
@@ -220,7 +236,7 @@ def show_cmd(
         finally:
             store.close()
 
-    _guard(go)
+    _guard(go, store=run_dir / "store.db")
 
 
 @app.command("compare")
@@ -280,6 +296,9 @@ def slurm_cmd(
     time_limit: Annotated[str | None, typer.Option("--time", help="Time limit, e.g. 12:00:00.")] = None,
     partition: Annotated[str | None, typer.Option("--partition", help="Slurm partition.")] = None,
     account: Annotated[str | None, typer.Option("--account", help="Slurm account.")] = None,
+    signal_before: Annotated[int, typer.Option("--signal-before", help="Seconds before the time limit at which "
+                                               "each task is told to stop, saves its results and requeues itself "
+                                               "(0: never).")] = 120,
     submit: Annotated[bool, typer.Option("--submit", help="sbatch the array and the merge job after it.")] = False,
 ) -> None:
     """Write a Slurm job array (task i runs shard i) and a merge job, or (--ray-nodes) one multi-node job running
@@ -296,7 +315,8 @@ def slurm_cmd(
 
         if (array is None) == (ray_nodes is None):
             raise UserError("give --array N (shards + merge) or --ray-nodes N (one Ray cluster)")
-        opts = SlurmOptions(array or 1, gpus_per_task, cpus_per_task, mem, time_limit, partition, account)
+        opts = SlurmOptions(array or 1, gpus_per_task, cpus_per_task, mem, time_limit, partition, account,
+                            signal_before)
         if ray_nodes is not None:
             script = write_ray_script(load_config(config), config, ray_nodes, opts)
             console.print(f"[evalfleet] wrote {script}", markup=False, highlight=False)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from evalfleet.errors import UserError
+from evalfleet.errors import UserError, not_utf8
 
 
 class _Strict(BaseModel):
@@ -312,6 +312,12 @@ class RunConfig(_Strict):
     lease_seconds: float = Field(120.0, gt=0)
     """Several `evalfleet run` processes on one run: a sample claimed by one that is not finished within this
     time (renewed while it lives) may be taken by another."""
+    hang_seconds: float = Field(60.0, gt=0)
+    """A worker that sends nothing, not even its heartbeat (every 2 s), for this long is hung (stopped, or stuck
+    holding the interpreter): it is killed, its samples requeued, and another started."""
+    stall_seconds: float = Field(1800.0, gt=0)
+    """A worker that holds work but finishes none of it for this long is stuck (in a kernel, say) and is replaced
+    likewise; raise it for batches that take longer."""
     chunk_size: int | None = Field(None, ge=1)
     """Samples handed to a worker at a time (default: the starting batch size)."""
     limit: int | None = Field(None, ge=1)
@@ -398,7 +404,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise UserError(not_utf8(path, "config")) from None
     except yaml.YAMLError as err:
         raise UserError(f"config {path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):

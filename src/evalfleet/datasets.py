@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from evalfleet.config import DatasetConfig
-from evalfleet.errors import UserError
+from evalfleet.errors import UserError, not_utf8
 
 ID_COLUMNS = ("id", "index", "qid", "question_id")
 OPTION_LETTERS = tuple("ABCDEFGHIJ")
@@ -256,11 +256,16 @@ def _file_samples(cfg: DatasetConfig) -> list[Sample]:
     path = Path(cfg.path)
     if not path.is_file():
         raise DatasetError(f"dataset {cfg.name!r}: file not found: {path}")
-    fmt = _detect_format(path, cfg.format)
     try:
+        fmt = _detect_format(path, cfg.format)
         rows = list(FORMATS[fmt](path))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
+    except UnicodeDecodeError:
+        raise DatasetError(f"dataset {cfg.name!r}: {not_utf8(path, 'file')}") from None
+    except (OSError, csv.Error) as err:
         raise DatasetError(f"dataset {cfg.name!r}: cannot read {path}: {err}") from None
+    if not rows:
+        raise DatasetError(f"dataset {cfg.name!r}: {path} holds no samples (an empty file, or a header alone); "
+                           "check that it is the file you meant")
     if fmt == "vlmeval" and cfg.fields.image:
         _vlmeval_image_links(rows, cfg.fields.image)
     resolve = _ImageResolver(path.parent, base64_only=fmt == "vlmeval")

@@ -13,6 +13,8 @@ import os
 import secrets
 import shutil
 import socket
+import sqlite3
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -24,10 +26,9 @@ from typing import Any
 
 from rich.console import Console
 
-from evalfleet.cluster.shards import in_shard, parse_shard
 from evalfleet.config import ModelConfig, RunConfig, StageConfig
-from evalfleet.datasets import DatasetError, Sample, load_samples
-from evalfleet.errors import UserError
+from evalfleet.datasets import Sample
+from evalfleet.errors import RunError, UserError
 from evalfleet.judging import (
     JudgeFeed,
     close_all,
@@ -46,12 +47,14 @@ from evalfleet.placement import (
     probe_machine,
     split_gpus,
 )
+from evalfleet.preflight import check_output_dir, read_datasets, refuse_fresh_while_live, refusals
 from evalfleet.progress import RunProgress
 from evalfleet.report import write_report
 from evalfleet.scheduler import Chunk, WorkQueue, make_chunks
 from evalfleet.scoring import score_sample
 from evalfleet.scoring.judge import parse_judgement
-from evalfleet.store import JudgeCache, Result, Store, network_filesystem
+from evalfleet.stopping import Stopped, stop_on_signals
+from evalfleet.store import JudgeCache, Result, Store, network_filesystem, store_errors
 from evalfleet.workers import WorkerSpec, worker_main
 
 log = logging.getLogger("evalfleet")
@@ -61,6 +64,13 @@ MAX_RESTARTS = 3
 MAX_CHUNK_ATTEMPTS = 2
 """Workers that may die holding one chunk before its samples are recorded as errors."""
 COMMIT_EVERY_S = 1.0
+STOP_GRACE_S = 5.0
+"""After a stop signal: seconds all workers together get to send the batch they are on and unload, before
+they are killed (Slurm's grace before SIGKILL is 30 s by default)."""
+UNLOAD_S = 60.0
+"""Seconds all workers together get to unload at the end of a stage before they are killed."""
+HEARTBEAT_STORE_S = 10.0
+"""Seconds between heartbeats a driver writes to the store for itself and for each worker (for `status`)."""
 
 
 @dataclass(eq=False)
@@ -76,6 +86,15 @@ class _Worker:
     """When the driver told it to stop: its serving time ends there, before unloading."""
     busy_s: float = 0.0
     """Seconds its batches took on the device (`Backend.generate`; preparation overlaps it), summed."""
+    last_seen: float = field(default_factory=time.monotonic)
+    """When it last sent anything (a heartbeat at least every HEARTBEAT_S while its process runs)."""
+    last_progress: float = field(default_factory=time.monotonic)
+    """When it last sent results, or was given work while it held none."""
+    last_stored: float = 0.0
+    stored_state: str = ""
+    """When its heartbeat was last written to the store, and the state written then (running or idle)."""
+    hung: str | None = None
+    """Why the driver killed it as hung or stalled."""
 
     @property
     def id(self) -> str:
@@ -164,6 +183,8 @@ class _Driver:
             self.feed(self.workers[spec.name])
 
     def feed(self, w: _Worker) -> None:
+        if not self.queue.held.get(w.spec.name):
+            w.last_progress = time.monotonic()  # its stall clock starts with its work
         while (chunk := self.queue.assign(w.spec.name)) is not None:
             mine = self.store.claim(self.stage.name, chunk.samples[0].dataset, [s.id for s in chunk.samples],
                                     self.owner, self.lease_s)
@@ -183,11 +204,13 @@ class _Driver:
         code = w.proc.exitcode
         self.workers.pop(w.spec.name)
         self.perf["workers"][w.id] = w.usage()
-        self.store.worker_state(self.key(w), device=w.spec.name, pid=w.proc.pid, state=f"died ({code})")
+        state = f"{w.hung}, replaced" if w.hung else f"died ({code})"
+        self.store.worker_state(self.key(w), device=w.spec.name, pid=w.proc.pid, state=state)
         chunks = self.queue.release(w.spec.name, answering=w.ready)
-        self.progress.note(f"worker {w.id} died (exit code {code}); {sum(len(c.samples) for c in chunks)} "
-                           "samples go back to the queue")
-        log.warning("worker %s died with exit code %s", w.id, code)
+        if not w.hung:
+            self.progress.note(f"worker {w.id} died (exit code {code}); {sum(len(c.samples) for c in chunks)} "
+                               "samples go back to the queue")
+            log.warning("worker %s died with exit code %s", w.id, code)
         for chunk in chunks:
             if chunk.attempts >= MAX_CHUNK_ATTEMPTS:
                 self.queue.drop(chunk)
@@ -196,7 +219,9 @@ class _Driver:
         if self.restarts[w.spec.name] <= MAX_RESTARTS and not self.queue.finished:
             self.start(w.spec)  # fed once ready: ready peers take the requeued chunks meanwhile
         elif not self.workers:
-            raise RuntimeError("every worker died; see the log. Run again to resume.")
+            raise RunError(f"every worker of stage {self.stage.name} died ({MAX_RESTARTS} replacements each; the "
+                           f"last exit code was {code}); the reasons are in the run's log. Results so far are saved: "
+                           "run the same command again to resume")
 
     def fail_chunk(self, chunk: Chunk, reason: str) -> None:
         self.buffer += [Result(s.dataset, s.id, None, reason) for s in chunk.samples]
@@ -205,7 +230,13 @@ class _Driver:
     # -- messages -----------------------------------------------------------------------------
     def handle(self, w: _Worker, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
-        if kind == "ready":
+        w.last_seen = time.monotonic()
+        if kind == "heartbeat" and w.ready:  # `status` tells idle from silent, and from hung
+            state = "running" if self.queue.held.get(w.spec.name) else "idle"
+            if state != w.stored_state or w.last_seen - w.last_stored > HEARTBEAT_STORE_S:
+                w.last_stored, w.stored_state = w.last_seen, state
+                self.store.worker_state(self.key(w), device=w.spec.name, pid=w.proc.pid, state=state)
+        elif kind == "ready":
             w.ready, w.t_ready = True, time.monotonic()
             self.store.worker_state(self.key(w), device=msg[1], pid=w.proc.pid, state="running")
             self.progress.worker(w.spec.name, msg[1])
@@ -220,22 +251,7 @@ class _Driver:
                                    f"(process start included); model load per replica: {each} s")
             self.feed(w)
         elif kind == "results":
-            _, chunk_id, results, logs = msg
-            for text in logs:
-                log.warning("[%s] %s", w.id, text)
-            for r in results:
-                r.worker = w.id
-                if r.error:
-                    log.warning("sample %s/%s: %s", r.dataset, r.sample_id, r.error)
-            self.queue.finish_samples(w.spec.name, chunk_id, {r.sample_id for r in results})
-            w.busy_s += sum(r.seconds or 0.0 for r in results)
-            self.perf["samples"] += len(results)
-            self.perf["generated_tokens"] += sum(r.n_tokens or 0 for r in results)
-            self.buffer += results
-            if self.cfg.show_samples:
-                self.show(w, results)
-            self.worker_counts[w] = self.worker_counts.get(w, 0) + len(results)
-            self.progress.advance(w.spec.name, len(results))
+            self.take_results(w, msg)
             self.feed(w)
         elif kind == "step":
             self.progress.step(w.spec.name, msg[1], msg[2])
@@ -243,6 +259,26 @@ class _Driver:
             log.error("worker %s failed to start:\n%s", w.id, msg[1])
             last = msg[1].strip().splitlines()[-1]
             raise UserError(f"worker {w.id} could not load the model {self.stage.model.path}: {last}")
+
+    def take_results(self, w: _Worker, msg: tuple[Any, ...]) -> None:
+        """A ("results", chunk_id, results, log lines) message: buffer the results for the next commit."""
+        _, chunk_id, results, logs = msg
+        w.last_progress = time.monotonic()
+        for text in logs:
+            log.warning("[%s] %s", w.id, text)
+        for r in results:
+            r.worker = w.id
+            if r.error:
+                log.warning("sample %s/%s: %s", r.dataset, r.sample_id, r.error)
+        self.queue.finish_samples(w.spec.name, chunk_id, {r.sample_id for r in results})
+        w.busy_s += sum(r.seconds or 0.0 for r in results)
+        self.perf["samples"] += len(results)
+        self.perf["generated_tokens"] += sum(r.n_tokens or 0 for r in results)
+        self.buffer += results
+        if self.cfg.show_samples:
+            self.show(w, results)
+        self.worker_counts[w] = self.worker_counts.get(w, 0) + len(results)
+        self.progress.advance(w.spec.name, len(results))
 
     def show(self, w: _Worker, results: list[Result]) -> None:
         """--show-samples: a line per sample with its score (judge score, or the first metric), then the batch mean."""
@@ -279,9 +315,12 @@ class _Driver:
         """Renew this driver's leases; when its queue ran dry, queue what is still unfinished (another driver
         may have left it) or close the queue once every sample has a result."""
         now = time.monotonic()
-        if now - self.last_renew > self.lease_s / 4:
+        if now - self.last_renew > min(self.lease_s / 4, HEARTBEAT_STORE_S):
+            self.store.check_same_file()  # never write on into a store that `--fresh` replaced
             self.store.renew(self.owner, self.lease_s)
+            self.store.driver_heartbeat(self.owner)
             self.last_renew = now
+        self.watch(now)
         busy = self.queue.pending or any(self.queue.held.values())
         if busy or self.open_inputs or self.queue.closed or now - self.last_refill < 2:
             return  # a judge fed as answers arrive is refilled by its feed until the answerer is done
@@ -301,6 +340,28 @@ class _Driver:
                     self.feed(w)
         else:
             self.queue.close()
+
+    def watch(self, now: float) -> None:
+        """Kill a worker that sent nothing, not even a heartbeat, for `hang_seconds` (stopped, or stuck holding the
+        interpreter), or that held work without finishing any for `stall_seconds` (stuck in a kernel): its death
+        then requeues its chunks and starts a replacement, as for any dead worker."""
+        for w in list(self.workers.values()):
+            silent = now - w.last_seen
+            stalled = now - w.last_progress if w.ready and self.queue.held.get(w.spec.name) else 0.0
+            if w.hung:
+                continue
+            if silent > self.cfg.hang_seconds:
+                w.hung = f"hung (no heartbeat for {silent:.0f} s)"
+            elif stalled > self.cfg.stall_seconds:
+                w.hung = f"stalled (no result for {stalled:.0f} s)"
+            else:
+                continue
+            held = sum(len(c.samples) for c in self.queue.held.get(w.spec.name, []))
+            self.progress.note(f"worker {w.id} is {w.hung}: killed and replaced; its {held} samples go back to "
+                               "the queue")
+            log.warning("worker %s is %s: killing it", w.id, w.hung)
+            self.store.worker_state(self.key(w), device=w.spec.name, pid=w.proc.pid, state=w.hung)
+            w.proc.kill()  # SIGKILL ends a stopped process too; its sentinel brings it to `reap`
 
     def reap(self, w: _Worker) -> None:
         """A worker process ended: take the results it sent just before, then requeue and replace it."""
@@ -328,14 +389,33 @@ class _Driver:
         self.store.release(self.owner)
         self.stop()
 
+    def shutdown(self) -> None:
+        """The loop ended (done, a stop signal or an error): save what arrived, stop the workers that still run
+        within STOP_GRACE_S, save what they sent meanwhile and give back this driver's leases. Each step is tried
+        even when the store fails (a full disk): the workers are stopped whatever happens."""
+        self.on_commit = None  # a judge resumes from the store, it needs no feeding now
+        _quietly(self.commit, True)
+        if not self.stopped:
+            self.stop(STOP_GRACE_S)
+            _quietly(self.commit, True)
+        _quietly(self.store.release, self.owner)
+        self.progress.close()
+        _quietly(self.store.set_meta, f"performance:{self.stage.name}", self.perf)
+
     def key(self, w: _Worker) -> str:
         """The worker's row in the store's workers table: stage/worker@host:driver-pid (drivers may share a run)."""
         return f"{self.stage.name}/{w.id}@{self.owner.rsplit(':', 1)[0]}"
 
-    def stop(self) -> None:
-        """Ask every worker to unload at once, collect their unload times, then reap them."""
+    def stop(self, grace: float | None = None) -> None:
+        """Ask every worker to unload at once, collect their unload times, then reap them.
+
+        `grace`: after a stop signal, the seconds all workers together get, after which the rest are killed;
+        results they send meanwhile (the batch they were on) are buffered for the final commit. Without it they
+        get UNLOAD_S to unload.
+        """
         self.stopped = True
         t0 = time.monotonic()
+        deadline = t0 + (UNLOAD_S if grace is None else grace)
         for w in self.workers.values():
             w.t_stop = time.monotonic()
             try:
@@ -344,18 +424,21 @@ class _Driver:
                 pass
         for w in self.workers.values():
             try:
-                while w.conn.poll(30):
+                while w.conn.poll(max(0.0, deadline - time.monotonic())):
                     msg = w.conn.recv()
-                    if msg[0] == "stopped":
+                    if msg[0] == "results":
+                        self.take_results(w, msg)
+                    elif msg[0] == "stopped":
                         self.perf["unload_s"][w.id] = round(msg[1], 3)
                         break
             except (EOFError, OSError):
                 pass
-            w.proc.join(timeout=10)
+            w.proc.join(timeout=max(0.1, deadline - time.monotonic()))
             if w.proc.is_alive():
                 w.proc.kill()
+                w.proc.join(timeout=5)
             self.perf["workers"][w.id] = w.usage()
-            self.store.worker_state(self.key(w), device=w.spec.name, pid=w.proc.pid, state="stopped")
+            _quietly(self.store.worker_state, self.key(w), device=w.spec.name, pid=w.proc.pid, state="stopped")
         used = self.perf["workers"].values()
         self.perf["wall_s"] = round(time.monotonic() - self.t_spawn, 2)
         self.perf["gpu_hours"] = round(sum(u["gpus"] * u["held_s"] for u in used) / 3600, 4)
@@ -366,34 +449,12 @@ class _Driver:
 
 
 
-def _load_datasets(cfg: RunConfig, store: Store, progress_note: Callable[[str], None]) -> dict[str, list[Sample]]:
-    loaded: dict[str, list[Sample]] = {}
-    first_stage = cfg.pipeline()[0].name  # answers the prompts
-    for ds in cfg.datasets:
-        try:
-            samples = load_samples(ds, seed=cfg.seed, limit=cfg.limit)
-        except DatasetError as err:
-            store.set_dataset(ds.name, "failed", error=str(err))
-            progress_note(f"dataset {ds.name} failed: {err}")
-            log.error("dataset %s failed: %s", ds.name, err)
-            continue
-        positions = list(range(len(samples)))
-        if cfg.shard is not None:  # this process's share only, at their places in the whole dataset
-            index, count = parse_shard(cfg.shard)
-            positions = [i for i, s in zip(positions, samples) if in_shard(ds.name, s.id, index, count)]
-            samples = [samples[i] for i in positions]
-        if changed := store.changed_prompts(first_stage, samples):
-            raise UserError(
-                f"dataset {ds.name}: {len(changed)} answered samples (e.g. {changed[0]!r}) had another prompt, "
-                "instruction, system prompt or few-shot examples; use --fresh to start over, "
-                f"--redo {first_stage} to answer them again, or another run name")
-        store.put_samples(samples, positions)
-        store.set_dataset(ds.name, "running", len(samples))
-        loaded[ds.name] = samples
-        for s in samples:
-            if s.error:
-                log.warning("sample %s/%s: %s", ds.name, s.id, s.error)
-    return loaded
+def _quietly(fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
+    """Call a store write while stopping; a failing store is logged (its error was already raised once)."""
+    try:
+        fn(*args, **kw)
+    except (sqlite3.Error, RunError) as err:
+        log.warning("while stopping: %s failed: %s", getattr(fn, "__name__", fn), err)
 
 
 def _estimate(model: ModelConfig, samples: list[Sample], on_gpu: bool) -> ModelEstimate | None:
@@ -476,9 +537,36 @@ def check_model_path(path: str) -> None:
         raise UserError(f"model path not found: {path}")
 
 
+class _RunLog(logging.FileHandler):
+    """run.log. When it can no longer be written (a full disk, a failing filesystem) it says so once on stderr and
+    stops, instead of printing a traceback for every record."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # the last flush failed too
+            pass
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            self.failed = True
+            sys.stderr.write(f"[evalfleet] cannot write the log {self.baseFilename} ({sys.exc_info()[1]}); "
+                             "logging stops\n")
+
+
 def _log_to(path: Path) -> logging.Handler:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = _RunLog(path)
+    except OSError as err:
+        raise UserError(f"cannot write the run's log {path}: {err.strerror or err}; check that its folder is "
+                        "writable, or point output_dir (--out) elsewhere") from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.setLevel(logging.INFO)
     log.addHandler(handler)
@@ -510,11 +598,17 @@ def run(
         if stage.model.backend != "openai":  # there, `path` names the served model
             check_model_path(stage.model.path)
     run_dir = cfg.run_dir
+    check_output_dir(run_dir)
     if fresh and run_dir.exists():
+        refuse_fresh_while_live(run_dir, cfg.lease_seconds)
         shutil.rmtree(run_dir)
     handler = _log_to(log_file or run_dir / "run.log")
     try:
-        return _run(cfg, run_dir, retry_errors, redo or [], console)
+        with stop_on_signals(), store_errors(run_dir / "store.db"):
+            return _run(cfg, run_dir, retry_errors, redo or [], console)
+    except Exception:
+        log.exception("the run stopped on this error")  # the console shows the message, the log the traceback
+        raise
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -585,17 +679,13 @@ def _execute(drivers: list[_Driver], console: Console) -> None:
         for d in drivers:
             d.launch(d.specs)
         _serve(drivers)
-    except KeyboardInterrupt:
-        _printer(console)("interrupted; results so far are saved. Run the same command again to resume.")
+    except (KeyboardInterrupt, Stopped) as err:
+        _printer(console)(f"{err if isinstance(err, Stopped) else 'interrupted'}; saving results and stopping the "
+                          "workers")
         raise
     finally:
         for d in reversed(drivers):  # the first stage's progress owns the live view: it closes last
-            d.on_commit = None  # a judge resumes from the store, it needs no feeding now
-            d.commit(force=True)
-            if not d.stopped:
-                d.stop()
-            d.progress.close()
-            d.store.set_meta(f"performance:{d.stage.name}", d.perf)
+            d.shutdown()
 
 
 def _serve(drivers: list[_Driver]) -> None:
@@ -631,33 +721,49 @@ def _serve(drivers: list[_Driver]) -> None:
 
 def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], console: Console) -> dict:
     stages = cfg.pipeline()
+    note = _printer(console)
 
-    # 1. The store: refuse to mix results of different model settings.
+    # 1. Read the datasets and check them against the store before writing anything: a refused run leaves the
+    #    store as it was.
     store = Store(run_dir / "store.db")
+    data = read_datasets(cfg)
+    if problems := refusals(cfg, store, data, redo):
+        store.close()
+        raise UserError("\n".join(problems))
+
+    # 2. Record the run: settings, datasets (a failed one is recorded; the others go on) and this driver.
     for name in redo:
         store.forget_stage(name)
     for stage in stages:
-        store.check_fingerprint(stage.name, stage.fingerprint(cfg.seed))
+        store.set_fingerprint(stage.name, stage.fingerprint(cfg.seed))
     store.set_meta("name", cfg.name)
     store.set_meta("config", cfg.model_dump(mode="json"))
     if retry_errors:
         for stage in stages:
             store.clear_errors(stage.name)
+    for name, why in data.failed.items():
+        store.set_dataset(name, "failed", error=why)
+        note(f"dataset {name} failed: {why}")
+        log.error("dataset %s failed: %s", name, why)
+    loaded = data.samples
+    for name, samples in loaded.items():
+        store.put_samples(samples, data.positions[name])
+        store.set_dataset(name, "running", len(samples))
+        for s in samples:
+            if s.error:
+                log.warning("sample %s/%s: %s", name, s.id, s.error)
     cache = JudgeCache(path) if (path := cfg.judge_cache_path) is not None else None
-
-    # 2. Datasets (a failed one is recorded; the others go on).
-    note = _printer(console)
     if fs := network_filesystem(run_dir):
         note(f"{run_dir} is on a network filesystem ({fs}): SQLite can share it only between processes of one "
              "host. To run on several nodes, use shards (--shard i/N or `evalfleet slurm`) and `evalfleet merge`.")
-    loaded = _load_datasets(cfg, store, note)
-
-    # 3. The stages over all GPUs: one after the other, or all at once on disjoint GPU sets. Every judge
-    #    rates the first stage's answers, read from the store.
     started = time.time()
     state = {"pid": os.getpid(), "host": socket.gethostname(), "started": started}
     owner = f"{state['host']}:{state['pid']}:{secrets.token_hex(4)}"  # this driver, on its leases
     store.set_meta("state", {**state, "state": "running"})
+    store.driver_state(owner, "running")
+
+    # 3. The stages over all GPUs: one after the other, or all at once on disjoint GPU sets. Every judge
+    #    rates the first stage's answers, read from the store.
     try:
         gpus = stage_gpus(cfg)
         if cfg.concurrent_stages and len(stages) > 1:
@@ -673,10 +779,15 @@ def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], con
                     _execute([driver], console)
                 if stage.kind == "judge" and cache is not None:
                     fill_cache(stage, inputs, store, cache)
+        store.check_same_file()  # reports only from the store this driver opened
     except BaseException as err:
-        why = "interrupted" if isinstance(err, KeyboardInterrupt) else f"failed: {type(err).__name__}: {err}"
-        store.set_meta("state", {**state, "state": why, "ended": time.time()})
+        why = (err.state if isinstance(err, Stopped) else "interrupted" if isinstance(err, KeyboardInterrupt)
+               else f"failed: {type(err).__name__}: {err}")
+        _quietly(store.driver_state, owner, why)
+        _quietly(store.set_meta, "state", {**state, "state": why, "ended": time.time(),
+                                           **({"signal": err.name} if isinstance(err, Stopped) else {})})
         raise
+    store.driver_state(owner, "done")
     store.set_meta("state", {**state, "state": "done", "ended": time.time(), "wall_s": round(time.time() - started, 2)})
     for name in loaded:
         store.set_dataset(name, "done", len(loaded[name]))

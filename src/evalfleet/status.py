@@ -22,7 +22,10 @@ from evalfleet.store import Store, pid_alive
 RATE_WINDOW_S = 60.0
 """Recent throughput (for the ETA) counts results stored in this many last seconds."""
 STALE_S = 120.0
-"""A running worker whose heartbeat is older than this is shown as silent."""
+"""A running worker whose heartbeat is older than this is shown as silent; a driver on another host whose
+heartbeat is older than this is taken as gone."""
+ACTIVE = ("loading", "running", "idle")
+"""Worker states of a live worker."""
 
 
 @dataclass
@@ -54,6 +57,8 @@ class RunStatus:
     started: float | None
     rows: list[StageRow]
     workers: list[dict[str, Any]]
+    drivers: list[dict[str, Any]]
+    """The `evalfleet run` processes that worked on this run, each with its own state."""
     rate: float
     """Samples per second over the last RATE_WINDOW_S seconds, all stages together."""
 
@@ -70,6 +75,23 @@ def _driver_alive(state: dict[str, Any]) -> bool | None:
     return pid_alive(int(state["pid"])) if state.get("host") == socket.gethostname() else None
 
 
+def _run_state(meta: dict[str, Any], drivers: list[dict[str, Any]], live: list[dict[str, Any]],
+               workers: list[dict[str, Any]], now: float) -> str:
+    """Running while any driver lives; else the state the last driver to act left (`stopped` when it was killed)."""
+    state = meta.get("state", "not started")
+    if live:
+        return "running"
+    if drivers:  # the last driver to act decides: one killed after the others ended leaves the run stopped
+        last = max(drivers, key=lambda d: d["ended"] or d["heartbeat"])
+        return "stopped" if last["state"] == "running" else state
+    if state == "running" and not drivers:  # a store from before the drivers table
+        alive = _driver_alive(meta)
+        recent = any(now - (w["heartbeat"] or 0) < STALE_S for w in workers if w["state"] in ACTIVE)
+        if alive is False or (alive is None and not recent):
+            return "stopped"
+    return state
+
+
 def read_status(run_dir: Path, now: float | None = None) -> RunStatus:
     """Read a run's progress from `run_dir/store.db` without writing to it."""
     now = time.time() if now is None else now
@@ -80,35 +102,38 @@ def read_status(run_dir: Path, now: float | None = None) -> RunStatus:
             raise UserError(f"{run_dir}: the run has not stored its configuration yet")
         cfg = parse_config(config, source=str(run_dir))
         meta = store.get_meta("state") or {}
-        state = meta.get("state", "not started")
-        workers = store.workers()
-        if state == "running":
-            alive = _driver_alive(meta)
-            recent = any(now - (w["heartbeat"] or 0) < STALE_S for w in workers if w["state"] in ("loading", "running"))
-            if alive is False or (alive is None and not recent):
-                state = "stopped"
+        workers, drivers = store.workers(), store.drivers()
+        live = store.live_drivers(stale_s=STALE_S, now=now)
+        state = _run_state(meta, drivers, live, workers, now)
+        live_ids = {f"{d['host']}:{d['pid']}" for d in live}
+        for d in drivers:
+            if d["state"] == "running" and d not in live:
+                d["state"] = "stopped (process gone)"
         rows, recent_results = [], 0
         for stage in cfg.pipeline():
             recent_results += len(store.finish_times(stage.name, since=now - RATE_WINDOW_S))
-            live = any(w["id"].startswith(f"{stage.name}/") and w["state"] in ("loading", "running") for w in workers)
+            busy = any(w["id"].startswith(f"{stage.name}/") and w["state"] in ACTIVE for w in workers)
             for ds in store.datasets():
                 if ds["status"] == "failed":
                     rows.append(StageRow(stage.name, ds["name"], 0, 0, 0, "failed"))
                     continue
                 expected, done, errors = store.counts(stage.name, ds["name"])
                 row_state = ("done" if done >= expected else
-                             "running" if state == "running" and (live or done) else "pending")
+                             "running" if state == "running" and (busy or done) else "pending")
                 rows.append(StageRow(stage.name, ds["name"], expected, done, errors, row_state))
         for w in workers:
             span = (w["heartbeat"] or 0) - (w["started"] or 0)
             w["rate"] = w["done"] / span if span > 0 and w["done"] else None
             w["age_s"] = now - w["heartbeat"] if w["heartbeat"] else None
-            if w["state"] in ("loading", "running") and state != "running":
+            driver = w["id"].rsplit("@", 1)[-1]
+            if w["state"] in ACTIVE and state != "running":
                 w["state"] = f"{w['state']} (run {state})"
-            elif w["state"] == "running" and w["age_s"] is not None and w["age_s"] > STALE_S:
-                w["state"] = "running (silent)"
+            elif w["state"] in ACTIVE and drivers and driver not in live_ids:
+                w["state"] = f"{w['state']} (its driver is gone)"
+            elif w["state"] in ACTIVE and w["age_s"] is not None and w["age_s"] > STALE_S:
+                w["state"] = f"{w['state']} (silent)"
         elapsed = min(RATE_WINDOW_S, now - meta["started"]) if meta.get("started") else RATE_WINDOW_S
-        return RunStatus(cfg.name, state, meta.get("started"), rows, workers,
+        return RunStatus(cfg.name, state, meta.get("started"), rows, workers, drivers,
                          recent_results / elapsed if elapsed > 0 else 0.0)
     finally:
         store.close()
@@ -133,4 +158,11 @@ def status_view(st: RunStatus) -> Group:
         workers.add_row(w["id"], w["device"] or "-", w["state"] or "-", str(w["done"]),
                         f"{w['rate']:.2f}" if w["rate"] else "-",
                         f"{duration(w['age_s'])} ago" if w["age_s"] is not None else "-")
-    return Group(stages, workers)
+    drivers = Table(title="drivers", title_justify="left")
+    for col in ("driver", "state", "started", "last heartbeat"):
+        drivers.add_column(col)
+    for d in st.drivers:
+        drivers.add_row(f"pid {d['pid']} on {d['host']}", d["state"],
+                        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d["started"])),
+                        f"{duration(time.time() - d['heartbeat'])} ago" if d["state"] == "running" else "-")
+    return Group(stages, workers, drivers) if st.drivers else Group(stages, workers)

@@ -4,7 +4,9 @@ Protocol over a private pipe (one per worker, so a dying worker cannot corrupt a
   driver -> worker: ("chunk", chunk_id, samples, seed) | None (stop, after the last chunk's results);
                     the first chunks come as the worker starts, before "ready" (prepared while the model loads)
   worker -> driver: ("ready", device_label, load_seconds) | ("results", chunk_id, [Result], [log line])
-                    | ("step", step, steps) (denoising) | ("stopped", unload_seconds) | ("fatal", traceback)
+                    | ("step", step, steps) (denoising) | ("heartbeat",) (every HEARTBEAT_S, from a thread, while
+                    the process lives, also while it loads or generates) | ("stopped", unload_seconds)
+                    | ("fatal", traceback)
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from evalfleet.config import ModelConfig
 from evalfleet.datasets import Sample
+from evalfleet.stopping import ignore_stop_signals
 from evalfleet.store import Result
 
 if TYPE_CHECKING:
@@ -34,6 +37,9 @@ if TYPE_CHECKING:
 
 GROW_AFTER = 8
 """Successful batches in a row after which a batch size halved by out-of-memory doubles again."""
+HEARTBEAT_S = 2.0
+"""Seconds between a worker's heartbeats: a worker silent for much longer is hung (stopped, or stuck holding the
+interpreter) and is replaced by its driver."""
 
 
 @dataclass(frozen=True)
@@ -174,8 +180,25 @@ class WorkerLoop:
         self.inbox: queue.Queue[Any] = queue.Queue()
         self.prefetch = ThreadPoolExecutor(1, thread_name_prefix="prepare")
         self.stopping = False
+        self.stop_said = threading.Event()
+        """The driver said stop. It says so at the end only once every result is in, so a batch still queued or
+        prepared then was cut short by a signal or an error: it is not started."""
         self.preparing = threading.Lock()
+        self.sending = threading.Lock()  # the main thread's results and the heartbeat thread share the pipe
+        self.ended = threading.Event()
         threading.Thread(target=self._receive, name="receive", daemon=True).start()
+        threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
+
+    def send(self, msg: tuple[Any, ...]) -> None:
+        with self.sending:
+            self.conn.send(msg)
+
+    def _heartbeat(self) -> None:
+        while not self.ended.wait(HEARTBEAT_S):
+            try:
+                self.send(("heartbeat",))
+            except (OSError, ValueError):  # the driver is gone, or the pipe closed
+                return
 
     def _receive(self) -> None:
         while True:
@@ -184,12 +207,16 @@ class WorkerLoop:
             except (EOFError, OSError) as err:  # the driver is gone
                 self.inbox.put(EOFError(str(err)))
                 return
+            if msg is None:
+                self.stop_said.set()
             self.inbox.put(msg)
             if msg is None:
                 return
 
     def take(self) -> Batch | None:
         """The next batch, waiting for the driver's next chunk if none is queued; None once the driver said stop."""
+        if self.stop_said.is_set():
+            return None
         while not self.pending:
             if self.stopping:
                 return None
@@ -225,9 +252,9 @@ class WorkerLoop:
 
     def run(self, first: Future[ReadyBatch | None]) -> None:
         job = first
-        while (ready := job.result()) is not None:
+        while (ready := job.result()) is not None and not self.stop_said.is_set():
             job = self._next()  # prepared while this one generates
-            self.conn.send(("results", ready.batch.chunk_id, self._answer(ready), self.log[:]))
+            self.send(("results", ready.batch.chunk_id, self._answer(ready), self.log[:]))
             self.log.clear()
         self.prefetch.shutdown()
 
@@ -257,7 +284,8 @@ class WorkerLoop:
                 for r in self._answer(self._prepare(Batch(batch.chunk_id, batch.samples[i : i + n], batch.seed)))]
 
     def close(self) -> None:
-        """Release a prefetch thread waiting for a chunk (the worker is ending on an error)."""
+        """Stop the heartbeat; release a prefetch thread waiting for a chunk (the worker is ending on an error)."""
+        self.ended.set()
         self.inbox.put(None)
         self.prefetch.shutdown(wait=False, cancel_futures=True)
 
@@ -267,7 +295,7 @@ def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size:
     """Entry point of a worker: a spawned process of the driver, or a Ray actor (`where`: its node)."""
     if not where:
         _die_with_parent()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+        ignore_stop_signals()  # Ctrl-C, SIGTERM and SIGUSR1 are the driver's to handle
     if spec.gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpus)
     loop = WorkerLoop(conn, batch_size)
@@ -291,12 +319,12 @@ def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size:
                 backend.warm_up(ready.prepared)  # this shape now, rather than in the first one
         load_s = time.perf_counter() - t0
         if hasattr(backend, "on_step"):  # denoising progress for the driver's per-worker bar
-            backend.on_step = lambda step, steps: conn.send(("step", step, steps))
+            backend.on_step = lambda step, steps: loop.send(("step", step, steps))
         if spec.cpu_headroom is not None and not spec.gpus:
             _limit_address_space(spec.cpu_headroom)
-        conn.send(("ready", backend.label + (f" on {where}" if where else ""), load_s))
+        loop.send(("ready", backend.label + (f" on {where}" if where else ""), load_s))
     except Exception:
-        conn.send(("fatal", traceback.format_exc()))
+        loop.send(("fatal", traceback.format_exc()))
         loop.close()
         return
     try:
@@ -311,4 +339,4 @@ def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size:
     del backend
     gc.collect()
     free_memory()
-    conn.send(("stopped", time.perf_counter() - t0))
+    loop.send(("stopped", time.perf_counter() - t0))

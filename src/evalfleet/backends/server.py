@@ -22,6 +22,7 @@ from pathlib import Path
 
 from evalfleet.backends.openai_backend import OpenAIBackend
 from evalfleet.config import ModelConfig
+from evalfleet.stopping import STOP_SIGNALS
 
 SERVED_NAME = "evalfleet"
 """The model name every managed server is started with, and requests use."""
@@ -45,6 +46,8 @@ def free_port() -> int:
 
 def _die_with_worker() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    for sig in STOP_SIGNALS:  # the worker ignores them (its driver stops it); the server must not inherit that
+        signal.signal(sig, signal.SIG_DFL)
 
 
 class ManagedServer(OpenAIBackend):

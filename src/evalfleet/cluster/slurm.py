@@ -11,6 +11,7 @@ from pathlib import Path
 
 from evalfleet.config import RunConfig
 from evalfleet.errors import UserError
+from evalfleet.stopping import EXIT_PREEMPTED
 
 
 @dataclass
@@ -24,6 +25,9 @@ class SlurmOptions:
     time: str | None = None
     partition: str | None = None
     account: str | None = None
+    signal_before: int = 120
+    """Seconds before the time limit at which Slurm sends SIGUSR1 (`--signal=B:USR1@N`): the task stops cleanly
+    and requeues itself; 0: no early signal and no requeue at the time limit."""
 
 
 def _header(name: str, out: Path, opts: SlurmOptions, *, array: bool) -> list[str]:
@@ -44,10 +48,12 @@ def write_scripts(cfg: RunConfig, config_path: Path, opts: SlurmOptions) -> tupl
     folder.mkdir(parents=True, exist_ok=True)
     python = shlex.quote(sys.executable)
     cwd = shlex.quote(str(Path.cwd()))
+    run = f"srun {python} -m evalfleet.cli run {shlex.quote(str(config_path.resolve()))} --shard slurm"
     array = _header(f"evalfleet-{cfg.name}", folder / "%A_%a.out", opts, array=True) + [
-        "set -euo pipefail",
-        f"cd {cwd}",
-        f"srun {python} -m evalfleet.cli run {shlex.quote(str(config_path.resolve()))} --shard slurm",
+        "#SBATCH --requeue",
+        "#SBATCH --open-mode=append",
+        *([f"#SBATCH --signal=B:USR1@{opts.signal_before}"] if opts.signal_before else []),
+        *_stoppable(run, cwd),
     ]
     merge = _header(f"evalfleet-{cfg.name}-merge", folder / "merge_%j.out", opts, array=False) + [
         "set -euo pipefail",
@@ -59,6 +65,32 @@ def write_scripts(cfg: RunConfig, config_path: Path, opts: SlurmOptions) -> tupl
         path.write_text("\n".join(lines) + "\n")
         path.chmod(0o755)
     return paths
+
+
+def _stoppable(command: str, cwd: str) -> list[str]:
+    """Run `command` in the background of the batch shell, passing SIGUSR1 (the time limit is near) and SIGTERM
+    (scancel, preemption) on to it: evalfleet saves its results, stops its workers and exits with 75
+    (EXIT_PREEMPTED). After SIGUSR1 the task then requeues itself and resumes where it stopped; after a preemption
+    Slurm requeues it (`--requeue`); after a plain scancel it stays cancelled."""
+    return [
+        "set -uo pipefail",
+        f"cd {cwd}",
+        "requeue=0",
+        "trap 'requeue=1; kill -USR1 \"$pid\" 2>/dev/null' USR1",
+        "trap 'kill -TERM \"$pid\" 2>/dev/null' TERM",
+        f"{command} &",
+        "pid=$!",
+        # `wait` returns early (128 + the signal) when a trapped signal arrives: wait until the run has ended,
+        # then once more for its own exit status, which bash keeps.
+        "rc=0; wait \"$pid\" || rc=$?",
+        "while kill -0 \"$pid\" 2>/dev/null; do rc=0; wait \"$pid\" || rc=$?; done",
+        "if [ \"$rc\" -gt 128 ]; then rc=0; wait \"$pid\" || rc=$?; fi",
+        f"if [ \"$rc\" -eq {EXIT_PREEMPTED} ] && [ \"$requeue\" -eq 1 ]; then",
+        "  echo \"evalfleet: stopped before the time limit; requeueing job $SLURM_JOB_ID to resume\"",
+        "  scontrol requeue \"$SLURM_JOB_ID\"",
+        "fi",
+        "exit \"$rc\"",
+    ]
 
 
 def write_ray_script(cfg: RunConfig, config_path: Path, nodes: int, opts: SlurmOptions) -> Path:

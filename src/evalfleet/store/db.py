@@ -21,6 +21,8 @@ from typing import Any
 
 from evalfleet.datasets import Sample
 from evalfleet.errors import UserError
+from evalfleet.store.health import StoreReplaced, describe
+from evalfleet.store.hosts import pid_alive
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -39,49 +41,12 @@ CREATE TABLE IF NOT EXISTS leases (
 CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY, device TEXT, pid INTEGER, state TEXT, started REAL, heartbeat REAL,
     done INTEGER DEFAULT 0);
+CREATE TABLE IF NOT EXISTS drivers (
+    owner TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, state TEXT NOT NULL, started REAL NOT NULL,
+    heartbeat REAL NOT NULL, ended REAL);
 """
 ADDED_COLUMNS = {"samples": ["context TEXT"], "results": ["prompt TEXT"]}
 """Columns newer than the first stores, added to an older store when it is opened."""
-
-
-NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "fuse.ceph",
-                       "glusterfs", "fuse.glusterfs", "9p", "afs", "fuse.sshfs", "panfs", "wekafs"}
-
-
-def network_filesystem(path: Path, mounts: str | None = None) -> str | None:
-    """The type of the network filesystem `path` is on (from /proc/mounts), or None for a local one.
-
-    SQLite's WAL needs every process of a database on one host: drivers on several hosts must not share a
-    run folder there (shards + merge instead).
-    """
-    if mounts is None:
-        try:
-            mounts = Path("/proc/mounts").read_text()
-        except OSError:
-            return None
-    target, best, kind = str(path.resolve()), "", None
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) >= 3:
-            point = fields[1]
-            inside = target == point or target.startswith(point.rstrip("/") + "/")
-            if inside and len(point) > len(best):
-                best, kind = point, fields[2]
-    return kind if kind in NETWORK_FILESYSTEMS else None
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process of this id runs on this host; a zombie (dead, not yet reaped by its parent) does not."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # Linux: the state follows the parenthesised command name, which may itself hold spaces
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -114,13 +79,32 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.db = _connect(path)
-        self.db.executescript(SCHEMA)
-        for table, columns in ADDED_COLUMNS.items():
-            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
-            for column in columns:
-                if column.split()[0] not in have:
-                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+        try:
+            self.db = _connect(path)
+            self.db.executescript(SCHEMA)
+            for table, columns in ADDED_COLUMNS.items():
+                have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+                for column in columns:
+                    if column.split()[0] not in have:
+                        self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+        except sqlite3.Error as err:
+            raise describe(err, path) from err
+        self.file_id = self._file_id()
+
+    def _file_id(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def check_same_file(self) -> None:
+        """Raise StoreReplaced when the file at `path` is no longer the one this store opened (deleted, or
+        replaced by `--fresh` from another shell): what is written here would reach no one."""
+        if self._file_id() != self.file_id:
+            raise StoreReplaced(
+                f"{self.path} was deleted or replaced while this run was writing to it (`--fresh` from another shell?). "
+                "This driver stopped without writing reports; its results since then are not in the new store")
 
     @classmethod
     def open_existing(cls, run_dir: Path) -> Store:
@@ -140,16 +124,17 @@ class Store:
     def set_meta(self, key: str, value: Any) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
-    def check_fingerprint(self, stage: str, fingerprint: str) -> None:
-        """Refuse to resume a stage whose results were made with other model settings."""
+    def fingerprint_conflict(self, stage: str, fingerprint: str) -> str | None:
+        """Why a stage may not resume here (its results were made with other model settings), or None. Reads only."""
         old = self.get_meta(f"fingerprint:{stage}")
-        if old is None:
-            self.set_meta(f"fingerprint:{stage}", fingerprint)
-        elif old != fingerprint:
-            raise UserError(
-                f"{self.path} holds results of stage {stage!r} made with other model, generation or judge "
-                f"settings (fingerprint {old}, now {fingerprint}); use --fresh to start over or another run name"
-            )
+        if old is None or old == fingerprint:
+            return None
+        return (f"{self.path} holds results of stage {stage!r} made with other model, generation or judge "
+                f"settings (fingerprint {old}, now {fingerprint}); use --fresh to start over, --redo {stage} to "
+                "compute that stage again, or another run name")
+
+    def set_fingerprint(self, stage: str, fingerprint: str) -> None:
+        self.set_meta(f"fingerprint:{stage}", fingerprint)
 
     # -- datasets and samples -----------------------------------------------------------------
     def set_dataset(self, name: str, status: str, n_samples: int | None = None, error: str | None = None) -> None:
@@ -293,6 +278,31 @@ class Store:
             self.db.execute("""DELETE FROM leases WHERE EXISTS (SELECT 1 FROM results r WHERE r.stage = leases.stage
                                AND r.dataset = leases.dataset AND r.sample_id = leases.sample_id)""")
 
+    # -- drivers: the `evalfleet run` processes working on this run ---------------------------------
+    def driver_state(self, owner: str, state: str) -> None:
+        """Record this process's driver (`owner` names it on its leases) as `state`; any state but `running` ends it."""
+        now = time.time()
+        ended = None if state == "running" else now
+        self.db.execute(
+            """INSERT INTO drivers (owner, host, pid, state, started, heartbeat, ended) VALUES (?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT(owner) DO UPDATE SET state = excluded.state, heartbeat = excluded.heartbeat,
+                 ended = excluded.ended""",
+            (owner, socket.gethostname(), os.getpid(), state, now, now, ended))
+
+    def driver_heartbeat(self, owner: str) -> None:
+        self.db.execute("UPDATE drivers SET heartbeat = ? WHERE owner = ?", (time.time(), owner))
+
+    def drivers(self) -> list[dict[str, Any]]:
+        keys = ("owner", "host", "pid", "state", "started", "heartbeat", "ended")
+        return [dict(zip(keys, r)) for r in self.db.execute(f"SELECT {', '.join(keys)} FROM drivers ORDER BY rowid")]
+
+    def live_drivers(self, stale_s: float, now: float | None = None) -> list[dict[str, Any]]:
+        """Drivers recorded as running that still live: on this host, their process exists; on another host,
+        their heartbeat is younger than `stale_s`."""
+        now, host = time.time() if now is None else now, socket.gethostname()
+        return [d for d in self.drivers() if d["state"] == "running" and (
+            pid_alive(d["pid"]) if d["host"] == host else now - d["heartbeat"] < stale_s)]
+
     # -- workers ------------------------------------------------------------------------------
     def worker_state(self, worker_id: str, *, device: str, pid: int | None, state: str) -> None:
         now = time.time()
@@ -311,30 +321,3 @@ class Store:
     def workers(self) -> list[dict[str, Any]]:
         cur = self.db.execute("SELECT id, device, pid, state, started, heartbeat, done FROM workers ORDER BY rowid")
         return [dict(zip(("id", "device", "pid", "state", "started", "heartbeat", "done"), r)) for r in cur]
-
-
-class JudgeCache:
-    """Judge replies by request key (judge model and settings + rendered prompt + image bytes), in one SQLite
-    file that any number of run folders (and processes) share: re-scoring the same outputs costs nothing."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.db = _connect(path)
-        self.db.execute("CREATE TABLE IF NOT EXISTS judge_cache (key TEXT PRIMARY KEY, output TEXT NOT NULL)")
-
-    def get(self, keys: list[str]) -> dict[str, str]:
-        """Replies already made for these keys."""
-        out: dict[str, str] = {}
-        for i in range(0, len(keys), 500):  # SQLite's bound-parameter limit
-            part = keys[i : i + 500]
-            cur = self.db.execute(f"SELECT key, output FROM judge_cache WHERE key IN ({','.join('?' * len(part))})", part)
-            out.update(dict(cur.fetchall()))
-        return out
-
-    def put(self, entries: list[tuple[str, str]]) -> None:
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany("INSERT OR IGNORE INTO judge_cache VALUES (?, ?)", entries)
-
-    def close(self) -> None:
-        self.db.close()

@@ -1,0 +1,99 @@
+"""Checks a run makes before it writes anything, so that a refused command leaves the run folder as it was:
+the output folder, `--fresh` while another driver works, the datasets, and settings or prompts that changed
+since results were stored."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from evalfleet.cluster.shards import in_shard, parse_shard
+from evalfleet.config import RunConfig
+from evalfleet.datasets import DatasetError, Sample, load_samples
+from evalfleet.errors import UserError
+from evalfleet.store import Store, StoreDamaged, pid_alive
+
+log = logging.getLogger("evalfleet")
+
+
+def check_output_dir(run_dir: Path) -> None:
+    """The run folder and the folders above it must be folders (or not exist yet)."""
+    for p in (run_dir, *run_dir.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise UserError(f"{p} is a file, not a folder: point output_dir (or --out) at a folder, "
+                                f"the run would be written to {run_dir}")
+            return
+
+
+def refuse_fresh_while_live(run_dir: Path, lease_s: float) -> None:
+    """`--fresh` deletes the run folder: refuse while another live driver works on it (its leases or its row in
+    the drivers table say so); a damaged store may be deleted."""
+    path = run_dir / "store.db"
+    if not path.is_file():
+        return
+    try:
+        store = Store(path)
+    except StoreDamaged:
+        return  # --fresh is the way out of a damaged store
+    try:
+        now, host = time.time(), socket.gethostname()
+        holders = {(d["host"], d["pid"]) for d in store.live_drivers(stale_s=lease_s, now=now)}
+        for other_host, pid in store.db.execute("SELECT DISTINCT host, pid FROM leases WHERE expires > ?", (now,)):
+            if other_host != host or pid_alive(pid):
+                holders.add((other_host, pid))
+    finally:
+        store.close()
+    if holders:
+        who = ", ".join(f"pid {pid} on {h}" for h, pid in sorted(holders))
+        raise UserError(f"--fresh refused: another evalfleet run is working on {run_dir} ({who}). Stop it first "
+                        "(Ctrl-C or kill -TERM), or use another run name; nothing was deleted")
+
+
+@dataclass
+class Datasets:
+    """The datasets of a run as read from their files, before anything is stored."""
+
+    samples: dict[str, list[Sample]] = field(default_factory=dict)
+    positions: dict[str, list[int]] = field(default_factory=dict)
+    """Each sample's place in its whole dataset (a shard holds some of them)."""
+    failed: dict[str, str] = field(default_factory=dict)
+    """Datasets that could not be read, with the reason."""
+
+
+def read_datasets(cfg: RunConfig) -> Datasets:
+    """Load every dataset (this process's shard of it); a dataset that cannot be read is recorded, not raised."""
+    out = Datasets()
+    for ds in cfg.datasets:
+        try:
+            samples = load_samples(ds, seed=cfg.seed, limit=cfg.limit)
+        except DatasetError as err:
+            out.failed[ds.name] = str(err)
+            continue
+        positions = list(range(len(samples)))
+        if cfg.shard is not None:  # this process's share only, at their places in the whole dataset
+            index, count = parse_shard(cfg.shard)
+            positions = [i for i, s in zip(positions, samples) if in_shard(ds.name, s.id, index, count)]
+            samples = [samples[i] for i in positions]
+        out.samples[ds.name], out.positions[ds.name] = samples, positions
+    return out
+
+
+def refusals(cfg: RunConfig, store: Store, data: Datasets, redo: list[str]) -> list[str]:
+    """Why this run may not go on in `store` (reads only): a stage whose stored results were made with other
+    settings, or answered samples whose prompt changed. `redo` stages are computed again and exempt."""
+    stages = cfg.pipeline()
+    problems = [why for stage in stages if stage.name not in redo
+                and (why := store.fingerprint_conflict(stage.name, stage.fingerprint(cfg.seed)))]
+    first = stages[0].name  # answers the prompts
+    if first not in redo:
+        for name, samples in data.samples.items():
+            if changed := store.changed_prompts(first, samples):
+                problems.append(
+                    f"dataset {name}: {len(changed)} answered samples (e.g. {changed[0]!r}) had another prompt, "
+                    "instruction, system prompt or few-shot examples; use --fresh to start over, "
+                    f"--redo {first} to answer them again, or another run name")
+    return problems
