@@ -14,6 +14,7 @@ from tiny_models import install_video_processor_shim
 from evalfleet.config import RunConfig, parse_config
 
 install_video_processor_shim()
+pytest_plugins = ["require_all"]
 
 SHIM = Path(__file__).parent / "shim"
 # Spawned worker processes load VLM processors too: they get the test-only shim through PYTHONPATH.

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 from conftest import DEMO_QUESTIONS
+from require_all import require
 
 from evalfleet.datasets import Sample
 from evalfleet.store import Result, Store
@@ -188,9 +189,8 @@ def test_network_filesystems_are_recognised_by_their_mount():
 
 
 def test_ray_runs_replicas_as_actors_and_replaces_a_killed_one(tmp_path, smollm2):
-    import pytest
 
-    pytest.importorskip("ray")
+    require("ray", "pip install 'evalfleet[ray]'")
     n = 24
     path, db_path = smol_run(tmp_path, smollm2, "ray", n, workers=2)
     proc = subprocess.Popen([sys.executable, "-m", "evalfleet.cli", "run", str(path), "--ray"],

@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import DEMO_QUESTIONS, quiet_console
+from require_all import require
 
 from evalfleet.backends.server import free_port
 from evalfleet.config import parse_config
 from evalfleet.runner import run
 
-pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
+require("llama_cpp.server", "bash scripts/setup --test builds llama-cpp-python[server]")
 
 
 @pytest.fixture(scope="module")
