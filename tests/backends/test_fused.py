@@ -1,0 +1,58 @@
+"""The fused kernels' maths (backends/fused.py) against transformers' own modules, in eager mode on the CPU: the
+GPU compiles exactly these functions, so a wrong formula shows up here, not only on a GPU."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig
+from transformers.models.llama import modeling_llama
+
+from evalfleet.backends.fused import _fused_rotary, _rms_norm, _rotary_rows, _silu_mul
+
+
+def config() -> LlamaConfig:
+    return LlamaConfig(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
+                       rms_norm_eps=1e-5, hidden_act="silu")
+
+
+def test_rms_norm_equals_transformers_in_fp32_and_bf16():
+    torch.manual_seed(0)
+    norm = modeling_llama.LlamaRMSNorm(64, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)  # not ones: a formula that drops the weight must fail
+    for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 0.0)):
+        x = (torch.randn(3, 7, 64) * 3).to(dtype)
+        n = norm.to(dtype)
+        ours = _rms_norm(x, n.weight, n.variance_epsilon)
+        assert ours.dtype == dtype
+        torch.testing.assert_close(ours, n(x), atol=tol, rtol=tol)
+
+
+def test_silu_gate_equals_the_mlp_of_transformers():
+    torch.manual_seed(0)
+    mlp = modeling_llama.LlamaMLP(config())
+    x = torch.randn(2, 5, 64)
+    ours = mlp.down_proj(_silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
+    torch.testing.assert_close(ours, mlp(x), atol=1e-6, rtol=1e-6)
+
+
+def test_rotary_rows_equal_apply_rotary_pos_emb_with_positions_per_row():
+    torch.manual_seed(0)
+    cfg = config()
+    rope = modeling_llama.LlamaRotaryEmbedding(cfg)
+    b, t, hq, hk, d = 3, 6, 4, 2, 16
+    q_proj = torch.randn(1, t, hq, d).expand(b, t, hq, d).contiguous()  # the same query in every row; memory
+    # order [B, T, H, D] as the projections give it, viewed as [B, H, T, D]
+    k_proj = torch.randn(b, t, hk, d)
+    q, k = q_proj.transpose(1, 2), k_proj.transpose(1, 2)
+    positions = torch.stack([torch.arange(t) + offset for offset in (0, 5, 11)])  # left padding: rows differ
+    cos, sin = rope(q, positions)
+    fused = _fused_rotary(modeling_llama.apply_rotary_pos_emb, _rotary_rows)
+    want = modeling_llama.apply_rotary_pos_emb(q, k, cos, sin)
+    got = fused(q, k, cos, sin)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(got[0][0], got[0][1])  # same query, other positions: rotated otherwise
+    # Calls it does not handle go to the original.
+    assert fused.original is modeling_llama.apply_rotary_pos_emb
