@@ -135,10 +135,21 @@ def refused_run_changes_nothing(tmp: Path, model: Path) -> Outcome:
         assert rc == 2 and says in out, f"{what}: exit {rc}:\n{out}"
         no_traceback(out)
         assert lab.dump() == before, f"the refused run ({what}) changed the store"
+    # A run that fails to start (no GPU here) leaves the run's record as it was: still done, same config.
+    lab.write()
+    record = lab.query("SELECT * FROM meta WHERE key IN ('config', 'name', 'state') OR key LIKE 'fingerprint:%' "
+                       "ORDER BY key") + lab.query("SELECT * FROM datasets")
+    rc, out = lab.cli(str(lab.config), "--gpus", "0")
+    assert rc == 2 and "--gpus 0" in out, out
+    after = lab.query("SELECT * FROM meta WHERE key IN ('config', 'name', 'state') OR key LIKE 'fingerprint:%' "
+                      "ORDER BY key") + lab.query("SELECT * FROM datasets")
+    assert after == record and lab.state()["state"] == "done", "a run that failed to start changed the record"
+    assert lab.query("SELECT COUNT(*) FROM drivers")[0][0] == 1, "the failed driver left its row"
     rc, out = lab.cli(str(lab.run_dir), verb="report")
     summary = json.loads((lab.run_dir / "summary.json").read_text())
     assert rc == 0 and "lenient_match" in summary["datasets"]["qa"], "report scored with the refused settings"
     o.notes.append("changed generation settings and changed prompts refused (exit 2); store rows identical; "
+                   "a run failing to start (--gpus 0 without a GPU) leaves state, config and datasets as they were; "
                    "report keeps the stored metrics")
     return o
 

@@ -109,6 +109,11 @@ def test_performance_summary_at_the_end_of_a_run(judged_run):
         assert worker["device"] == "cpu0" and worker["gpus"] == 0
         assert 0 < worker["busy_s"] <= worker["held_s"] and 0 < worker["busy_fraction"] <= 1
         assert perf["wall_s"] >= perf["load_wall_s"] > 0 and perf["samples_per_s"] > 0
+        # Rates over the generation phase: no more samples than the stage made, in no more time than it took.
+        assert perf["samples_per_s"] * perf["generate_wall_s"] <= perf["samples"] + 1e-6
+        assert perf["generate_wall_s"] <= perf["wall_s"] - perf["load_wall_s"] + 1e-6
+        assert worker["busy_fraction"] >= worker["busy_s"] / worker["held_s"] - 1e-3  # serving time <= held time
+        assert worker["load_s"] <= perf["load_wall_s"] + 1e-2
     assert "## Performance" in (run_dir / "summary.md").read_text()
 
 
@@ -206,6 +211,14 @@ def test_compare_two_runs_pairs_samples_by_id(tmp_path, smollm2):
     assert d.ci is not None and d.ci[0] <= d.diff <= d.ci[1]
     assert d.p_value == pytest.approx(mcnemar_p(d.a_only, d.b_only))
     assert len(d.changed) == d.a_only + d.b_only
+    # The direction, from the runs' own predictions: A is the first run, B the one with cut answers.
+    scores = [{x["id"]: x["score"]["lenient_match"] for x in map(json.loads, (tmp_path / "runs" / r / "predictions" /
+               "qa.jsonl").read_text().splitlines())} for r in ("a", "b")]
+    paired = sorted(set(scores[0]) & set(scores[1]))
+    assert d.mean_a == pytest.approx(sum(scores[0][i] for i in paired) / 10)
+    assert d.mean_b == pytest.approx(sum(scores[1][i] for i in paired) / 10)
+    assert d.a_only == sum(scores[0][i] >= 0.5 > scores[1][i] for i in paired) > d.b_only  # cutting loses answers
+    assert d.diff == pytest.approx(d.mean_b - d.mean_a) and d.diff < 0
     md = to_markdown(c)
     assert "| qa | 10 |" in md and "McNemar p" in md
     assert "<table>" in to_html(c)

@@ -449,12 +449,13 @@ class _Driver:
 
 
 
-def _quietly(fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
+def _quietly(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
     """Call a store write while stopping; a failing store is logged (its error was already raised once)."""
     try:
-        fn(*args, **kw)
+        return fn(*args, **kw)
     except (sqlite3.Error, RunError) as err:
         log.warning("while stopping: %s failed: %s", getattr(fn, "__name__", fn), err)
+        return None
 
 
 def _estimate(model: ModelConfig, samples: list[Sample], on_gpu: bool) -> ModelEstimate | None:
@@ -732,6 +733,7 @@ def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], con
         raise UserError("\n".join(problems))
 
     # 2. Record the run: settings, datasets (a failed one is recorded; the others go on) and this driver.
+    record = store.run_record()  # put back if this driver fails before it stores a result
     for name in redo:
         store.forget_stage(name)
     for stage in stages:
@@ -783,6 +785,9 @@ def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], con
     except BaseException as err:
         why = (err.state if isinstance(err, Stopped) else "interrupted" if isinstance(err, KeyboardInterrupt)
                else f"failed: {type(err).__name__}: {err}")
+        if not redo and _quietly(store.forget_driver_if_idle, owner):  # it stored nothing: the run stays as it was
+            _quietly(store.restore_run_record, record)
+            raise
         _quietly(store.driver_state, owner, why)
         _quietly(store.set_meta, "state", {**state, "state": why, "ended": time.time(),
                                            **({"signal": err.name} if isinstance(err, Stopped) else {})})

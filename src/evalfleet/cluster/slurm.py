@@ -73,8 +73,8 @@ def _stoppable(command: str, cwd: str) -> list[str]:
     (EXIT_PREEMPTED). After SIGUSR1 the task then requeues itself and resumes where it stopped; after a preemption
     Slurm requeues it (`--requeue`); after a plain scancel it stays cancelled."""
     return [
-        "set -uo pipefail",
-        f"cd {cwd}",
+        "set -uo pipefail",  # no -e: the run's exit status is read below
+        f"cd {cwd} || exit 1",
         "requeue=0",
         "trap 'requeue=1; kill -USR1 \"$pid\" 2>/dev/null' USR1",
         "trap 'kill -TERM \"$pid\" 2>/dev/null' TERM",

@@ -289,6 +289,33 @@ class Store:
                  ended = excluded.ended""",
             (owner, socket.gethostname(), os.getpid(), state, now, now, ended))
 
+    def run_record(self) -> dict[str, list[tuple]]:
+        """The rows a driver rewrites as it starts (the run's config, name, state and fingerprints, the datasets'
+        states), as they are: `restore_run_record` puts them back when it fails to start."""
+        return {"meta": self.db.execute("SELECT key, value FROM meta WHERE key IN ('config', 'name', 'state') "
+                                        "OR key LIKE 'fingerprint:%'").fetchall(),
+                "datasets": self.db.execute("SELECT * FROM datasets").fetchall()}
+
+    def restore_run_record(self, record: dict[str, list[tuple]]) -> None:
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("DELETE FROM meta WHERE key IN ('config', 'name', 'state') OR key LIKE 'fingerprint:%'")
+            self.db.executemany("INSERT INTO meta VALUES (?, ?)", record["meta"])
+            self.db.execute("DELETE FROM datasets")
+            self.db.executemany("INSERT INTO datasets VALUES (?, ?, ?, ?, ?)", record["datasets"])
+
+    def forget_driver_if_idle(self, owner: str) -> bool:
+        """Drop the rows of a driver that stored no result (it failed to start): True if it had none."""
+        workers = f"%@{owner.rsplit(':', 1)[0]}"
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            if self.db.execute("SELECT COALESCE(SUM(done), 0) FROM workers WHERE id LIKE ?", (workers,)).fetchone()[0]:
+                return False
+            self.db.execute("DELETE FROM workers WHERE id LIKE ?", (workers,))
+            self.db.execute("DELETE FROM drivers WHERE owner = ?", (owner,))
+            self.db.execute("DELETE FROM leases WHERE owner = ?", (owner,))
+        return True
+
     def driver_heartbeat(self, owner: str) -> None:
         self.db.execute("UPDATE drivers SET heartbeat = ? WHERE owner = ?", (time.time(), owner))
 
