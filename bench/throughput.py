@@ -1,217 +1,187 @@
-"""Throughput of the transformers backend on one GPU, each figure beside a baseline measured in this run.
+"""Throughput of `evalfleet run` on one GPU beside transformers as shipped, measured the way issue 17 asks.
 
-Text: a Qwen2.5-7B-shaped model (random weights, no EOS: every request generates exactly 64 tokens),
-512 requests of 256 prompt tokens.
-  - baseline: `generate` one prompt at a time (8 requests), and `generate` in static batches of 256;
-  - evalfleet's backend alone (engine `static`), batches of 256 and of 512: first pass (includes the
-    CUDA-graph capture) and second pass; exactness against `generate` on the same GPU;
-  - `evalfleet run` end to end (store, progress, scoring) on the same requests, generation phase.
-VLM: a Qwen2.5-VL-7B-shaped model, one 448x448 image + ~32-token question -> 32 tokens.
-  - baseline: one sample at a time; evalfleet backend in batches; `evalfleet run` end to end.
+Every measurement is a process of its own, on the same saved random-weight model and the same JSONL file:
+  one at a time   `bench/stock.py`: transformers as shipped (fresh `from_pretrained`, SDPA, nothing of evalfleet
+                  imported), `generate` at batch 1, warmed at batch 1
+  batched         the same at `--baseline-batch`, warmed with one batch of that size
+  evalfleet run   the whole command, default settings (batch size `auto`), over every row of the file
+                  (>= 8 batches per replica): command to results, with start-up (command start to the replica
+                  ready: imports, checks, process spawn, model load, kernel compile, graph capture), the
+                  generation phase and the tail (unload, reports) shown separately
+Rounds alternate the order (baseline first, then evalfleet first, ...); the table gives the median of the rounds
+and their range, and each ratio is the median of the per-round ratios (numerator and denominator from the same
+round). Rounds accumulate in WORK/throughput-KIND.jsonl, so several calls can add rounds (`--rounds`); `--fresh`
+starts over.
 
-    PYTHONPATH=src python bench/throughput.py [--shape 7b|tiny] [--out DIR]
+Text: Qwen2.5-7B-shaped (no EOS: every request generates exactly 64 tokens), prompts of 256 templated tokens.
+VLM: Qwen2.5-VL-7B-shaped, one 448x448 PNG + a ~20-word question -> 32 tokens.
+
+    PYTHONPATH=src python bench/throughput.py text|vlm [--rounds 3] [--shape 7b|tiny] [--work DIR] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
+import re
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from models import chat_prompts, images, qwen25_text, qwen25_vl
 
-from evalfleet.backends import Request
-from evalfleet.backends.attention import use_decode_attention, use_packed_vision_attention
-from evalfleet.backends.static_decode import StaticDecoder
-from evalfleet.backends.transformers_backend import TransformersBackend
-from evalfleet.config import ModelConfig
-
-ROWS: list[tuple[str, str, str]] = []
+HERE = Path(__file__).parent
+QUESTION = "Describe the coloured shape in this picture: its colour, its position and its size, briefly."
 
 
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+def dataset(work: Path, kind: str, shape: str, n: int) -> tuple[Path, Path, int]:
+    """(model folder, JSONL file of n rows, new tokens) for `kind`, built once in `work`."""
+    data = work / f"{kind}-{n}.jsonl"
+    if kind == "text":
+        model, new = qwen25_text(work, shape), 64
+        if not data.exists():
+            data.write_text("".join(json.dumps({"id": i, "question": p}) + "\n"
+                                    for i, p in enumerate(chat_prompts(work, n, 256))))
+    else:
+        model, new = qwen25_vl(work, shape), 32
+        if not data.exists():
+            data.write_text("".join(json.dumps({"id": i, "question": QUESTION, "image": str(p)}) + "\n"
+                                    for i, p in enumerate(images(work, n))))
+    return model, data, new
 
 
-def record(name: str, value: str, note: str = "") -> None:
-    ROWS.append((name, value, note))
-    print(f"{name}: {value} {note}", flush=True)
+def stock(kind: str, model: Path, data: Path, batch: int, count: int, new: int) -> dict:
+    """One baseline process (bench/stock.py); its JSON line plus the rates."""
+    cmd = [sys.executable, str(HERE / "stock.py"), kind, str(model), str(data), "--batch", str(batch),
+           "--count", str(count), "--new", str(new)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    m = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**m, "batch": batch, "samples_per_s": m["samples"] / m["timed_s"], "tok_per_s": m["tokens"] / m["timed_s"]}
 
 
-def timed_backend(backend: TransformersBackend, requests: list[Request], batch: int) -> tuple[float, list]:
-    """Seconds to answer `requests` in batches of `batch` (prepare + generate, sequentially), and the answers."""
-    sync()
-    t0 = time.perf_counter()
-    gens = []
-    for i in range(0, len(requests), batch):
-        gens += backend.generate(backend.prepare(requests[i : i + batch]))
-    sync()
-    return time.perf_counter() - t0, gens
-
-
-def hf_generate(backend: TransformersBackend, requests: list[Request], batch: int, new: int) -> tuple[float, list]:
-    """Plain `model.generate` (dynamic cache) in static batches: the baseline."""
-    model, tok = backend.model, backend.tokenizer
-    sync()
-    t0 = time.perf_counter()
-    outs = []
-    for i in range(0, len(requests), batch):
-        inputs = backend.prepare(requests[i : i + batch]).inputs.to(model.device)
-        with torch.inference_mode():
-            out = model.generate(**inputs, max_new_tokens=new, do_sample=False, pad_token_id=tok.pad_token_id)
-        outs += out[:, inputs["input_ids"].shape[1] :].tolist()
-    sync()
-    return time.perf_counter() - t0, outs
-
-
-def run_cli(work: Path, name: str, model: Path, data: Path, new: int, batch: int) -> dict:
+def evalfleet(work: Path, name: str, model: Path, data: Path, new: int) -> dict:
+    """`evalfleet run` with default settings on every row of `data`: the whole command and its phases."""
     cfg = {"name": name, "output_dir": str(work / "runs"), "progress_every": 10**6, "metrics": ["exact_match"],
-           "model": {"path": str(model), "batch_size": batch, "generation": {"max_new_tokens": new}},
+           "model": {"path": str(model), "generation": {"max_new_tokens": new}},
            "datasets": [{"name": "d", "path": str(data)}]}
-    if not torch.cuda.is_available():
-        cfg["workers"] = 1
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "evalfleet.cli", "run", str(path), "--fresh"], check=True)
-    wall = time.perf_counter() - t0
-    summary = json.loads((work / "runs" / name / "summary.json").read_text())
-    return {**summary["performance"]["generate"], "wall_s": wall, "errors": summary["datasets"]["d"]["errors"]}
+    proc = subprocess.run([sys.executable, "-m", "evalfleet.cli", "run", str(path), "--fresh"], capture_output=True,
+                          text=True)
+    command_s = time.perf_counter() - t0
+    if proc.returncode:
+        sys.exit(f"evalfleet run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    run = work / "runs" / name
+    summary = json.loads((run / "summary.json").read_text())
+    perf = summary["performance"]["generate"]
+    plan = re.findall(r"plan: batch size (\d+)", (run / "run.log").read_text())  # this run's: the last
+    n = summary["datasets"]["d"]["samples"]
+    start_s = command_s - perf["wall_s"] + perf["load_wall_s"]  # command start to every replica ready
+    return {"command_s": command_s, "start_s": start_s, "generate_s": perf["generate_wall_s"],
+            "tail_s": command_s - start_s - perf["generate_wall_s"], "samples": n,
+            "tokens": perf["generated_tokens"], "errors": summary["datasets"]["d"]["errors"],
+            "batch": int(plan[-1]) if plan else None, "replicas": len(perf["workers"]),
+            "samples_per_s": perf["samples_per_s"], "tok_per_s": perf["generated_tokens_per_s"],
+            "command_samples_per_s": n / command_s, "command_tok_per_s": perf["generated_tokens"] / command_s}
 
 
-def busy(perf: dict) -> str:
-    """Each worker's share of the generation phase spent in `Backend.generate`."""
-    return ", ".join(f"{w['busy_fraction'] or 0:.0%}" for w in perf["workers"].values())
+def one_round(args: argparse.Namespace, model: Path, data: Path, new: int, n: int, index: int) -> dict:
+    """The three measurements, in an order that alternates with the round's index."""
+    steps = {
+        "one": lambda: stock(args.kind, model, data, 1, args.one_count, new),
+        "batched": lambda: stock(args.kind, model, data, args.baseline_batch, args.baseline_count, new),
+        "evalfleet": lambda: evalfleet(args.work, f"{args.kind}-r{index}", model, data, new),
+    }
+    order = list(steps) if index % 2 == 0 else list(reversed(steps))
+    out: dict = {"round": index, "order": order, "rows": n}
+    for key in order:
+        out[key] = steps[key]()
+        print(f"round {index}: {key}: {json.dumps(out[key])}", flush=True)
+    return out
 
 
-def text_bench(work: Path, shape: str, n: int, prompt_tokens: int, new: int) -> None:
-    path = qwen25_text(work, shape)
-    reqs = [Request(p, [], 0) for p in chat_prompts(work, n, prompt_tokens)]
-    n_gpus = int(torch.cuda.is_available())
-    gen = TransformersBackend(ModelConfig(path=str(path), engine="generate", generation={"max_new_tokens": new}),
-                              n_gpus)
-    gen.load()
-    gen.model.set_attn_implementation("sdpa")  # baselines: transformers as shipped
-    timed_backend(gen, reqs[:2], 2)  # warm up kernels once so no figure pays CUDA/cuBLAS initialisation
-    s, _ = timed_backend(gen, reqs[:8], 1)
-    one = 8 * new / s
-    record("text: generate, one prompt at a time (8 requests)", f"{one:,.0f} tok/s", "baseline (sdpa)")
-    s, ref = hf_generate(gen, reqs, 256, new)
-    record("text: generate, static batches of 256", f"{n * new / s:,.0f} tok/s",
-           f"{n * new / s / one:.0f}x baseline (sdpa)")
-    use_decode_attention(gen.model)
-    s, _ = hf_generate(gen, reqs, 256, new)
-    record("text: generate with evalfleet's decode attention, batches of 256", f"{n * new / s:,.0f} tok/s",
-           f"{n * new / s / one:.0f}x baseline (engine `generate`)")
-    sync()
-    t0 = time.perf_counter()
-    gen.prepare(reqs)
-    record(f"text: prepare {n} requests (chat template, tokenize; CPU)", f"{time.perf_counter() - t0:.3f} s",
-           "included in every backend figure below")
-    by_batch = {}
-    for batch in (256, 512):  # the same loaded weights, with the static engine's decoder
-        gen.decoder = StaticDecoder(gen.model, cuda_graphs=n_gpus > 0)
-        for attempt in ("first pass", "second pass"):
-            s, gens = timed_backend(gen, reqs, batch)
-            toks = sum(g.n_tokens for g in gens)
-            record(f"text: evalfleet static engine, batches of {batch}, {attempt}", f"{toks / s:,.0f} tok/s",
-                   f"{toks / s / one:.0f}x baseline; {s:.2f} s for {len(gens)} requests")
-        by_batch[batch] = gens
-    ref_texts = gen.tokenizer.batch_decode(ref, skip_special_tokens=True)
-    same = sum(a.text == b.strip() for a, b in zip(by_batch[256], ref_texts))
-    record("text: static engine (batches of 256) output identical to generate (batches of 256, sdpa)",
-           f"{same}/{len(ref_texts)} requests", "bf16, random weights: near-flat logits flip on rounding")
-    alone = toks / s
-    del gen
-    torch.cuda.empty_cache() if n_gpus else None
-    data = work / "text.jsonl"
-    data.write_text("".join(json.dumps({"id": i, "question": r.prompt}) + "\n" for i, r in enumerate(reqs)))
-    perf = run_cli(work, "text-e2e", path, data, new, 512)
-    record("text: evalfleet run end to end (batch 512, generation phase)", f"{perf['generated_tokens_per_s']:,.0f} tok/s",
-           f"{perf['generated_tokens_per_s'] / alone:.0%} of the backend alone (its second pass); generation phase "
-           f"{perf['generate_wall_s']} s, in `generate` {busy(perf)}; load {perf['load_wall_s']} s, whole command "
-           f"{perf['wall_s']:.0f} s, errors {perf['errors']}")
+def spread(values: list[float], fmt: str) -> tuple[str, str]:
+    med = statistics.median(values)
+    return format(med, fmt), (f"{format(min(values), fmt)}-{format(max(values), fmt)}" if len(values) > 1 else "")
 
 
-def vlm_bench(work: Path, shape: str, n: int, new: int) -> None:
-    path = qwen25_vl(work, shape)
-    pics = images(work, n)
-    question = "Describe the coloured shape in this picture: its colour, its position and its size, briefly."
-    reqs = [Request(question, [], 0) for _ in range(n)]
-    from PIL import Image
+def table(kind: str, rounds: list[dict]) -> str:
+    """Medians over rounds, ranges, and ratios computed within each round."""
+    unit, key, fmt = ("tok/s", "tok_per_s", ",.0f") if kind == "text" else ("samples/s", "samples_per_s", ".2f")
+    rows: list[tuple[str, list[float], str, str]] = []
+    one = [r["one"][key] for r in rounds]
+    bat = [r["batched"][key] for r in rounds]
 
-    def with_images(rs: list[Request], ps: list[Path]) -> list[Request]:
-        return [Request(r.prompt, [Image.open(p).convert("RGB")], 0) for r, p in zip(rs, ps)]
+    def ratio(vals: list[float], base: list[float]) -> str:
+        return f"{statistics.median(v / b for v, b in zip(vals, base)):.1f}x"
 
-    n_gpus = int(torch.cuda.is_available())
-    b = TransformersBackend(ModelConfig(path=str(path), generation={"max_new_tokens": new}), n_gpus)
-    b.load()
-    b.model.set_attn_implementation("sdpa")  # the baseline: transformers as shipped
-    timed_backend(b, with_images(reqs[:2], pics[:2]), 2)  # warm-up
-    k = 16
-    t0 = time.perf_counter()
-    timed_backend(b, with_images(reqs[:k], pics[:k]), 1)  # image decode included, as a script would do
-    one = k / (time.perf_counter() - t0)
-    record("VLM: one sample at a time", f"{one:.2f} samples/s", "baseline (sdpa)")
-    t0 = time.perf_counter()
-    decoded = with_images(reqs[:256], pics[:256])
-    t1 = time.perf_counter()
-    b.prepare(decoded)
-    t2 = time.perf_counter()
-    record(f"VLM: prepare {len(decoded)} samples (decode images, preprocess, template, tokenize; CPU)",
-           f"{t2 - t0:.2f} s", f"decode {t1 - t0:.2f} s, {type(b.processor.image_processor).__name__} and tokenizer "
-           f"{t2 - t1:.2f} s; included in the backend figures below")
-    use_decode_attention(b.model)  # also the vision tower: per-image (per-window) SDPA calls, as before packing
-    for packed, batch in ((False, 256), (True, 128), (True, 256)):
-        if packed:
-            use_packed_vision_attention(b.model)
-        t0 = time.perf_counter()
-        timed_backend(b, with_images(reqs, pics), batch)
-        rate = n / (time.perf_counter() - t0)
-        vision = "packed vision attention" if packed else "vision attention per image/window"
-        record(f"VLM: evalfleet backend alone, batches of {batch}, {vision} (no prefetch)", f"{rate:.2f} samples/s",
-               f"{rate / one:.1f}x baseline")
-    del b
-    torch.cuda.empty_cache() if n_gpus else None
-    data = work / "vlm.jsonl"
-    data.write_text("".join(json.dumps({"id": i, "question": question, "image": str(p)}) + "\n"
-                            for i, p in enumerate(pics)))
-    perf = run_cli(work, "vlm-e2e", path, data, new, 256)
-    record("VLM: evalfleet run end to end (batch 256, prefetching images)", f"{perf['samples_per_s']:.2f} samples/s",
-           f"{perf['samples_per_s'] / one:.1f}x baseline; generation phase {perf['generate_wall_s']} s, worker busy "
-           f"{busy(perf)}; errors {perf['errors']}")
+    b0, e0 = rounds[0]["batched"], rounds[0]["evalfleet"]
+    rows.append((f"transformers `generate`, one at a time (warmed at batch 1; {rounds[0]['one']['samples']} timed)",
+                 one, unit, "1.0x"))
+    rows.append((f"transformers `generate`, batches of {b0['batch']} (warmed at that batch; {b0['samples']} timed)",
+                 bat, unit, ratio(bat, one)))
+    gen = [r["evalfleet"][key] for r in rounds]
+    whole = [r["evalfleet"]["command_" + key] for r in rounds]
+    ev = f"`evalfleet run`, defaults (batch {e0['batch']}, {e0['replicas']} replica), {e0['samples']} rows"
+    rows.append((f"{ev}: generation phase", gen, unit, f"{ratio(gen, one)}; {ratio(gen, bat)} batched"))
+    rows.append((f"{ev}: whole command, command to results", whole, unit,
+                 f"{ratio(whole, one)}; {ratio(whole, bat)} batched"))
+    for phase, label in (("start_s", "start-up: command to replica ready"), ("generate_s", "generation phase"),
+                         ("tail_s", "tail: unload, scoring, reports"), ("command_s", "whole command")):
+        rows.append((f"`evalfleet run`: {label}", [r["evalfleet"][phase] for r in rounds], "s", ""))
+    rows.append(("transformers as a script: process start to model loaded (batched)",
+                 [r["batched"]["start_s"] for r in rounds], "s", ""))
+    script = [r["batched"]["start_s"] + r["evalfleet"]["samples"] / r["batched"]["samples_per_s"] for r in rounds]
+    rows.append((f"transformers as a script for the same {e0['samples']} rows (estimate: start + rows / batched rate)",
+                 script, "s", f"`evalfleet run` whole command: "
+                 f"{statistics.median(s / r['evalfleet']['command_s'] for s, r in zip(script, rounds)):.1f}x the script's "
+                 "rate (script time / command time)"))
+    out = (f"| measurement ({len(rounds)} rounds, alternating order) | median | range | unit | vs one at a time |\n"
+           "|---|---|---|---|---|\n")
+    for name, vals, u, note in rows:
+        med, rng = spread(vals, fmt if u == unit else ".1f")
+        out += f"| {name} | {med} | {rng} | {u} | {note} |\n"
+    errors = sum(r["evalfleet"]["errors"] for r in rounds)
+    return out + f"\nErrors in the evalfleet runs: {errors}. Device: {rounds[0]['one']['device']}, " \
+                 f"torch {rounds[0]['one']['torch']}.\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("kind", choices=["text", "vlm"])
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench"))
     ap.add_argument("--shape", default="7b", choices=["7b", "tiny"])
-    ap.add_argument("--requests", type=int, default=512)
-    ap.add_argument("--images", type=int, default=512)
-    ap.add_argument("--skip", choices=["text", "vlm"], default=None)
+    ap.add_argument("--rows", type=int, default=2048, help="rows evalfleet answers (>= 8 batches of the default)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--one-count", type=int, default=8)
+    ap.add_argument("--baseline-batch", type=int, default=256)
+    ap.add_argument("--baseline-count", type=int, default=512)
+    ap.add_argument("--fresh", action="store_true", help="forget the rounds recorded before")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.WARNING)  # shows a failed CUDA-graph capture, if any
-    if torch.cuda.is_available():
-        record("device", torch.cuda.get_device_name(0), f"torch {torch.__version__}")
-    if args.skip != "text":
-        text_bench(args.work, args.shape, args.requests, 256, 64)
-    if args.skip != "vlm":
-        vlm_bench(args.work, args.shape, args.images, 32)
-    table = "| measurement | value | note |\n|---|---|---|\n" + "".join(f"| {a} | {b} | {c} |\n" for a, b, c in ROWS)
-    print(table)
+    model, data, new = dataset(args.work, args.kind, args.shape, args.rows)
+    log = args.work / f"throughput-{args.kind}.jsonl"
+    if args.fresh:
+        log.unlink(missing_ok=True)
+    done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    for i in range(len(done), len(done) + args.rounds):
+        done.append(one_round(args, model, data, new, args.rows, i))
+        with log.open("a") as f:
+            f.write(json.dumps(done[-1]) + "\n")
+    text = table(args.kind, done)
+    print(text)
     if args.out:
-        (args.out / "throughput.md").write_text(table)
+        (args.out / f"throughput-{args.kind}.md").write_text(text)
+        (args.out / f"throughput-{args.kind}.jsonl").write_text(log.read_text())
 
 
 if __name__ == "__main__":
