@@ -19,6 +19,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -29,6 +30,7 @@ from models import prompts, qwen25_text
 from evalfleet.placement import probe_machine
 
 UTILISATION: dict[str, str] = {}
+COMMAND_S: dict[str, float] = {}  # the last command of each kind: seconds from its start to its exit
 """Per run: mean GPU utilisation and peak memory per GPU sampled by nvidia-smi every second."""
 
 
@@ -37,7 +39,9 @@ def cli(*args: str) -> str:
     print("$ evalfleet", " ".join(args), flush=True)
     smi = subprocess.Popen(["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used", "--format=csv,noheader,nounits",
                             "-lms", "1000"], stdout=subprocess.PIPE, text=True) if args[0] == "run" else None
+    t0 = time.perf_counter()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    COMMAND_S[args[0]] = time.perf_counter() - t0
     if smi is not None:
         smi.terminate()
         samples: dict[str, list[tuple[int, int]]] = {}
@@ -107,6 +111,8 @@ def main() -> None:
             (f"7B-shaped, {n} GPU(s): throughput vs 1 GPU (per GPU)", f"{ratio:.2f}x ({ratio / n:.2f})"),
             (f"7B-shaped, {n} GPU(s): load wall s (from_pretrained s per replica)",
              f"{p['load_wall_s']} ({', '.join(map(str, p['load_s'].values()))})"),
+            (f"7B-shaped, {n} GPU(s): whole command s (command to results); samples/s over it",
+             f"{COMMAND_S['run']:.1f}; {p['finished'] / COMMAND_S['run']:.2f}"),
             (f"7B-shaped, {n} GPU(s): unload wall s; finished/errors",
              f"{p.get('unload_wall_s')}; {p['finished']}/{p['errors']}"),
         ]

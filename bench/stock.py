@@ -22,9 +22,14 @@ import time
 
 T0 = time.perf_counter()
 
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer  # noqa: E402
+import torch
+from PIL import Image
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+)
 
 
 def sync() -> None:
@@ -42,7 +47,8 @@ def main() -> None:
     ap.add_argument("--new", type=int, required=True)
     args = ap.parse_args()
     assert "evalfleet" not in sys.modules
-    rows = [json.loads(line) for line in open(args.data)]
+    with open(args.data) as f:
+        rows = [json.loads(line) for line in f]
     need = args.batch + args.count
     if len(rows) < need:
         sys.exit(f"{args.data}: {len(rows)} rows, the warm-up and timed batches need {need}")
