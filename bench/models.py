@@ -102,11 +102,7 @@ def qwen25_vl(work: Path, shape: str) -> Path:
     import json
     import shutil
 
-    from transformers import (
-        AutoTokenizer,
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-    )
+    from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     folder = work / f"qwen2.5-vl-{shape}-shaped"
     if (folder / "config.json").exists():

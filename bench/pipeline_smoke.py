@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from models import images, prompts, qwen25_text, qwen25_vl
 from tiny_models import build_pix2pix
 
-from evalfleet.placement import probe_machine
+from evalfleet.plan.placement import probe_machine
 
 
 def run(work: Path, cfg: dict) -> list[tuple[str, str]]:

@@ -27,7 +27,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from models import prompts, qwen25_text
 
-from evalfleet.placement import probe_machine
+from evalfleet.plan.placement import probe_machine
 
 UTILISATION: dict[str, str] = {}
 COMMAND_S: dict[str, float] = {}  # the last command of each kind: seconds from its start to its exit

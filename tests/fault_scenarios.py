@@ -156,7 +156,7 @@ def refused_run_changes_nothing(tmp: Path, model: Path) -> Outcome:
 
 def status_two_drivers(tmp: Path, model: Path) -> Outcome:
     """Two drivers on one run, one SIGKILLed: the run is still running, and each driver has its own state."""
-    from evalfleet.status import read_status
+    from evalfleet.reporting.status import read_status
 
     o = Outcome("status: two drivers, one killed")
     lab = Lab(tmp, model, n=16, workers=1)
@@ -185,7 +185,7 @@ def status_two_drivers(tmp: Path, model: Path) -> Outcome:
 def hung_worker(tmp: Path, model: Path) -> Outcome:
     """A worker SIGSTOPped while it holds work is found by its missing heartbeat, killed and replaced; `status`
     tells it from the healthy worker, idle meanwhile (nothing else is left to do)."""
-    from evalfleet.status import read_status
+    from evalfleet.reporting.status import read_status
 
     o = Outcome("a hung worker (SIGSTOP) is replaced")
     lab = Lab(tmp, model, n=8, workers=2, hang_seconds=6)  # 4 chunks: each worker is fed 2 as it starts
@@ -275,8 +275,8 @@ def bad_files(tmp: Path, model: Path) -> Outcome:
 
 def truncated_store(db: Path) -> None:
     """A real store of 2,000 samples with results, cut to half its size (a copy interrupted, a disk fault)."""
-    from evalfleet.datasets import Sample
-    from evalfleet.store import Result, Store
+    from evalfleet.records import Result, Sample
+    from evalfleet.store import Store
 
     store = Store(db)
     store.set_meta("config", {"name": "x"})

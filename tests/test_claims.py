@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 
 from evalfleet.config import StageConfig
-from evalfleet.datasets import ImageRef, Sample
-from evalfleet.store import Result, Store
+from evalfleet.records import ImageRef, Result, Sample
+from evalfleet.store import Store
 
 
 def test_a_lease_holds_while_renewed_and_is_taken_once_it_expires(tmp_path):
@@ -50,7 +50,7 @@ def test_merge_names_a_missing_and_an_unfinished_shard(tmp_path):
 
 
 def test_judge_cache_key_changes_with_image_bytes_not_with_batch_size(tmp_path):
-    from evalfleet.judging import _cache_key
+    from evalfleet.stages.judge import _cache_key
 
     (tmp_path / "a.png").write_bytes(b"\x89PNG one")
     (tmp_path / "b.png").write_bytes(b"\x89PNG two")

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from evalfleet.config import DatasetConfig
-from evalfleet.datasets import DatasetError, load_samples
+from evalfleet.data.datasets import DatasetError, load_samples
+from evalfleet.data.images import open_image
 
 
 def png_bytes(color=(255, 0, 0)) -> bytes:
@@ -37,7 +38,7 @@ def test_jsonl_with_field_mapping_relative_images_and_bad_rows(tmp_path):
     assert [s.id for s in ss] == ["1", "line2", "3", "4", "5"]
     good = ss[0]
     assert (good.prompt, good.answers, good.error) == ("Q: What colour?", ["red", "Red"], None)
-    assert good.images[0].open().size == (8, 8)
+    assert open_image(good.images[0]).size == (8, 8)
     assert ss[1].error.startswith(f"{f}:2:(line): invalid JSON")
     assert ss[2].error.startswith(f"{f}:3:pic: image path '../outside.png' escapes the dataset folder")
     assert ss[3].error == f"{f}:4:q: missing question"
@@ -65,9 +66,9 @@ def test_parquet_with_image_bytes_struct(tmp_path):
     f = tmp_path / "d.parquet"
     pq.write_table(table, f)
     ss = load(f)
-    assert ss[0].images[0].open().mode == "RGB"
+    assert open_image(ss[0].images[0]).mode == "RGB"
     with pytest.raises(ValueError, match=rf"{f}:2:image: unreadable image"):
-        ss[1].images[0].open()
+        open_image(ss[1].images[0])
 
 
 def test_vlmevalkit_tsv_base64_options_and_image_back_references(tmp_path):
@@ -107,4 +108,4 @@ def test_seeded_shuffle_limit_and_unreadable_datasets(tmp_path):
 def test_easy_vqa_builtin():
     ss = load_samples(DatasetConfig(name="ev", builtin="easy-vqa", limit=3, shuffle=True), seed=0)
     assert len(ss) == 3 and all(s.answers and s.images and s.error is None for s in ss)
-    assert ss[0].images[0].open().size == (64, 64)
+    assert open_image(ss[0].images[0]).size == (64, 64)

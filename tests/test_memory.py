@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer
 
-from evalfleet.memory import estimate_model, longest_prompt_tokens
+from evalfleet.plan.memory import estimate_model, longest_prompt_tokens
 
 
 def test_params_and_kv_bytes_of_smollm2_match_the_loaded_model(smollm2, tmp_path):

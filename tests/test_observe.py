@@ -16,11 +16,11 @@ import pytest
 import yaml
 from conftest import DEMO_QUESTIONS, quiet_console
 
-from evalfleet.compare import compare_runs, mcnemar_p, paired_bootstrap, to_html, to_markdown
 from evalfleet.config import parse_config
 from evalfleet.errors import UserError
-from evalfleet.runner import run
-from evalfleet.status import read_status, status_view
+from evalfleet.reporting.compare import compare_runs, mcnemar_p, paired_bootstrap, to_html, to_markdown
+from evalfleet.reporting.status import read_status, status_view
+from evalfleet.run import run
 
 JUDGE = ("Question: {question}\nReference answer: {answer}\nStudent answer: {prediction}\n"
          "Grade the student answer from 0 to 10. Reply with the number only.")

@@ -7,7 +7,7 @@ from conftest import DEMO_QUESTIONS, quiet_console
 
 from evalfleet.config import parse_config
 from evalfleet.errors import UserError
-from evalfleet.runner import run
+from evalfleet.run import run
 from evalfleet.store import Store
 
 JUDGE_PROMPT = ("Question: {question}\nReference answer: {answer}\nStudent answer: {prediction}\n"

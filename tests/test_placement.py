@@ -1,8 +1,8 @@
 import pytest
 
 from evalfleet.errors import UserError
-from evalfleet.memory import ModelEstimate
-from evalfleet.placement import GiB, Gpu, Machine, describe, parse_bytes, plan, split_gpus
+from evalfleet.plan.memory import ModelEstimate
+from evalfleet.plan.placement import GiB, Gpu, Machine, describe, parse_bytes, plan, split_gpus
 
 
 def gpus(n: int, gib: float, free: float | None = None) -> list[Gpu]:

@@ -11,7 +11,7 @@ from conftest import make_config, quiet_console
 
 from evalfleet.backends import Request
 from evalfleet.config import DatasetConfig, parse_config
-from evalfleet.datasets import DatasetError, load_samples
+from evalfleet.data.datasets import DatasetError, load_samples
 from evalfleet.errors import UserError
 
 SHOTS = [{"question": "What is 1 + 1?", "answer": "2"}, {"question": "Capital of Poland?", "answer": "Warsaw"}]
@@ -75,7 +75,7 @@ def test_bad_few_shot_examples_name_the_file_row_and_field(tmp_path):
 
 
 def test_exact_prompt_is_stored_shown_and_guards_resuming(tmp_path, smollm2):
-    from evalfleet.runner import run
+    from evalfleet.run import run
 
     data = _write(tmp_path / "q.jsonl", [{"id": "a", "question": "What is 2 + 3?", "answer": "5"},
                                          {"id": "b", "question": "What is 4 + 4?", "answer": "8"}])

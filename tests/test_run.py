@@ -15,7 +15,7 @@ import pytest
 import yaml
 from conftest import DEMO_QUESTIONS, make_config, quiet_console
 
-from evalfleet.runner import run
+from evalfleet.run import run
 from evalfleet.store import Store
 
 TEXT_DATASET = [{"name": "qa", "path": str(DEMO_QUESTIONS), "prompt": "{question} Answer briefly."}]

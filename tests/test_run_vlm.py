@@ -9,7 +9,7 @@ import shutil
 import easy_vqa
 from conftest import make_config, quiet_console
 
-from evalfleet.runner import run
+from evalfleet.run import run
 from evalfleet.store import Store
 
 

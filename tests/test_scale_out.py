@@ -16,8 +16,8 @@ import yaml
 from conftest import DEMO_QUESTIONS
 from require_all import require
 
-from evalfleet.datasets import Sample
-from evalfleet.store import Result, Store
+from evalfleet.records import Result, Sample
+from evalfleet.store import Store
 
 
 def smol_run(tmp_path, smollm2, name: str, n: int, workers: int) -> tuple[Path, Path]:

@@ -1,5 +1,5 @@
-from evalfleet.datasets import Sample
-from evalfleet.scheduler import WorkQueue, make_chunks
+from evalfleet.engine.queue import WorkQueue, make_chunks
+from evalfleet.records import Sample
 
 
 def samples(n: int) -> list[Sample]:

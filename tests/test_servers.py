@@ -22,7 +22,7 @@ from require_all import require
 
 from evalfleet.backends.server import free_port
 from evalfleet.config import parse_config
-from evalfleet.runner import run
+from evalfleet.run import run
 
 require("llama_cpp.server", "bash scripts/setup --test builds llama-cpp-python[server]")
 

@@ -4,9 +4,10 @@ import json
 
 from conftest import make_config, quiet_console
 
-from evalfleet.runner import run
+from evalfleet.engine.messages import Heartbeat, Results, Stop, Work
+from evalfleet.engine.worker import GROW_AFTER, BatchSizer
+from evalfleet.run import run
 from evalfleet.store import Store
-from evalfleet.workers import GROW_AFTER, BatchSizer
 
 
 def test_batch_size_halves_down_to_one_and_grows_back_after_a_streak():
@@ -54,7 +55,7 @@ def test_out_of_memory_splits_the_batch_and_a_sample_too_big_alone_is_an_error(t
 
 def results(conn):
     """The worker's next message that is not a heartbeat."""
-    while (msg := conn.recv())[0] == "heartbeat":
+    while isinstance(msg := conn.recv(), Heartbeat):
         pass
     return msg
 
@@ -65,7 +66,7 @@ def test_heartbeats_come_while_the_main_thread_is_busy():
     import multiprocessing as mp
     import time
 
-    from evalfleet.workers import HEARTBEAT_S, WorkerLoop
+    from evalfleet.engine.worker import HEARTBEAT_S, WorkerLoop
 
     driver, worker = mp.Pipe()
     loop = WorkerLoop(worker, batch_size=2)
@@ -75,7 +76,7 @@ def test_heartbeats_come_while_the_main_thread_is_busy():
     beats = []
     while driver.poll(0):
         beats.append(driver.recv())
-    assert beats and all(b == ("heartbeat",) for b in beats) and len(beats) in (2, 3)
+    assert beats and all(isinstance(b, Heartbeat) for b in beats) and len(beats) in (2, 3)
     loop.close()
     time.sleep(1.5 * HEARTBEAT_S)
     while driver.poll(0):
@@ -91,12 +92,12 @@ def test_first_batch_is_prepared_before_the_model_loads_then_answered(smollm2):
 
     from evalfleet.backends.transformers_backend import TransformersBackend
     from evalfleet.config import ModelConfig
-    from evalfleet.datasets import Sample
-    from evalfleet.workers import WorkerLoop
+    from evalfleet.engine.worker import WorkerLoop
+    from evalfleet.records import Sample
 
     driver, worker = mp.Pipe()
     samples = [Sample("d", f"q{i}", q, q) for i, q in enumerate(["What is 2 + 3?", "Name a colour.", "Say hi."])]
-    driver.send(("chunk", 0, samples, 0))
+    driver.send(Work(0, samples, 0))
     loop = WorkerLoop(worker, batch_size=2)
     backend = TransformersBackend(ModelConfig(path=str(smollm2), dtype="float32", generation={"max_new_tokens": 4}), 0)
     first = loop.start(backend)
@@ -106,11 +107,11 @@ def test_first_batch_is_prepared_before_the_model_loads_then_answered(smollm2):
     run = threading.Thread(target=loop.run, args=(first,))
     run.start()
     answered = [results(driver) for _ in range(2)]
-    driver.send(None)  # stop: the driver says so once every result is in
+    driver.send(Stop())  # stop: the driver says so once every result is in
     run.join(60)
     assert not run.is_alive()
-    assert [[r.sample_id for r in msg[2]] for msg in answered] == [["q0", "q1"], ["q2"]]
-    assert all(r.output is not None and r.n_tokens for msg in answered for r in msg[2])
+    assert [[r.sample_id for r in msg.results] for msg in answered] == [["q0", "q1"], ["q2"]]
+    assert all(r.output is not None and r.n_tokens for msg in answered for r in msg.results)
 
 
 def test_next_batch_is_prepared_while_the_current_one_generates_even_if_its_chunk_comes_late(smollm2):
@@ -122,8 +123,8 @@ def test_next_batch_is_prepared_while_the_current_one_generates_even_if_its_chun
 
     from evalfleet.backends.transformers_backend import TransformersBackend
     from evalfleet.config import ModelConfig
-    from evalfleet.datasets import Sample
-    from evalfleet.workers import WorkerLoop
+    from evalfleet.engine.worker import WorkerLoop
+    from evalfleet.records import Sample
 
     backend = TransformersBackend(ModelConfig(path=str(smollm2), dtype="float32", generation={"max_new_tokens": 24}), 0)
     backend.load()
@@ -143,13 +144,13 @@ def test_next_batch_is_prepared_while_the_current_one_generates_even_if_its_chun
     backend.prepare, backend.generate = timed_prepare, timed_generate
     driver, worker = mp.Pipe()
     loop = WorkerLoop(worker, batch_size=2)
-    driver.send(("chunk", 0, [Sample("d", f"a{i}", q, q) for i, q in enumerate(["Name a colour.", "Say hi."])], 0))
+    driver.send(Work(0, [Sample("d", f"a{i}", q, q) for i, q in enumerate(["Name a colour.", "Say hi."])], 0))
     run = threading.Thread(target=loop.run, args=(loop.start(backend),))
     run.start()
     assert generating.wait(60)
-    driver.send(("chunk", 1, [Sample("d", "b0", "What is 2 + 3?", "What is 2 + 3?")], 0))
-    answered = [results(driver)[1] for _ in range(2)]
-    driver.send(None)
+    driver.send(Work(1, [Sample("d", "b0", "What is 2 + 3?", "What is 2 + 3?")], 0))
+    answered = [results(driver).chunk_id for _ in range(2)]
+    driver.send(Stop())
     run.join(60)
     assert answered == [0, 1] and not run.is_alive()
     assert prepared["d/b0"] < generated[0]  # chunk 1 was prepared before chunk 0's batch had finished generating
@@ -163,23 +164,23 @@ def test_a_stop_during_a_batch_lets_it_finish_and_starts_no_other(smollm2):
 
     from evalfleet.backends.transformers_backend import TransformersBackend
     from evalfleet.config import ModelConfig
-    from evalfleet.datasets import Sample
-    from evalfleet.workers import WorkerLoop
+    from evalfleet.engine.worker import WorkerLoop
+    from evalfleet.records import Sample
 
     backend = TransformersBackend(ModelConfig(path=str(smollm2), dtype="float32", generation={"max_new_tokens": 8}), 0)
     backend.load()
     driver, worker = mp.Pipe()
     loop = WorkerLoop(worker, batch_size=2)
-    driver.send(("chunk", 0, [Sample("d", f"q{i}", f"Count to {i}.", f"Count to {i}.") for i in range(8)], 0))
+    driver.send(Work(0, [Sample("d", f"q{i}", f"Count to {i}.", f"Count to {i}.") for i in range(8)], 0))
     run = threading.Thread(target=loop.run, args=(loop.start(backend),))
     run.start()
     first = results(driver)
-    driver.send(None)
+    driver.send(Stop())
     run.join(60)
     assert not run.is_alive()
     later = []
     while driver.poll(0.5):
-        if (msg := driver.recv())[0] == "results":
+        if isinstance(msg := driver.recv(), Results):
             later.append(msg)
-    assert [r.sample_id for r in first[2]] == ["q0", "q1"]
-    assert len(later) <= 1 and sum(len(m[2]) for m in later) <= 2  # the batch it was on, if any; q4.. never
+    assert [r.sample_id for r in first.results] == ["q0", "q1"]
+    assert len(later) <= 1 and sum(len(m.results) for m in later) <= 2  # the batch it was on, if any; q4.. never

@@ -6,7 +6,12 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from evalfleet.config import RunConfig
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _COMPLETE = ".evalfleet-complete"
@@ -62,3 +67,24 @@ def _convert_gguf(src_dir: Path, gguf_file: str, out_dir: Path) -> None:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.load_state_dict(dequantized.state_dict())
     model.save_pretrained(out_dir)
+
+
+def demo_config(model_path: str, *, out: str, workers: int, limit: int | None) -> RunConfig:
+    """`evalfleet demo`: SmolLM2 on the bundled questions, on the CPU."""
+    from evalfleet.config import parse_config
+
+    questions = resources.files("evalfleet") / "data" / "demo_questions.jsonl"
+    return parse_config(
+        {
+            "name": "demo",
+            "output_dir": out,
+            "model": {"path": model_path, "dtype": "float32", "batch_size": 8, "generation": {"max_new_tokens": 24}},
+            "datasets": [{"name": "demo-questions", "path": str(questions), "prompt": "{question} Answer briefly."}],
+            "metrics": ["lenient_match", "exact_match"],
+            "workers": workers,
+            "limit": limit,
+            "progress_every": 8,
+            "progress_seconds": 10,
+        },
+        source="demo",
+    )

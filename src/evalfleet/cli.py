@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,7 +23,7 @@ if not console.is_terminal:  # logs and pipes: keep tables on one line each
 
 def _execute(cfg: Any, *, fresh: bool, log_file: Path | None, retry_errors: bool = False,
              redo: list[str] | None = None) -> None:
-    from evalfleet.runner import run
+    from evalfleet.run import run
 
     summary = run(cfg, fresh=fresh, retry_errors=retry_errors, redo=redo, console=console, log_file=log_file)
     failed = [f"{name}: {ds.get('error')}" for name, ds in summary["datasets"].items() if ds.get("status") == "failed"]
@@ -57,6 +56,10 @@ def _guard(fn: Callable[[], None], store: Path | None = None) -> None:
 
 OVERRIDE_KEYS = {"show_samples": "show_samples", "workers": "workers", "batch_size": "model.batch_size", "limit": "limit", "seed": "seed",
                  "out": "output_dir", "mode": "placement.mode", "max_memory_per_gpu": "placement.max_memory_per_gpu"}
+"""CLI option (parameter name) -> the config key it sets; a `model.` key sets every stage's model."""
+OVERRIDE_OPTIONS = {key: "--" + name.replace("_", "-") for name, key in OVERRIDE_KEYS.items()} | {
+    "gpus": "--gpus", "shard": "--shard", "cluster.backend": "--ray", "cluster.address": "--ray-address"}
+"""Config key -> the CLI option that set it, named in the errors of its value."""
 
 
 def _overrides(*, gpus: str | None = None, **options: Any) -> dict[str, Any]:
@@ -114,7 +117,8 @@ def run_cmd(
             overrides["cluster.backend"] = "ray"
             if ray_address:
                 overrides["cluster.address"] = ray_address
-        _execute(load_config(config, overrides), fresh=fresh, retry_errors=retry_errors, redo=redo, log_file=log_file)
+        _execute(load_config(config, overrides, OVERRIDE_OPTIONS), fresh=fresh, retry_errors=retry_errors, redo=redo,
+                 log_file=log_file)
 
     _guard(go)
 
@@ -130,11 +134,12 @@ def plan_cmd(
     """Show the GPUs, the model's memory estimate and the chosen layout, without running anything."""
 
     def go() -> None:
-        from evalfleet.datasets import DatasetError, load_samples
-        from evalfleet.judging import judge_plan_samples
-        from evalfleet.runner import make_plan, stage_gpus
+        from evalfleet.data.datasets import DatasetError, load_samples
+        from evalfleet.plan.stage import make_plan, stage_gpus
+        from evalfleet.stages.judge import judge_plan_samples
 
-        cfg = load_config(config, _overrides(gpus=gpus, workers=workers, mode=mode, max_memory_per_gpu=max_memory_per_gpu))
+        overrides = _overrides(gpus=gpus, workers=workers, mode=mode, max_memory_per_gpu=max_memory_per_gpu)
+        cfg = load_config(config, overrides, OVERRIDE_OPTIONS)
         samples = []
         for ds in cfg.datasets:
             try:
@@ -164,7 +169,7 @@ def status_cmd(
 
         from rich.live import Live
 
-        from evalfleet.status import read_status, status_view
+        from evalfleet.reporting.status import read_status, status_view
 
         st = read_status(run_dir)
         if not watch:
@@ -188,7 +193,7 @@ def report_cmd(
     summary.md (md), predictions/*.csv (csv), predictions.parquet (parquet), report.html (html)."""
 
     def go() -> None:
-        from evalfleet.report import write_report
+        from evalfleet.reporting.report import write_report
         from evalfleet.store import Store
 
         store = Store.open_existing(run_dir)
@@ -251,7 +256,7 @@ def compare_cmd(
     """Compare two runs sample by sample: metric of each, paired outcomes, bootstrap CI and McNemar's test."""
 
     def go() -> None:
-        from evalfleet.compare import compare_runs, to_html, to_markdown
+        from evalfleet.reporting.compare import compare_runs, to_html, to_markdown
 
         result = compare_runs(run_a, run_b, metric=metric, seed=seed)
         console.print(to_markdown(result), markup=False, highlight=False)
@@ -270,7 +275,7 @@ def merge_cmd(run_dir: Annotated[Path, typer.Argument(help="Run folder whose sha
 
     def go() -> None:
         from evalfleet.cluster.shards import merge_shards
-        from evalfleet.report import write_report
+        from evalfleet.reporting.report import write_report
 
         store, notes = merge_shards(run_dir)
         try:
@@ -305,33 +310,14 @@ def slurm_cmd(
     a Ray cluster for the run; with --submit, submit them."""
 
     def go() -> None:
-        from evalfleet.cluster.slurm import (
-            SlurmOptions,
-            sbatch,
-            submit_jobs,
-            write_ray_script,
-            write_scripts,
-        )
+        from evalfleet.cluster.slurm import SlurmOptions, slurm_jobs
 
         if (array is None) == (ray_nodes is None):
             raise UserError("give --array N (shards + merge) or --ray-nodes N (one Ray cluster)")
         opts = SlurmOptions(array or 1, gpus_per_task, cpus_per_task, mem, time_limit, partition, account,
                             signal_before)
-        if ray_nodes is not None:
-            script = write_ray_script(load_config(config), config, ray_nodes, opts)
-            console.print(f"[evalfleet] wrote {script}", markup=False, highlight=False)
-            if submit:
-                console.print(f"[evalfleet] submitted job {sbatch(str(script))}", markup=False, highlight=False)
-            return
-        array_script, merge_script = write_scripts(load_config(config), config, opts)
-        console.print(f"[evalfleet] wrote {array_script} and {merge_script}", markup=False, highlight=False)
-        if submit:
-            job, merge_job = submit_jobs(array_script, merge_script)
-            console.print(f"[evalfleet] submitted array job {job} and merge job {merge_job} (after it)",
-                          markup=False, highlight=False)
-        else:
-            console.print(f"[evalfleet] submit: sbatch {array_script}, then sbatch --dependency=afterany:JOBID "
-                          f"{merge_script}", markup=False, highlight=False)
+        for line in slurm_jobs(load_config(config), config, opts, ray_nodes=ray_nodes, submit=submit):
+            console.print(f"[evalfleet] {line}", markup=False, highlight=False)
 
     _guard(go)
 
@@ -347,26 +333,10 @@ def demo_cmd(
     """SmolLM2-135M-Instruct on the bundled questions, on the CPU; prepares the model once."""
 
     def go() -> None:
-        from evalfleet.assets import smollm2_path
+        from evalfleet.assets import demo_config, smollm2_path
 
         console.print("[evalfleet] preparing SmolLM2-135M-Instruct (once; cached afterwards) ...", markup=False)
-        questions = resources.files("evalfleet") / "data" / "demo_questions.jsonl"
-        cfg = parse_config(
-            {
-                "name": "demo",
-                "output_dir": out,
-                "model": {"path": str(smollm2_path()), "dtype": "float32", "batch_size": 8,
-                          "generation": {"max_new_tokens": 24}},
-                "datasets": [{"name": "demo-questions", "path": str(questions),
-                              "prompt": "{question} Answer briefly."}],
-                "metrics": ["lenient_match", "exact_match"],
-                "workers": workers,
-                "limit": limit,
-                "progress_every": 8,
-                "progress_seconds": 10,
-            },
-            source="demo",
-        )
+        cfg = demo_config(str(smollm2_path()), out=out, workers=workers, limit=limit)
         _execute(cfg, fresh=fresh, log_file=log_file)
         console.print(
             "lenient_match judges the first line of each answer: its last number must equal a numeric reference, "

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from evalfleet.cluster.shards import in_shard, parse_shard
 from evalfleet.config import RunConfig
-from evalfleet.datasets import DatasetError, Sample, load_samples
+from evalfleet.data.datasets import DatasetError, load_samples
 from evalfleet.errors import UserError
+from evalfleet.records import Sample
 from evalfleet.store import Store, StoreDamaged, pid_alive
 
 log = logging.getLogger("evalfleet")
@@ -97,3 +98,11 @@ def refusals(cfg: RunConfig, store: Store, data: Datasets, redo: list[str]) -> l
                     "instruction, system prompt or few-shot examples; use --fresh to start over, "
                     f"--redo {first} to answer them again, or another run name")
     return problems
+
+
+def check_model_path(path: str) -> None:
+    """A model path that looks local must exist (hub ids look like `org/name`)."""
+    p = Path(path).expanduser()
+    looks_local = p.is_absolute() or path.startswith(".") or path.count("/") != 1
+    if looks_local and not p.exists():
+        raise UserError(f"model path not found: {path}")

@@ -59,7 +59,7 @@ def test_unknown_steps_and_bad_regexes_are_config_errors():
 def test_mcq_tsv_end_to_end_keeps_reply_and_extracted_letter(tmp_path, smollm2):
     from conftest import quiet_console
 
-    from evalfleet.runner import run
+    from evalfleet.run import run
 
     tsv = tmp_path / "mcq.tsv"
     rows = [("0", "What is the capital of France?", "Berlin", "Paris", "Rome", "Madrid", "B"),

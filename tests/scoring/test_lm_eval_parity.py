@@ -72,7 +72,7 @@ def _lm_eval(tmp_path: Path, model: Path, multiturn: bool) -> dict[str, dict]:
 
 @pytest.mark.parametrize("multiturn", [True, False], ids=["shots-as-turns", "shots-in-message"])
 def test_generations_and_accuracy_match_lm_evaluation_harness(tmp_path, smollm2, multiturn):
-    from evalfleet.runner import run
+    from evalfleet.run import run
 
     theirs = _lm_eval(tmp_path, smollm2, multiturn)
     cfg = parse_config({

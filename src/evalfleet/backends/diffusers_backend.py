@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 
-from evalfleet.backends import Generation, Prepared, Request
+from evalfleet.backends.base import Backend, Generation, Prepared, Request
 from evalfleet.config import ModelConfig
 
 
-class DiffusersBackend:
+class DiffusersBackend(Backend):
     """Batched image editing with one seeded generator per sample (reproducible whatever the batch)."""
 
     def __init__(self, cfg: ModelConfig, n_gpus: int, output_dir: str) -> None:

@@ -16,7 +16,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from evalfleet.backends import Generation, Prepared, ReplicaLost, Request
+from evalfleet.backends.base import Backend, Generation, Prepared, ReplicaLost, Request
 from evalfleet.config import ModelConfig
 
 
@@ -26,7 +26,7 @@ def data_url(image: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-class OpenAIBackend:
+class OpenAIBackend(Backend):
     """Chat completions against one or more base URLs (e.g. http://host:8000/v1)."""
 
     def __init__(self, cfg: ModelConfig, urls: list[str], model: str, alive: Any = None) -> None:

@@ -14,11 +14,8 @@ from transformers import (
     BatchEncoding,
 )
 
-from evalfleet.backends import Generation, Prepared, Request
-from evalfleet.backends.attention import (
-    use_decode_attention,
-    use_packed_vision_attention,
-)
+from evalfleet.backends.attention import use_decode_attention, use_packed_vision_attention
+from evalfleet.backends.base import Backend, Generation, Prepared, Request
 from evalfleet.backends.fused import fuse_elementwise
 from evalfleet.backends.static_decode import StaticDecoder
 from evalfleet.config import ModelConfig
@@ -43,7 +40,7 @@ def _tensors(encoding: BatchEncoding) -> BatchEncoding:
     return BatchEncoding({k: torch.from_numpy(v) for k, v in encoding.items()})
 
 
-class TransformersBackend:
+class TransformersBackend(Backend):
     """Batched generation with left padding; greedy unless the config asks for sampling.
 
     Engines: `static` (preallocated KV cache, CUDA-graph decode step; text models, greedy) and

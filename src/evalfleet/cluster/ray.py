@@ -12,9 +12,10 @@ from dataclasses import replace
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
 
+from evalfleet.engine.worker import worker_main
 from evalfleet.errors import UserError
-from evalfleet.placement import Gpu, Machine
-from evalfleet.workers import WorkerSpec, worker_main
+from evalfleet.plan.placement import Gpu, Machine
+from evalfleet.records import WorkerSpec
 
 START_TIMEOUT_S = 900.0
 """How long an actor may wait for resources (and start) before the run gives up."""
@@ -48,7 +49,7 @@ def cluster_machine() -> Machine:
 
     @ray.remote(num_gpus=1)
     def probe() -> Gpu:
-        from evalfleet.placement import probe_machine
+        from evalfleet.plan.placement import probe_machine
 
         return probe_machine().gpus[0]
 
@@ -118,3 +119,12 @@ class _Replica:
         gpus = tuple(str(g) for g in ray.get_gpu_ids())  # Ray's assignment, already in CUDA_VISIBLE_DEVICES
         worker_main(conn, replace(spec, gpus=gpus), model_json, batch_size, output_dir, where=self.node)
         conn.close()
+
+
+class RayLauncher:
+    """`engine.launcher.Launcher` for Ray: each worker an actor, dialled over TCP."""
+
+    def start(self, spec: WorkerSpec, model_json: str, batch_size: int, output_dir: str
+              ) -> tuple[RayProcess, Connection]:
+        proc = RayProcess(spec, model_json, batch_size, output_dir)
+        return proc, proc.conn

@@ -142,3 +142,17 @@ def submit_jobs(array: Path, merge: Path) -> tuple[str, str]:
     """sbatch the array, then the merge job to run after it (whatever the tasks' outcome); the job ids."""
     job = sbatch(str(array))
     return job, sbatch(f"--dependency=afterany:{job}", str(merge))
+
+
+def slurm_jobs(cfg: RunConfig, config: Path, opts: SlurmOptions, *, ray_nodes: int | None, submit: bool) -> list[str]:
+    """`evalfleet slurm`: write the array and merge scripts (or, with `ray_nodes`, one Ray job), submit them if
+    asked; returns what was done, a line each."""
+    if ray_nodes is not None:
+        script = write_ray_script(cfg, config, ray_nodes, opts)
+        return [f"wrote {script}"] + ([f"submitted job {sbatch(str(script))}"] if submit else [])
+    array_script, merge_script = write_scripts(cfg, config, opts)
+    lines = [f"wrote {array_script} and {merge_script}"]
+    if submit:
+        job, merge_job = submit_jobs(array_script, merge_script)
+        return lines + [f"submitted array job {job} and merge job {merge_job} (after it)"]
+    return lines + [f"submit: sbatch {array_script}, then sbatch --dependency=afterany:JOBID {merge_script}"]

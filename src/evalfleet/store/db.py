@@ -15,12 +15,11 @@ import socket
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evalfleet.datasets import Sample
 from evalfleet.errors import UserError
+from evalfleet.records import Result, Sample
 from evalfleet.store.health import StoreReplaced, describe
 from evalfleet.store.hosts import pid_alive
 
@@ -57,21 +56,6 @@ def _connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA busy_timeout=60000")
     return db
-
-
-@dataclass
-class Result:
-    """One sample's outcome at one stage."""
-
-    dataset: str
-    sample_id: str
-    output: str | None
-    error: str | None = None
-    worker: str | None = None
-    seconds: float | None = None
-    n_tokens: int | None = None
-    prompt: str | None = None
-    """The exact prompt the model was given (see `Prepared.prompts`)."""
 
 
 class Store:

@@ -3,10 +3,12 @@ failing filesystem, or a store replaced under a running driver."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from evalfleet.errors import RunError, UserError
 
@@ -63,3 +65,12 @@ def store_errors(path: Path) -> Iterator[None]:
         yield
     except sqlite3.Error as err:
         raise describe(err, path) from err
+
+
+def quietly(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    """Call a store write while stopping; a failing store is logged (its error was already raised once)."""
+    try:
+        return fn(*args, **kw)
+    except (sqlite3.Error, RunError) as err:
+        logging.getLogger("evalfleet").warning("while stopping: %s failed: %s", getattr(fn, "__name__", fn), err)
+        return None

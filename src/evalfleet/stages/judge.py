@@ -7,15 +7,20 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from evalfleet.config import StageConfig
-from evalfleet.datasets import ImageRef, Sample
+from evalfleet.records import ImageRef, Result, Sample
 from evalfleet.scoring.judge import render_judge_prompt
-from evalfleet.store import JudgeCache, Result, Store
+from evalfleet.store import JudgeCache, Store
 
-if TYPE_CHECKING:
-    from evalfleet.runner import _Driver
+
+class StageInput(Protocol):
+    """What a feed needs of the stage it feeds (`engine.driver.StageDriver`)."""
+
+    def offer(self, chunks: list[list[Sample]], settled: int = 0) -> None: ...
+
+    def close_inputs(self) -> None: ...
 
 
 def judge_plan_samples(stage: StageConfig, answered: StageConfig, loaded: dict[str, list[Sample]]) -> list[Sample]:
@@ -121,7 +126,7 @@ class JudgeFeed:
     loaded: dict[str, list[Sample]]
     store: Store
     cache: JudgeCache | None
-    judge: _Driver
+    judge: StageInput
     chunk_size: int
     inputs: dict[str, list[Sample]]
     """Every request made so far (the cache is filled from them at the end)."""
@@ -136,26 +141,21 @@ class JudgeFeed:
         for name, requests in new.items():
             self.inputs.setdefault(name, []).extend(requests)
             self.waiting.setdefault(name, []).extend(s for s in requests if (name, s.id) not in settled)
-        if settled:
-            self.judge.progress.advance("-", len(settled))
-        self.cut(final=False)
+        self.judge.offer(self.cut(final=False), len(settled))
 
     def close(self) -> None:
         """The answering stage is done: the last partial chunks go out; the judge's queue may close."""
-        self.cut(final=True)
-        self.judge.open_inputs = False
+        self.judge.offer(self.cut(final=True))
+        self.judge.close_inputs()
 
-    def cut(self, *, final: bool) -> None:
+    def cut(self, *, final: bool) -> list[list[Sample]]:
+        """Full chunks of the waiting requests (and, when `final`, the partial ones too)."""
         chunks = []
         for waiting in self.waiting.values():
             while len(waiting) >= self.chunk_size or (final and waiting):
                 chunks.append(waiting[: self.chunk_size])
                 del waiting[: self.chunk_size]
-        if chunks:
-            self.judge.queue.add(chunks)
-            for w in self.judge.workers.values():
-                if w.ready:
-                    self.judge.feed(w)
+        return chunks
 
 
 def offer_all(feeds: list[JudgeFeed], results: list[Result]) -> None:

@@ -1,7 +1,4 @@
-"""Run configuration: a flat, strict pydantic model loaded from YAML.
-
-Unknown keys are rejected; every problem in a file is reported at once, naming the key.
-"""
+"""The run's settings: datasets, stages, placement, cluster, and the run itself (`RunConfig`)."""
 
 from __future__ import annotations
 
@@ -10,103 +7,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from evalfleet.errors import UserError, not_utf8
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class GenerationConfig(_Strict):
-    """Decoding settings passed to the backend."""
-
-    max_new_tokens: int = Field(64, ge=1)
-    """Upper bound of generated tokens per sample."""
-    temperature: float = Field(0.0, ge=0.0)
-    """0 means greedy decoding."""
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    """Nucleus sampling mass (only used when temperature > 0)."""
-
-
-class DiffusionConfig(_Strict):
-    """Denoising settings of a diffusers image-editing pipeline."""
-
-    steps: int = Field(20, ge=1)
-    """Denoising steps per image."""
-    guidance: float = Field(7.5, ge=0)
-    """Text guidance scale."""
-    image_guidance: float = Field(1.5, ge=0)
-    """Image guidance scale (InstructPix2Pix-style pipelines)."""
-
-
-class ServerConfig(_Strict):
-    """OpenAI-compatible endpoints (`backend: openai`) or servers evalfleet starts (`backend: server`)."""
-
-    urls: list[str] = []
-    """`openai`: base URLs, e.g. http://host:8000/v1; requests go to the least-loaded one."""
-    api_key_env: str | None = None
-    """Name of the environment variable holding the API key (the key itself is never stored)."""
-    max_in_flight: int = Field(16, ge=1)
-    """Concurrent requests per endpoint."""
-    timeout_s: float = Field(600.0, gt=0)
-    """Per request."""
-    retries: int = Field(6, ge=0)
-    """Retries with exponential backoff on connection errors, timeouts, 429 and 5xx."""
-    preset: Literal["vllm", "sglang", "llama.cpp"] | None = None
-    """`server`: a ready command (see `backends/server.py`); `command` overrides it."""
-    command: str | None = None
-    """`server`: command template with {model}, {port}, {gpus}, {gpu_layers}, {threads}, {name}."""
-    startup_timeout_s: float = Field(900.0, gt=0)
-    """`server`: how long a server may take to answer before the replica fails."""
-
-
-class ModelConfig(_Strict):
-    """A model of one stage."""
-
-    backend: Literal["transformers", "diffusers", "openai", "server"] = "transformers"
-    """`transformers` for LLMs and VLMs, `diffusers` for image-editing pipelines, `openai` for OpenAI-compatible
-    endpoints (`path` is the served model name), `server` for a server per replica that evalfleet starts."""
-    path: str
-    """Local folder of a Hugging Face checkpoint (or a hub id when the hub is reachable)."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weights dtype; `auto` is bfloat16 on GPU and float32 on CPU."""
-    trust_remote_code: bool = False
-    """Allow model code shipped with the checkpoint to run."""
-    engine: Literal["auto", "generate", "static"] = "auto"
-    """Decoding loop: `static` (preallocated KV cache, decode step replayed as a CUDA graph on GPU; greedy
-    text models), `generate` (transformers' loop); `auto` picks static for greedy text models on one GPU."""
-    system_prompt: str | None = None
-    """Optional system message put before each question."""
-    batch_size: int | Literal["auto"] = "auto"
-    """Samples per batch; `auto` sizes it from GPU memory headroom (8 on CPU). Halved on out-of-memory."""
-    generation: GenerationConfig = GenerationConfig()
-    """Decoding settings (transformers)."""
-    diffusion: DiffusionConfig = DiffusionConfig()
-    """Denoising settings (diffusers)."""
-    server: ServerConfig = ServerConfig()
-    """Endpoints or managed servers (`openai`, `server`)."""
-
-    @model_validator(mode="after")
-    def _server_settings(self) -> ModelConfig:
-        if self.backend == "openai" and not self.server.urls:
-            raise ValueError("backend openai needs server.urls (OpenAI-compatible base URLs)")
-        if self.backend == "server" and not (self.server.preset or self.server.command):
-            raise ValueError("backend server needs server.preset (vllm, sglang, llama.cpp) or server.command")
-        return self
-
-    @field_validator("batch_size")
-    @classmethod
-    def _positive(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 1:
-            raise ValueError("must be at least 1 or `auto`")
-        return v
-
-    def resolved_dtype(self, *, on_gpu: bool) -> str:
-        """`auto` is bfloat16 on GPUs and float32 on CPUs."""
-        return ("bfloat16" if on_gpu else "float32") if self.dtype == "auto" else self.dtype
+from evalfleet.config.model import ModelConfig, _Strict
 
 
 class PlacementConfig(_Strict):
@@ -367,54 +270,3 @@ class RunConfig(_Strict):
     @property
     def judge_cache_path(self) -> Path | None:
         return None if self.judge_cache is None else Path(self.output_dir) / Path(self.judge_cache).expanduser()
-
-
-
-def _format_errors(source: str, err: ValidationError) -> str:
-    lines = [f"invalid config {source}:"]
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif e["type"] == "missing":
-            msg = "required key is missing"
-        lines.append(f"  {key}: {msg}")
-    return "\n".join(lines)
-
-
-def parse_config(data: dict[str, Any], source: str = "<dict>", base_dir: Path | None = None) -> RunConfig:
-    """Validate a config mapping; dataset paths are made relative to `base_dir`."""
-    try:
-        cfg = RunConfig.model_validate(data)
-    except ValidationError as err:
-        raise UserError(_format_errors(source, err)) from None
-    if base_dir is not None:
-        for ds in cfg.datasets:
-            if ds.path is not None and not Path(ds.path).is_absolute():
-                ds.path = str((base_dir / ds.path).resolve())
-            if ds.few_shot is not None and ds.few_shot.path is not None:
-                ds.few_shot.path = str((base_dir / ds.few_shot.path).resolve())
-    return cfg
-
-
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a YAML config file and apply CLI overrides (dotted keys, e.g. `model.batch_size`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError:
-        raise UserError(not_utf8(path, "config")) from None
-    except yaml.YAMLError as err:
-        raise UserError(f"config {path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"config {path}: expected a mapping at the top level, got {type(data).__name__}")
-    for key, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return parse_config(data, source=str(path), base_dir=path.parent.resolve())

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from evalfleet.config import parse_config
 from evalfleet.errors import UserError
-from evalfleet.progress import duration
+from evalfleet.observe.progress import duration
 from evalfleet.store import Store, pid_alive
 
 RATE_WINDOW_S = 60.0

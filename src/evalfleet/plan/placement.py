@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from evalfleet.errors import UserError
-from evalfleet.memory import ModelEstimate
-from evalfleet.workers import WorkerSpec
+from evalfleet.plan.memory import ModelEstimate
+from evalfleet.records import WorkerSpec
 
 GiB = 1024**3
 Mode = Literal["auto", "single", "data_parallel", "model_parallel", "hybrid"]

@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from evalfleet.config import RunConfig
-from evalfleet.datasets import DatasetError, ImageRef, load_samples
+from evalfleet.data.datasets import DatasetError, load_samples
+from evalfleet.data.images import open_image
+from evalfleet.records import ImageRef
+from evalfleet.reporting.tables import PERFORMANCE_HEAD, markdown_table, performance_rows
 from evalfleet.store import Store
 
 THUMB_PX = 96
@@ -121,7 +124,7 @@ def _plots(summary: dict[str, Any], records: list[dict[str, Any]], store: Store)
 
 def _thumb(ref: ImageRef) -> str:
     try:
-        img = ref.open()
+        img = open_image(ref)
     except ValueError:
         return ""
     img.thumbnail((THUMB_PX, THUMB_PX))
@@ -157,7 +160,6 @@ def _is_wrong(rec: dict[str, Any], summary: dict[str, Any], cfg: RunConfig) -> b
 
 def write_html(path: Path, summary: dict[str, Any], records: list[dict[str, Any]], store: Store, cfg: RunConfig) -> None:
     """Write the self-contained report to `path`."""
-    from evalfleet.report import PERFORMANCE_HEAD, markdown_table, performance_rows
 
     e = html.escape
     public = {k: v for k, v in summary.items() if k != "_rows"}

@@ -9,20 +9,19 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
-import io
 import json
 import random
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from evalfleet.config import DatasetConfig
 from evalfleet.errors import UserError, not_utf8
+from evalfleet.prompts import mcq_prompt, plain_layout, user_message
+from evalfleet.records import ImageRef, Sample
 
 ID_COLUMNS = ("id", "index", "qid", "question_id")
-OPTION_LETTERS = tuple("ABCDEFGHIJ")
 
 
 class DatasetError(UserError):
@@ -35,43 +34,6 @@ class RowError(ValueError):
     def __init__(self, column: str, reason: str) -> None:
         super().__init__(f"{column}: {reason}")
         self.column = column
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    """An image by file path or by encoded bytes; `where` locates it for error messages."""
-
-    where: str
-    path: str | None = None
-    data: bytes | None = None
-
-    def open(self) -> Any:
-        """Decode to an RGB PIL image; raises ValueError naming `where` when unreadable."""
-        from PIL import Image
-
-        try:
-            img = Image.open(self.path if self.path is not None else io.BytesIO(self.data or b""))
-            img.load()
-            return img.convert("RGB")
-        except Exception as err:  # PIL raises several types for bad files
-            raise ValueError(f"{self.where}: unreadable image ({type(err).__name__}: {err})") from None
-
-
-@dataclass
-class Sample:
-    """One evaluation item."""
-
-    dataset: str
-    id: str
-    question: str
-    prompt: str
-    answers: list[str] = field(default_factory=list)
-    images: list[ImageRef] = field(default_factory=list)
-    source: str = ""
-    error: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    context: list[dict[str, str]] = field(default_factory=list)
-    """Chat messages before the prompt: the dataset's system prompt and few-shot turns."""
 
 
 Row = tuple[int, dict[str, Any] | Exception]
@@ -191,26 +153,6 @@ class _ImageResolver:
             raise RowError(column, "neither an existing image path nor valid base64") from None
 
 
-MCQ_INSTRUCTION = "Please select the correct answer from the options above."
-
-
-def _mcq_prompt(question: str, row: dict[str, Any], instruction: str | None) -> tuple[str, dict[str, str]]:
-    options = {k: str(row[k]) for k in OPTION_LETTERS if row.get(k) not in (None, "") and str(row[k]) != "nan"}
-    if not options:
-        return question, {}
-    hint = row.get("hint")
-    lines = [f"Hint: {hint}"] if hint not in (None, "", "nan") else []
-    lines += [f"Question: {question}", "Options:"] + [f"{k}. {v}" for k, v in options.items()]
-    lines.append(instruction or MCQ_INSTRUCTION)
-    return "\n".join(lines), options
-
-
-def _user_message(cfg: DatasetConfig, row: dict[str, Any], question: str, mcq: bool) -> str:
-    """The prompt template filled from the row, then the instruction (for multiple choice, already in `question`)."""
-    text = cfg.prompt.format_map({**row, "question": question})
-    return f"{text}\n{cfg.instruction}" if cfg.instruction and not mcq else text
-
-
 def _sample_from_row(
     cfg: DatasetConfig, path: Path, fmt: str, lineno: int, row: dict[str, Any], resolve: _ImageResolver
 ) -> Sample:
@@ -229,11 +171,11 @@ def _sample_from_row(
             sample.images = resolve(row[f.image], f.image, f"{where}:{f.image}")
         question = sample.question
         if fmt == "vlmeval":
-            question, options = _mcq_prompt(sample.question, row, cfg.instruction)
+            question, options = mcq_prompt(sample.question, row, cfg.instruction)
             if options:
                 sample.metadata["options"] = options
         try:
-            sample.prompt = _user_message(cfg, row, question, bool(sample.metadata.get("options")))
+            sample.prompt = user_message(cfg, row, question, bool(sample.metadata.get("options")))
         except KeyError as err:
             raise RowError("prompt", f"template names column {err} which this row lacks") from None
     except RowError as err:
@@ -296,20 +238,13 @@ def _easy_vqa_samples(cfg: DatasetConfig) -> list[Sample]:
             dataset=cfg.name,
             id=f"{cfg.split}-{i}",
             question=q,
-            prompt=_user_message(cfg, {}, q, mcq=False),
+            prompt=user_message(cfg, {}, q, mcq=False),
             answers=[a],
             images=[ImageRef(f"easy-vqa:{cfg.split}:{i}:image", path=paths[img])],
             source=f"easy-vqa:{cfg.split}:{i}",
         )
         for i, (q, a, img) in enumerate(zip(texts, answers, image_ids))
     ]
-
-
-def plain_layout(messages: list[dict[str, str]]) -> str:
-    """Chat messages as one text, laid out as lm-evaluation-harness does without a chat template: a system
-    message and a blank line, each user message and a space, each assistant message and a blank line."""
-    ends = {"system": "\n\n", "user": " ", "assistant": "\n\n"}
-    return "".join(m["content"] + ends[m["role"]] for m in messages)
 
 
 def _few_shot_examples(cfg: DatasetConfig) -> list[tuple[str, str]]:

@@ -12,8 +12,8 @@ from scipy.stats import binomtest
 
 from evalfleet.config import parse_config
 from evalfleet.errors import UserError
-from evalfleet.htmlreport import html_table
-from evalfleet.report import build_summary
+from evalfleet.reporting.html import html_table
+from evalfleet.reporting.report import build_summary
 from evalfleet.store import Store
 
 BOOTSTRAP = 10_000

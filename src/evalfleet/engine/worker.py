@@ -1,12 +1,7 @@
 """Worker processes: each loads one model replica (on 0, 1 or k GPUs) once and answers chunks.
 
-Protocol over a private pipe (one per worker, so a dying worker cannot corrupt a shared queue):
-  driver -> worker: ("chunk", chunk_id, samples, seed) | None (stop, after the last chunk's results);
-                    the first chunks come as the worker starts, before "ready" (prepared while the model loads)
-  worker -> driver: ("ready", device_label, load_seconds) | ("results", chunk_id, [Result], [log line])
-                    | ("step", step, steps) (denoising) | ("heartbeat",) (every HEARTBEAT_S, from a thread, while
-                    the process lives, also while it loads or generates) | ("stopped", unload_seconds)
-                    | ("fatal", traceback)
+It speaks `evalfleet.engine.messages` over a private pipe (one per worker, so a dying worker cannot corrupt a
+shared queue): `Work` in, `Ready`, `Results`, `Step`, `Heartbeat`, `Unloaded` or `Fatal` out.
 """
 
 from __future__ import annotations
@@ -28,9 +23,10 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from evalfleet.config import ModelConfig
-from evalfleet.datasets import Sample
+from evalfleet.data.images import open_image
+from evalfleet.engine.messages import Fatal, FromWorker, Heartbeat, Ready, Results, Step, Stop, Unloaded, Work
+from evalfleet.records import Result, Sample, WorkerSpec
 from evalfleet.stopping import ignore_stop_signals
-from evalfleet.store import Result
 
 if TYPE_CHECKING:
     from evalfleet.backends import Backend, Prepared
@@ -40,19 +36,6 @@ GROW_AFTER = 8
 HEARTBEAT_S = 2.0
 """Seconds between a worker's heartbeats: a worker silent for much longer is hung (stopped, or stuck holding the
 interpreter) and is replaced by its driver."""
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """A replica: the GPUs it is pinned to (CUDA_VISIBLE_DEVICES ids; none = CPU) and its limits."""
-
-    name: str
-    gpus: tuple[str, ...]
-    threads: int
-    max_memory_per_gpu: int | None = None
-    """Bytes; enforced in the worker through torch's per-process memory fraction."""
-    cpu_headroom: int | None = None
-    """CPU workers: bytes of address space allowed beyond the loaded model (RLIMIT_AS)."""
 
 
 class BatchSizer:
@@ -89,19 +72,11 @@ def _limit_address_space(headroom: int) -> None:
 
 
 @dataclass
-class Batch:
-    """Samples of one chunk to answer together."""
-
-    chunk_id: int
-    samples: list[Sample]
-    seed: int
-
-
-@dataclass
 class ReadyBatch:
     """A batch after the CPU stage: images decoded, inputs prepared (or why that failed)."""
 
-    batch: Batch
+    batch: Work
+    """Samples of one chunk to answer together."""
     errors: list[Result]
     """Samples whose images could not be read."""
     samples: list[Sample]
@@ -111,7 +86,7 @@ class ReadyBatch:
     """(message, traceback) when preparing raised."""
 
 
-def prepare_batch(backend: Backend, batch: Batch) -> ReadyBatch:
+def prepare_batch(backend: Backend, batch: Work) -> ReadyBatch:
     """CPU stage of a batch: decode images and let the backend tokenize and preprocess."""
     from evalfleet.backends import Request
 
@@ -119,7 +94,7 @@ def prepare_batch(backend: Backend, batch: Batch) -> ReadyBatch:
     requests = []
     for s in batch.samples:
         try:
-            images = [ref.open() for ref in s.images]
+            images = [open_image(ref) for ref in s.images]
         except ValueError as err:
             ready.errors.append(Result(s.dataset, s.id, None, str(err)))
             continue
@@ -175,7 +150,7 @@ class WorkerLoop:
     def __init__(self, conn: Connection, batch_size: int) -> None:
         self.conn = conn
         self.sizer = BatchSizer(batch_size)
-        self.pending: deque[Batch] = deque()
+        self.pending: deque[Work] = deque()
         self.log: list[str] = []  # lines for the driver's log, sent with the next results
         self.inbox: queue.Queue[Any] = queue.Queue()
         self.prefetch = ThreadPoolExecutor(1, thread_name_prefix="prepare")
@@ -189,14 +164,14 @@ class WorkerLoop:
         threading.Thread(target=self._receive, name="receive", daemon=True).start()
         threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
 
-    def send(self, msg: tuple[Any, ...]) -> None:
+    def send(self, msg: FromWorker) -> None:
         with self.sending:
             self.conn.send(msg)
 
     def _heartbeat(self) -> None:
         while not self.ended.wait(HEARTBEAT_S):
             try:
-                self.send(("heartbeat",))
+                self.send(Heartbeat())
             except (OSError, ValueError):  # the driver is gone, or the pipe closed
                 return
 
@@ -207,13 +182,13 @@ class WorkerLoop:
             except (EOFError, OSError) as err:  # the driver is gone
                 self.inbox.put(EOFError(str(err)))
                 return
-            if msg is None:
+            if isinstance(msg, Stop):
                 self.stop_said.set()
             self.inbox.put(msg)
-            if msg is None:
+            if isinstance(msg, Stop):
                 return
 
-    def take(self) -> Batch | None:
+    def take(self) -> Work | None:
         """The next batch, waiting for the driver's next chunk if none is queued; None once the driver said stop."""
         if self.stop_said.is_set():
             return None
@@ -223,20 +198,19 @@ class WorkerLoop:
             msg = self.inbox.get()
             if isinstance(msg, EOFError):
                 raise msg
-            if msg is None:
+            if isinstance(msg, Stop):
                 self.stopping = True
                 return None
-            _, chunk_id, samples, seed = msg
-            self.pending.append(Batch(chunk_id, samples, seed))
+            self.pending.append(msg)
         head = self.pending[0]
         n = self.sizer.size
         if len(head.samples) > n:
-            self.pending[0] = Batch(head.chunk_id, head.samples[n:], head.seed)
+            self.pending[0] = Work(head.chunk_id, head.samples[n:], head.seed)
         else:
             self.pending.popleft()
-        return Batch(head.chunk_id, head.samples[:n], head.seed)
+        return Work(head.chunk_id, head.samples[:n], head.seed)
 
-    def _prepare(self, batch: Batch) -> ReadyBatch:
+    def _prepare(self, batch: Work) -> ReadyBatch:
         with self.preparing:  # tokenizers set their padding per call: one batch at a time
             return prepare_batch(self.backend, batch)
 
@@ -254,7 +228,7 @@ class WorkerLoop:
         job = first
         while (ready := job.result()) is not None and not self.stop_said.is_set():
             job = self._next()  # prepared while this one generates
-            self.send(("results", ready.batch.chunk_id, self._answer(ready), self.log[:]))
+            self.send(Results(ready.batch.chunk_id, self._answer(ready), self.log[:]))
             self.log.clear()
         self.prefetch.shutdown()
 
@@ -281,12 +255,12 @@ class WorkerLoop:
         n = self.sizer.size
         self.log.append(f"out of memory at batch size {len(batch.samples)}: halving to {n}")
         return [r for i in range(0, len(batch.samples), n)
-                for r in self._answer(self._prepare(Batch(batch.chunk_id, batch.samples[i : i + n], batch.seed)))]
+                for r in self._answer(self._prepare(Work(batch.chunk_id, batch.samples[i : i + n], batch.seed)))]
 
     def close(self) -> None:
         """Stop the heartbeat; release a prefetch thread waiting for a chunk (the worker is ending on an error)."""
         self.ended.set()
-        self.inbox.put(None)
+        self.inbox.put(Stop())
         self.prefetch.shutdown(wait=False, cancel_futures=True)
 
 
@@ -313,18 +287,17 @@ def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size:
                                output_dir)
         first = loop.start(backend)  # prepared while the model loads
         backend.load()
-        if hasattr(backend, "warm_up") and first.done() and first.exception() is None:
+        if first.done() and first.exception() is None:
             ready = first.result()
             if ready is not None and ready.prepared is not None:  # e.g. capture the decode step for batches of
                 backend.warm_up(ready.prepared)  # this shape now, rather than in the first one
         load_s = time.perf_counter() - t0
-        if hasattr(backend, "on_step"):  # denoising progress for the driver's per-worker bar
-            backend.on_step = lambda step, steps: loop.send(("step", step, steps))
+        backend.on_step = lambda step, steps: loop.send(Step(step, steps))  # denoising: the worker's bar
         if spec.cpu_headroom is not None and not spec.gpus:
             _limit_address_space(spec.cpu_headroom)
-        loop.send(("ready", backend.label + (f" on {where}" if where else ""), load_s))
+        loop.send(Ready(backend.label + (f" on {where}" if where else ""), load_s))
     except Exception:
-        loop.send(("fatal", traceback.format_exc()))
+        loop.send(Fatal(traceback.format_exc()))
         loop.close()
         return
     try:
@@ -333,10 +306,9 @@ def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size:
         return  # the driver is gone
     finally:
         loop.close()
-        if hasattr(backend, "close"):  # servers it started
-            backend.close()
+        backend.close()  # servers it started
     t0 = time.perf_counter()
     del backend
     gc.collect()
     free_memory()
-    loop.send(("stopped", time.perf_counter() - t0))
+    loop.send(Unloaded(time.perf_counter() - t0))

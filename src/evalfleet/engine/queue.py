@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from evalfleet.datasets import Sample
+from evalfleet.records import Sample
 
 
 @dataclass
@@ -93,12 +93,13 @@ class WorkQueue:
                 return
 
     def release(self, worker: str, *, answering: bool = True) -> list[Chunk]:
-        """A worker died: its unfinished chunks go back to the front of the queue, oldest first. They count the
-        attempt only if it died `answering` (not while loading its model)."""
+        """A worker died: its unfinished chunks go back to the front of the queue, oldest first. Only the oldest,
+        the one it was answering (a worker answers its chunks in order), counts the attempt, and only if it died
+        `answering` (not while loading its model): a chunk queued behind one that kills workers is not blamed."""
         chunks = self.held.pop(worker, [])
-        for chunk in reversed(chunks):
-            chunk.attempts += answering
-            self.pending.appendleft(chunk)
+        if chunks:
+            chunks[0].attempts += answering
+        self.pending.extendleft(reversed(chunks))
         return chunks
 
     def drop(self, chunk: Chunk) -> None:

@@ -1,0 +1,112 @@
+"""What every backend shares: the request and answer records, the Backend protocol with its optional
+abilities' defaults, and the errors a worker tells apart (out of memory, a lost replica)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from evalfleet.prompts import plain_layout
+
+if TYPE_CHECKING:
+    pass
+
+
+@dataclass
+class Request:
+    """One prompt to answer: the rendered user message and its decoded images."""
+
+    prompt: str
+    images: list[Any]
+    seed: int
+    name: str = ""
+    """`dataset/sample id`, for outputs written to files (edited images)."""
+    context: list[dict[str, str]] = field(default_factory=list)
+    """Messages before the user message: the dataset's system prompt and few-shot turns."""
+
+    def messages(self, system_prompt: str | None, user: Any) -> list[dict[str, Any]]:
+        """The chat: a system message (the dataset's, else the model's `system_prompt`), the few-shot turns,
+        then the user message with content `user`."""
+        context = self.context
+        if system_prompt and not (context and context[0]["role"] == "system"):
+            context = [{"role": "system", "content": system_prompt}, *context]
+        return [*context, {"role": "user", "content": user}]
+
+    def plain_text(self, system_prompt: str | None) -> str:
+        """The chat as one text for models without a chat template (`prompts.plain_layout`), then the prompt."""
+        *before, _ = self.messages(system_prompt, self.prompt)
+        return plain_layout(before) + self.prompt
+
+
+@dataclass
+class Generation:
+    """A backend's answer to one Request."""
+
+    text: str
+    n_tokens: int
+    error: str | None = None
+    """Why this request got no answer (e.g. an endpoint's error after retries); the sample records it."""
+
+
+@dataclass
+class Prepared:
+    """A batch ready for the device: tokenized, images preprocessed (CPU tensors)."""
+
+    inputs: Any
+    seed: int
+    prompts: list[str]
+    """The exact prompt each request was given (chat-templated text, or the messages as JSON), for the store."""
+
+
+class Backend(Protocol):
+    """Answers batches of requests; one instance lives in each worker process. Backends subclass it, so the
+    optional abilities below have their defaults.
+
+    `prepare` is CPU work (templating, tokenizing, image preprocessing) and runs in a prefetch thread
+    while the device is busy with `generate` of the previous batch. It works from construction on, before
+    `load`, so a worker prepares its first batch while the weights load.
+    """
+
+    label: str
+    """Where it runs, for progress lines (e.g. "NVIDIA H100 80GB HBM3 x2 [static]")."""
+    on_step: Callable[[int, int], None] | None = None
+    """Set by the worker: called with (step, steps) as a long generation advances (denoising), for its bar."""
+
+    def load(self) -> None:
+        """The slow part of starting: load the weights, start the server."""
+
+    def prepare(self, requests: list[Request]) -> Prepared: ...
+
+    def generate(self, prepared: Prepared) -> list[Generation]: ...
+
+    def warm_up(self, prepared: Prepared) -> None:
+        """Called after `load` with the first batch: one-time work for batches of its shape (default: none)."""
+
+    def close(self) -> None:
+        """Stop what `load` started (servers); default: nothing."""
+
+
+class ReplicaLost(RuntimeError):
+    """The replica can answer no more (its server died): the worker ends and the driver requeues its batch."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA out-of-memory, or the CPU allocator failing (e.g. under RLIMIT_AS)."""
+    import torch
+
+    text = str(err)
+    return isinstance(err, torch.cuda.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+    )
+
+
+def free_memory() -> None:
+    """Return cached blocks to the device after an out-of-memory error or an unload."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,14 @@
+"""Run configuration: strict pydantic models loaded from YAML.
+
+Unknown keys are rejected; every problem in a file is reported at once, naming the key. `model` holds a model's
+settings, `schema` the run's (datasets, stages, placement, cluster), `load` reading a file with CLI overrides.
+"""
+
+from evalfleet.config.load import apply_overrides, load_config, parse_config
+from evalfleet.config.model import DiffusionConfig, GenerationConfig, ModelConfig, ServerConfig
+from evalfleet.config.schema import (ClusterConfig, DatasetConfig, FewShotConfig, FieldMap, JudgeParse,
+                                     PlacementConfig, RunConfig, StageConfig)
+
+__all__ = ["ClusterConfig", "DatasetConfig", "DiffusionConfig", "FewShotConfig", "FieldMap", "GenerationConfig",
+           "JudgeParse", "ModelConfig", "PlacementConfig", "RunConfig", "ServerConfig", "StageConfig",
+           "apply_overrides", "load_config", "parse_config"]

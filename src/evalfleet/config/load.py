@@ -1,0 +1,148 @@
+"""Reading a config: YAML to a validated `RunConfig`, with CLI overrides checked against the schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from evalfleet.errors import UserError, not_utf8
+from evalfleet.config.schema import RunConfig
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "<dict>", base_dir: Path | None = None) -> RunConfig:
+    """Validate a config mapping; dataset paths are made relative to `base_dir`."""
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise UserError(_format_errors(source, err)) from None
+    if base_dir is not None:
+        for ds in cfg.datasets:
+            if ds.path is not None and not Path(ds.path).is_absolute():
+                ds.path = str((base_dir / ds.path).resolve())
+            if ds.few_shot is not None and ds.few_shot.path is not None:
+                ds.few_shot.path = str((base_dir / ds.few_shot.path).resolve())
+    return cfg
+
+
+def _section(annotation: Any) -> type[BaseModel] | None:
+    """The settings model a field holds (`PlacementConfig`, `ModelConfig | None`), or None for a plain value."""
+    from typing import get_args
+
+    for t in (annotation, *get_args(annotation)):
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            return t
+    return None
+
+
+def _unknown_key(key: str) -> str | None:
+    """Why the dotted `key` names no setting of the schema, or None when it names one."""
+    section: type[BaseModel] | None = RunConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        where = f"`{'.'.join(parts[:i])}`" if i else "the top level"
+        if section is None:
+            return f"{where} is a single setting, it has no `{part}`"
+        if part not in section.model_fields:
+            return f"no setting `{part}` in {where} (its settings: {', '.join(section.model_fields)})"
+        section = _section(section.model_fields[part].annotation)
+    return None
+
+
+def _override_label(key: str, value: Any, options: dict[str, str]) -> str:
+    """`--batch-size banana` for a CLI option, `override model.batch_size=banana` otherwise."""
+    shown = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    return f"{options[key]} {shown}" if key in options else f"override {key}={shown}"
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any],
+                    options: dict[str, str] | None = None) -> dict[str, list[tuple[str | int, ...]]]:
+    """Set CLI overrides (dotted keys, e.g. `placement.mode`) in a raw config mapping, in place.
+
+    A `model.` key is a model setting: it is set in every model the config has, the single `model` or each
+    stage's `model` under `stages`. A key that names no setting of the schema is refused, naming the option
+    (`options`: dotted key -> CLI option). Returns where each override landed, for `_override_errors`."""
+    options = options or {}
+    landed: dict[str, list[tuple[str | int, ...]]] = {}
+    for key, value in overrides.items():
+        why = _unknown_key(key)
+        if why is not None:
+            label = options.get(key, f"override {key}")
+            raise UserError(f"{label}: `{key}` is not a config setting: {why}")
+        parts: tuple[str, ...] = tuple(key.split("."))
+        if parts[0] == "model":
+            targets: list[tuple[str | int, ...]] = [parts] if isinstance(data.get("model"), dict) else []
+            stages = data.get("stages")
+            if isinstance(stages, list):
+                targets += [("stages", i, *parts) for i, stage in enumerate(stages)
+                            if isinstance(stage, dict) and isinstance(stage.get("model"), dict)]
+        else:
+            targets = [parts]
+        landed[key] = []
+        for target in targets:
+            node: Any = data
+            for step in target[:-1]:  # str steps: mappings (made when missing); int steps: a stage in `stages`
+                node = node.setdefault(step, {}) if isinstance(step, str) else node[step]
+                if not isinstance(node, dict) and step != "stages":
+                    break  # the file gives a value where the schema has a section: validation names that key
+            else:
+                node[target[-1]] = value
+                landed[key].append(target)
+    return landed
+
+
+def _override_errors(data: dict[str, Any], overrides: dict[str, Any], landed: dict[str, list[tuple[str | int, ...]]],
+                    options: dict[str, str] | None = None) -> str | None:
+    """The schema's complaints about the overridden values, a line per option naming it, or None if none."""
+    try:
+        RunConfig.model_validate(data)
+    except ValidationError as err:
+        problems = err.errors()
+    else:
+        return None
+    lines = []
+    for key, targets in landed.items():
+        msgs = dict.fromkeys(e["msg"] for e in problems for t in targets if tuple(e["loc"][:len(t)]) == t)
+        if msgs:  # every stage's copy says the same: one line
+            lines.append(f"invalid {_override_label(key, overrides[key], options or {})}: {'; '.join(msgs)}")
+    return "\n".join(lines) or None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
+                options: dict[str, str] | None = None) -> RunConfig:
+    """Read a YAML config file and apply CLI overrides (dotted keys, e.g. `model.batch_size`; see
+    `apply_overrides`). `options` maps an override's key to its CLI option, named in its errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise UserError(not_utf8(path, "config")) from None
+    except yaml.YAMLError as err:
+        raise UserError(f"config {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config {path}: expected a mapping at the top level, got {type(data).__name__}")
+    landed = apply_overrides(data, overrides or {}, options)
+    try:
+        return parse_config(data, source=str(path), base_dir=path.parent.resolve())
+    except UserError:
+        bad = _override_errors(data, overrides or {}, landed, options)
+        if bad is None:
+            raise
+        raise UserError(bad) from None

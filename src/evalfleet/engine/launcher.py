@@ -1,0 +1,131 @@
+"""Starting a worker: a spawned local process, a process under another Python environment (a stage's `python:`),
+or a Ray actor (`evalfleet.cluster.ray`). Either way the driver gets a process handle and a connection that speaks
+`evalfleet.engine.messages`."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import secrets
+import subprocess
+import tempfile
+import time
+from multiprocessing.connection import Connection, Listener
+from pathlib import Path
+from typing import Any, Protocol
+
+from evalfleet.engine.worker import worker_main
+from evalfleet.errors import UserError
+from evalfleet.records import WorkerSpec
+
+
+class WorkerProcess(Protocol):
+    """What the driver uses of a worker's process (`multiprocessing.Process`, or `cluster.ray.RayProcess`)."""
+
+    pid: int | None
+    exitcode: int | None
+    sentinel: Any
+    """An OS handle that becomes ready when the process ends; None for a Ray actor (its connection's end says)."""
+
+    def join(self, timeout: float | None = None) -> None: ...
+
+    def is_alive(self) -> bool: ...
+
+    def kill(self) -> None: ...
+
+
+class Launcher(Protocol):
+    def start(self, spec: WorkerSpec, model_json: str, batch_size: int, output_dir: str
+              ) -> tuple[WorkerProcess, Connection]: ...
+
+
+class LocalLauncher:
+    """Workers as spawned processes of this driver, each with a private pipe."""
+
+    def __init__(self) -> None:
+        self.ctx = mp.get_context("spawn")
+
+    def start(self, spec: WorkerSpec, model_json: str, batch_size: int, output_dir: str
+              ) -> tuple[WorkerProcess, Connection]:
+        parent, child = self.ctx.Pipe()
+        proc = self.ctx.Process(target=worker_main, args=(child, spec, model_json, batch_size, output_dir),
+                                name=f"evalfleet-{spec.name}", daemon=True)
+        proc.start()
+        child.close()
+        return proc, parent
+
+
+START_TIMEOUT_S = 120.0
+"""Seconds a worker under another Python gets to start its interpreter and dial back."""
+
+
+class EnvProcess:
+    """A worker process under another interpreter, with what the driver uses of a `multiprocessing.Process`;
+    its pidfd is the sentinel that becomes ready when it ends."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.pid: int | None = popen.pid
+        self.sentinel = os.pidfd_open(popen.pid)
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.popen.poll()
+
+    def join(self, timeout: float | None = None) -> None:
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return
+
+    def is_alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill(self) -> None:
+        self.popen.kill()
+
+
+class EnvLauncher:
+    """Workers under another Python environment (`python: /envs/x/bin/python`, where evalfleet is installed too):
+    a plain subprocess running `evalfleet.engine.entry`, which dials back over a private Unix socket. Unlike a
+    spawned process, it imports that environment's packages, not this one's."""
+
+    def __init__(self, python: str) -> None:
+        self.python = python
+        self.key = secrets.token_bytes(16)
+        self.folder = tempfile.mkdtemp(prefix="evalfleet-")
+
+    def start(self, spec: WorkerSpec, model_json: str, batch_size: int, output_dir: str
+              ) -> tuple[WorkerProcess, Connection]:
+        address = str(Path(self.folder) / f"{spec.name}-{secrets.token_hex(4)}")
+        with Listener(address, family="AF_UNIX", authkey=self.key) as listener:
+            listener._listener._socket.settimeout(1.0)  # type: ignore[attr-defined]  # to watch the child meanwhile
+            popen = subprocess.Popen([self.python, "-m", "evalfleet.engine.entry", address, self.key.hex()])
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while True:
+                try:
+                    conn = listener.accept()
+                    break
+                except TimeoutError:
+                    if popen.poll() is None and time.monotonic() < deadline:
+                        continue
+                    popen.kill()
+                    why = (f"it exited with code {popen.wait()}" if time.monotonic() < deadline
+                           else f"it did not dial back within {START_TIMEOUT_S:.0f} s")
+                    raise UserError(f"stage python {self.python}: the worker could not start ({why}); is evalfleet "
+                                    "installed in that environment? (its error is printed above)") from None
+        conn.send((spec, model_json, batch_size, output_dir))
+        return EnvProcess(popen), conn
+
+
+def launcher(backend: str, python: str | None = None) -> Launcher:
+    """The launcher for `cluster.backend` (`local` or `ray`), and a stage's `python` if it names one."""
+    if backend == "ray":
+        from evalfleet.cluster.ray import RayLauncher
+
+        return RayLauncher()
+    if python is not None:
+        if not os.access(python, os.X_OK):
+            raise UserError(f"python: {python} is not an executable Python interpreter")
+        return EnvLauncher(python)
+    return LocalLauncher()

@@ -1,0 +1,72 @@
+"""What the driver and a worker say to each other over the worker's private pipe (or a Ray actor's socket).
+
+Driver -> worker: `Work` (a chunk; the first ones come as the worker starts, before it is ready, so it prepares
+them while its model loads), then `Stop` once every result is in (or on a signal).
+Worker -> driver: `Ready` once loaded, `Results` per batch, `Step` (denoising progress), `Heartbeat` every
+HEARTBEAT_S from a thread while the process lives, `Unloaded` after `Stop`, or `Fatal` if it could not start.
+
+Every message is a frozen dataclass, pickled by the connection. `Ready.protocol` lets a driver refuse a worker
+running another version of this protocol (a stage's workers may run under another Python environment).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from evalfleet.records import Result, Sample
+
+PROTOCOL = 1
+"""Bumped whenever a message below changes."""
+
+
+@dataclass(frozen=True)
+class Work:
+    chunk_id: int
+    samples: list[Sample]
+    seed: int
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Unload and exit; a batch not yet started is not started."""
+
+
+@dataclass(frozen=True)
+class Ready:
+    device: str
+    """What the replica runs on, for people (e.g. `cuda:0 (NVIDIA H200)`, or `... on <node>` for Ray)."""
+    load_s: float
+    protocol: int = PROTOCOL
+
+
+@dataclass(frozen=True)
+class Results:
+    chunk_id: int
+    results: list[Result]
+    log: list[str] = field(default_factory=list)
+    """Lines for the driver's log (failed batches' tracebacks, out-of-memory halvings)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    step: int
+    steps: int
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    pass
+
+
+@dataclass(frozen=True)
+class Unloaded:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Fatal:
+    traceback: str
+
+
+ToWorker = Work | Stop
+FromWorker = Ready | Results | Step | Heartbeat | Unloaded | Fatal

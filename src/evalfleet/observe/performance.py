@@ -1,0 +1,64 @@
+"""A stage's performance accounting: model load and unload seconds per worker, the wall time of loading and
+unloading them all, each worker's usage, throughput once every replica was loaded, the stage's wall time and
+GPU-hours. `data` is what the store keeps (`performance:<stage>`) and the summary shows."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from evalfleet.records import Result
+
+
+@dataclass
+class Performance:
+    data: dict[str, Any] = field(
+        default_factory=lambda: {"load_s": {}, "unload_s": {}, "workers": {}, "samples": 0, "generated_tokens": 0})
+    t_spawn: float = field(default_factory=time.monotonic)
+    t_ready: float = 0.0
+    """When every replica had loaded; throughput counts from then."""
+    at_ready: tuple[int, int] = (0, 0)
+    """(samples, generated tokens) finished before t_ready."""
+
+    def loaded(self, worker: str, seconds: float, every_replica: bool) -> str | None:
+        """A worker is ready after `seconds`; once `every_replica` is, the line that says how long loading took."""
+        self.data["load_s"][worker] = round(seconds, 2)
+        if "load_wall_s" in self.data or not every_replica:
+            return None
+        self.t_ready = time.monotonic()
+        self.at_ready = (self.data["samples"], self.data["generated_tokens"])
+        self.data["load_wall_s"] = round(self.t_ready - self.t_spawn, 2)
+        each = ", ".join(f"{v:.1f}" for v in self.data["load_s"].values())
+        return (f"{len(self.data['load_s'])} replica(s) ready in {self.data['load_wall_s']:.1f} s wall (process start "
+                f"included); model load per replica: {each} s")
+
+    def answered(self, results: list[Result]) -> None:
+        self.data["samples"] += len(results)
+        self.data["generated_tokens"] += sum(r.n_tokens or 0 for r in results)
+
+    def generation_done(self) -> None:
+        """Every sample has a result: throughput from the moment every replica was loaded."""
+        if not self.t_ready:
+            return
+        wall = time.monotonic() - self.t_ready
+        d = self.data
+        d["generate_wall_s"] = round(wall, 2)
+        d["samples_per_s"] = round((d["samples"] - self.at_ready[0]) / wall, 2)
+        d["generated_tokens_per_s"] = round((d["generated_tokens"] - self.at_ready[1]) / wall, 1)
+
+    def worker_usage(self, worker: str, usage: dict[str, Any]) -> None:
+        self.data["workers"][worker] = usage
+
+    def unloaded(self, worker: str, seconds: float) -> None:
+        self.data["unload_s"][worker] = round(seconds, 3)
+
+    def stopped(self, t_stop: float) -> str | None:
+        """Every worker is gone (asked to stop at `t_stop`): wall time and GPU-hours; the unload line, if any."""
+        used = self.data["workers"].values()
+        self.data["wall_s"] = round(time.monotonic() - self.t_spawn, 2)
+        self.data["gpu_hours"] = round(sum(u["gpus"] * u["held_s"] for u in used) / 3600, 4)
+        if not self.data["unload_s"]:
+            return None
+        self.data["unload_wall_s"] = round(time.monotonic() - t_stop, 3)
+        return f"{len(self.data['unload_s'])} replica(s) unloaded in {self.data['unload_wall_s']:.2f} s wall"

@@ -1,0 +1,62 @@
+"""The records every layer shares: plain data, no I/O. A sample travels as a `Sample` from its data row to a
+worker, comes back as a `Result`, and is stored; a `WorkerSpec` says where a replica runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image by file path or by encoded bytes; `where` locates it for error messages. Decoded by
+    `evalfleet.data.images.open_image`."""
+
+    where: str
+    path: str | None = None
+    data: bytes | None = None
+
+
+@dataclass
+class Sample:
+    """One evaluation item."""
+
+    dataset: str
+    id: str
+    question: str
+    prompt: str
+    answers: list[str] = field(default_factory=list)
+    images: list[ImageRef] = field(default_factory=list)
+    source: str = ""
+    error: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    context: list[dict[str, str]] = field(default_factory=list)
+    """Chat messages before the prompt: the dataset's system prompt and few-shot turns."""
+
+
+@dataclass
+class Result:
+    """One sample's outcome at one stage."""
+
+    dataset: str
+    sample_id: str
+    output: str | None
+    error: str | None = None
+    worker: str | None = None
+    seconds: float | None = None
+    n_tokens: int | None = None
+    prompt: str | None = None
+    """The exact prompt the model was given (see `Prepared.prompts`)."""
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """A replica: the GPUs it is pinned to (CUDA_VISIBLE_DEVICES ids; none = CPU) and its limits."""
+
+    name: str
+    gpus: tuple[str, ...]
+    threads: int
+    max_memory_per_gpu: int | None = None
+    """Bytes; enforced in the worker through torch's per-process memory fraction."""
+    cpu_headroom: int | None = None
+    """CPU workers: bytes of address space allowed beyond the loaded model (RLIMIT_AS)."""

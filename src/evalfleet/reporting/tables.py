@@ -1,0 +1,105 @@
+"""A run's summary as tables: markdown, rich console tables of results and performance, flat per-sample
+records (for CSV, parquet and the HTML report)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _judge_cell(s: dict[str, Any], judge: str) -> str:
+    j = s.get(judge)
+    if not j or j["mean"] is None:
+        return "-" if not j else f"- ({j['parse_errors']} unparsed)"
+    return (f"{j['mean']:.2f} (min {j['min']:g}, max {j['max']:g}, std {j['std']:.2f}; "
+            f"n={j['judged']}, {j['parse_errors']} unparsed)")
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    metrics, judges = summary["metrics"], summary["judges"]
+    head = ["dataset", "samples", "finished", "errors"] + [f"{m} (%)" for m in metrics]
+    head += [f"{m} closed / open (%)" for m in metrics] + [f"{j} mean score" for j in judges]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    entries = list(summary["datasets"].items()) + [("**overall**", summary["overall"])]
+    for name, s in entries:
+        if s.get("status") == "failed":
+            lines.append(f"| {name} | failed: {s['error']} |" + " |" * (len(head) - 2))
+            continue
+        cells = [name, str(s["samples"]), str(s["finished"]), str(s["errors"])]
+        cells += [_pct(s[m]["all"]) for m in metrics]
+        cells += [f"{_pct(s[m]['closed'])} / {_pct(s[m]['open'])}" for m in metrics]
+        cells += [_judge_cell(s, j) for j in judges]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def console_table(summary: dict[str, Any]) -> Table:
+    metrics, judges = summary["metrics"], summary["judges"]
+    table = Table(title=f"evalfleet: {summary['run']}", caption="metrics in %: all (closed / open questions)")
+    for col in ["dataset", "samples", "finished", "errors", *metrics, *[f"{j} mean" for j in judges]]:
+        table.add_column(col, justify="left" if col == "dataset" else "right")
+    for name, s in list(summary["datasets"].items()) + [("overall", summary["overall"])]:
+        if s.get("status") == "failed":
+            table.add_row(name, f"[red]failed[/red]: {s['error']}")
+            continue
+        table.add_row(
+            name, str(s["samples"]), str(s["finished"]), str(s["errors"]),
+            *[f"{_pct(s[m]['all'])} ({_pct(s[m]['closed'])} / {_pct(s[m]['open'])})" for m in metrics],
+            *[_judge_cell(s, j) for j in judges],
+        )
+    return table
+
+
+def performance_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """Per stage: wall, load and unload wall seconds, samples/s and tokens/s once loaded, GPU-hours, and each
+    worker's busy fraction (time in its batches over time since it loaded)."""
+    out = []
+    for stage, p in summary["performance"].items():
+        if not p:
+            continue
+        busy = ", ".join(f"{w.split('.')[0]} {u['busy_fraction']:.0%}" for w, u in p.get("workers", {}).items()
+                         if u.get("busy_fraction") is not None)
+        out.append([stage] + [str(p.get(k, "-")) for k in ("wall_s", "load_wall_s", "unload_wall_s", "samples_per_s",
+                                                           "generated_tokens_per_s", "gpu_hours")] + [busy or "-"])
+    return out
+
+
+PERFORMANCE_HEAD = ["stage", "wall s", "load s", "unload s", "samples/s", "tokens/s", "GPU-hours", "busy"]
+
+
+def performance_table(summary: dict[str, Any]) -> Table:
+    wall = f"{summary['wall_s']:.1f} s" if summary.get("wall_s") else "-"
+    table = Table(title=f"performance: run wall {wall}, {summary['gpu_hours']:.3f} GPU-hours", title_justify="left")
+    for col in PERFORMANCE_HEAD:
+        table.add_column(col, justify="left" if col in ("stage", "busy") else "right")
+    for row in performance_rows(summary):
+        table.add_row(*row)
+    return table
+
+
+def sample_records(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat record per sample of every dataset: answers, scores, each judge's score/reason/error."""
+    out = []
+    for name, rows in summary["_rows"].items():
+        for r in rows:
+            rec: dict[str, Any] = {"dataset": name, "id": r["id"], "question": r["question"],
+                                   "answer": " / ".join(r["answers"]), "prediction": r["prediction"],
+                                   "extracted": r["extracted"], "extraction": r["extraction"], "error": r["error"],
+                                   "seconds": r["seconds"], "worker": r["worker"]}
+            rec.update({m: (r["scores"] or {}).get(m) for m in summary["metrics"]})
+            for judge, j in r.get("judge", {}).items():
+                rec.update({f"{judge}_score": j["score"], f"{judge}_reason": j["reason"], f"{judge}_error": j["error"],
+                            f"{judge}_raw": j["raw"]})
+            out.append(rec)
+    return out
+
+
+def markdown_rows(head: list[str], rows: list[list[str]]) -> str:
+    """A markdown table."""
+    return "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n" + "".join(
+        "| " + " | ".join(row) + " |\n" for row in rows)

@@ -1,0 +1,259 @@
+"""`evalfleet run`, top to bottom: check the request, open the store and read the datasets, record the run, run
+each stage (plan its placement, cut what is left into chunks, serve its workers until it is done), then report.
+
+The parts: `preflight` (checks before any write), `data` (samples), `plan` (placement), `engine` (drivers,
+workers, the event loop), `stages` (a judge's inputs), `store`, `reporting`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from rich.console import Console
+
+from evalfleet.config import RunConfig, StageConfig
+from evalfleet.engine.driver import StageDriver
+from evalfleet.engine.launcher import launcher
+from evalfleet.engine.loop import execute
+from evalfleet.engine.queue import Chunk, WorkQueue, make_chunks
+from evalfleet.errors import UserError
+from evalfleet.observe.progress import RunProgress
+from evalfleet.observe.runlog import log_to
+from evalfleet.plan.stage import make_plan, stage_gpus
+from evalfleet.preflight import check_model_path, check_output_dir, read_datasets, refusals, refuse_fresh_while_live
+from evalfleet.records import Sample
+from evalfleet.reporting.report import write_report
+from evalfleet.stages.judge import JudgeFeed, close_all, fill_cache, judge_inputs, judge_plan_samples, offer_all
+from evalfleet.stopping import Stopped, stop_on_signals
+from evalfleet.store import JudgeCache, Store, network_filesystem, quietly, store_errors
+
+log = logging.getLogger("evalfleet")
+
+
+def run(
+    cfg: RunConfig,
+    *,
+    fresh: bool = False,
+    retry_errors: bool = False,
+    redo: list[str] | None = None,
+    console: Console | None = None,
+    log_file: Path | None = None,
+) -> dict:
+    """Run (or resume) the evaluation described by `cfg`; returns the summary.
+
+    `redo` names stages whose stored results are dropped first (e.g. a judge whose settings changed);
+    identical judge requests are still answered from the judge cache.
+
+    The full log (with tracebacks of failed batches) goes to `log_file`, by default `RUN_DIR/run.log`.
+    """
+    console = console or Console()
+    names = [stage.name for stage in cfg.pipeline()]
+    unknown = sorted(set(redo or []) - set(names))
+    if unknown:
+        raise UserError(f"--redo {', '.join(unknown)}: no such stage (stages: {', '.join(names)})")
+    for stage in cfg.pipeline():
+        if stage.model.backend != "openai":  # there, `path` names the served model
+            check_model_path(stage.model.path)
+    run_dir = cfg.run_dir
+    check_output_dir(run_dir)
+    if fresh and run_dir.exists():
+        refuse_fresh_while_live(run_dir, cfg.lease_seconds)
+        shutil.rmtree(run_dir)
+    handler = log_to(log_file or run_dir / "run.log")
+    try:
+        with stop_on_signals(), store_errors(run_dir / "store.db"):
+            return _run(cfg, run_dir, retry_errors, redo or [], console)
+    except Exception:
+        log.exception("the run stopped on this error")  # the console shows the message, the log the traceback
+        raise
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], console: Console) -> dict:
+    stages = cfg.pipeline()
+    note = printer(console)
+
+    # 1. Read the datasets and check them against the store before writing anything: a refused run leaves the
+    #    store as it was.
+    store = Store(run_dir / "store.db")
+    data = read_datasets(cfg)
+    if problems := refusals(cfg, store, data, redo):
+        store.close()
+        raise UserError("\n".join(problems))
+
+    # 2. Record the run: settings, datasets (a failed one is recorded; the others go on) and this driver.
+    record = store.run_record()  # put back if this driver fails before it stores a result
+    for name in redo:
+        store.forget_stage(name)
+    for stage in stages:
+        store.set_fingerprint(stage.name, stage.fingerprint(cfg.seed))
+    store.set_meta("name", cfg.name)
+    store.set_meta("config", cfg.model_dump(mode="json"))
+    if retry_errors:
+        for stage in stages:
+            store.clear_errors(stage.name)
+    for name, why in data.failed.items():
+        store.set_dataset(name, "failed", error=why)
+        note(f"dataset {name} failed: {why}")
+        log.error("dataset %s failed: %s", name, why)
+    loaded = data.samples
+    for name, samples in loaded.items():
+        store.put_samples(samples, data.positions[name])
+        store.set_dataset(name, "running", len(samples))
+        for s in samples:
+            if s.error:
+                log.warning("sample %s/%s: %s", name, s.id, s.error)
+    cache = JudgeCache(path) if (path := cfg.judge_cache_path) is not None else None
+    if fs := network_filesystem(run_dir):
+        note(f"{run_dir} is on a network filesystem ({fs}): SQLite can share it only between processes of one "
+             "host. To run on several nodes, use shards (--shard i/N or `evalfleet slurm`) and `evalfleet merge`.")
+    started = time.time()
+    state = {"pid": os.getpid(), "host": socket.gethostname(), "started": started}
+    owner = f"{state['host']}:{state['pid']}:{secrets.token_hex(4)}"  # this driver, on its leases
+    store.set_meta("state", {**state, "state": "running"})
+    store.driver_state(owner, "running")
+
+    # 3. The stages over all GPUs: one after the other, or all at once on disjoint GPU sets. Every judge
+    #    rates the first stage's answers, read from the store.
+    try:
+        gpus = stage_gpus(cfg)
+        if cfg.concurrent_stages and len(stages) > 1:
+            _run_concurrently(cfg, stages, gpus, loaded, store, cache, console, owner)
+        else:
+            for stage, stage_gpu in zip(stages, gpus):
+                inputs = loaded
+                if stage.kind == "judge":
+                    inputs, _ = judge_inputs(stage, stages[0], loaded, store, cache)
+                driver = stage_driver(cfg, stage, [s for samples in inputs.values() for s in samples], inputs, store,
+                                 console, owner=owner, gpus=stage_gpu)
+                if driver is not None:
+                    execute([driver], note)
+                if stage.kind == "judge" and cache is not None:
+                    fill_cache(stage, inputs, store, cache)
+        store.check_same_file()  # reports only from the store this driver opened
+    except BaseException as err:
+        why = (err.state if isinstance(err, Stopped) else "interrupted" if isinstance(err, KeyboardInterrupt)
+               else f"failed: {type(err).__name__}: {err}")
+        if not redo and quietly(store.forget_driver_if_idle, owner):  # it stored nothing: the run stays as it was
+            quietly(store.restore_run_record, record)
+            raise
+        quietly(store.driver_state, owner, why)
+        quietly(store.set_meta, "state", {**state, "state": why, "ended": time.time(),
+                                           **({"signal": err.name} if isinstance(err, Stopped) else {})})
+        raise
+    store.driver_state(owner, "done")
+    store.set_meta("state", {**state, "state": "done", "ended": time.time(), "wall_s": round(time.time() - started, 2)})
+    for name in loaded:
+        store.set_dataset(name, "done", len(loaded[name]))
+
+    # 4. Report.
+    summary = write_report(run_dir, store, cfg, console)
+    store.close()
+    if cache is not None:
+        cache.close()
+    note(f"results in {run_dir}")
+    return summary
+
+
+def _run_concurrently(
+    cfg: RunConfig,
+    stages: list[StageConfig],
+    gpus: list[list[int] | None],
+    loaded: dict[str, list[Sample]],
+    store: Store,
+    cache: JudgeCache | None,
+    console: Console,
+    owner: str,
+) -> None:
+    """All stages at once: each judge is fed the first stage's answers as they are stored."""
+    first = stage_driver(cfg, stages[0], [s for samples in loaded.values() for s in samples], loaded, store, console,
+                    owner=owner, gpus=gpus[0], share=len(stages))
+    drivers = [first] if first is not None else []
+    feeds: list[JudgeFeed] = []
+    answerable = {name: [s for s in samples if s.error is None] for name, samples in loaded.items()}
+    for stage, stage_gpu in zip(stages[1:], gpus[1:]):
+        inputs, _ = judge_inputs(stage, stages[0], loaded, store, cache)
+        d = stage_driver(cfg, stage, judge_plan_samples(stage, stages[0], loaded), inputs, store, console, owner=owner,
+                    gpus=stage_gpu,
+                    share=len(stages), streaming=answerable if first is not None else None,
+                    shared=drivers[0].progress if drivers else None)
+        if d is None:
+            continue
+        drivers.append(d)
+        if first is not None:
+            feeds.append(JudgeFeed(stage, stages[0], loaded, store, cache, d, d.chunk_size, inputs))
+        if cache is not None:
+            d.on_finish = partial(fill_cache, stage, feeds[-1].inputs if first is not None else inputs, store, cache)
+    if first is not None:
+        first.on_commit = partial(offer_all, feeds)
+        first.on_finish = partial(close_all, feeds)
+    if drivers:
+        execute(drivers, printer(console))
+
+
+def stage_driver(
+    cfg: RunConfig,
+    stage: StageConfig,
+    plan_for: list[Sample],
+    inputs: dict[str, list[Sample]],
+    store: Store,
+    console: Console,
+    *,
+    owner: str,
+    gpus: list[int] | None,
+    share: int = 1,
+    streaming: dict[str, list[Sample]] | None = None,
+    shared: RunProgress | None = None,
+) -> StageDriver | None:
+    """Plan the stage, cut chunks of what is left, and make its driver; None when nothing is left to do.
+
+    `streaming`: all samples of a judge whose answers are still coming; its queue stays open for them.
+    `owner` names this driver on its leases.
+    """
+    note = printer(console)
+    chosen, lines = make_plan(cfg, stage.model, plan_for, gpus=gpus, share=share)
+    for line in lines:
+        note(f"{stage.name}: {line}")
+        log.info("%s: %s", stage.name, line)
+
+    # Chunks of what is left, cut the same way on every run.
+    chunk_size = cfg.chunk_size or chosen.batch_size
+    universe = streaming if streaming is not None else inputs
+    finished_by_ds = {name: store.done_ids(stage.name, name) for name in {*inputs, *universe}}
+    chunks: list[Chunk] = []
+    for name, samples in inputs.items():
+        chunks += make_chunks(samples, finished_by_ds[name], chunk_size, start_id=len(chunks))
+    total = done = 0
+    for name, samples in universe.items():
+        finished = finished_by_ds[name]
+        total += len(samples)
+        done += sum(1 for s in samples if s.id in finished or s.error)
+    queue = WorkQueue.of(chunks, closed=False)  # closed once the store shows every sample done
+    todo = queue.remaining() if streaming is None else total - done
+    note(f"stage {stage.name}: {total} samples in {len(universe)} dataset(s), {done} already done, {todo} to do"
+         + (" (judged as the answers arrive)" if streaming is not None else ""))
+    if not todo:
+        return None
+
+    n_chunks = len(chunks) if streaming is None else -(-todo // chunk_size)
+    specs = chosen.workers[:n_chunks]  # no idle workers loading a model for nothing
+    title = stage.name if len(cfg.pipeline()) > 1 else "overall"
+    progress = RunProgress(total, done, console=console, every=cfg.progress_every, seconds=cfg.progress_seconds,
+                           title=title, shared=shared)
+    return StageDriver(cfg, stage, store, queue, progress, launcher(cfg.cluster.backend), chosen.batch_size,
+                       chunk_size, specs, inputs, owner, open_inputs=streaming is not None)
+
+
+def printer(console: Console) -> Callable[[str], None]:
+    """Driver messages: one plain line each, prefixed, with no rich markup read from user text."""
+    return lambda text: console.print(f"[evalfleet] {text}", markup=False, highlight=False)

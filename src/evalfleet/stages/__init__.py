@@ -1,0 +1,1 @@
+"""Stage kinds beyond answering: a judge's inputs are built from the answering stage's results."""
