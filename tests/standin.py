@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -18,7 +19,7 @@ def standin_main(conn: Connection, behaviour: dict[str, Any], started: int) -> N
     protocol (the version it claims)."""
     if behaviour.get("die_before_ready"):
         os._exit(4)
-    conn.send(Ready(f"stand-in #{started}", 0.0, behaviour.get("protocol", PROTOCOL)))
+    conn.send(Ready(f"stand-in #{started}", 0.0, sys.executable, behaviour.get("protocol", PROTOCOL)))
     while True:
         msg = conn.recv()
         if isinstance(msg, Stop):

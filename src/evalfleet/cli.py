@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -184,6 +185,18 @@ def status_cmd(
     _guard(go, store=run_dir / "store.db")
 
 
+@contextmanager
+def _stored(run_dir: Path) -> Iterator[tuple[Any, Any]]:
+    """A finished or running run's store, opened read-mostly, and the config it was run with."""
+    from evalfleet.store import Store
+
+    store = Store.open_existing(run_dir)
+    try:
+        yield store, parse_config(store.get_meta("config"), source=str(run_dir))
+    finally:
+        store.close()
+
+
 @app.command("report")
 def report_cmd(
     run_dir: Annotated[Path, typer.Argument(help="Run folder (output_dir/name).")],
@@ -194,15 +207,9 @@ def report_cmd(
 
     def go() -> None:
         from evalfleet.reporting.report import write_report
-        from evalfleet.store import Store
 
-        store = Store.open_existing(run_dir)
-        try:
-            formats = tuple(f.strip() for f in fmt.split(",") if f.strip())
-            write_report(run_dir, store, parse_config(store.get_meta("config"), source=str(run_dir)), console,
-                         formats=formats)
-        finally:
-            store.close()
+        with _stored(run_dir) as (store, cfg):
+            write_report(run_dir, store, cfg, console, formats=tuple(f.strip() for f in fmt.split(",") if f.strip()))
 
     _guard(go, store=run_dir / "store.db")
 
@@ -217,11 +224,7 @@ def show_cmd(
     was given (chat-templated) and the reply."""
 
     def go() -> None:
-        from evalfleet.store import Store
-
-        store = Store.open_existing(run_dir)
-        try:
-            cfg = parse_config(store.get_meta("config"), source=str(run_dir))
+        with _stored(run_dir) as (store, cfg):
             shown = False
             for stage in cfg.pipeline():
                 row = next(store.rows(stage.name, dataset, [sample_id]), None)
@@ -238,8 +241,6 @@ def show_cmd(
                 console.print(row["error"] or row["prediction"] or "(not answered yet)", markup=False, highlight=False)
             if not shown:
                 raise UserError(f"{run_dir}: no sample {sample_id!r} in dataset {dataset!r}")
-        finally:
-            store.close()
 
     _guard(go, store=run_dir / "store.db")
 

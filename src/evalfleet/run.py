@@ -250,7 +250,7 @@ def stage_driver(
     title = stage.name if len(cfg.pipeline()) > 1 else "overall"
     progress = RunProgress(total, done, console=console, every=cfg.progress_every, seconds=cfg.progress_seconds,
                            title=title, shared=shared)
-    return StageDriver(cfg, stage, store, queue, progress, launcher(cfg.cluster.backend), chosen.batch_size,
+    return StageDriver(cfg, stage, store, queue, progress, launcher(cfg.cluster.backend, stage.python or cfg.python), chosen.batch_size,
                        chunk_size, specs, inputs, owner, open_inputs=streaming is not None)
 
 

@@ -6,8 +6,16 @@ settings, `schema` the run's (datasets, stages, placement, cluster), `load` read
 
 from evalfleet.config.load import apply_overrides, load_config, parse_config
 from evalfleet.config.model import DiffusionConfig, GenerationConfig, ModelConfig, ServerConfig
-from evalfleet.config.schema import (ClusterConfig, DatasetConfig, FewShotConfig, FieldMap, JudgeParse,
-                                     PlacementConfig, RunConfig, StageConfig)
+from evalfleet.config.schema import (
+    ClusterConfig,
+    DatasetConfig,
+    FewShotConfig,
+    FieldMap,
+    JudgeParse,
+    PlacementConfig,
+    RunConfig,
+    StageConfig,
+)
 
 __all__ = ["ClusterConfig", "DatasetConfig", "DiffusionConfig", "FewShotConfig", "FieldMap", "GenerationConfig",
            "JudgeParse", "ModelConfig", "PlacementConfig", "RunConfig", "ServerConfig", "StageConfig",

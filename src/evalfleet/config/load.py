@@ -8,8 +8,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from evalfleet.errors import UserError, not_utf8
 from evalfleet.config.schema import RunConfig
+from evalfleet.errors import UserError, not_utf8
 
 
 def _format_errors(source: str, err: ValidationError) -> str:

@@ -157,6 +157,10 @@ class StageConfig(_Strict):
     """Judge: how the reply becomes a score."""
     gpus: list[int] | None = None
     """GPU indices for this stage (default: the run's `gpus`; with `concurrent_stages`, a share of them)."""
+    python: str | None = None
+    """The Python interpreter its workers run under, e.g. `/envs/qwen3/bin/python` for a judge that needs another
+    transformers (evalfleet must be installed there too, the same version); default: the run's `python`, else
+    the driver's own."""
 
     @model_validator(mode="after")
     def _consistent(self) -> StageConfig:
@@ -171,6 +175,7 @@ class StageConfig(_Strict):
         payload = self.model_dump(exclude={"name"})
         payload["seed"] = seed
         payload.pop("gpus")
+        payload.pop("python")  # where it runs, like its GPUs
         for key in ("batch_size", "engine"):
             payload["model"].pop(key)
         for key in ("urls", "api_key_env", "max_in_flight", "timeout_s", "retries", "startup_timeout_s"):
@@ -200,6 +205,9 @@ class RunConfig(_Strict):
     """GPU indices to use; default: all visible GPUs."""
     workers: int | None = Field(None, ge=1)
     """CPU worker processes when no GPU is used (default 1)."""
+    python: str | None = None
+    """The Python interpreter workers run under (a stage's own `python` takes precedence); default: the
+    driver's."""
     placement: PlacementConfig = PlacementConfig()
     """Replica layout over the GPUs."""
     cluster: ClusterConfig = ClusterConfig()

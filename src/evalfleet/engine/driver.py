@@ -166,14 +166,14 @@ class StageDriver:
                 if state != w.stored_state or w.last_seen - w.last_stored > HEARTBEAT_STORE_S:
                     w.last_stored, w.stored_state = w.last_seen, state
                     self.store.worker_state(self.key(w), device=w.spec.name, pid=w.proc.pid, state=state)
-            case Ready(device, load_s, protocol):
+            case Ready(device, load_s, python, protocol):
                 if protocol != PROTOCOL:
                     raise UserError(f"worker {w.id} speaks protocol {protocol}, this driver {PROTOCOL}: the stage's "
                                     "Python environment has another evalfleet version; install the same one there")
-                w.ready, w.t_ready = True, time.monotonic()
+                w.ready, w.t_ready, w.python = True, time.monotonic(), python
                 self.store.worker_state(self.key(w), device=device, pid=w.proc.pid, state="running")
                 self.progress.worker(w.spec.name, device)
-                log.info("worker %s ready on %s after %.1f s", w.id, device, load_s)
+                log.info("worker %s ready on %s after %.1f s (python %s)", w.id, device, load_s, python)
                 if line := self.perf.loaded(w.id, load_s, all(x.ready for x in self.workers.values())):
                     self.progress.note(line)
                 self.feed(w)

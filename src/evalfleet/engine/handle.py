@@ -36,6 +36,8 @@ class WorkerHandle:
     """When its heartbeat was last written to the store, and the state written then (running or idle)."""
     hung: str | None = None
     """Why the driver killed it as hung or stalled."""
+    python: str | None = None
+    """The interpreter it runs under, as it reported when ready."""
 
     @property
     def id(self) -> str:
@@ -47,4 +49,4 @@ class WorkerHandle:
         serving = (self.t_stop or now) - self.t_ready if self.t_ready is not None else 0.0
         return {"device": self.spec.name, "gpus": len(self.spec.gpus), "held_s": round(now - self.t_start, 2),
                 "load_s": round((self.t_ready or now) - self.t_start, 2), "busy_s": round(self.busy_s, 2),
-                "busy_fraction": round(self.busy_s / serving, 3) if serving > 0 else None}
+                "busy_fraction": round(self.busy_s / serving, 3) if serving > 0 else None, "python": self.python}

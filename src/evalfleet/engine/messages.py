@@ -36,6 +36,8 @@ class Ready:
     device: str
     """What the replica runs on, for people (e.g. `cuda:0 (NVIDIA H200)`, or `... on <node>` for Ray)."""
     load_s: float
+    python: str
+    """The interpreter it runs under (a stage may name another environment's)."""
     protocol: int = PROTOCOL
 
 

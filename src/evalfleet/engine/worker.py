@@ -12,6 +12,7 @@ import os
 import queue
 import resource
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -295,7 +296,7 @@ def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size:
         backend.on_step = lambda step, steps: loop.send(Step(step, steps))  # denoising: the worker's bar
         if spec.cpu_headroom is not None and not spec.gpus:
             _limit_address_space(spec.cpu_headroom)
-        loop.send(Ready(backend.label + (f" on {where}" if where else ""), load_s))
+        loop.send(Ready(backend.label + (f" on {where}" if where else ""), load_s, sys.executable))
     except Exception:
         loop.send(Fatal(traceback.format_exc()))
         loop.close()

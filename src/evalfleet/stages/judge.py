@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from evalfleet.config import StageConfig
 from evalfleet.records import ImageRef, Result, Sample
@@ -46,11 +46,13 @@ def judge_inputs(
     loaded: dict[str, list[Sample]],
     store: Store,
     cache: JudgeCache | None,
-    ids: dict[str, set[str]] | None = None,
+    answers: dict[str, list[dict[str, Any]]] | None = None,
 ) -> tuple[dict[str, list[Sample]], set[tuple[str, str]]]:
     """Samples whose prompt is the judge template filled with the `answered` stage's answer.
 
-    Only samples answered so far count (of `ids`, when given). One the answering stage failed, or whose
+    `answers`: the answering stage's results just committed, by dataset (`answer_rows`), passed in memory by a
+    feed; None: every answer stored so far (a judge after its answerer, or resuming). One the answering stage
+    failed, or whose
     template cannot be filled, gets an error result at this stage instead (once; a later run does not redo
     it); a request judged before is answered from the cache. Returns the requests by dataset and the
     (dataset, id) of the samples given a result here (errors and cache hits).
@@ -59,11 +61,10 @@ def judge_inputs(
     inputs: dict[str, list[Sample]] = {}
     failed: list[Result] = []
     for name, samples in loaded.items():
-        if ids is not None and name not in ids:
-            continue
         by_id = {s.id: s for s in samples}
         judged = inputs.setdefault(name, [])
-        for row in store.rows(answered.name, name, None if ids is None else ids[name]):
+        rows = store.rows(answered.name, name) if answers is None else answers.get(name, [])
+        for row in rows:
             if row["id"] not in by_id or not row["finished"]:
                 continue
             if row["prediction"] is None:
@@ -86,6 +87,18 @@ def judge_inputs(
     store.add_results(stage.name, failed)
     hits = _from_cache(stage, inputs, store, cache) if cache is not None else set()
     return inputs, hits | {(r.dataset, r.sample_id) for r in failed}
+
+
+def answer_rows(loaded: dict[str, list[Sample]], results: list[Result]) -> dict[str, list[dict[str, Any]]]:
+    """Results as the rows `render_judge_prompt` reads (the store's `rows` shape), by dataset, in memory."""
+    by_id = {(s.dataset, s.id): s for samples in loaded.values() for s in samples}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        s = by_id.get((r.dataset, r.sample_id))
+        if s is not None:
+            out.setdefault(r.dataset, []).append({"id": s.id, "question": s.question, "answers": s.answers,
+                                                  "prediction": r.output, "error": r.error, "finished": True})
+    return out
 
 
 def _cache_key(stage: StageConfig, sample: Sample) -> str:
@@ -119,7 +132,8 @@ def fill_cache(stage: StageConfig, inputs: dict[str, list[Sample]], store: Store
 
 @dataclass
 class JudgeFeed:
-    """Streams the answering stage's stored results into a judge's queue, in chunks of the judge's size."""
+    """Streams the answering stage's committed results, passed in memory, into a judge's queue, in chunks of the
+    judge's size."""
 
     stage: StageConfig
     answered: StageConfig
@@ -134,10 +148,9 @@ class JudgeFeed:
     """Requests not yet in a chunk, by dataset."""
 
     def offer(self, results: list[Result]) -> None:
-        ids: dict[str, set[str]] = {}
-        for r in results:
-            ids.setdefault(r.dataset, set()).add(r.sample_id)
-        new, settled = judge_inputs(self.stage, self.answered, self.loaded, self.store, self.cache, ids)
+        """The answering stage committed `results`: make their judge requests and pass full chunks on."""
+        answers = answer_rows(self.loaded, results)
+        new, settled = judge_inputs(self.stage, self.answered, self.loaded, self.store, self.cache, answers)
         for name, requests in new.items():
             self.inputs.setdefault(name, []).extend(requests)
             self.waiting.setdefault(name, []).extend(s for s in requests if (name, s.id) not in settled)
