@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -239,6 +240,8 @@ def show_cmd(
                 console.print(prompt, markup=False, highlight=False)
                 console.rule(f"{stage.name}: {'error' if row['error'] else 'reply'}", characters="-")
                 console.print(row["error"] or row["prediction"] or "(not answered yet)", markup=False, highlight=False)
+                if row["score"]:
+                    console.print(f"score: {json.dumps(row['score'])}", markup=False, highlight=False)
             if not shown:
                 raise UserError(f"{run_dir}: no sample {sample_id!r} in dataset {dataset!r}")
 

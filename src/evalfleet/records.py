@@ -47,6 +47,8 @@ class Result:
     n_tokens: int | None = None
     prompt: str | None = None
     """The exact prompt the model was given (see `Prepared.prompts`)."""
+    score: dict[str, Any] | None = None
+    """Its score, computed once by the driver as it commits (`scoring.record.score_output`) and stored with it."""
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from evalfleet.plan.stage import make_plan, stage_gpus
 from evalfleet.preflight import check_model_path, check_output_dir, read_datasets, refusals, refuse_fresh_while_live
 from evalfleet.records import Sample
 from evalfleet.reporting.report import write_report
+from evalfleet.scoring import scoring_key
 from evalfleet.stages.judge import JudgeFeed, close_all, fill_cache, judge_inputs, judge_plan_samples, offer_all
 from evalfleet.stopping import Stopped, stop_on_signals
 from evalfleet.store import JudgeCache, Store, network_filesystem, quietly, store_errors
@@ -97,6 +98,8 @@ def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], con
         store.forget_stage(name)
     for stage in stages:
         store.set_fingerprint(stage.name, stage.fingerprint(cfg.seed))
+        if store.get_meta(f"scoring:{stage.name}") is None:  # else reports rescore if the settings changed
+            store.set_meta(f"scoring:{stage.name}", scoring_key(stage, cfg))
     store.set_meta("name", cfg.name)
     store.set_meta("config", cfg.model_dump(mode="json"))
     if retry_errors:

@@ -23,6 +23,7 @@ from evalfleet.observe.performance import Performance
 from evalfleet.observe.progress import RunProgress
 from evalfleet.observe.shown import show_results
 from evalfleet.records import Result, Sample, WorkerSpec
+from evalfleet.scoring import stage_scorer
 from evalfleet.store import Store, quietly
 
 log = logging.getLogger("evalfleet")
@@ -76,7 +77,8 @@ class StageDriver:
 
     def __post_init__(self) -> None:
         self.samples = {(s.dataset, s.id): s for samples in self.inputs.values() for s in samples}
-        """Samples by (dataset, sample id), for --show-samples lines."""
+        """Samples by (dataset, sample id): their answers score the results."""
+        self.score = stage_scorer(self.stage, self.cfg)
 
     # -- inputs -------------------------------------------------------------------------------
     def offer(self, chunks: list[list[Sample]], settled: int = 0) -> None:
@@ -85,6 +87,7 @@ class StageDriver:
         if settled:
             self.progress.advance("-", settled)
         if chunks:
+            self.samples.update({(s.dataset, s.id): s for chunk in chunks for s in chunk})
             self.queue.add(chunks)
             for w in self.workers.values():
                 if w.ready:
@@ -196,12 +199,14 @@ class StageDriver:
             r.worker = w.id
             if r.error:
                 log.warning("sample %s/%s: %s", r.dataset, r.sample_id, r.error)
+            elif (s := self.samples.get((r.dataset, r.sample_id))) is not None:
+                r.score = self.score(r.dataset, r.output, s.answers, s.metadata)
         self.queue.finish_samples(w.spec.name, msg.chunk_id, {r.sample_id for r in msg.results})
         w.busy_s += sum(r.seconds or 0.0 for r in msg.results)
         self.perf.answered(msg.results)
         self.buffer += msg.results
         if self.cfg.show_samples:
-            show_results(self.progress, self.cfg, self.stage, self.samples, w.spec.name, msg.results)
+            show_results(self.progress, self.stage.kind, self.cfg.metrics[0], w.spec.name, msg.results)
         self.worker_counts[w] = self.worker_counts.get(w, 0) + len(msg.results)
         self.progress.advance(w.spec.name, len(msg.results))
 

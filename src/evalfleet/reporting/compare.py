@@ -14,6 +14,7 @@ from evalfleet.config import parse_config
 from evalfleet.errors import UserError
 from evalfleet.reporting.html import html_table
 from evalfleet.reporting.report import build_summary
+from evalfleet.scoring import pass_mark
 from evalfleet.store import Store
 
 BOOTSTRAP = 10_000
@@ -116,10 +117,8 @@ def compare_runs(run_a: Path, run_b: Path, *, metric: str | None = None, seed: i
         metric = common[0]
     elif metric not in common:
         raise UserError(f"--metric {metric}: not in both runs (shared: {', '.join(common) or 'none'})")
-    threshold = 0.5
-    if metric in sa["judges"]:
-        parse = next(s.parse for s in cfg_a.pipeline() if s.name == metric)
-        threshold = (parse.min + parse.max) / 2
+    parse = next((s.parse for s in cfg_a.pipeline() if s.name == metric), None) if metric in sa["judges"] else None
+    threshold = pass_mark(parse)
     a, b = _scores(sa, metric), _scores(sb, metric)
     out = []
     for name in [n for n in a if n in b]:

@@ -14,6 +14,7 @@ from evalfleet.data.datasets import DatasetError, load_samples
 from evalfleet.data.images import open_image
 from evalfleet.records import ImageRef
 from evalfleet.reporting.tables import PERFORMANCE_HEAD, markdown_table, performance_rows
+from evalfleet.scoring import pass_mark
 from evalfleet.store import Store
 
 THUMB_PX = 96
@@ -134,10 +135,18 @@ def _thumb(ref: ImageRef) -> str:
            f'{base64.b64encode(buf.getvalue()).decode()}">'
 
 
-def _images(cfg: RunConfig) -> dict[tuple[str, str], list[ImageRef]]:
-    """The samples' input images, read again from the dataset files (a dataset that is gone has none)."""
+def _images(cfg: RunConfig, rows: dict[str, list[dict[str, Any]]]) -> dict[tuple[str, str], list[ImageRef]]:
+    """The samples' input images: image files as the store references them; images held inside a dataset file
+    (base64, parquet bytes; or a store from before images were referenced) read again from it, if it is there."""
     out: dict[tuple[str, str], list[ImageRef]] = {}
-    for ds in cfg.datasets:
+    again = set()
+    for name, stored in rows.items():
+        for r in stored:
+            if r["images"] is None or any(i["path"] is None for i in r["images"]):
+                again.add(name)
+            elif r["images"]:
+                out[(name, r["id"])] = [ImageRef(i["where"], path=i["path"]) for i in r["images"]]
+    for ds in (d for d in cfg.datasets if d.name in again):
         try:
             samples = load_samples(ds, seed=cfg.seed, limit=cfg.limit)
         except DatasetError:
@@ -150,11 +159,11 @@ def _is_wrong(rec: dict[str, Any], summary: dict[str, Any], cfg: RunConfig) -> b
     """Below half marks: the first metric's score, or without metrics the first judge's score in its range."""
     if summary["metrics"]:
         score = rec.get(summary["metrics"][0])
-        return score is not None and score < 0.5
+        return score is not None and score < pass_mark()
     for stage in cfg.pipeline()[1:]:
         score = rec.get(f"{stage.name}_score")
         if score is not None:
-            return score < (stage.parse.min + stage.parse.max) / 2
+            return score < pass_mark(stage.parse)
     return False
 
 
@@ -174,7 +183,7 @@ def write_html(path: Path, summary: dict[str, Any], records: list[dict[str, Any]
             f"<figure style='display:inline-block;width:48%;margin:0'><figcaption>{e(t)}</figcaption>"
             f"<img alt='{e(t)}' src='data:image/png;base64,{png}'></figure>" for t, png in plots) + "</div>")
 
-    images = _images(cfg) if records else {}
+    images = _images(cfg, summary["_rows"]) if records else {}
     edits = cfg.pipeline()[0].kind == "edit"
     judges = summary["judges"]
     head = ["dataset", "id", "images", "question", "answer", "prediction", "extracted", *summary["metrics"],

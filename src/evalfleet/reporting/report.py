@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sqlite3
 from pathlib import Path
 from statistics import fmean, pstdev
 from typing import Any
@@ -24,9 +25,26 @@ from evalfleet.reporting.tables import (
     performance_table,
     sample_records,
 )
-from evalfleet.scoring import score_rows, summarize
-from evalfleet.scoring.judge import parse_judgement
+from evalfleet.scoring import scoring_key, stage_scorer, summarize, unpack
 from evalfleet.store import Store
+
+
+def _stored_scores(store: Store, stage: StageConfig, cfg: RunConfig, dataset: str, rows: list[dict[str, Any]],
+                   stale: bool) -> None:
+    """The rows' scores as stored; those missing (results stored before scores were, judge cache hits) or `stale`
+    (the scoring settings changed) are computed now, by the same function, and stored."""
+    if stage.kind == "edit":
+        return
+    score = stage_scorer(stage, cfg)
+    redo = {}
+    for row in rows:
+        if row["finished"] and row["error"] is None and row["prediction"] is not None and (stale or not row["score"]):
+            row["score"] = redo[row["id"]] = score(dataset, row["prediction"], row["answers"], row["metadata"])
+    if redo:
+        try:
+            store.set_scores(stage.name, dataset, redo)
+        except sqlite3.Error:  # a store that cannot be written (read-only): the report uses them all the same
+            pass
 
 
 def _judge(rows: list[dict[str, Any]], judge_rows: list[dict[str, Any]], stage: StageConfig) -> dict[str, Any]:
@@ -37,10 +55,10 @@ def _judge(rows: list[dict[str, Any]], judge_rows: list[dict[str, Any]], stage: 
         jr = by_id.get(row["id"])
         entry: dict[str, Any] = {"score": None, "reason": None, "raw": None, "error": None}
         if jr is not None and jr["prediction"] is not None:
-            j = parse_judgement(jr["prediction"], stage.parse)
-            entry.update(score=j.score, reason=j.reason, raw=jr["prediction"], error=j.error)
-            parse_errors += j.error is not None
-            scores += [j.score] if j.score is not None else []
+            j = jr["score"]
+            entry.update(score=j["score"], reason=j["reason"], raw=jr["prediction"], error=j["error"])
+            parse_errors += j["error"] is not None
+            scores += [j["score"]] if j["score"] is not None else []
         elif jr is not None and jr["finished"]:
             entry["error"] = jr["error"]
             errors += 1
@@ -56,6 +74,7 @@ def build_summary(store: Store, cfg: RunConfig) -> dict[str, Any]:
     """Score every finished sample and summarise per dataset and overall; writes nothing."""
     stages = cfg.pipeline()
     generate, judges = stages[0], stages[1:]
+    stale = {s.name: store.get_meta(f"scoring:{s.name}") != scoring_key(s, cfg) for s in stages}
     datasets: dict[str, Any] = {}
     rows_by_ds: dict[str, list[dict[str, Any]]] = {}
     for ds in store.datasets():
@@ -64,12 +83,20 @@ def build_summary(store: Store, cfg: RunConfig) -> dict[str, Any]:
             continue
         rows = list(store.rows(generate.name, ds["name"]))
         metrics = cfg.metrics if generate.kind == "generate" else []  # edited images have no text metrics
-        steps = next((d.extract for d in cfg.datasets if d.name == ds["name"]), None)
-        score_rows(rows, metrics, steps)
+        _stored_scores(store, generate, cfg, ds["name"], rows, stale[generate.name])
+        for row in rows:
+            unpack(row)
         rows_by_ds[ds["name"]] = rows
         datasets[ds["name"]] = {"status": ds["status"], **summarize(rows, metrics)}
         for judge in judges:
-            datasets[ds["name"]][judge.name] = _judge(rows, list(store.rows(judge.name, ds["name"])), judge)
+            judged = list(store.rows(judge.name, ds["name"]))
+            _stored_scores(store, judge, cfg, ds["name"], judged, stale[judge.name])
+            datasets[ds["name"]][judge.name] = _judge(rows, judged, judge)
+    for s in (s for s in stages if stale[s.name]):  # stored scores follow these settings now
+        try:
+            store.set_meta(f"scoring:{s.name}", scoring_key(s, cfg))
+        except sqlite3.Error:
+            pass
     all_rows = [r for rows in rows_by_ds.values() for r in rows]
     metrics = cfg.metrics if generate.kind == "generate" else []
     return {

@@ -5,30 +5,7 @@ from __future__ import annotations
 from statistics import fmean
 from typing import Any
 
-from evalfleet.scoring.extract import default_steps, extract
-from evalfleet.scoring.metrics import METRICS, is_closed_question
-
-
-def score_sample(prediction: str, answers: list[str], metrics: list[str], steps: list[str] | None,
-                 options: dict[str, str] | None) -> tuple[str | None, str, dict[str, float]]:
-    """(extracted answer, the step that found it or `fallback`/`unmatched`, {metric: score}) of one reply.
-
-    `steps` None: the defaults for the sample (multiple choice or not). An unmatched reply scores 0.
-    """
-    extracted, how = extract(prediction, steps or default_steps(options), options)
-    scores = {m: METRICS[m](extracted, answers) if extracted is not None else 0.0 for m in metrics}
-    return extracted, how, scores
-
-
-def score_rows(rows: list[dict[str, Any]], metrics: list[str], steps: list[str] | None = None) -> None:
-    """Add `extracted`, `extraction` and `scores` {metric: value} to each finished row without error (None for
-    the others), the reply's answer taken out by `steps` (`score_sample`)."""
-    for row in rows:
-        if row["finished"] and row["error"] is None and row["prediction"] is not None:
-            row["extracted"], row["extraction"], row["scores"] = score_sample(
-                row["prediction"], row["answers"], metrics, steps, row.get("metadata", {}).get("options"))
-        else:
-            row["extracted"] = row["extraction"] = row["scores"] = None
+from evalfleet.scoring.metrics import is_closed_question
 
 
 def summarize(rows: list[dict[str, Any]], metrics: list[str]) -> dict[str, Any]:

@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS drivers (
     owner TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, state TEXT NOT NULL, started REAL NOT NULL,
     heartbeat REAL NOT NULL, ended REAL);
 """
-ADDED_COLUMNS = {"samples": ["context TEXT"], "results": ["prompt TEXT"]}
+ADDED_COLUMNS = {"samples": ["context TEXT", "images TEXT"], "results": ["prompt TEXT", "score TEXT"]}
 """Columns newer than the first stores, added to an older store when it is opened."""
 
 
@@ -134,13 +134,14 @@ class Store:
         """Store samples in dataset order (`positions`: their places in the whole dataset, for a shard)."""
         rows = [
             (s.dataset, s.id, i, s.question, s.prompt, json.dumps(s.answers), s.source, s.error, json.dumps(s.metadata),
-             json.dumps(s.context))
+             json.dumps(s.context), json.dumps([{"where": r.where, "path": r.path} for r in s.images]))
             for i, s in zip(positions or range(len(samples)), samples)
         ]
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany("INSERT OR REPLACE INTO samples (dataset, id, position, question, prompt, answers, "
-                                "source, error, metadata, context) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                                "source, error, metadata, context, images) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                rows)
 
     def changed_prompts(self, stage: str, samples: list[Sample]) -> list[str]:
         """Ids of `samples` answered at `stage` when their prompt or context (system, few-shot) was another."""
@@ -162,15 +163,24 @@ class Store:
         """Insert results in one transaction; returns how many were new (duplicates are ignored)."""
         now = time.time()
         rows = [
-            (stage, r.dataset, r.sample_id, r.output, r.error, r.worker, r.seconds, r.n_tokens, now, r.prompt)
+            (stage, r.dataset, r.sample_id, r.output, r.error, r.worker, r.seconds, r.n_tokens, now, r.prompt,
+             None if r.score is None else json.dumps(r.score))
             for r in results
         ]
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             before = self.db.total_changes
             self.db.executemany("INSERT OR IGNORE INTO results (stage, dataset, sample_id, output, error, worker, "
-                                "seconds, n_tokens, created, prompt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                                "seconds, n_tokens, created, prompt, score) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                rows)
             return self.db.total_changes - before
+
+    def set_scores(self, stage: str, dataset: str, scores: dict[str, dict[str, Any] | None]) -> None:
+        """Store (or replace) the scores of results already stored: {sample id: score}."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("UPDATE results SET score = ? WHERE stage = ? AND dataset = ? AND sample_id = ?",
+                                [(None if v is None else json.dumps(v), stage, dataset, k) for k, v in scores.items()])
 
     def forget_stage(self, stage: str) -> None:
         """Drop a stage's results and settings so that it runs again (the judge cache stays)."""
@@ -188,7 +198,7 @@ class Store:
         """Samples of a dataset in load order (or only `ids`), joined with their result at `stage` (if any)."""
         query = """SELECT s.id, s.question, s.prompt, s.answers, s.metadata, r.output, COALESCE(r.error, s.error),
                           r.worker, r.seconds, r.n_tokens, r.sample_id IS NOT NULL OR s.error IS NOT NULL,
-                          s.context, r.prompt
+                          s.context, r.prompt, r.score, s.images
                    FROM samples s LEFT JOIN results r
                      ON r.stage = ? AND r.dataset = s.dataset AND r.sample_id = s.id
                    WHERE s.dataset = ?"""
@@ -197,11 +207,12 @@ class Store:
             (query + f" AND s.id IN ({','.join('?' * len(wanted[i:i + 500]))}) ORDER BY s.position", wanted[i:i + 500])
             for i in range(0, len(wanted), 500)]
         keys = ("id", "question", "prompt", "answers", "metadata", "prediction", "error", "worker", "seconds",
-                "n_tokens", "finished", "context", "rendered_prompt")
+                "n_tokens", "finished", "context", "rendered_prompt", "score", "images")
         for sql, args in parts:
             for r in self.db.execute(sql, (stage, dataset, *args)):
                 row = dict(zip(keys, r))
-                for key, empty in (("answers", "[]"), ("metadata", "{}"), ("context", "[]")):
+                for key, empty in (("answers", "[]"), ("metadata", "{}"), ("context", "[]"), ("score", "null"),
+                                   ("images", "null")):
                     row[key] = json.loads(row[key] or empty)
                 row["finished"] = bool(row["finished"])
                 yield row

@@ -1,0 +1,77 @@
+"""One sample's score, computed once, where its result is committed, and stored with it: every view (reports,
+compare, the HTML report, `--show-samples`) reads it from the store.
+
+A `generate` stage's score is the answer extracted from the reply, how it was found, and each metric; a judge
+stage's is its parsed score, reason and parse error; an `edit` stage's outputs are images, scored by judges.
+`scoring_key` names the settings a score depends on: when they change, stored scores are recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from evalfleet.config import JudgeParse, RunConfig, StageConfig
+from evalfleet.scoring.extract import default_steps, extract
+from evalfleet.scoring.judge import parse_judgement
+from evalfleet.scoring.metrics import METRICS
+
+
+def score_output(output: str | None, answers: list[str], *, kind: str = "generate", metrics: list[str] = (),
+                 steps: list[str] | None = None, options: dict[str, str] | None = None,
+                 parse: JudgeParse | None = None) -> dict[str, Any] | None:
+    """The score of one reply: for `generate`, {extracted, extraction (the step that found it, or `unmatched`),
+    metrics {name: value}} (an unmatched reply scores 0; `steps` None: the defaults for the sample, multiple
+    choice or not); for `judge`, {score, reason, error}; None for no reply or an `edit` stage."""
+    if output is None or kind == "edit":
+        return None
+    if kind == "judge":
+        j = parse_judgement(output, parse or JudgeParse())
+        return {"score": j.score, "reason": j.reason, "error": j.error}
+    extracted, how = extract(output, steps or default_steps(options), options)
+    values = {m: METRICS[m](extracted, answers) if extracted is not None else 0.0 for m in metrics}
+    return {"extracted": extracted, "extraction": how, "metrics": values}
+
+
+def stage_scorer(stage: StageConfig, cfg: RunConfig):  # noqa: ANN201 (a closure)
+    """`score(dataset, output, answers, metadata)` for `stage` as `cfg` scores it."""
+    steps = {d.name: d.extract for d in cfg.datasets}
+    metrics = cfg.metrics if stage.kind == "generate" else []
+
+    def score(dataset: str, output: str | None, answers: list[str], metadata: dict[str, Any]) -> dict[str, Any] | None:
+        return score_output(output, answers, kind=stage.kind, metrics=metrics, steps=steps.get(dataset),
+                            options=metadata.get("options"), parse=stage.parse)
+
+    return score
+
+
+def pass_mark(parse: JudgeParse | None = None) -> float:
+    """The lowest score of a right answer: 0.5 for a metric, the middle of a judge's range."""
+    return 0.5 if parse is None else (parse.min + parse.max) / 2
+
+
+def scoring_key(stage: StageConfig, cfg: RunConfig) -> str:
+    """What a stage's stored scores depend on: the metrics and each dataset's extraction steps, or the judge's
+    parsing."""
+    what: Any = stage.parse.model_dump() if stage.kind == "judge" else [
+        cfg.metrics, {d.name: d.extract for d in cfg.datasets}]
+    return hashlib.sha256(json.dumps([stage.kind, what], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def unpack(row: dict[str, Any]) -> None:
+    """Give a stored row of a generate stage its `extracted`, `extraction` and `scores` from its stored score."""
+    score = row.get("score") if row["finished"] and row["error"] is None else None
+    row["extracted"] = score["extracted"] if score else None
+    row["extraction"] = score["extraction"] if score else None
+    row["scores"] = score["metrics"] if score else None
+
+
+def score_rows(rows: list[dict[str, Any]], metrics: list[str], steps: list[str] | None = None) -> None:
+    """Score stored rows now (`score_output`) and unpack them: rows read before scores were stored, or after the
+    scoring settings changed."""
+    for row in rows:
+        ok = row["finished"] and row["error"] is None
+        row["score"] = score_output(row["prediction"], row["answers"], metrics=metrics, steps=steps,
+                                    options=row.get("metadata", {}).get("options")) if ok else None
+        unpack(row)
