@@ -73,9 +73,11 @@ def test_a_second_identical_judge_is_answered_from_the_cache(tmp_path, smollm2):
     store = Store.open_existing(tmp_path / "p")
     cached = list(store.rows("judge2", "qa"))
     judged = {r["id"]: r["prediction"] for r in store.rows("judge", "qa")}
+    scores = {r["id"]: r["score"] for r in store.rows("judge", "qa")}
     store.close()
     assert {r["worker"] for r in cached} == {"cache"}
     assert {r["id"]: r["prediction"] for r in cached} == judged
+    assert {r["id"]: r["score"] for r in cached} == scores and all(v is not None for v in scores.values())
     assert again["datasets"]["qa"]["judge2"] == first["datasets"]["qa"]["judge"]
 
 

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from evalfleet.config import load_config, parse_config
+from evalfleet.config import OVERRIDE_OPTIONS, load_config, option_overrides, parse_config
 from evalfleet.errors import RunError, UserError
 from evalfleet.stopping import Stopped
 
@@ -56,25 +56,6 @@ def _guard(fn: Callable[[], None], store: Path | None = None) -> None:
         raise typer.Exit(130) from None
 
 
-OVERRIDE_KEYS = {"show_samples": "show_samples", "workers": "workers", "batch_size": "model.batch_size", "limit": "limit", "seed": "seed",
-                 "out": "output_dir", "mode": "placement.mode", "max_memory_per_gpu": "placement.max_memory_per_gpu"}
-"""CLI option (parameter name) -> the config key it sets; a `model.` key sets every stage's model."""
-OVERRIDE_OPTIONS = {key: "--" + name.replace("_", "-") for name, key in OVERRIDE_KEYS.items()} | {
-    "gpus": "--gpus", "shard": "--shard", "cluster.backend": "--ray", "cluster.address": "--ray-address"}
-"""Config key -> the CLI option that set it, named in the errors of its value."""
-
-
-def _overrides(*, gpus: str | None = None, **options: Any) -> dict[str, Any]:
-    """CLI options as dotted config keys; unset options are left out."""
-    out: dict[str, Any] = {OVERRIDE_KEYS[k]: v for k, v in options.items() if v is not None}
-    if gpus is not None:
-        try:
-            out["gpus"] = [int(g) for g in gpus.split(",") if g.strip()]
-        except ValueError:
-            raise UserError(f"--gpus expects comma-separated integers, got {gpus!r}") from None
-    return out
-
-
 GpusOpt = Annotated[str | None, typer.Option("--gpus", help="GPU indices, e.g. 0,1,2 (default: all visible).")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="CPU worker processes (forces CPU).")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="At most N samples per dataset.")]
@@ -111,7 +92,7 @@ def run_cmd(
     def go() -> None:
         from evalfleet.cluster.shards import parse_shard
 
-        overrides = _overrides(gpus=gpus, workers=workers, batch_size=batch_size, limit=limit, seed=seed, out=out,
+        overrides = option_overrides(gpus=gpus, workers=workers, batch_size=batch_size, limit=limit, seed=seed, out=out,
                                mode=mode, max_memory_per_gpu=max_memory_per_gpu, show_samples=show_samples or None)
         if shard is not None:
             overrides["shard"] = "/".join(map(str, parse_shard(shard)))
@@ -140,7 +121,7 @@ def plan_cmd(
         from evalfleet.plan.stage import make_plan, stage_gpus
         from evalfleet.stages.judge import judge_plan_samples
 
-        overrides = _overrides(gpus=gpus, workers=workers, mode=mode, max_memory_per_gpu=max_memory_per_gpu)
+        overrides = option_overrides(gpus=gpus, workers=workers, mode=mode, max_memory_per_gpu=max_memory_per_gpu)
         cfg = load_config(config, overrides, OVERRIDE_OPTIONS)
         samples = []
         for ds in cfg.datasets:

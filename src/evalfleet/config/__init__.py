@@ -4,7 +4,7 @@ Unknown keys are rejected; every problem in a file is reported at once, naming t
 settings, `schema` the run's (datasets, stages, placement, cluster), `load` reading a file with CLI overrides.
 """
 
-from evalfleet.config.load import apply_overrides, load_config, parse_config
+from evalfleet.config.load import OVERRIDE_OPTIONS, apply_overrides, load_config, option_overrides, parse_config
 from evalfleet.config.model import DiffusionConfig, GenerationConfig, ModelConfig, ServerConfig
 from evalfleet.config.schema import (
     ClusterConfig,
@@ -17,6 +17,6 @@ from evalfleet.config.schema import (
     StageConfig,
 )
 
-__all__ = ["ClusterConfig", "DatasetConfig", "DiffusionConfig", "FewShotConfig", "FieldMap", "GenerationConfig",
+__all__ = ["OVERRIDE_OPTIONS", "option_overrides", "ClusterConfig", "DatasetConfig", "DiffusionConfig", "FewShotConfig", "FieldMap", "GenerationConfig",
            "JudgeParse", "ModelConfig", "PlacementConfig", "RunConfig", "ServerConfig", "StageConfig",
            "apply_overrides", "load_config", "parse_config"]

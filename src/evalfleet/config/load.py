@@ -11,6 +11,24 @@ from pydantic import BaseModel, ValidationError
 from evalfleet.config.schema import RunConfig
 from evalfleet.errors import UserError, not_utf8
 
+OVERRIDE_KEYS = {"show_samples": "show_samples", "workers": "workers", "batch_size": "model.batch_size", "limit": "limit",
+                 "seed": "seed", "out": "output_dir", "mode": "placement.mode", "max_memory_per_gpu": "placement.max_memory_per_gpu"}
+"""CLI option (parameter name) -> the config key it sets; a `model.` key sets every stage's model."""
+OVERRIDE_OPTIONS = {key: "--" + name.replace("_", "-") for name, key in OVERRIDE_KEYS.items()} | {
+    "gpus": "--gpus", "shard": "--shard", "cluster.backend": "--ray", "cluster.address": "--ray-address"}
+"""Config key -> the CLI option that set it, named in the errors of its value."""
+
+
+def option_overrides(*, gpus: str | None = None, **options: Any) -> dict[str, Any]:
+    """CLI options as dotted config keys; unset options are left out."""
+    out: dict[str, Any] = {OVERRIDE_KEYS[k]: v for k, v in options.items() if v is not None}
+    if gpus is not None:
+        try:
+            out["gpus"] = [int(g) for g in gpus.split(",") if g.strip()]
+        except ValueError:
+            raise UserError(f"--gpus expects comma-separated integers, got {gpus!r}") from None
+    return out
+
 
 def _format_errors(source: str, err: ValidationError) -> str:
     lines = [f"invalid config {source}:"]

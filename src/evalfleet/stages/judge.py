@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from evalfleet.config import StageConfig
 from evalfleet.records import ImageRef, Result, Sample
+from evalfleet.scoring import score_output
 from evalfleet.scoring.judge import render_judge_prompt
 from evalfleet.store import JudgeCache, Store
 
@@ -117,7 +118,9 @@ def _from_cache(
     keys = {(s.dataset, s.id): s.metadata["cache_key"] for samples in inputs.values() for s in samples}
     hits = cache.get(list(keys.values()))
     answered = {(ds, sid): hits[k] for (ds, sid), k in keys.items() if k in hits}
-    store.add_results(stage.name, [Result(ds, sid, out, worker="cache") for (ds, sid), out in answered.items()])
+    store.add_results(stage.name, [Result(ds, sid, out, worker="cache", score=score_output(out, [], kind="judge",
+                                                                                           parse=stage.parse))
+                                   for (ds, sid), out in answered.items()])
     return set(answered)
 
 
