@@ -90,9 +90,9 @@ def judge_inputs(
     return inputs, hits | {(r.dataset, r.sample_id) for r in failed}
 
 
-def answer_rows(loaded: dict[str, list[Sample]], results: list[Result]) -> dict[str, list[dict[str, Any]]]:
-    """Results as the rows `render_judge_prompt` reads (the store's `rows` shape), by dataset, in memory."""
-    by_id = {(s.dataset, s.id): s for samples in loaded.values() for s in samples}
+def answer_rows(by_id: dict[tuple[str, str], Sample], results: list[Result]) -> dict[str, list[dict[str, Any]]]:
+    """Results as the rows `render_judge_prompt` reads (the store's `rows` shape), by dataset, in memory;
+    `by_id`: the answered samples by (dataset, id)."""
     out: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         s = by_id.get((r.dataset, r.sample_id))
@@ -150,9 +150,12 @@ class JudgeFeed:
     waiting: dict[str, list[Sample]] = field(default_factory=dict)
     """Requests not yet in a chunk, by dataset."""
 
+    def __post_init__(self) -> None:
+        self.by_id = {(s.dataset, s.id): s for samples in self.loaded.values() for s in samples}
+
     def offer(self, results: list[Result]) -> None:
         """The answering stage committed `results`: make their judge requests and pass full chunks on."""
-        answers = answer_rows(self.loaded, results)
+        answers = answer_rows(self.by_id, results)
         new, settled = judge_inputs(self.stage, self.answered, self.loaded, self.store, self.cache, answers)
         for name, requests in new.items():
             self.inputs.setdefault(name, []).extend(requests)
