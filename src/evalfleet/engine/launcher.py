@@ -8,10 +8,8 @@ import multiprocessing as mp
 import os
 import secrets
 import subprocess
-import tempfile
 import time
 from multiprocessing.connection import Connection, Listener
-from pathlib import Path
 from typing import Any, Protocol
 
 from evalfleet.engine.worker import worker_main
@@ -93,12 +91,11 @@ class EnvLauncher:
     def __init__(self, python: str) -> None:
         self.python = python
         self.key = secrets.token_bytes(16)
-        self.folder = tempfile.mkdtemp(prefix="evalfleet-")
 
     def start(self, spec: WorkerSpec, model_json: str, batch_size: int, output_dir: str
               ) -> tuple[WorkerProcess, Connection]:
-        address = str(Path(self.folder) / f"{spec.name}-{secrets.token_hex(4)}")
-        with Listener(address, family="AF_UNIX", authkey=self.key) as listener:
+        with Listener(family="AF_UNIX", authkey=self.key) as listener:  # a socket in multiprocessing's temp folder
+            address = listener.address
             listener._listener._socket.settimeout(1.0)  # type: ignore[attr-defined]  # to watch the child meanwhile
             popen = subprocess.Popen([self.python, "-m", "evalfleet.engine.entry", address, self.key.hex()])
             deadline = time.monotonic() + START_TIMEOUT_S

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from evalfleet.config import JudgeParse, RunConfig, StageConfig
@@ -34,8 +35,12 @@ def score_output(output: str | None, answers: list[str], *, kind: str = "generat
     return {"extracted": extracted, "extraction": how, "metrics": values}
 
 
-def stage_scorer(stage: StageConfig, cfg: RunConfig):  # noqa: ANN201 (a closure)
-    """`score(dataset, output, answers, metadata)` for `stage` as `cfg` scores it."""
+Scorer = Callable[[str, str | None, list[str], dict[str, Any]], dict[str, Any] | None]
+"""`score(dataset, output, answers, sample metadata)`."""
+
+
+def stage_scorer(stage: StageConfig, cfg: RunConfig) -> Scorer:
+    """`score_output` for `stage` as `cfg` scores it."""
     steps = {d.name: d.extract for d in cfg.datasets}
     metrics = cfg.metrics if stage.kind == "generate" else []
 
