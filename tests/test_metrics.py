@@ -1,6 +1,6 @@
 import pytest
 
-from evalfleet.scoring import METRICS, is_closed_question, score_rows, summarize
+from evalfleet.scoring import METRICS, is_closed_question, score_output, summarize, unpack
 
 
 @pytest.mark.parametrize(
@@ -33,7 +33,16 @@ def test_closed_and_open_split():
         {"finished": True, "error": "bad image", "prediction": None, "answers": ["no"]},
         {"finished": False, "error": None, "prediction": None, "answers": ["x"]},
     ]
-    score_rows(rows, ["exact_match"])
+    score_now(rows, ["exact_match"])
     s = summarize(rows, ["exact_match"])
     assert (s["samples"], s["finished"], s["errors"], s["scored"]) == (4, 3, 1, 2)
     assert s["exact_match"] == {"all": 0.5, "closed": 1.0, "open": 0.0, "n_closed": 1, "n_open": 1}
+
+
+def score_now(rows, metrics):
+    """Score rows as the driver does when it commits them, then unpack them as reports do."""
+    for r in rows:
+        ok = r["finished"] and r["error"] is None
+        r["score"] = score_output(r["prediction"], r["answers"], metrics=metrics,
+                                  options=r.get("metadata", {}).get("options")) if ok else None
+        unpack(r)

@@ -6,7 +6,7 @@ import pytest
 
 from evalfleet.config import parse_config
 from evalfleet.errors import UserError
-from evalfleet.scoring import score_rows
+from evalfleet.scoring import score_output, unpack
 from evalfleet.scoring.extract import choice, extract
 
 OPTIONS = {"A": "Berlin", "B": "Paris", "C": "Rome", "D": "Madrid"}
@@ -42,7 +42,7 @@ def test_multiple_choice_maps_replies_to_letters_and_never_guesses(reply, letter
 def test_scores_use_the_extracted_answer_and_count_unmatched_replies():
     rows = [{"finished": True, "error": None, "prediction": p, "answers": ["B"], "metadata": {"options": OPTIONS}}
             for p in ("The answer is (B).", "Rome", "no idea")]
-    score_rows(rows, ["exact_match"])
+    score_now(rows, ["exact_match"])
     assert [r["extracted"] for r in rows] == ["B", "C", None]
     assert [r["scores"]["exact_match"] for r in rows] == [1.0, 0.0, 0.0]
     assert [r["extraction"] for r in rows] == ["choice", "choice", "unmatched"]
@@ -76,3 +76,12 @@ def test_mcq_tsv_end_to_end_keeps_reply_and_extracted_letter(tmp_path, smollm2):
         assert (p["extracted"] is None) == (p["extraction"] == "unmatched")
         assert p["score"]["exact_match"] == float(p["extracted"] == p["answer"])
     assert summary["datasets"]["m"]["unmatched"] == sum(p["extraction"] == "unmatched" for p in preds)
+
+
+def score_now(rows, metrics):
+    """Score rows as the driver does when it commits them, then unpack them as reports do."""
+    for r in rows:
+        ok = r["finished"] and r["error"] is None
+        r["score"] = score_output(r["prediction"], r["answers"], metrics=metrics,
+                                  options=r.get("metadata", {}).get("options")) if ok else None
+        unpack(r)

@@ -70,13 +70,3 @@ def unpack(row: dict[str, Any]) -> None:
     row["extracted"] = score["extracted"] if score else None
     row["extraction"] = score["extraction"] if score else None
     row["scores"] = score["metrics"] if score else None
-
-
-def score_rows(rows: list[dict[str, Any]], metrics: list[str], steps: list[str] | None = None) -> None:
-    """Score stored rows now (`score_output`) and unpack them: rows read before scores were stored, or after the
-    scoring settings changed."""
-    for row in rows:
-        ok = row["finished"] and row["error"] is None
-        row["score"] = score_output(row["prediction"], row["answers"], metrics=metrics, steps=steps,
-                                    options=row.get("metadata", {}).get("options")) if ok else None
-        unpack(row)
