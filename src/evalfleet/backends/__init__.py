@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from evalfleet.backends.base import Backend, Generation, Prepared, ReplicaLost, Request, free_memory, is_out_of_memory
+from evalfleet.backends.base import (
+    Backend,
+    Generation,
+    Prepared,
+    ReplicaLost,
+    Request,
+    Stream,
+    free_memory,
+    is_out_of_memory,
+)
 
 if TYPE_CHECKING:
     from evalfleet.config import ModelConfig
@@ -35,5 +44,5 @@ def make_backend(
     return TransformersBackend(cfg, n_gpus, max_memory_per_gpu)
 
 
-__all__ = ["Backend", "Generation", "Prepared", "ReplicaLost", "Request", "free_memory", "is_out_of_memory",
-           "make_backend"]
+__all__ = ["Backend", "Generation", "Prepared", "ReplicaLost", "Request", "Stream", "free_memory",
+           "is_out_of_memory", "make_backend"]

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from evalfleet.prompts import plain_layout
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass
@@ -59,6 +56,21 @@ class Prepared:
     """The exact prompt each request was given (chat-templated text, or the messages as JSON), for the store."""
 
 
+class Stream(Protocol):
+    """Requests in, answers out as each ends (continuous batching): the worker adds prepared batches while the
+    stream is `hungry` and calls `step` while it is `busy`."""
+
+    busy: bool
+    hungry: bool
+
+    def add(self, prepared: Prepared, keys: list[Any]) -> None:
+        """Queue the requests of `prepared`, the i-th known by `keys[i]`."""
+
+    def step(self) -> list[tuple[Any, Generation]]:
+        """Advance; the answers that ended, by key."""
+        ...
+
+
 class Backend(Protocol):
     """Answers batches of requests; one instance lives in each worker process. Backends subclass it, so the
     optional abilities below have their defaults.
@@ -79,6 +91,11 @@ class Backend(Protocol):
     def prepare(self, requests: list[Request]) -> Prepared: ...
 
     def generate(self, prepared: Prepared) -> list[Generation]: ...
+
+    def stream(self, slots: int, first: Prepared | None) -> Stream | None:
+        """A stream of `slots` requests at a time, sized for prompts like `first`, if this backend batches
+        continuously (default: None, the worker calls `generate` per batch)."""
+        return None
 
     def warm_up(self, prepared: Prepared) -> None:
         """Called after `load` with the first batch: one-time work for batches of its shape (default: none)."""

@@ -16,7 +16,10 @@ from transformers import (
 
 from evalfleet.backends.attention import use_decode_attention, use_packed_vision_attention
 from evalfleet.backends.base import Backend, Generation, Prepared, Request
+from evalfleet.backends.continuous import ContinuousEngine, TokenStream
 from evalfleet.backends.fused import fuse_elementwise
+from evalfleet.backends.sampling import Sampler
+from evalfleet.backends.slot_cache import SLOT_ATTENTION
 from evalfleet.backends.static_decode import StaticDecoder
 from evalfleet.config import ModelConfig
 
@@ -43,8 +46,9 @@ def _tensors(encoding: BatchEncoding) -> BatchEncoding:
 class TransformersBackend(Backend):
     """Batched generation with left padding; greedy unless the config asks for sampling.
 
-    Engines: `static` (preallocated KV cache, CUDA-graph decode step; text models, greedy) and
-    `generate` (transformers' own loop; VLMs, sampling, CPU by default).
+    Engines: `continuous` (continuous batching over decode slots, CUDA-graph decode step; text models), `static`
+    (whole batches over a preallocated cache; greedy text models) and `generate` (transformers' loop; VLMs,
+    replicas over several GPUs, CPU by default).
     """
 
     def __init__(self, cfg: ModelConfig, n_gpus: int, max_memory_per_gpu: int | None = None) -> None:
@@ -69,6 +73,7 @@ class TransformersBackend(Backend):
         self.label = f"{where} [{self.engine}]"
         self.model: Any = None
         self.decoder: StaticDecoder | None = None
+        self.streamed: TokenStream | None = None
         self.eos_ids: set[int] = set()
 
     def load(self) -> None:
@@ -86,6 +91,8 @@ class TransformersBackend(Backend):
         self.model = model_cls.from_pretrained(cfg.path, dtype=dtype, device_map=device_map, max_memory=max_memory,
                                                trust_remote_code=cfg.trust_remote_code)
         self.model.eval()
+        if self.engine == "continuous":
+            self.model.set_attn_implementation(SLOT_ATTENTION)
         use_decode_attention(self.model)
         if self.vision:
             use_packed_vision_attention(self.model)
@@ -101,16 +108,35 @@ class TransformersBackend(Backend):
             rows, prompt_len = prepared.inputs["input_ids"].shape
             self.decoder.warm_up(rows, prompt_len, self.cfg.generation.max_new_tokens, self.tokenizer.pad_token_id)
 
+    def stream(self, slots: int, first: Prepared | None) -> TokenStream | None:
+        """The continuous engine with `slots` decode slots, its cache sized for prompts as long as `first`'s longest
+        (it grows when a longer one comes and no slot is busy)."""
+        if self.engine != "continuous":
+            return None
+        gen = self.cfg.generation
+        longest = max((len(ids) for ids, _ in first.inputs), default=0) if first is not None else 0
+        sampler = Sampler(gen.temperature, gen.top_p, gen.top_k)
+        if self.n_gpus:
+            sampler.compile()
+        engine = ContinuousEngine(self.model, slots=slots, length=longest + gen.max_new_tokens,
+                                  max_new_tokens=gen.max_new_tokens, eos_ids=self.eos_ids, sampler=sampler,
+                                  cuda_graphs=self.n_gpus > 0)
+        return TokenStream(engine, self._decode)
+
+    def _decode(self, tokens: list[int]) -> Generation:
+        return Generation(self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), len(tokens))
+
     def _choose_engine(self, n_gpus: int) -> str:
-        """`auto`: the static-cache engine for greedy text models without sliding windows on one GPU, `generate`
-        otherwise."""
+        """`auto`: the continuous engine for text models on one GPU, `generate` otherwise."""
         engine = self.cfg.engine
-        static_ok = not self.vision and not self.sliding and self.cfg.generation.temperature == 0
-        if engine == "static" and not static_ok:
+        greedy = self.cfg.generation.temperature == 0
+        if engine == "static" and (self.vision or self.sliding or not greedy):
             raise ValueError("engine static needs a text model without sliding-window attention and greedy "
                              "decoding (temperature 0)")
+        if engine == "continuous" and (self.vision or n_gpus > 1):
+            raise ValueError("engine continuous needs a text model on one GPU or the CPU")
         if engine == "auto":
-            engine = "static" if static_ok and n_gpus == 1 else "generate"
+            engine = "continuous" if not self.vision and n_gpus == 1 else "generate"
         return engine
 
     def prepare(self, requests: list[Request]) -> Prepared:
@@ -126,16 +152,17 @@ class TransformersBackend(Backend):
             ]
             images = [r.images for r in requests] if any(r.images for r in requests) else None
             inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
-        elif self.tokenizer.chat_template:
-            texts = [
-                self.tokenizer.apply_chat_template(r.messages(system, r.prompt), add_generation_prompt=True,
-                                                   tokenize=False)
-                for r in requests
-            ]
-            inputs = _tensors(self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="np"))
         else:
-            texts = [r.plain_text(system) for r in requests]
-            inputs = _tensors(self.tokenizer(texts, padding=True, return_tensors="np"))
+            templated = bool(self.tokenizer.chat_template)
+            texts = [self.tokenizer.apply_chat_template(r.messages(system, r.prompt), add_generation_prompt=True,
+                                                        tokenize=False) if templated else r.plain_text(system)
+                     for r in requests]
+            special = {"add_special_tokens": False} if templated else {}  # the template has them
+            if self.engine == "continuous":  # no padding: each request is a list of ids, with its seed
+                ids = self.tokenizer(texts, **special)["input_ids"]
+                inputs = [(row, r.seed) for row, r in zip(ids, requests)]
+            else:
+                inputs = _tensors(self.tokenizer(texts, padding=True, return_tensors="np", **special))
         return Prepared(inputs, requests[0].seed, texts)
 
     def _n_tokens(self, row: list[int]) -> int:
@@ -147,6 +174,11 @@ class TransformersBackend(Backend):
     @torch.inference_mode()
     def generate(self, prepared: Prepared) -> list[Generation]:
         gen = self.cfg.generation
+        if self.engine == "continuous":  # a whole batch through the engine (its slots sized for it the first time)
+            if self.streamed is None:
+                self.streamed = self.stream(len(prepared.inputs), prepared)
+            assert self.streamed is not None
+            return self.streamed.run(prepared)
         inputs = prepared.inputs.to(self.model.device)
         pad = self.tokenizer.pad_token_id
         if self.decoder is not None:

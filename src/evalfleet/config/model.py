@@ -20,6 +20,8 @@ class GenerationConfig(_Strict):
     """0 means greedy decoding."""
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     """Nucleus sampling mass (only used when temperature > 0)."""
+    top_k: int = Field(0, ge=0)
+    """Sample among the k likeliest tokens only; 0: no such limit (only used when temperature > 0)."""
 
 
 class DiffusionConfig(_Strict):
@@ -66,9 +68,10 @@ class ModelConfig(_Strict):
     """Weights dtype; `auto` is bfloat16 on GPU and float32 on CPU."""
     trust_remote_code: bool = False
     """Allow model code shipped with the checkpoint to run."""
-    engine: Literal["auto", "generate", "static"] = "auto"
-    """Decoding loop: `static` (preallocated KV cache, decode step replayed as a CUDA graph on GPU; greedy
-    text models), `generate` (transformers' loop); `auto` picks static for greedy text models on one GPU."""
+    engine: Literal["auto", "continuous", "generate", "static"] = "auto"
+    """Decoding loop: `continuous` (continuous batching over decode slots of a preallocated KV cache, decode step
+    replayed as a CUDA graph on GPU; text models, greedy or sampled), `static` (the same cache in whole batches;
+    greedy text models), `generate` (transformers' loop); `auto` picks continuous for text models on one GPU."""
     system_prompt: str | None = None
     """Optional system message put before each question."""
     batch_size: int | Literal["auto"] = "auto"

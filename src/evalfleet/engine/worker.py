@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING, Any
 from evalfleet.config import ModelConfig
 from evalfleet.data.images import open_image
 from evalfleet.engine.messages import Fatal, FromWorker, Heartbeat, Ready, Results, Step, Stop, Unloaded, Work
+from evalfleet.engine.streaming import run_stream
 from evalfleet.records import Result, Sample, WorkerSpec
 from evalfleet.stopping import ignore_stop_signals
 
 if TYPE_CHECKING:
-    from evalfleet.backends import Backend, Prepared
+    from evalfleet.backends import Backend, Prepared, Stream
 
 GROW_AFTER = 8
 """Successful batches in a row after which a batch size halved by out-of-memory doubles again."""
@@ -225,7 +226,9 @@ class WorkerLoop:
         self.backend = backend
         return self._next()
 
-    def run(self, first: Future[ReadyBatch | None]) -> None:
+    def run(self, first: Future[ReadyBatch | None], stream: Stream | None = None) -> None:
+        if stream is not None:
+            return run_stream(self, stream, first)
         job = first
         while (ready := job.result()) is not None and not self.stop_said.is_set():
             job = self._next()  # prepared while this one generates
@@ -288,10 +291,11 @@ def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size:
                                output_dir)
         first = loop.start(backend)  # prepared while the model loads
         backend.load()
-        if first.done() and first.exception() is None:
-            ready = first.result()
-            if ready is not None and ready.prepared is not None:  # e.g. capture the decode step for batches of
-                backend.warm_up(ready.prepared)  # this shape now, rather than in the first one
+        ready = first.result() if first.done() and first.exception() is None else None
+        prepared = ready.prepared if ready is not None else None
+        stream = backend.stream(batch_size, prepared)  # continuous batching, if the backend does it
+        if stream is None and prepared is not None:  # e.g. capture the decode step for batches of this shape now,
+            backend.warm_up(prepared)  # rather than in the first one
         load_s = time.perf_counter() - t0
         backend.on_step = lambda step, steps: loop.send(Step(step, steps))  # denoising: the worker's bar
         if spec.cpu_headroom is not None and not spec.gpus:
@@ -302,7 +306,7 @@ def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size:
         loop.close()
         return
     try:
-        loop.run(first)
+        loop.run(first, stream)
     except EOFError:
         return  # the driver is gone
     finally:

@@ -1,0 +1,312 @@
+"""Continuous batching over a fixed set of decode slots (issue 19).
+
+Each slot holds one request: its prompt's keys and values, then those of the tokens it generates (`SlotCache`).
+A decode step advances every busy slot by one token; when a request ends (an EOS token or its token limit) its
+slot is free, and before a later step new prompts are prefilled into the free slots, so the GPU decodes full
+batches until no request is left. One long answer holds one slot, not a batch.
+
+On CUDA the decode step (forward, next-token choice, bookkeeping) is captured once as a CUDA graph and replayed;
+the host learns which requests ended one step late (their flags are copied while the next step runs), so it
+never waits for the GPU between steps except to read the tokens of ended requests.
+
+    engine = ContinuousEngine(model, slots=256, length=512, max_new_tokens=64, eos_ids={2}, sampler=Sampler())
+    engine.add([Row(key, ids, seed), ...])
+    while engine.busy:
+        for done in engine.step(): ...
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from evalfleet.backends.base import Generation, Prepared, free_memory, is_out_of_memory
+from evalfleet.backends.sampling import Sampler
+from evalfleet.backends.slot_cache import SlotCache
+
+log = logging.getLogger("evalfleet")
+
+LENGTH_QUANTUM = 64
+"""Slot lengths are rounded up to this."""
+PREFILL_TOKENS = 65536
+"""Most prompt tokens prefilled in one forward (activation memory); more wait for the next step."""
+
+
+@dataclass
+class Row:
+    """A request: the caller's key, its prompt's token ids, its sampling seed."""
+
+    key: Any
+    ids: list[int]
+    seed: int
+
+
+@dataclass
+class Done:
+    """An ended request: its new tokens (the EOS token included), or why it has none."""
+
+    key: Any
+    tokens: list[int]
+    error: str | None = None
+
+
+class ContinuousEngine:
+    def __init__(self, model: Any, *, slots: int, length: int, max_new_tokens: int, eos_ids: set[int],
+                 sampler: Sampler, cuda_graphs: bool) -> None:
+        self.model, self.sampler, self.max_new = model, sampler, max_new_tokens
+        self.slots = slots
+        self.refill_at = max(1, slots // 16)
+        """Free slots that make a prefill worth its forward while other slots decode."""
+        self.use_graphs = cuda_graphs and model.device.type == "cuda"
+        dev = model.device
+        self.eos = torch.tensor(sorted(eos_ids) or [-1], device=dev)
+        zeros: dict[str, Any] = {"device": dev, "dtype": torch.long}
+        self.token, self.pos, self.n_new, self.seeds = (torch.zeros(slots, **zeros) for _ in range(4))
+        self.active = torch.zeros(slots, dtype=torch.bool, device=dev)
+        self.ended = torch.zeros(slots, dtype=torch.bool, device=dev)
+        self.out = torch.zeros(slots, max_new_tokens + 1, **zeros)  # [S, W]: new tokens; a spare column for idle slots
+        self.waiting: deque[Row] = deque()
+        self.refused: list[Done] = []
+        self.keys: list[Any] = [None] * slots  # the request each slot holds
+        self.free = list(range(slots))
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.flags: list[tuple[torch.Tensor, Any]] = []  # (pinned copy of `ended`, event) of the step before
+        self.ring: deque[tuple[torch.Tensor, Any]] = deque()
+        self.length = 0
+        self.cache: SlotCache
+        self._allocate(length)
+
+    def _allocate(self, length: int) -> None:
+        """A cache of `length` positions per slot (rounded up), and the decode step captured for it."""
+        self.graph = self.cache = None  # type: ignore[assignment]  # free the old ones first
+        self.length = -(-max(length, self.max_new + 1) // LENGTH_QUANTUM) * LENGTH_QUANTUM
+        self.cache = SlotCache(self.model.config, self.slots, self.length, self.model.device, self.model.dtype)
+        if self.use_graphs:
+            self._capture()
+
+    def _fits(self, row: Row) -> bool:
+        """Whether `row` fits a slot; if not and no slot is busy, the cache grows (by half at least) to hold it."""
+        need = len(row.ids) + self.max_new
+        if need <= self.length:
+            return True
+        if len(self.free) < self.slots:
+            return False  # the cache grows once the busy slots have drained
+        old = self.length
+        try:
+            self._allocate(max(need, old * 3 // 2))
+            return True
+        except Exception as err:
+            if not is_out_of_memory(err):
+                raise
+        free_memory()
+        self._allocate(old)
+        return False
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting or self.refused) or len(self.free) < self.slots
+
+    @property
+    def hungry(self) -> bool:
+        """Fewer requests wait than there are slots: time to add more."""
+        return len(self.waiting) < self.slots
+
+    def add(self, rows: list[Row]) -> None:
+        self.waiting.extend(rows)
+
+    def step(self) -> list[Done]:
+        """Prefill waiting requests into free slots if enough are free (or nothing decodes), then one decode step;
+        returns the requests that ended."""
+        done: list[Done] = []
+        if self.refused or self.waiting and (len(self.free) >= self.refill_at or len(self.free) == self.slots):
+            done += self._admit()
+        if len(self.free) < self.slots:
+            self._decode()
+            done += self._collect()
+        elif self.flags:
+            done += self._collect(final=True)
+        return done
+
+    def _is_eos(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Not `torch.isin`: with more than ~20 EOS ids it sorts and syncs with the host, which breaks capture."""
+        return (tokens[:, None] == self.eos).any(-1)
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, slot_pass: Any, keep: Any) -> torch.Tensor:
+        return self.model(input_ids=ids, position_ids=positions, use_cache=False, slot_pass=slot_pass,
+                          logits_to_keep=keep).logits
+
+    def _decode_step(self) -> None:
+        """One token for every slot (idle slots compute too, into their own spare cache position and column)."""
+        logits = self._forward(self.token[:, None], self.pos[:, None], self.cache.decode(self.pos), 1)[:, -1]
+        new = self.sampler(logits, self.seeds, self.n_new)
+        act = self.active
+        self.out.scatter_(1, self.n_new.clamp(max=self.max_new)[:, None], new[:, None])
+        ended = act & (self._is_eos(new) | (self.n_new + 1 >= self.max_new))
+        self.n_new.add_(act.long())
+        self.pos.add_(act.long())
+        self.token.copy_(new)
+        self.active.logical_and_(~ended)
+        self.ended.copy_(ended)
+
+    def _capture(self) -> None:
+        """Capture the decode step (every slot idle: the warm-up changes nothing that matters)."""
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), torch.inference_mode():
+                for _ in range(2):
+                    self._decode_step()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph), torch.inference_mode():
+                self._decode_step()
+            self.graph = graph
+        except Exception as err:  # an op that cannot be captured: decode eagerly
+            log.warning("CUDA graph capture failed (%s: %s); decoding without graphs", type(err).__name__, err)
+            self.use_graphs = False
+        self.ended.zero_()
+
+    @torch.inference_mode()
+    def _decode(self) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._decode_step()
+        if self.model.device.type == "cuda":
+            if not self.ring:  # pinned buffers and events, reused: at most two are pending at a time
+                self.ring = deque((torch.empty(self.slots, dtype=torch.bool, pin_memory=True), torch.cuda.Event())
+                                  for _ in range(3))
+            host, event = self.ring[0]
+            self.ring.rotate(-1)
+            host.copy_(self.ended, non_blocking=True)
+            event.record()
+            self.flags.append((host, event))
+        else:
+            self.flags.append((self.ended.clone(), None))
+
+    def _collect(self, final: bool = False) -> list[Done]:
+        """Requests whose end the step before this one flagged (or the last step, once nothing decodes)."""
+        done: list[Done] = []
+        while len(self.flags) > (0 if final else 1):
+            host, event = self.flags.pop(0)
+            if event is not None:
+                event.synchronize()
+            ended = host.nonzero().flatten().tolist()
+            if ended:
+                done += self._release(ended)
+        return done
+
+    def _release(self, slots: list[int]) -> list[Done]:
+        index = torch.tensor(slots, device=self.out.device)
+        counts = self.n_new[index].tolist()
+        tokens = self.out[index].tolist()
+        done = [Done(self.keys[s], row[:n]) for s, row, n in zip(slots, tokens, counts)]
+        for s in slots:
+            self.keys[s] = None
+        self.free += slots
+        return done
+
+    def _take(self) -> list[Row]:
+        """Waiting requests for the free slots, up to PREFILL_TOKENS prompt tokens (at least one request)."""
+        rows: list[Row] = []
+        total = 0
+        while self.waiting and len(rows) < len(self.free):
+            row = self.waiting[0]
+            if rows and total + len(row.ids) > PREFILL_TOKENS:
+                break
+            if row.ids and not self._fits(row):
+                if len(self.free) == self.slots:  # it could not grow: no memory for it
+                    self.waiting.popleft()
+                    self.refused.append(Done(row.key, [], f"prompt of {len(row.ids)} tokens + max_new_tokens "
+                                                          f"{self.max_new} do not fit in memory"))
+                    continue
+                break
+            rows.append(self.waiting.popleft())
+            total += len(row.ids)
+        return rows
+
+    @torch.inference_mode()
+    def _admit(self) -> list[Done]:
+        """Prefill waiting requests into free slots; their first tokens come from the prompts' last logits."""
+        rows = []
+        for row in self._take():
+            if row.ids:
+                rows.append(row)
+            else:
+                self.refused.append(Done(row.key, [], "empty prompt"))
+        done, self.refused = self.refused, []
+        while rows:
+            try:
+                done += self._prefill(rows)
+                return done
+            except Exception as err:
+                if not is_out_of_memory(err):
+                    raise
+            free_memory()
+            if len(rows) == 1:
+                done.append(Done(rows[0].key, [], f"out of memory prefilling {len(rows[0].ids)} prompt tokens alone"))
+                return done
+            half = len(rows) // 2
+            log.warning("out of memory prefilling %d prompts; %d now, the rest later", len(rows), half)
+            self.waiting.extendleft(reversed(rows[half:]))
+            rows = rows[:half]
+        return done
+
+    def _prefill(self, rows: list[Row]) -> list[Done]:
+        dev = self.out.device
+        slots = self.free[: len(rows)]
+        lengths = [len(r.ids) for r in rows]
+        ids = torch.tensor([t for r in rows for t in r.ids], device=dev)
+        slot_pass = self.cache.prefill(slots, lengths)
+        last = slot_pass.cu_q[1:].long() - 1
+        logits = self._forward(ids[None], slot_pass.positions[None], slot_pass, last)[0]  # [n, V]
+        index = torch.tensor(slots, device=dev)
+        seeds = torch.tensor([r.seed & ((1 << 63) - 1) for r in rows], device=dev)
+        first = self.sampler(logits, seeds, torch.zeros_like(seeds))
+        ended = self._is_eos(first) | (self.max_new <= 1)
+        self.token[index] = first
+        self.pos[index] = torch.tensor(lengths, device=dev)
+        self.n_new[index] = 1
+        self.seeds[index] = seeds
+        self.out[index, 0] = first
+        self.active[index] = ~ended
+        del self.free[: len(rows)]
+        for s, r in zip(slots, rows):
+            self.keys[s] = r.key
+        finished = [s for s, e in zip(slots, ended.tolist()) if e]
+        return self._release(finished) if finished else []
+
+
+class TokenStream:
+    """The engine as a backend's `Stream`: prepared batches are lists of (prompt token ids, seed); `decode` turns
+    an answer's tokens into its Generation."""
+
+    def __init__(self, engine: ContinuousEngine, decode: Callable[[list[int]], Generation]) -> None:
+        self.engine, self.decode = engine, decode
+
+    @property
+    def busy(self) -> bool:
+        return self.engine.busy
+
+    @property
+    def hungry(self) -> bool:
+        return self.engine.hungry
+
+    def add(self, prepared: Prepared, keys: list[Any]) -> None:
+        self.engine.add([Row(key, ids, seed) for key, (ids, seed) in zip(keys, prepared.inputs)])
+
+    def step(self) -> list[tuple[Any, Generation]]:
+        return [(d.key, Generation("", 0, d.error) if d.error else self.decode(d.tokens)) for d in self.engine.step()]
+
+    def run(self, prepared: Prepared) -> list[Generation]:
+        """A whole batch's answers, in order."""
+        self.add(prepared, list(range(len(prepared.inputs))))
+        answers: dict[Any, Generation] = {}
+        while self.busy:
+            answers.update(self.step())
+        return [answers[i] for i in range(len(prepared.inputs))]

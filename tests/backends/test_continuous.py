@@ -1,0 +1,103 @@
+"""The continuous engine (CPU, fp32, real tiny models): greedy answers equal one-at-a-time `generate` when slots
+are refilled mid-run; sampled answers depend on the sample alone, not on its slot or neighbours."""
+
+import pytest
+import torch
+
+from evalfleet.backends import Request
+from evalfleet.backends.sampling import Sampler, uniform
+from evalfleet.backends.transformers_backend import TransformersBackend
+from evalfleet.config import ModelConfig
+
+QUESTIONS = [
+    "What is 2 + 3?", "What is the capital of France? Answer in one word.", "Name a colour.",
+    "How many legs does a spider have?", "What is 12 + 7?", "Say hello.", "What is the capital of Japan?",
+    "Which planet is the largest in the solar system? Explain briefly.", "Count to five.", "Write a haiku.",
+]
+
+
+def backend(path, engine: str, new_tokens: int = 12, **generation) -> TransformersBackend:
+    cfg = ModelConfig(path=str(path), dtype="float32", engine=engine,
+                      generation={"max_new_tokens": new_tokens, **generation})
+    b = TransformersBackend(cfg, n_gpus=0)
+    b.load()
+    return b
+
+
+def streamed(b: TransformersBackend, requests: list[Request], slots: int) -> list[tuple[str, int]]:
+    """All requests through a stream of `slots` slots: slots are refilled as rows end."""
+    stream = b.stream(slots, None)
+    assert stream is not None
+    return [(g.text, g.n_tokens) for g in stream.run(b.prepare(requests))]
+
+
+@pytest.fixture(scope="module")
+def reference(smollm2):
+    requests = [Request(q, [], 0) for q in QUESTIONS]
+    b = backend(smollm2, "generate", new_tokens=20)
+    return requests, [(g.text, g.n_tokens) for r in requests for g in b.generate(b.prepare([r]))]
+
+
+def test_refilled_slots_give_one_at_a_time_answers(smollm2, reference):
+    requests, expected = reference
+    lengths = {n for _, n in expected}
+    assert len(lengths) > 1 and min(lengths) < 20  # rows end at different steps (EOS), so slots are refilled
+    b = backend(smollm2, "continuous", new_tokens=20)
+    for slots in (3, 1, 10):
+        assert streamed(b, requests, slots) == expected, slots
+
+
+def test_a_prompt_longer_than_the_cache_grows_it(smollm2, reference):
+    requests, expected = reference
+    long = Request(" ".join(QUESTIONS * 2), [], 0)  # ~170 tokens: past the first cache's 64 positions
+    ref = backend(smollm2, "generate", new_tokens=20)
+    expected = expected + [(g.text, g.n_tokens) for g in ref.generate(ref.prepare([long]))]
+    b = backend(smollm2, "continuous", new_tokens=20)
+    stream = b.stream(4, b.prepare(requests[:1]))  # sized for the first prompt only
+    assert stream is not None
+    before = stream.engine.length
+    assert [(g.text, g.n_tokens) for g in stream.run(b.prepare([*requests, long]))] == expected
+    assert stream.engine.length > before
+
+
+def test_sampled_answers_depend_on_the_sample_alone(smollm2):
+    requests = [Request(q, [], seed) for q in QUESTIONS for seed in (1, 2)]
+    b = backend(smollm2, "continuous", new_tokens=16, temperature=0.9, top_p=0.9)
+    wide = streamed(b, requests, 20)
+    narrow = streamed(b, requests[::-1], 3)[::-1]  # other slots, other neighbours, another order
+    assert wide == narrow
+    assert sum(a != b for a, b in zip(wide[::2], wide[1::2])) >= 3  # the seed matters: sampling happened
+    greedy = streamed(backend(smollm2, "continuous", new_tokens=16), requests, 20)
+    assert wide != greedy
+
+
+def test_sampler_keeps_the_nucleus_and_draws_by_seed_and_step():
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0, -3.0]]).repeat(20000, 1)
+    seeds, steps = torch.arange(20000), torch.zeros(20000, dtype=torch.long)
+    probs = logits[0].softmax(-1)
+    drawn = torch.bincount(Sampler(1.0)(logits, seeds, steps), minlength=5) / 20000
+    assert torch.allclose(drawn, probs, atol=0.01)
+    nucleus = torch.bincount(Sampler(1.0, top_p=0.7)(logits, seeds, steps), minlength=5) / 20000
+    assert nucleus[2:].sum() == 0 and abs(nucleus[0] - probs[0] / probs[:2].sum()) < 0.01
+    top2 = torch.bincount(Sampler(1.0, top_k=2)(logits, seeds, steps), minlength=5) / 20000
+    assert top2[2:].sum() == 0
+    assert not torch.equal(uniform(seeds, steps), uniform(seeds, steps + 1))
+    assert torch.equal(uniform(seeds[:5], steps[:5]), uniform(seeds, steps)[:5])
+
+
+def test_sliding_window_model_equals_generate(tmp_path, smollm2):
+    """A Mistral with a 6-token window: prompts longer than the window attend over the window only."""
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=6,
+                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    MistralForCausalLM(config).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    requests = [Request(q, [], 0) for q in QUESTIONS[:5]]
+    ref = backend(tmp_path, "generate", new_tokens=10)
+    assert ref.sliding
+    expected = [(g.text, g.n_tokens) for r in requests for g in ref.generate(ref.prepare([r]))]
+    assert streamed(backend(tmp_path, "continuous", new_tokens=10), requests, 2) == expected
