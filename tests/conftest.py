@@ -12,6 +12,7 @@ from rich.console import Console
 from tiny_models import install_video_processor_shim
 
 from evalfleet.config import RunConfig, parse_config
+from evalfleet.scoring import score_output, unpack
 
 install_video_processor_shim()
 pytest_plugins = ["require_all"]
@@ -69,3 +70,12 @@ def make_config(out: Path, model_path: Path, datasets: list[dict[str, Any]], **o
 
 def quiet_console() -> Console:
     return Console(file=io.StringIO(), width=200)
+
+
+def score_now(rows: list[dict[str, Any]], metrics: list[str]) -> None:
+    """Score rows as the driver does when it commits them, then unpack them as reports do."""
+    for r in rows:
+        ok = r["finished"] and r["error"] is None
+        r["score"] = score_output(r["prediction"], r["answers"], metrics=metrics,
+                                  options=r.get("metadata", {}).get("options")) if ok else None
+        unpack(r)

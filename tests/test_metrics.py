@@ -1,6 +1,7 @@
 import pytest
+from conftest import score_now
 
-from evalfleet.scoring import METRICS, is_closed_question, score_output, summarize, unpack
+from evalfleet.scoring import METRICS, is_closed_question, summarize
 
 
 @pytest.mark.parametrize(
@@ -38,11 +39,3 @@ def test_closed_and_open_split():
     assert (s["samples"], s["finished"], s["errors"], s["scored"]) == (4, 3, 1, 2)
     assert s["exact_match"] == {"all": 0.5, "closed": 1.0, "open": 0.0, "n_closed": 1, "n_open": 1}
 
-
-def score_now(rows, metrics):
-    """Score rows as the driver does when it commits them, then unpack them as reports do."""
-    for r in rows:
-        ok = r["finished"] and r["error"] is None
-        r["score"] = score_output(r["prediction"], r["answers"], metrics=metrics,
-                                  options=r.get("metadata", {}).get("options")) if ok else None
-        unpack(r)

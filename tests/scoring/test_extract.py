@@ -3,10 +3,10 @@
 import json
 
 import pytest
+from conftest import score_now
 
 from evalfleet.config import parse_config
 from evalfleet.errors import UserError
-from evalfleet.scoring import score_output, unpack
 from evalfleet.scoring.extract import choice, extract
 
 OPTIONS = {"A": "Berlin", "B": "Paris", "C": "Rome", "D": "Madrid"}
@@ -77,11 +77,3 @@ def test_mcq_tsv_end_to_end_keeps_reply_and_extracted_letter(tmp_path, smollm2):
         assert p["score"]["exact_match"] == float(p["extracted"] == p["answer"])
     assert summary["datasets"]["m"]["unmatched"] == sum(p["extraction"] == "unmatched" for p in preds)
 
-
-def score_now(rows, metrics):
-    """Score rows as the driver does when it commits them, then unpack them as reports do."""
-    for r in rows:
-        ok = r["finished"] and r["error"] is None
-        r["score"] = score_output(r["prediction"], r["answers"], metrics=metrics,
-                                  options=r.get("metadata", {}).get("options")) if ok else None
-        unpack(r)
