@@ -1,6 +1,9 @@
 """The continuous engine (CPU, fp32, real tiny models): greedy answers equal one-at-a-time `generate` when slots
 are refilled mid-run; sampled answers depend on the sample alone, not on its slot or neighbours."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -101,3 +104,27 @@ def test_sliding_window_model_equals_generate(tmp_path, smollm2):
     assert ref.sliding
     expected = [(g.text, g.n_tokens) for r in requests for g in ref.generate(ref.prepare([r]))]
     assert streamed(backend(tmp_path, "continuous", new_tokens=10), requests, 2) == expected
+
+
+def test_slots_that_do_not_fit_in_memory_are_halved(smollm2):
+    """Under an address-space limit 1.5 GB above the loaded model, 4,096 slots (~12 GB of cache) cannot be allocated:
+    the engine starts with fewer slots and still answers."""
+    script = f"""
+import resource
+from evalfleet.backends import Request
+from evalfleet.config import ModelConfig
+from evalfleet.backends.transformers_backend import TransformersBackend
+b = TransformersBackend(ModelConfig(path={str(smollm2)!r}, dtype="float32", engine="continuous",
+                                    generation={{"max_new_tokens": 8}}), n_gpus=0)
+b.load()
+with open("/proc/self/status") as f:
+    size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize"))
+resource.setrlimit(resource.RLIMIT_AS, (size + 1_500_000_000, resource.RLIM_INFINITY))
+stream = b.stream(4096, None)
+print("slots", stream.engine.slots)
+print("answer", stream.run(b.prepare([Request("Say hello.", [], 0)]))[0].text)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    slots = int(out.stdout.split("slots ")[1].split()[0])
+    assert 1 <= slots < 4096 and "answer Hello" in out.stdout, out.stdout

@@ -79,12 +79,16 @@ class ContinuousEngine:
         self._allocate(length)
 
     def _allocate(self, length: int) -> None:
-        """A cache of `length` positions per slot (rounded up), and the decode step captured for it."""
+        """A cache of `length` positions per slot (rounded up), and the decode step captured (or run once) for it."""
         self.graph = self.cache = None  # type: ignore[assignment]  # free the old ones first
         self.length = -(-max(length, self.max_new + 1) // LENGTH_QUANTUM) * LENGTH_QUANTUM
         self.cache = SlotCache(self.model.config, self.slots, self.length, self.model.device, self.model.dtype)
         if self.use_graphs:
             self._capture()
+        else:  # one step now, every slot idle: a step that does not fit in memory fails here, not mid-run
+            with torch.inference_mode():
+                self._decode_step()
+            self.ended.zero_()
 
     def _fits(self, row: Row) -> bool:
         """Whether `row` fits a slot; if not and no slot is busy, the cache grows (by half at least) to hold it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -15,13 +16,15 @@ from transformers import (
 )
 
 from evalfleet.backends.attention import use_decode_attention, use_packed_vision_attention
-from evalfleet.backends.base import Backend, Generation, Prepared, Request
+from evalfleet.backends.base import Backend, Generation, Prepared, Request, free_memory, is_out_of_memory
 from evalfleet.backends.continuous import ContinuousEngine, TokenStream
 from evalfleet.backends.fused import fuse_elementwise
 from evalfleet.backends.sampling import Sampler
 from evalfleet.backends.slot_cache import SLOT_ATTENTION
 from evalfleet.backends.static_decode import StaticDecoder
 from evalfleet.config import ModelConfig
+
+log = logging.getLogger("evalfleet")
 
 
 def is_vision_model(config: Any) -> bool:
@@ -118,10 +121,18 @@ class TransformersBackend(Backend):
         sampler = Sampler(gen.temperature, gen.top_p, gen.top_k)
         if self.n_gpus:
             sampler.compile()
-        engine = ContinuousEngine(self.model, slots=slots, length=longest + gen.max_new_tokens,
-                                  max_new_tokens=gen.max_new_tokens, eos_ids=self.eos_ids, sampler=sampler,
-                                  cuda_graphs=self.n_gpus > 0)
-        return TokenStream(engine, self._decode)
+        while True:  # a cache that does not fit: half the slots, down to one
+            try:
+                engine = ContinuousEngine(self.model, slots=slots, length=longest + gen.max_new_tokens,
+                                          max_new_tokens=gen.max_new_tokens, eos_ids=self.eos_ids, sampler=sampler,
+                                          cuda_graphs=self.n_gpus > 0)
+                return TokenStream(engine, self._decode)
+            except Exception as err:
+                if not is_out_of_memory(err) or slots == 1:
+                    raise
+            free_memory()
+            log.warning("out of memory allocating %d decode slots; trying %d", slots, slots // 2)
+            slots //= 2
 
     def _decode(self, tokens: list[int]) -> Generation:
         return Generation(self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), len(tokens))

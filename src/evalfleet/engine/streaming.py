@@ -63,7 +63,7 @@ def run_stream(loop: WorkerLoop, stream: Stream, first: Future[ReadyBatch | None
             if not job.done():  # the engine has nothing to do: send every answer before waiting for work
                 outbox.flush(force=True)
             ready = job.result()
-            job = None if ready is None else loop._next()
+            job = None if ready is None else loop.next_batch()
             if ready is not None:
                 outbox.put(ready.batch.chunk_id, ready.errors)
                 if ready.failure is not None or ready.prepared is None:

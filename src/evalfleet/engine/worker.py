@@ -216,7 +216,7 @@ class WorkerLoop:
         with self.preparing:  # tokenizers set their padding per call: one batch at a time
             return prepare_batch(self.backend, batch)
 
-    def _next(self) -> Future[ReadyBatch | None]:
+    def next_batch(self) -> Future[ReadyBatch | None]:
         """The next batch, taken and prepared on the prefetch thread."""
         return self.prefetch.submit(lambda: None if (b := self.take()) is None else self._prepare(b))
 
@@ -224,14 +224,14 @@ class WorkerLoop:
         """Prepare the first batch with `backend` on the prefetch thread (the driver sends a worker its first
         chunk as it starts it), while the main thread loads the model."""
         self.backend = backend
-        return self._next()
+        return self.next_batch()
 
     def run(self, first: Future[ReadyBatch | None], stream: Stream | None = None) -> None:
         if stream is not None:
             return run_stream(self, stream, first)
         job = first
         while (ready := job.result()) is not None and not self.stop_said.is_set():
-            job = self._next()  # prepared while this one generates
+            job = self.next_batch()  # prepared while this one generates
             self.send(Results(ready.batch.chunk_id, self._answer(ready), self.log[:]))
             self.log.clear()
         self.prefetch.shutdown()
