@@ -20,7 +20,7 @@ from typing import Any
 
 from evalfleet.errors import UserError
 from evalfleet.records import Result, Sample
-from evalfleet.store.health import StoreReplaced, describe
+from evalfleet.store.health import StoreReplaced, connect, describe
 from evalfleet.store.hosts import pid_alive
 
 SCHEMA = """
@@ -48,29 +48,23 @@ ADDED_COLUMNS = {"samples": ["context TEXT", "images TEXT"], "results": ["prompt
 """Columns newer than the first stores, added to an older store when it is opened."""
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    """A WAL-mode connection that waits (up to a minute) for other writers instead of failing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, timeout=60, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.execute("PRAGMA busy_timeout=60000")
-    return db
-
-
 class Store:
     """Thin typed access to the run database. Only the driver process writes results."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self.db = _connect(path)
+            self.db = connect(path)
             self.db.executescript(SCHEMA)
             for table, columns in ADDED_COLUMNS.items():
                 have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
                 for column in columns:
                     if column.split()[0] not in have:
-                        self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+                        try:
+                            self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+                        except sqlite3.OperationalError as err:  # another driver opening it added it first
+                            if "duplicate column" not in str(err):
+                                raise
         except sqlite3.Error as err:
             raise describe(err, path) from err
         self.file_id = self._file_id()

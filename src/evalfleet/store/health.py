@@ -5,12 +5,31 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from evalfleet.errors import RunError, UserError
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A WAL-mode connection that waits (up to a minute) for other writers instead of failing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, timeout=60, isolation_level=None)
+    deadline = time.monotonic() + 60
+    while True:  # the switch to WAL can fail at once, without waiting, while another process makes it
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA busy_timeout=60000")
+    return db
 
 
 class StoreDamaged(UserError):

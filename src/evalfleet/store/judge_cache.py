@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evalfleet.store.db import _connect
+from evalfleet.store.health import connect
 
 
 class JudgeCache:
@@ -13,7 +13,7 @@ class JudgeCache:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.db = _connect(path)
+        self.db = connect(path)
         self.db.execute("CREATE TABLE IF NOT EXISTS judge_cache (key TEXT PRIMARY KEY, output TEXT NOT NULL)")
 
     def get(self, keys: list[str]) -> dict[str, str]:
