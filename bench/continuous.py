@@ -116,7 +116,7 @@ def main() -> None:
     b.load()
     model, pad = b.model, b.tokenizer.pad_token_id
     texts = chat_prompts(args.work, max(args.rows, args.uniform), 256)
-    ids = [ids for ids, _ in b.prepare([Request(t, [], 0) for t in texts]).inputs]
+    ids = [r.ids for r in b.prepare([Request(t, [], 0) for t in texts]).inputs]
     greedy, sampled = Sampler(), Sampler(0.7, top_p=0.9)
     sampled.compile()
     rows: list[tuple[str, str, float]] = []

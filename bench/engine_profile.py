@@ -52,7 +52,7 @@ def main() -> None:
     path = qwen25_text(args.work, "7b")
     b = TransformersBackend(ModelConfig(path=str(path), engine="continuous"), n_gpus=1)
     b.load()
-    ids = [x for x, _ in b.prepare([Request(t, [], 0) for t in chat_prompts(args.work, args.rows, 256)]).inputs]
+    ids = [r.ids for r in b.prepare([Request(t, [], 0) for t in chat_prompts(args.work, args.rows, 256)]).inputs]
     print("prompt lengths", min(map(len, ids)), max(map(len, ids)))
     n = len(ids) * 64
     for label, fn in (("continuous", lambda: continuous(b.model, ids, args.slots, 64, set(), Sampler())[0]),

@@ -79,3 +79,22 @@ def score_now(rows: list[dict[str, Any]], metrics: list[str]) -> None:
         r["score"] = score_output(r["prediction"], r["answers"], metrics=metrics,
                                   options=r.get("metadata", {}).get("options")) if ok else None
         unpack(r)
+
+
+def loaded_backend(path: Path, engine: str, new_tokens: int = 12, **generation: Any) -> Any:
+    """A loaded TransformersBackend on the CPU in fp32 with `engine`, greedy unless `generation` says."""
+    from evalfleet.backends.transformers_backend import TransformersBackend
+    from evalfleet.config import ModelConfig
+
+    cfg = ModelConfig(path=str(path), dtype="float32", engine=engine,
+                      generation={"max_new_tokens": new_tokens, **generation})
+    b = TransformersBackend(cfg, n_gpus=0)
+    b.load()
+    return b
+
+
+def continuous_answers(b: Any, requests: list[Any], slots: int) -> list[tuple[str, int]]:
+    """All requests through a continuous stream of `slots` slots (refilled as rows end): (text, tokens) each."""
+    stream = b.stream(slots, None)
+    assert stream is not None
+    return [(g.text, g.n_tokens) for g in stream.run(b.prepare(requests))]

@@ -8,6 +8,7 @@ import shutil
 
 import easy_vqa
 from conftest import make_config, quiet_console
+from test_run import predictions
 
 from evalfleet.run import run
 from evalfleet.store import Store
@@ -60,8 +61,15 @@ def test_vlm_run_over_every_format_with_bad_rows_and_a_failed_dataset(tmp_path, 
     assert "dataset gone failed" in log and "sample local/broken:" in log and "unreadable image" in log
 
 
-def test_qwen25_vl_on_easy_vqa_with_two_workers(tmp_path, tiny_qwen25vl):
-    cfg = make_config(tmp_path, tiny_qwen25vl, [{"name": "ev", "builtin": "easy-vqa", "limit": 8}], workers=2,
-                      metrics=["exact_match"], model={"batch_size": 2, "generation": {"max_new_tokens": 4}})
-    summary = run(cfg, console=quiet_console())
-    assert (summary["datasets"]["ev"]["finished"], summary["datasets"]["ev"]["errors"]) == (8, 0)
+def test_qwen25_vl_on_easy_vqa_with_two_workers_on_either_engine(tmp_path, tiny_qwen25vl):
+    """The continuous engine (requests streamed from the workers' prefetch, images packed into its prefills)
+    answers as the `generate` engine does."""
+    answers = {}
+    for engine in ("continuous", "generate"):
+        cfg = make_config(tmp_path / engine, tiny_qwen25vl, [{"name": "ev", "builtin": "easy-vqa", "limit": 8}],
+                          workers=2, metrics=["exact_match"],
+                          model={"batch_size": 2, "engine": engine, "generation": {"max_new_tokens": 4}})
+        summary = run(cfg, console=quiet_console())
+        assert (summary["datasets"]["ev"]["finished"], summary["datasets"]["ev"]["errors"]) == (8, 0)
+        answers[engine] = predictions(tmp_path / engine / "t", "ev")
+    assert answers["continuous"] == answers["generate"]

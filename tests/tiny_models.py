@@ -41,71 +41,93 @@ def install_video_processor_shim() -> None:
     spec.loader.exec_module(importlib.util.module_from_spec(spec))  # installs on import
 
 
-def build_tiny_qwen2vl(path: Path, seed: int = 0, arch: str = "qwen2_vl") -> Path:
-    """Build a tiny random Qwen2-VL (or, with arch="qwen2_5_vl", Qwen2.5-VL) folder at `path`.
+GLM4V_SPECIAL_TOKENS = [
+    "<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|begin_of_image|>",
+    "<|end_of_image|>", "<|image|>", "<|begin_of_video|>", "<|end_of_video|>", "<|video|>",
+]  # fmt: skip
 
-    A 64x64 image becomes 4 image tokens. Load it with `AutoProcessor` after
-    `install_video_processor_shim()` (or with `SHIM_DIR` on PYTHONPATH).
-    """
+GLM4V_CHAT_TEMPLATE = (
+    "[gMASK]<sop>{% for message in messages %}<|{{ message['role'] }}|>\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|begin_of_image|><|image|><|end_of_image|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+VLM_ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "glm4v")
+
+
+def _tiny_tokenizer(special: list[str], eos: str, chat_template: str):  # -> PreTrainedTokenizerFast
+    """A byte-level BPE of 400 tokens trained on easy-VQA's questions and answers, with `special` tokens."""
     import easy_vqa
-    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (
-        PreTrainedTokenizerFast,
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-    )
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers import PreTrainedTokenizerFast
 
     questions = easy_vqa.get_train_questions()[0] + easy_vqa.get_test_questions()[0]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=QWEN2VL_SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     bpe.train_from_iterator(questions + easy_vqa.get_answers(), trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=QWEN2VL_CHAT_TEMPLATE
-    )
-    ids = bpe.get_vocab()
-    text_config = dict(
-        vocab_size=bpe.get_vocab_size(),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=1,  # head_dim 64
-        num_key_value_heads=1,
-        max_position_embeddings=1024,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]},
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=eos, pad_token="<|endoftext|>",
+                                   chat_template=chat_template)
+
+
+def build_tiny_qwen2vl(path: Path, seed: int = 0, arch: str = "qwen2_vl") -> Path:
+    """Build a tiny random VLM folder at `path`: Qwen2-VL (default), Qwen2.5-VL, Qwen3-VL or GLM-4.1V (`arch` one
+    of `VLM_ARCHS`), hidden size 64, two layers of each tower.
+
+    A 64x64 image becomes 4 image tokens. Load it with `AutoProcessor` after
+    `install_video_processor_shim()` (or with `SHIM_DIR` on PYTHONPATH).
+    """
+    import torch
+    import transformers
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    glm = arch == "glm4v"
+    tokenizer = (_tiny_tokenizer(GLM4V_SPECIAL_TOKENS, "<|user|>", GLM4V_CHAT_TEMPLATE) if glm
+                 else _tiny_tokenizer(QWEN2VL_SPECIAL_TOKENS, "<|im_end|>", QWEN2VL_CHAT_TEMPLATE))
+    ids = tokenizer.get_vocab()
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]}  # head_dim 64
+    text = dict(vocab_size=len(ids), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=1, num_key_value_heads=1, max_position_embeddings=1024, rope_parameters=rope,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=ids["<|endoftext|>"])
+    vision: dict = dict(depth=2, hidden_size=64, num_heads=1, out_hidden_size=64, intermediate_size=128)
+    tokens = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                  vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"]) \
+        if not glm else {}
+    patch = 14
     if arch == "qwen2_vl":
-        config_cls, model_cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration
+        name, text["bos_token_id"] = "Qwen2VL", ids["<|endoftext|>"]
         vision = dict(depth=2, embed_dim=64, hidden_size=64, num_heads=1, mlp_ratio=2)
+    elif arch == "qwen2_5_vl":
+        name, text["bos_token_id"] = "Qwen2_5_VL", ids["<|endoftext|>"]
+        vision.update(fullatt_block_indexes=[1], window_size=56)
+    elif arch == "qwen3_vl":
+        name, patch = "Qwen3VL", 16
+        text["head_dim"] = 64
+        rope.update(mrope_section=[8, 12, 12], mrope_interleaved=True)
+        vision.update(patch_size=16, num_position_embeddings=64, deepstack_visual_indexes=[0])
     else:
-        config_cls, model_cls = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-        vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=1, out_hidden_size=64,
-                      fullatt_block_indexes=[1], window_size=56)
-    config = config_cls(
-        text_config=text_config,
-        vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
+        name = "Glm4v"
+        text["rope_parameters"] = {**rope, "partial_rotary_factor": 0.5, "mrope_section": [4, 6, 6]}
+        vision.update(image_size=56, patch_size=14)
+        tokens = dict(image_token_id=ids["<|image|>"], video_token_id=ids["<|video|>"],
+                      image_start_token_id=ids["<|begin_of_image|>"], image_end_token_id=ids["<|end_of_image|>"],
+                      video_start_token_id=ids["<|begin_of_video|>"], video_end_token_id=ids["<|end_of_video|>"])
+    config = getattr(transformers, f"{name}Config")(text_config=text, vision_config=vision, **tokens)
     torch.manual_seed(seed)
-    model_cls(config).save_pretrained(path)
+    getattr(transformers, f"{name}ForConditionalGeneration")(config).save_pretrained(path)
     tokenizer.save_pretrained(path)  # processor.save_pretrained needs torchvision: save parts separately
-    Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56).save_pretrained(path)
+    side = patch * 2 * 2  # 2x2 merged tokens of 2x2 patches
+    if glm:
+        from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
+
+        pre = Glm4vImageProcessorPil(size={"shortest_edge": side * side, "longest_edge": side * side})
+    else:
+        pre = Qwen2VLImageProcessorPil(min_pixels=side * side, max_pixels=side * side, patch_size=patch)
+    pre.save_pretrained(path)
     return path
 
 

@@ -7,31 +7,17 @@ import sys
 import pytest
 import torch
 
+from conftest import continuous_answers as streamed
+from conftest import loaded_backend as backend
+
 from evalfleet.backends import Request
 from evalfleet.backends.sampling import Sampler, uniform
-from evalfleet.backends.transformers_backend import TransformersBackend
-from evalfleet.config import ModelConfig
 
 QUESTIONS = [
     "What is 2 + 3?", "What is the capital of France? Answer in one word.", "Name a colour.",
     "How many legs does a spider have?", "What is 12 + 7?", "Say hello.", "What is the capital of Japan?",
     "Which planet is the largest in the solar system? Explain briefly.", "Count to five.", "Write a haiku.",
 ]
-
-
-def backend(path, engine: str, new_tokens: int = 12, **generation) -> TransformersBackend:
-    cfg = ModelConfig(path=str(path), dtype="float32", engine=engine,
-                      generation={"max_new_tokens": new_tokens, **generation})
-    b = TransformersBackend(cfg, n_gpus=0)
-    b.load()
-    return b
-
-
-def streamed(b: TransformersBackend, requests: list[Request], slots: int) -> list[tuple[str, int]]:
-    """All requests through a stream of `slots` slots: slots are refilled as rows end."""
-    stream = b.stream(slots, None)
-    assert stream is not None
-    return [(g.text, g.n_tokens) for g in stream.run(b.prepare(requests))]
 
 
 @pytest.fixture(scope="module")

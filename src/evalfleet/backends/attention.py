@@ -13,6 +13,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from evalfleet.backends.slot_cache import SLOT_ATTENTION
+
 ATTENTION = "evalfleet_sdpa"
 """Name of the attention implementation registered with transformers."""
 VISION_ATTENTION = "evalfleet_flash_packed"
@@ -119,7 +121,8 @@ def use_packed_vision_attention(model: Any) -> int:
 
     Sub-models get copies of their configs, so every module's config is looked at, not only `vision_config`."""
     configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None
-               and type(c).__name__.endswith("VisionConfig") and c._attn_implementation in ("sdpa", ATTENTION)}
+               and type(c).__name__.endswith("VisionConfig")
+               and c._attn_implementation in ("sdpa", ATTENTION, SLOT_ATTENTION)}
     for c in configs.values():
         c._attn_implementation = VISION_ATTENTION
     return len(configs)

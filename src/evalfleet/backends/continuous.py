@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -28,6 +28,7 @@ import torch
 from evalfleet.backends.base import Generation, Prepared, free_memory, is_out_of_memory
 from evalfleet.backends.sampling import Sampler
 from evalfleet.backends.slot_cache import SlotCache
+from evalfleet.backends.vision_rows import has_rope_index, prefill_inputs
 
 log = logging.getLogger("evalfleet")
 
@@ -36,11 +37,13 @@ LENGTH_QUANTUM = 64
 
 @dataclass
 class Row:
-    """A request: the caller's key, its prompt's token ids, its sampling seed."""
+    """A request: the caller's key, its prompt's token ids, its sampling seed; for a VLM its images and token types
+    (`vision_rows.split_batch`)."""
 
     key: Any
     ids: list[int]
     seed: int
+    media: dict[str, Any] | None = None
 
 
 @dataclass
@@ -63,7 +66,9 @@ class ContinuousEngine:
         dev = model.device
         self.eos = torch.tensor(sorted(eos_ids) or [-1], device=dev)
         zeros: dict[str, Any] = {"device": dev, "dtype": torch.long}
-        self.token, self.pos, self.n_new, self.seeds = (torch.zeros(slots, **zeros) for _ in range(4))
+        self.token, self.pos, self.n_new, self.seeds, self.delta = (torch.zeros(slots, **zeros) for _ in range(5))
+        self.mrope = has_rope_index(model.config)
+        """3-D rotary positions (Qwen-VL, GLM-4V): a slot's generated tokens sit at their index + `delta`."""
         self.active = torch.zeros(slots, dtype=torch.bool, device=dev)
         self.ended = torch.zeros(slots, dtype=torch.bool, device=dev)
         self.out = torch.zeros(slots, max_new_tokens + 1, **zeros)  # [S, W]: new tokens; a spare column for idle slots
@@ -137,13 +142,15 @@ class ContinuousEngine:
         """Not `torch.isin`: with more than ~20 EOS ids it sorts and syncs with the host, which breaks capture."""
         return (tokens[:, None] == self.eos).any(-1)
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, slot_pass: Any, keep: Any) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, slot_pass: Any, keep: Any,
+                 **media: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=ids, position_ids=positions, use_cache=False, slot_pass=slot_pass,
-                          logits_to_keep=keep).logits
+                          logits_to_keep=keep, **media).logits
 
     def _decode_step(self) -> None:
         """One token for every slot (idle slots compute too, into their own spare cache position and column)."""
-        logits = self._forward(self.token[:, None], self.pos[:, None], self.cache.decode(self.pos), 1)[:, -1]
+        positions = (self.pos + self.delta)[None, :, None].expand(3, -1, -1) if self.mrope else self.pos[:, None]
+        logits = self._forward(self.token[:, None], positions, self.cache.decode(self.pos), 1)[:, -1]
         new = self.sampler(logits, self.seeds, self.n_new)
         act = self.active
         self.out.scatter_(1, self.n_new.clamp(max=self.max_new)[:, None], new[:, None])
@@ -264,8 +271,12 @@ class ContinuousEngine:
         ids = torch.tensor([t for r in rows for t in r.ids], device=dev)
         slot_pass = self.cache.prefill(slots, lengths)
         last = slot_pass.cu_q[1:].long() - 1
-        logits = self._forward(ids[None], slot_pass.positions[None], slot_pass, last)[0]  # [n, V]
         index = torch.tensor(slots, device=dev)
+        positions, media = slot_pass.positions[None], {}
+        if self.mrope:
+            positions, deltas, media = prefill_inputs(self.model, rows, dev)
+            self.delta[index] = torch.tensor(deltas, device=dev)
+        logits = self._forward(ids[None], positions, slot_pass, last, **media)[0]  # [n, V]
         seeds = torch.tensor([r.seed & ((1 << 63) - 1) for r in rows], device=dev)
         first = self.sampler(logits, seeds, torch.zeros_like(seeds))
         ended = self._is_eos(first) | (self.max_new <= 1)
@@ -283,7 +294,7 @@ class ContinuousEngine:
 
 
 class TokenStream:
-    """The engine as a backend's `Stream`: prepared batches are lists of (prompt token ids, seed); `decode` turns
+    """The engine as a backend's `Stream`: prepared batches are lists of `Row`s (their keys unset); `decode` turns
     an answer's tokens into its Generation."""
 
     def __init__(self, engine: ContinuousEngine, decode: Callable[[list[int]], Generation]) -> None:
@@ -298,7 +309,7 @@ class TokenStream:
         return self.engine.hungry
 
     def add(self, prepared: Prepared, keys: list[Any]) -> None:
-        self.engine.add([Row(key, ids, seed) for key, (ids, seed) in zip(keys, prepared.inputs)])
+        self.engine.add([replace(row, key=key) for key, row in zip(keys, prepared.inputs)])
 
     def step(self) -> list[tuple[Any, Generation]]:
         return [(d.key, Generation("", 0, d.error) if d.error else self.decode(d.tokens)) for d in self.engine.step()]

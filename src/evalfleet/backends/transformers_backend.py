@@ -17,11 +17,12 @@ from transformers import (
 
 from evalfleet.backends.attention import use_decode_attention, use_packed_vision_attention
 from evalfleet.backends.base import Backend, Generation, Prepared, Request, free_memory, is_out_of_memory
-from evalfleet.backends.continuous import ContinuousEngine, TokenStream
+from evalfleet.backends.continuous import ContinuousEngine, Row, TokenStream
 from evalfleet.backends.fused import fuse_elementwise
 from evalfleet.backends.sampling import Sampler
 from evalfleet.backends.slot_cache import SLOT_ATTENTION
 from evalfleet.backends.static_decode import StaticDecoder
+from evalfleet.backends.vision_rows import has_rope_index, split_batch
 from evalfleet.config import ModelConfig
 
 log = logging.getLogger("evalfleet")
@@ -60,6 +61,8 @@ class TransformersBackend(Backend):
         trust = cfg.trust_remote_code
         config = AutoConfig.from_pretrained(cfg.path, trust_remote_code=trust)
         self.vision = is_vision_model(config)
+        self.rope_index = has_rope_index(config)
+        self.image_token_id = getattr(config, "image_token_id", None)
         self.sliding = has_sliding_window(getattr(config, "text_config", config))
         if self.vision:
             self.processor = AutoProcessor.from_pretrained(cfg.path, trust_remote_code=trust)
@@ -117,7 +120,7 @@ class TransformersBackend(Backend):
         if self.engine != "continuous":
             return None
         gen = self.cfg.generation
-        longest = max((len(ids) for ids, _ in first.inputs), default=0) if first is not None else 0
+        longest = max((len(r.ids) for r in first.inputs), default=0) if first is not None else 0
         sampler = Sampler(gen.temperature, gen.top_p, gen.top_k)
         if self.n_gpus:
             sampler.compile()
@@ -138,16 +141,19 @@ class TransformersBackend(Backend):
         return Generation(self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), len(tokens))
 
     def _choose_engine(self, n_gpus: int) -> str:
-        """`auto`: the continuous engine for text models on one GPU, `generate` otherwise."""
+        """`auto`: the continuous engine on one GPU for text models and the VLMs it knows (`ROPE_INDEX_MODELS`),
+        `generate` otherwise."""
         engine = self.cfg.engine
         greedy = self.cfg.generation.temperature == 0
         if engine == "static" and (self.vision or self.sliding or not greedy):
             raise ValueError("engine static needs a text model without sliding-window attention and greedy "
                              "decoding (temperature 0)")
-        if engine == "continuous" and (self.vision or n_gpus > 1):
-            raise ValueError("engine continuous needs a text model on one GPU or the CPU")
+        fits = (not self.vision or self.rope_index) and n_gpus <= 1
+        if engine == "continuous" and not fits:
+            raise ValueError("engine continuous needs one GPU (or the CPU) and a text model or one of the VLMs "
+                             "Qwen2-VL, Qwen2.5-VL, Qwen3-VL (MoE too), GLM-4.1V")
         if engine == "auto":
-            engine = "continuous" if not self.vision and n_gpus == 1 else "generate"
+            engine = "continuous" if fits and n_gpus == 1 else "generate"
         return engine
 
     def prepare(self, requests: list[Request]) -> Prepared:
@@ -163,6 +169,9 @@ class TransformersBackend(Backend):
             ]
             images = [r.images for r in requests] if any(r.images for r in requests) else None
             inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
+            if self.engine == "continuous":  # one request per sample, unpadded, with its own images
+                rows = split_batch(inputs, [len(r.images) for r in requests], self.image_token_id)
+                inputs = [Row(None, ids, r.seed, media) for (ids, media), r in zip(rows, requests)]
         else:
             templated = bool(self.tokenizer.chat_template)
             texts = [self.tokenizer.apply_chat_template(r.messages(system, r.prompt), add_generation_prompt=True,
@@ -171,7 +180,7 @@ class TransformersBackend(Backend):
             special = {"add_special_tokens": False} if templated else {}  # the template has them
             if self.engine == "continuous":  # no padding: each request is a list of ids, with its seed
                 ids = self.tokenizer(texts, **special)["input_ids"]
-                inputs = [(row, r.seed) for row, r in zip(ids, requests)]
+                inputs = [Row(None, row, r.seed) for row, r in zip(ids, requests)]
             else:
                 inputs = _tensors(self.tokenizer(texts, padding=True, return_tensors="np", **special))
         return Prepared(inputs, requests[0].seed, texts)

@@ -1,0 +1,65 @@
+"""VLM requests on the continuous engine: a processor's padded batch split into one request per sample, and the
+extra inputs of a prefill (the images, 3-D rotary positions).
+
+Qwen2-VL, Qwen2.5-VL, Qwen3-VL and GLM-4.1V place image tokens on a (time, height, width) grid of rotary
+positions (the model's `get_rope_index`); the text after the image continues from the grid's largest position,
+so a generated token's position is its index in the sequence plus a per-request offset (`delta`). The engine
+keeps that offset per slot and adds it in its captured decode step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+MEDIA_KEYS = ("pixel_values", "image_grid_thw")
+"""Per-image inputs a prefill concatenates over its requests (in request order, as the image tokens are)."""
+
+
+ROPE_INDEX_MODELS = frozenset({"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "glm4v_moe"})
+"""VLMs (`config.model_type`) the engine runs: their processors and `get_rope_index` share one interface."""
+
+
+def has_rope_index(config: Any) -> bool:
+    """Whether the model places image tokens with 3-D rotary positions (`get_rope_index`)."""
+    return getattr(config, "model_type", None) in ROPE_INDEX_MODELS
+
+
+def split_batch(inputs: Any, images_per_row: list[int], image_token_id: int | None) -> list[tuple[list[int], dict]]:
+    """A processor's left-padded batch -> per request (unpadded token ids, media): its images' patches, their
+    grids and the token types of its ids (1 for image tokens)."""
+    mask = inputs["attention_mask"].bool()
+    grids = inputs.get("image_grid_thw")
+    patches = grids.prod(-1).tolist() if grids is not None else []
+    types = inputs.get("mm_token_type_ids")
+    rows: list[tuple[list[int], dict]] = []
+    image = patch = 0
+    for i, n_images in enumerate(images_per_row):
+        ids = inputs["input_ids"][i][mask[i]]
+        kinds = types[i][mask[i]] if types is not None else (ids == image_token_id).int()
+        media: dict[str, Any] = {"mm_token_type_ids": kinds}
+        if n_images:
+            n_patches = sum(patches[image : image + n_images])
+            media["image_grid_thw"] = grids[image : image + n_images]
+            media["pixel_values"] = inputs["pixel_values"][patch : patch + n_patches]
+            image, patch = image + n_images, patch + n_patches
+        rows.append((ids.tolist(), media))
+    return rows
+
+
+def prefill_inputs(model: Any, rows: list[Any], device: torch.device) -> tuple[torch.Tensor, list[int], dict]:
+    """For requests packed into one row: their rotary positions [3, 1, N], each one's offset for the tokens it
+    generates, and the forward's image inputs (none if no request has an image)."""
+    length = max(len(r.ids) for r in rows)
+    ids = torch.stack([F.pad(torch.tensor(r.ids), (length - len(r.ids), 0)) for r in rows])
+    types = torch.stack([F.pad(r.media["mm_token_type_ids"].int(), (length - len(r.ids), 0)) for r in rows])
+    mask = torch.stack([F.pad(torch.ones(len(r.ids), dtype=torch.long), (length - len(r.ids), 0)) for r in rows])
+    with_images = [r.media for r in rows if "image_grid_thw" in r.media]
+    grids = torch.cat([m["image_grid_thw"] for m in with_images]) if with_images else None
+    positions, deltas = getattr(model, "model", model).get_rope_index(ids, types, image_grid_thw=grids,
+                                                                      attention_mask=mask)
+    packed = positions[:, mask.bool()][:, None].to(device)  # [3, 1, N], the requests' tokens in order
+    extra = {k: torch.cat([m[k] for m in with_images]).to(device) for k in MEDIA_KEYS} if with_images else {}
+    return packed, deltas.flatten().tolist(), extra

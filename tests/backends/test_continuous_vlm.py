@@ -1,0 +1,65 @@
+"""VLMs on the continuous engine (CPU, fp32, tiny random Qwen2-VL, Qwen2.5-VL, Qwen3-VL and GLM-4.1V): the images
+go through the vision tower inside a packed prefill, generated tokens take 3-D rotary positions from a per-slot
+offset, and greedy answers equal one-at-a-time `generate` while slots are refilled mid-run."""
+
+import easy_vqa
+import pytest
+from PIL import Image
+from transformers import GenerationConfig
+from conftest import continuous_answers as streamed
+from conftest import loaded_backend as backend
+
+from evalfleet.backends import Request
+from tiny_models import VLM_ARCHS, build_tiny_qwen2vl, install_video_processor_shim
+
+NEW_TOKENS = 16
+
+
+def requests() -> list[Request]:
+    """Questions with one image, none, or two (one with its image twice: the same grid in two places)."""
+    questions, _, image_ids = easy_vqa.get_test_questions()
+    paths = easy_vqa.get_test_image_paths()
+    image = [Image.open(paths[i]).convert("RGB") for i in image_ids[:12]]
+    out = []
+    for k, question in enumerate(questions[:12]):
+        images = [] if k % 5 == 0 else [image[k], image[k - 1]] if k % 5 == 3 else [image[k]]
+        out.append(Request(question, images, seed=k))
+    return out
+
+
+@pytest.fixture(scope="module", params=VLM_ARCHS)
+def vlm(request, tmp_path_factory):
+    """A tiny VLM whose EOS ids include the generated token that makes answers end at the most different steps."""
+    install_video_processor_shim()
+    path = build_tiny_qwen2vl(tmp_path_factory.mktemp("models") / request.param, arch=request.param)
+    b = backend(path, "generate", NEW_TOKENS)
+    prepared = b.prepare(requests())
+    new = b.model.generate(**prepared.inputs, max_new_tokens=NEW_TOKENS, do_sample=False,
+                           pad_token_id=b.tokenizer.pad_token_id)[:, prepared.inputs["input_ids"].shape[1]:]
+    rows = new.tolist()
+
+    def ends(token: int) -> int:  # how many different lengths the answers get if `token` ends them
+        return len({row.index(token) if token in row else None for row in rows})
+
+    common = max(sorted({t for row in rows for t in row}), key=ends)
+    gen = GenerationConfig.from_pretrained(path)
+    gen.eos_token_id = [b.tokenizer.eos_token_id, common]
+    gen.save_pretrained(path)
+    return path
+
+
+def test_refilled_slots_give_one_at_a_time_answers(vlm):
+    reference = backend(vlm, "generate", NEW_TOKENS)
+    expected = [(g.text, g.n_tokens) for r in requests() for g in reference.generate(reference.prepare([r]))]
+    lengths = [n for _, n in expected]
+    assert len(set(lengths)) > 1 and min(lengths) < NEW_TOKENS, lengths  # rows end apart: slots are refilled
+    b = backend(vlm, "continuous", NEW_TOKENS)
+    for slots in (3, 1, 12):
+        assert streamed(b, requests(), slots) == expected, slots
+
+
+def test_sampled_vlm_answers_depend_on_the_sample_alone(vlm):
+    b = backend(vlm, "continuous", NEW_TOKENS, temperature=0.9, top_p=0.9)
+    wide = streamed(b, requests(), 12)
+    assert streamed(b, requests()[::-1], 2)[::-1] == wide  # other slots, neighbours and order
+    assert wide != streamed(backend(vlm, "continuous", NEW_TOKENS), requests(), 12)
