@@ -56,3 +56,21 @@ def test_rotary_rows_equal_apply_rotary_pos_emb_with_positions_per_row():
     assert not torch.allclose(got[0][0], got[0][1])  # same query, other positions: rotated otherwise
     # Calls it does not handle go to the original.
     assert fused.original is modeling_llama.apply_rotary_pos_emb
+
+
+def test_vision_rotary_equals_transformers_on_strided_heads_in_bf16():
+    """Qwen2-VL's vision rotary (q, k as strided views of one qkv projection, as its attention makes them)."""
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl
+
+    from evalfleet.backends.fused import _rotary_vision
+
+    torch.manual_seed(0)
+    qkv = torch.randn(37, 3, 4, 16).to(torch.bfloat16)  # [N, 3, H, D]
+    q, k, _ = qkv.permute(1, 0, 2, 3).unbind(0)
+    freqs = torch.randn(37, 8)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    expected = modeling_qwen2_5_vl.apply_rotary_pos_emb_vision(q, k, emb.cos(), emb.sin())
+    ours = _rotary_vision(q, k, emb.cos(), emb.sin())
+    for a, b in zip(ours, expected):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a, b, atol=0.0, rtol=0.0)

@@ -1,4 +1,5 @@
-"""Fused elementwise kernels for text models on CUDA: RMSNorm, the gated MLP's activation, rotary embedding.
+"""Fused elementwise kernels on CUDA: RMSNorm, the gated MLP's activation, rotary embedding, of text models and
+of the VLMs the continuous engine runs (their language models and vision towers).
 
 transformers runs RMSNorm as five kernels (cast, pow, mean, rsqrt-multiply, weight-multiply), the MLP's
 `act(gate) * up` as two and the rotary embedding as seven (multiply, slice, negate, concatenate, ...), each
@@ -21,9 +22,16 @@ import torch.nn.functional as F
 
 log = logging.getLogger("evalfleet")
 
-RMS_NORMS = {"LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm"}
-GATED_MLPS = {"LlamaMLP", "Qwen2MLP", "Qwen3MLP", "MistralMLP"}
-ROTARY_ATTENTIONS = {"LlamaAttention", "Qwen2Attention", "Qwen3Attention", "MistralAttention"}
+RMS_NORMS = {"LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm", "Qwen2VLRMSNorm", "Qwen2_5_VLRMSNorm",
+             "Qwen3VLTextRMSNorm", "Glm4vRMSNorm"}
+GATED_MLPS = {"LlamaMLP", "Qwen2MLP", "Qwen3MLP", "MistralMLP", "Qwen3VLTextMLP", "Qwen2_5_VLMLP"}
+"""`down(act(gate(x)) * up(x))`; patched when `act` is SiLU (Qwen2.5-VL's vision MLP has biases: the same)."""
+ROTARY_ATTENTIONS = {"LlamaAttention", "Qwen2Attention", "Qwen3Attention", "MistralAttention", "Qwen2VLAttention",
+                     "Qwen2_5_VLAttention", "Qwen3VLTextAttention", "Qwen3VLMoeTextAttention"}
+"""Their modules' `apply_rotary_pos_emb` is Qwen2's (GLM-4V's rotates part of each head: not here)."""
+VISION_ATTENTIONS = {"VisionAttention", "Qwen2_5_VLVisionAttention", "Qwen3VLVisionAttention",
+                     "Qwen3VLMoeVisionAttention", "Glm4vVisionAttention"}
+"""Their modules' `apply_rotary_pos_emb_vision` (q, k [N, H, D] in fp32, cast back) is Qwen2-VL's."""
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -67,6 +75,26 @@ def _fused_rotary(original: Any, rows: Any) -> Any:
     return apply_rotary_pos_emb
 
 
+def _rotary_vision(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Vision towers' rotary embedding: q, k [N, H, D], cos, sin [N, D], computed in fp32 and cast back."""
+    c, s = cos[:, None].float(), sin[:, None].float()
+    qf, kf = q.float(), k.float()
+    return (qf * c + _rotate_half(qf) * s).to(q.dtype), (kf * c + _rotate_half(kf) * s).to(k.dtype)
+
+
+def _fused_vision_rotary(original: Any, rows: Any) -> Any:
+    def apply_rotary_pos_emb_vision(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
+                                    sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if q.dim() != 3 or cos.dim() != 2:
+            return original(q, k, cos, sin)
+        for x in (q, k, cos, sin):
+            torch._dynamo.maybe_mark_dynamic(x, 0)
+        return rows(q, k, cos, sin)
+
+    apply_rotary_pos_emb_vision.original = original  # type: ignore[attr-defined]
+    return apply_rotary_pos_emb_vision
+
+
 def fuse_elementwise(model: Any) -> int:
     """Patch the model's RMSNorm and SiLU-gated MLP modules to fused kernels; returns how many were patched.
 
@@ -80,6 +108,7 @@ def fuse_elementwise(model: Any) -> int:
     rms = torch.compile(_rms_norm, dynamic=True)
     silu_mul = torch.compile(_silu_mul, dynamic=True)
     rotary_rows = torch.compile(_rotary_rows)  # the token dimension is marked dynamic at each call
+    rotary_vision = torch.compile(_rotary_vision)
     try:  # compile once now (as batches run: without autograd): a failure must happen here, not in a batch
         with torch.inference_mode():
             probe = torch.randn(2, 3, 64, device=model.device, dtype=model.dtype)
@@ -96,12 +125,16 @@ def fuse_elementwise(model: Any) -> int:
         if kind in ROTARY_ATTENTIONS and not hasattr(modeling.apply_rotary_pos_emb, "original"):
             modeling.apply_rotary_pos_emb = _fused_rotary(modeling.apply_rotary_pos_emb, rotary_rows)
             n += 1
+        if kind in VISION_ATTENTIONS and not hasattr(modeling.apply_rotary_pos_emb_vision, "original"):
+            modeling.apply_rotary_pos_emb_vision = _fused_vision_rotary(modeling.apply_rotary_pos_emb_vision,
+                                                                        rotary_vision)
+            n += 1
         if kind in RMS_NORMS:
             module.forward = lambda x, m=module: rms(x, m.weight, m.variance_epsilon)
             n += 1
-        elif kind in GATED_MLPS and getattr(module.config, "hidden_act", None) == "silu":
+        elif kind in GATED_MLPS and type(module.act_fn).__name__ in ("SiLU", "SiLUActivation"):
             module.forward = lambda x, m=module: m.down_proj(silu_mul(m.gate_proj(x), m.up_proj(x)))
-            big_mlp = max(big_mlp, module.config.intermediate_size)
+            big_mlp = max(big_mlp, module.gate_proj.out_features)
             n += 1
     if n:
         _warm_up(model, silu_mul, big_mlp)
@@ -118,6 +151,13 @@ def _warm_up(model: Any, silu_mul: Any, intermediate: int) -> None:
     pos = torch.arange(8, device=model.device).expand(2, 8)
     out = model(input_ids=ids, position_ids=pos, use_cache=True)
     model(input_ids=ids[:, :1], position_ids=pos[:, -1:] + 1, past_key_values=out.past_key_values, use_cache=True)
+    visual = getattr(getattr(model, "model", None), "visual", None)
+    if visual is not None:  # a VLM: its vision tower on one small image (2 x 2 merged tokens)
+        vc = visual.config
+        side = 2 * vc.spatial_merge_size
+        patch = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
+        visual(torch.zeros(side * side, patch, device=model.device, dtype=model.dtype),
+               grid_thw=torch.tensor([[1, side, side]], device=model.device))
     rows = 2**31 // max(1, intermediate) + 1
     if intermediate and torch.cuda.mem_get_info(model.device)[0] > 4 * rows * intermediate * 2:
         try:  # two tensors: the kernel compiled for one tensor passed twice would not serve gate and up

@@ -170,7 +170,9 @@ class TransformersBackend(Backend):
             images = [r.images for r in requests] if any(r.images for r in requests) else None
             inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
             if self.engine == "continuous":  # one request per sample, unpadded, with its own images
-                rows = split_batch(inputs, [len(r.images) for r in requests], self.image_token_id)
+                dtype = getattr(torch, self.cfg.resolved_dtype(on_gpu=self.n_gpus > 0))
+                rows = split_batch(inputs, [len(r.images) for r in requests], self.image_token_id, dtype,
+                                   pin=self.n_gpus > 0)
                 inputs = [Row(None, ids, r.seed, media) for (ids, media), r in zip(rows, requests)]
         else:
             templated = bool(self.tokenizer.chat_template)

@@ -27,9 +27,11 @@ def has_rope_index(config: Any) -> bool:
     return getattr(config, "model_type", None) in ROPE_INDEX_MODELS
 
 
-def split_batch(inputs: Any, images_per_row: list[int], image_token_id: int | None) -> list[tuple[list[int], dict]]:
-    """A processor's left-padded batch -> per request (unpadded token ids, media): its images' patches, their
-    grids and the token types of its ids (1 for image tokens)."""
+def split_batch(inputs: Any, images_per_row: list[int], image_token_id: int | None, dtype: torch.dtype,
+                pin: bool) -> list[tuple[list[int], dict]]:
+    """A processor's left-padded batch -> per request (unpadded token ids, media): its images' patches (in the
+    model's `dtype`, in pinned memory if `pin`, for an asynchronous copy), their grids and the token types of its
+    ids (1 for image tokens)."""
     mask = inputs["attention_mask"].bool()
     grids = inputs.get("image_grid_thw")
     patches = grids.prod(-1).tolist() if grids is not None else []
@@ -43,7 +45,8 @@ def split_batch(inputs: Any, images_per_row: list[int], image_token_id: int | No
         if n_images:
             n_patches = sum(patches[image : image + n_images])
             media["image_grid_thw"] = grids[image : image + n_images]
-            media["pixel_values"] = inputs["pixel_values"][patch : patch + n_patches]
+            pixels = inputs["pixel_values"][patch : patch + n_patches].to(dtype)
+            media["pixel_values"] = pixels.pin_memory() if pin else pixels
             image, patch = image + n_images, patch + n_patches
         rows.append((ids.tolist(), media))
     return rows
@@ -61,5 +64,6 @@ def prefill_inputs(model: Any, rows: list[Any], device: torch.device) -> tuple[t
     positions, deltas = getattr(model, "model", model).get_rope_index(ids, types, image_grid_thw=grids,
                                                                       attention_mask=mask)
     packed = positions[:, mask.bool()][:, None].to(device)  # [3, 1, N], the requests' tokens in order
-    extra = {k: torch.cat([m[k] for m in with_images]).to(device) for k in MEDIA_KEYS} if with_images else {}
+    extra = {k: torch.cat([m[k].to(device, non_blocking=True) for m in with_images]) for k in MEDIA_KEYS} \
+        if with_images else {}
     return packed, deltas.flatten().tolist(), extra
