@@ -98,3 +98,22 @@ def continuous_answers(b: Any, requests: list[Any], slots: int) -> list[tuple[st
     stream = b.stream(slots, None)
     assert stream is not None
     return [(g.text, g.n_tokens) for g in stream.run(b.prepare(requests))]
+
+
+def spread_answer_lengths(path: Path, requests: list[Any], new_tokens: int) -> None:
+    """Add to the EOS ids of the random-weight model at `path` the token that, as an EOS, ends its greedy answers
+    to `requests` at the most different steps (so that an engine's slots are refilled at different times)."""
+    from transformers import GenerationConfig
+
+    b = loaded_backend(path, "generate", new_tokens)
+    prepared = b.prepare(requests)
+    new = b.model.generate(**prepared.inputs, max_new_tokens=new_tokens, do_sample=False,
+                           pad_token_id=b.tokenizer.pad_token_id)[:, prepared.inputs["input_ids"].shape[1]:]
+    rows = new.tolist()
+
+    def ends(token: int) -> int:  # how many different lengths the answers get if `token` ends them
+        return len({row.index(token) if token in row else None for row in rows})
+
+    gen = GenerationConfig.from_pretrained(path)
+    gen.eos_token_id = [b.tokenizer.eos_token_id, max(sorted({t for row in rows for t in row}), key=ends)]
+    gen.save_pretrained(path)

@@ -54,7 +54,7 @@ GLM4V_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 
-VLM_ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "glm4v")
+VLM_ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v")
 
 
 def _tiny_tokenizer(special: list[str], eos: str, chat_template: str):  # -> PreTrainedTokenizerFast
@@ -75,8 +75,8 @@ def _tiny_tokenizer(special: list[str], eos: str, chat_template: str):  # -> Pre
 
 
 def build_tiny_qwen2vl(path: Path, seed: int = 0, arch: str = "qwen2_vl") -> Path:
-    """Build a tiny random VLM folder at `path`: Qwen2-VL (default), Qwen2.5-VL, Qwen3-VL or GLM-4.1V (`arch` one
-    of `VLM_ARCHS`), hidden size 64, two layers of each tower.
+    """Build a tiny random VLM folder at `path`: Qwen2-VL (default), Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE (8 experts,
+    2 per token) or GLM-4.1V (`arch` one of `VLM_ARCHS`), hidden size 64, two layers of each tower.
 
     A 64x64 image becomes 4 image tokens. Load it with `AutoProcessor` after
     `install_video_processor_shim()` (or with `SHIM_DIR` on PYTHONPATH).
@@ -104,8 +104,10 @@ def build_tiny_qwen2vl(path: Path, seed: int = 0, arch: str = "qwen2_vl") -> Pat
     elif arch == "qwen2_5_vl":
         name, text["bos_token_id"] = "Qwen2_5_VL", ids["<|endoftext|>"]
         vision.update(fullatt_block_indexes=[1], window_size=56)
-    elif arch == "qwen3_vl":
-        name, patch = "Qwen3VL", 16
+    elif arch in ("qwen3_vl", "qwen3_vl_moe"):
+        name, patch = ("Qwen3VL", 16) if arch == "qwen3_vl" else ("Qwen3VLMoe", 16)
+        if arch == "qwen3_vl_moe":
+            text.update(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
         text["head_dim"] = 64
         rope.update(mrope_section=[8, 12, 12], mrope_interleaved=True)
         vision.update(patch_size=16, num_position_embeddings=64, deepstack_visual_indexes=[0])
@@ -128,6 +130,23 @@ def build_tiny_qwen2vl(path: Path, seed: int = 0, arch: str = "qwen2_vl") -> Pat
     else:
         pre = Qwen2VLImageProcessorPil(min_pixels=side * side, max_pixels=side * side, patch_size=patch)
     pre.save_pretrained(path)
+    return path
+
+
+def build_tiny_moe(path: Path, seed: int = 0) -> Path:
+    """Build a tiny random Qwen3-MoE causal LM (the architecture of Qwen3-30B-A3B: 8 experts, 2 per token, every
+    layer sparse) with the tiny Qwen tokenizer at `path`."""
+    import torch
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    tokenizer = _tiny_tokenizer(QWEN2VL_SPECIAL_TOKENS, "<|im_end|>", QWEN2VL_CHAT_TEMPLATE)
+    config = Qwen3MoeConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                            num_attention_heads=2, num_key_value_heads=1, head_dim=32, num_experts=8,
+                            num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    Qwen3MoeForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return path
 
 

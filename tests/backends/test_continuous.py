@@ -36,6 +36,23 @@ def test_refilled_slots_give_one_at_a_time_answers(smollm2, reference):
         assert streamed(b, requests, slots) == expected, slots
 
 
+def test_moe_refilled_slots_give_one_at_a_time_answers(tmp_path):
+    """A Qwen3-MoE (Qwen3-30B-A3B's architecture, tiny): its experts (transformers' grouped kernels) in the
+    engine's prefills and decode steps."""
+    from conftest import spread_answer_lengths
+    from tiny_models import build_tiny_moe
+
+    path = build_tiny_moe(tmp_path / "moe")
+    requests = [Request(q, [], 0) for q in QUESTIONS]
+    spread_answer_lengths(path, requests, 16)
+    ref = backend(path, "generate", new_tokens=16)
+    expected = [(g.text, g.n_tokens) for r in requests for g in ref.generate(ref.prepare([r]))]
+    assert len({n for _, n in expected}) > 1
+    b = backend(path, "continuous", new_tokens=16)
+    for slots in (3, 10):
+        assert streamed(b, requests, slots) == expected, slots
+
+
 def test_a_prompt_longer_than_the_cache_grows_it(smollm2, reference):
     requests, expected = reference
     long = Request(" ".join(QUESTIONS * 2), [], 0)  # ~170 tokens: past the first cache's 64 positions

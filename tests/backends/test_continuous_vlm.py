@@ -5,9 +5,9 @@ offset, and greedy answers equal one-at-a-time `generate` while slots are refill
 import easy_vqa
 import pytest
 from PIL import Image
-from transformers import GenerationConfig
 from conftest import continuous_answers as streamed
 from conftest import loaded_backend as backend
+from conftest import spread_answer_lengths
 
 from evalfleet.backends import Request
 from tiny_models import VLM_ARCHS, build_tiny_qwen2vl, install_video_processor_shim
@@ -32,19 +32,7 @@ def vlm(request, tmp_path_factory):
     """A tiny VLM whose EOS ids include the generated token that makes answers end at the most different steps."""
     install_video_processor_shim()
     path = build_tiny_qwen2vl(tmp_path_factory.mktemp("models") / request.param, arch=request.param)
-    b = backend(path, "generate", NEW_TOKENS)
-    prepared = b.prepare(requests())
-    new = b.model.generate(**prepared.inputs, max_new_tokens=NEW_TOKENS, do_sample=False,
-                           pad_token_id=b.tokenizer.pad_token_id)[:, prepared.inputs["input_ids"].shape[1]:]
-    rows = new.tolist()
-
-    def ends(token: int) -> int:  # how many different lengths the answers get if `token` ends them
-        return len({row.index(token) if token in row else None for row in rows})
-
-    common = max(sorted({t for row in rows for t in row}), key=ends)
-    gen = GenerationConfig.from_pretrained(path)
-    gen.eos_token_id = [b.tokenizer.eos_token_id, common]
-    gen.save_pretrained(path)
+    spread_answer_lengths(path, requests(), NEW_TOKENS)
     return path
 
 
