@@ -94,8 +94,13 @@ class TransformersBackend(Backend):
                 torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), i)
         max_memory = {i: cap for i in range(n_gpus)} if cap and n_gpus > 1 else None
         model_cls = AutoModelForImageTextToText if self.vision else AutoModelForCausalLM
-        self.model = model_cls.from_pretrained(cfg.path, dtype=dtype, device_map=device_map, max_memory=max_memory,
-                                               trust_remote_code=cfg.trust_remote_code)
+        self.use_model(model_cls.from_pretrained(cfg.path, dtype=dtype, device_map=device_map, max_memory=max_memory,
+                                                 trust_remote_code=cfg.trust_remote_code))
+
+    def use_model(self, model: Any) -> None:
+        """Take `model` (loaded, or built in memory by a benchmark) and switch in evalfleet's attention and fused
+        kernels for the engine."""
+        self.model = model
         self.model.eval()
         if self.engine == "continuous":
             self.model.set_attn_implementation(SLOT_ATTENTION)
@@ -106,7 +111,7 @@ class TransformersBackend(Backend):
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if self.engine == "static":
-            self.decoder = StaticDecoder(self.model, cuda_graphs=n_gpus > 0)
+            self.decoder = StaticDecoder(self.model, cuda_graphs=self.n_gpus > 0)
 
     def warm_up(self, prepared: Prepared) -> None:
         """Get ready for batches shaped like `prepared` (the static engine captures its decode step now)."""
