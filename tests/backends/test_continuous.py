@@ -91,16 +91,23 @@ def test_sampler_keeps_the_nucleus_and_draws_by_seed_and_step():
     assert torch.equal(uniform(seeds[:5], steps[:5]), uniform(seeds, steps)[:5])
 
 
-def test_sliding_window_model_equals_generate(tmp_path, smollm2):
-    """A Mistral with a 6-token window: prompts longer than the window attend over the window only."""
-    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+@pytest.mark.parametrize("arch", ["mistral", "gemma3"])
+def test_sliding_window_model_equals_generate(tmp_path, smollm2, arch):
+    """A 6-token window: prompts longer than the window attend over the window only. Mistral: every layer;
+    Gemma 3: sliding layers beside a full one, each kind with its own rotary base, queries scaled apart."""
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, MistralConfig, MistralForCausalLM
 
     tok = AutoTokenizer.from_pretrained(smollm2)
     torch.manual_seed(0)
-    config = MistralConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, sliding_window=6,
-                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    MistralForCausalLM(config).save_pretrained(tmp_path)
+    shape = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                 num_attention_heads=4, num_key_value_heads=2, sliding_window=6, bos_token_id=tok.bos_token_id,
+                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    if arch == "mistral":
+        MistralForCausalLM(MistralConfig(**shape)).save_pretrained(tmp_path)
+    else:
+        config = Gemma3TextConfig(**shape, head_dim=32, query_pre_attn_scalar=24,
+                                  layer_types=["sliding_attention", "sliding_attention", "full_attention"])
+        Gemma3ForCausalLM(config).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     requests = [Request(q, [], 0) for q in QUESTIONS[:5]]
     ref = backend(tmp_path, "generate", new_tokens=10)
