@@ -4,6 +4,8 @@ since results were stored."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import socket
 import time
@@ -63,6 +65,20 @@ class Datasets:
     """Each sample's place in its whole dataset (a shard holds some of them)."""
     failed: dict[str, str] = field(default_factory=dict)
     """Datasets that could not be read, with the reason."""
+    keys: dict[str, str] = field(default_factory=dict)
+    """What each dataset's samples were read from (`samples_key`): equal to the stored key, they are unchanged."""
+
+
+def samples_key(cfg: RunConfig, name: str) -> str:
+    """A digest of everything a dataset's samples derive from: its settings, the run's seed, limit and shard, the
+    size and modification time of its files (data, few-shot examples), and evalfleet's version."""
+    from evalfleet import __version__
+
+    ds = next(d for d in cfg.datasets if d.name == name)
+    files = [p for p in (ds.path, ds.few_shot.path if ds.few_shot else None) if p]
+    stats = [(str(p), st.st_size, st.st_mtime_ns) for p in files if (st := Path(p).stat())]
+    parts = [ds.model_dump(mode="json"), cfg.seed, cfg.limit, cfg.shard, stats, __version__]
+    return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
 
 
 def read_datasets(cfg: RunConfig) -> Datasets:
@@ -80,6 +96,7 @@ def read_datasets(cfg: RunConfig) -> Datasets:
             positions = [i for i, s in zip(positions, samples) if in_shard(ds.name, s.id, index, count)]
             samples = [samples[i] for i in positions]
         out.samples[ds.name], out.positions[ds.name] = samples, positions
+        out.keys[ds.name] = samples_key(cfg, ds.name)
     return out
 
 
@@ -92,6 +109,8 @@ def refusals(cfg: RunConfig, store: Store, data: Datasets, redo: list[str]) -> l
     first = stages[0].name  # answers the prompts
     if first not in redo:
         for name, samples in data.samples.items():
+            if store.get_meta(f"samples:{name}") == data.keys[name]:
+                continue  # read from the same files with the same settings: the stored prompts are these
             if changed := store.changed_prompts(first, samples):
                 problems.append(
                     f"dataset {name}: {len(changed)} answered samples (e.g. {changed[0]!r}) had another prompt, "

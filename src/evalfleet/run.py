@@ -28,7 +28,14 @@ from evalfleet.errors import UserError
 from evalfleet.observe.progress import RunProgress
 from evalfleet.observe.runlog import log_to
 from evalfleet.plan.stage import make_plan, stage_gpus
-from evalfleet.preflight import check_model_path, check_output_dir, read_datasets, refusals, refuse_fresh_while_live
+from evalfleet.preflight import (
+    Datasets,
+    check_model_path,
+    check_output_dir,
+    read_datasets,
+    refusals,
+    refuse_fresh_while_live,
+)
 from evalfleet.records import Sample
 from evalfleet.reporting.report import write_report
 from evalfleet.scoring import scoring_key
@@ -110,8 +117,8 @@ def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], con
         note(f"dataset {name} failed: {why}")
         log.error("dataset %s failed: %s", name, why)
     loaded = data.samples
+    record_samples(store, data)
     for name, samples in loaded.items():
-        store.put_samples(samples, data.positions[name])
         store.set_dataset(name, "running", len(samples))
         for s in samples:
             if s.error:
@@ -255,6 +262,15 @@ def stage_driver(
                            title=title, shared=shared)
     return StageDriver(cfg, stage, store, queue, progress, launcher(cfg.cluster.backend, stage.python or cfg.python), chosen.batch_size,
                        chunk_size, specs, inputs, owner, open_inputs=streaming is not None)
+
+
+def record_samples(store: Store, data: Datasets) -> None:
+    """Store each dataset's samples, unless the store holds them as read now (same files and settings: a resume
+    of 100k samples skips rewriting them, `bench/driver_overhead.py`)."""
+    for name, samples in data.samples.items():
+        if store.get_meta(f"samples:{name}") != data.keys[name]:
+            store.put_samples(samples, data.positions[name])
+            store.set_meta(f"samples:{name}", data.keys[name])
 
 
 def printer(console: Console) -> Callable[[str], None]:

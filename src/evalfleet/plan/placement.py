@@ -10,6 +10,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from evalfleet.errors import UserError
@@ -70,6 +71,10 @@ def gib(n: float) -> str:
     return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / 2**20:.0f} MiB"
 
 
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+"""NVIDIA, ROCm and WSL GPU device files: without any of them torch would find no GPU either."""
+
+
 def probe_machine() -> Machine:
     """Visible GPUs (NVML honouring CUDA_VISIBLE_DEVICES, else torch) and usable CPU cores."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -81,7 +86,9 @@ def probe_machine() -> Machine:
         import pynvml
 
         pynvml.nvmlInit()
-    except Exception:  # no NVML: ask torch (this initialises CUDA in the driver), else a CPU machine
+    except Exception:  # no NVML: ask torch (this initialises CUDA in the driver) if a GPU device exists at all
+        if not any(Path(dev).exists() for dev in GPU_DEVICE_FILES):
+            return Machine([], cpus)  # a CPU machine: importing torch to learn that costs ~2 s of start-up
         return Machine(_torch_gpus(wanted), cpus)
     try:
         count = pynvml.nvmlDeviceGetCount()

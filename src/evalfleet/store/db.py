@@ -126,9 +126,17 @@ class Store:
 
     def put_samples(self, samples: list[Sample], positions: list[int] | None = None) -> None:
         """Store samples in dataset order (`positions`: their places in the whole dataset, for a shard)."""
+        shared: dict[int, str] = {}  # a dataset's samples share one context (system prompt, few-shot turns) list
+
+        def context(s: Sample) -> str:
+            if (text := shared.get(id(s.context))) is None:
+                text = shared[id(s.context)] = json.dumps(s.context)
+            return text
+
         rows = [
-            (s.dataset, s.id, i, s.question, s.prompt, json.dumps(s.answers), s.source, s.error, json.dumps(s.metadata),
-             json.dumps(s.context), json.dumps([{"where": r.where, "path": r.path} for r in s.images]))
+            (s.dataset, s.id, i, s.question, s.prompt, json.dumps(s.answers), s.source, s.error,
+             json.dumps(s.metadata) if s.metadata else "{}", context(s),
+             json.dumps([{"where": r.where, "path": r.path} for r in s.images]) if s.images else "[]")
             for i, s in zip(positions or range(len(samples)), samples)
         ]
         with self.db:

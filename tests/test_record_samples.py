@@ -1,0 +1,40 @@
+"""A run stores its samples once: a resume that reads the same files with the same settings does not rewrite them
+(100k samples cost ~2 s to store, `bench/driver_overhead.py`), and an edited file or setting is stored again."""
+
+import json
+
+from evalfleet.config import parse_config
+from evalfleet.preflight import read_datasets, refusals
+from evalfleet.run import record_samples
+from evalfleet.store import Store
+
+
+def stored(store: Store) -> dict[str, tuple[int, str]]:
+    return {i: (rowid, answers) for rowid, i, answers in store.db.execute("SELECT rowid, id, answers FROM samples")}
+
+
+def test_unchanged_samples_are_not_rewritten_and_changed_ones_are(tmp_path):
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Q{i}?", "answer": "a"}) + "\n" for i in range(5)))
+
+    def config(prompt: str = "{question}"):
+        return parse_config({"name": "t", "output_dir": str(tmp_path / "out"), "model": {"path": str(tmp_path)},
+                             "datasets": [{"name": "q", "path": str(data), "prompt": prompt}]})
+
+    def record(cfg) -> dict[str, tuple[int, str]]:
+        store = Store(cfg.run_dir / "store.db")
+        try:
+            loaded = read_datasets(cfg)
+            assert not refusals(cfg, store, loaded, [])
+            record_samples(store, loaded)
+            return stored(store)
+        finally:
+            store.close()
+
+    first = record(config())
+    assert record(config()) == first  # same rows, not deleted and inserted again
+    data.write_text(data.read_text().replace('"answer": "a"}', '"answer": "b, edited"}', 1))
+    edited = record(config())
+    assert edited["q0"][1] == '["b, edited"]' and edited != first
+    prompt = record(config("{question} Answer briefly."))  # another setting: stored again
+    assert prompt["q1"][0] != edited["q1"][0]
