@@ -12,6 +12,7 @@ from standin import StandInLauncher
 from evalfleet.engine.driver import MAX_CHUNK_ATTEMPTS, MAX_RESTARTS, StageDriver
 from evalfleet.engine.loop import execute
 from evalfleet.engine.queue import WorkQueue, make_chunks
+from evalfleet.engine.messages import PROTOCOL
 from evalfleet.errors import RunError, UserError
 from evalfleet.observe.progress import RunProgress
 from evalfleet.records import Sample, WorkerSpec
@@ -63,7 +64,7 @@ def test_workers_that_always_die_stop_the_run_after_the_restart_cap(tmp_path):
 
 def test_a_worker_on_another_protocol_version_is_refused(tmp_path):
     d = driver(tmp_path, samples(2), StandInLauncher(protocol=0))
-    with pytest.raises(UserError, match="speaks protocol 0, this driver 1"):
+    with pytest.raises(UserError, match=f"speaks protocol 0, this driver {PROTOCOL}"):
         execute([d], lambda line: None)
 
 

@@ -119,6 +119,29 @@ def test_performance_summary_at_the_end_of_a_run(judged_run):
     assert "## Performance" in (run_dir / "summary.md").read_text()
 
 
+def test_startup_breakdown_from_command_to_first_result(judged_run):
+    """Each phase is measured (not a default), they add up to no more than the replica's load, and the tables
+    show them."""
+    from evalfleet.observe.startup import WORKER_PHASES
+
+    run_dir, summary, out = judged_run
+    assert summary["startup"]["driver start"] > 0.2  # an interpreter, its imports: never instant
+    assert summary["startup"]["datasets"] > 0
+    for stage in ("generate", "judge"):
+        perf = summary["performance"][stage]
+        startup = perf["startup"]
+        assert startup["plan"] >= 0
+        (phases,) = startup["workers"].values()
+        assert set(phases) == set(WORKER_PHASES) - {"CUDA init"}  # a CPU worker initialises no CUDA
+        assert phases["imports"] > 0.1 and phases["weights"] > 0 and phases["process start"] > 0.05
+        worker_side = sum(v for k, v in phases.items() if k != "process start")
+        (load_s,) = perf["load_s"].values()
+        assert worker_side <= load_s + 0.01  # the phases split the load the worker reported
+        assert startup["first result"] >= load_s  # a result comes once the replica is ready
+    assert "start-up of the last replica ready: process start" in out
+    assert "start-up, seconds" in out and "Start-up (seconds)" in (run_dir / "summary.md").read_text()
+
+
 def test_report_formats_csv_parquet_and_html(judged_run):
     run_dir, summary, _ = judged_run
     subprocess.run([sys.executable, "-m", "evalfleet.cli", "report", str(run_dir), "--format", "csv,parquet,html"],

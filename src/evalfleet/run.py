@@ -27,6 +27,7 @@ from evalfleet.engine.queue import Chunk, WorkQueue, make_chunks
 from evalfleet.errors import UserError
 from evalfleet.observe.progress import RunProgress
 from evalfleet.observe.runlog import log_to
+from evalfleet.observe.startup import process_age
 from evalfleet.plan.stage import make_plan, stage_gpus
 from evalfleet.preflight import (
     Datasets,
@@ -93,6 +94,8 @@ def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], con
 
     # 1. Read the datasets and check them against the store before writing anything: a refused run leaves the
     #    store as it was.
+    startup = {"driver start": round(process_age(), 3)}  # interpreter, imports, config: before this line
+    t0 = time.perf_counter()
     store = Store(run_dir / "store.db")
     data = read_datasets(cfg)
     if problems := refusals(cfg, store, data, redo):
@@ -118,6 +121,8 @@ def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], con
         log.error("dataset %s failed: %s", name, why)
     loaded = data.samples
     record_samples(store, data)
+    startup["datasets"] = round(time.perf_counter() - t0, 3)
+    store.set_meta("startup", startup)
     for name, samples in loaded.items():
         store.set_dataset(name, "running", len(samples))
         for s in samples:
@@ -231,7 +236,9 @@ def stage_driver(
     `owner` names this driver on its leases.
     """
     note = printer(console)
+    t0 = time.perf_counter()
     chosen, lines = make_plan(cfg, stage.model, plan_for, gpus=gpus, share=share)
+    plan_s = round(time.perf_counter() - t0, 3)
     for line in lines:
         note(f"{stage.name}: {line}")
         log.info("%s: %s", stage.name, line)
@@ -260,8 +267,10 @@ def stage_driver(
     title = stage.name if len(cfg.pipeline()) > 1 else "overall"
     progress = RunProgress(total, done, console=console, every=cfg.progress_every, seconds=cfg.progress_seconds,
                            title=title, shared=shared)
-    return StageDriver(cfg, stage, store, queue, progress, launcher(cfg.cluster.backend, stage.python or cfg.python), chosen.batch_size,
-                       chunk_size, specs, inputs, owner, open_inputs=streaming is not None)
+    driver = StageDriver(cfg, stage, store, queue, progress, launcher(cfg.cluster.backend, stage.python or cfg.python),
+                         chosen.batch_size, chunk_size, specs, inputs, owner, open_inputs=streaming is not None)
+    driver.perf.data["startup"]["plan"] = plan_s
+    return driver
 
 
 def record_samples(store: Store, data: Datasets) -> None:

@@ -84,6 +84,8 @@ class Backend(Protocol):
     """Where it runs, for progress lines (e.g. "NVIDIA H100 80GB HBM3 x2 [static]")."""
     on_step: Callable[[int, int], None] | None = None
     """Set by the worker: called with (step, steps) as a long generation advances (denoising), for its bar."""
+    startup: dict[str, float] = {}  # noqa: RUF012 (read only; a backend assigns its own)
+    """Set by `load`: seconds of its phases (`weights`, `kernels`) for the start-up summary; empty if unknown."""
 
     def load(self) -> None:
         """The slow part of starting: load the weights, start the server."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import torch
@@ -94,8 +95,12 @@ class TransformersBackend(Backend):
                 torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), i)
         max_memory = {i: cap for i in range(n_gpus)} if cap and n_gpus > 1 else None
         model_cls = AutoModelForImageTextToText if self.vision else AutoModelForCausalLM
-        self.use_model(model_cls.from_pretrained(cfg.path, dtype=dtype, device_map=device_map, max_memory=max_memory,
-                                                 trust_remote_code=cfg.trust_remote_code))
+        t0 = time.perf_counter()
+        model = model_cls.from_pretrained(cfg.path, dtype=dtype, device_map=device_map, max_memory=max_memory,
+                                          trust_remote_code=cfg.trust_remote_code)
+        t1 = time.perf_counter()
+        self.use_model(model)
+        self.startup = {"weights": round(t1 - t0, 3), "kernels": round(time.perf_counter() - t1, 3)}
 
     def use_model(self, model: Any) -> None:
         """Take `model` (loaded, or built in memory by a benchmark) and switch in evalfleet's attention and fused

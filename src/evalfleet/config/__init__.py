@@ -17,6 +17,22 @@ from evalfleet.config.schema import (
     StageConfig,
 )
 
-__all__ = ["OVERRIDE_OPTIONS", "option_overrides", "ClusterConfig", "DatasetConfig", "DiffusionConfig", "FewShotConfig", "FieldMap", "GenerationConfig",
-           "JudgeParse", "ModelConfig", "PlacementConfig", "RunConfig", "ServerConfig", "StageConfig",
-           "apply_overrides", "load_config", "parse_config"]
+__all__ = [
+    "OVERRIDE_OPTIONS",
+    "ClusterConfig",
+    "DatasetConfig",
+    "DiffusionConfig",
+    "FewShotConfig",
+    "FieldMap",
+    "GenerationConfig",
+    "JudgeParse",
+    "ModelConfig",
+    "PlacementConfig",
+    "RunConfig",
+    "ServerConfig",
+    "StageConfig",
+    "apply_overrides",
+    "load_config",
+    "option_overrides",
+    "parse_config",
+]

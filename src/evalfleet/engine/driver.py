@@ -99,9 +99,10 @@ class StageDriver:
 
     # -- worker lifecycle ---------------------------------------------------------------------
     def start(self, spec: WorkerSpec) -> None:
+        spawned = time.time()
         proc, conn = self.launcher.start(spec, self.stage.model.model_dump_json(), self.batch_size,
                                          str(self.cfg.run_dir))
-        w = WorkerHandle(spec, proc, conn, self.restarts.get(spec.name, 0))
+        w = WorkerHandle(spec, proc, conn, self.restarts.get(spec.name, 0), t_spawn_wall=spawned)
         self.workers[spec.name] = w
         self.queue.register(spec.name)
         self.store.worker_state(self.key(w), device=spec.name, pid=proc.pid, state="loading")
@@ -169,7 +170,7 @@ class StageDriver:
                 if state != w.stored_state or w.last_seen - w.last_stored > HEARTBEAT_STORE_S:
                     w.last_stored, w.stored_state = w.last_seen, state
                     self.store.worker_state(self.key(w), device=w.spec.name, pid=w.proc.pid, state=state)
-            case Ready(device, load_s, python, protocol):
+            case Ready(device, load_s, python, protocol, phases, started):
                 if protocol != PROTOCOL:
                     raise UserError(f"worker {w.id} speaks protocol {protocol}, this driver {PROTOCOL}: the stage's "
                                     "Python environment has another evalfleet version; install the same one there")
@@ -177,7 +178,8 @@ class StageDriver:
                 self.store.worker_state(self.key(w), device=device, pid=w.proc.pid, state="running")
                 self.progress.worker(w.spec.name, device)
                 log.info("worker %s ready on %s after %.1f s (python %s)", w.id, device, load_s, python)
-                if line := self.perf.loaded(w.id, load_s, all(x.ready for x in self.workers.values())):
+                phases = {"process start": round(max(0.0, started - w.t_spawn_wall), 3), **phases} if started else phases
+                if line := self.perf.loaded(w.id, load_s, all(x.ready for x in self.workers.values()), phases):
                     self.progress.note(line)
                 self.feed(w)
             case Results():

@@ -22,6 +22,8 @@ class WorkerHandle:
     generation: int
     ready: bool = False
     t_start: float = field(default_factory=time.monotonic)
+    t_spawn_wall: float = field(default_factory=time.time)
+    """Wall clock just before its process was spawned (its process start is measured from there)."""
     t_ready: float | None = None
     t_stop: float | None = None
     """When the driver told it to stop: its serving time ends there, before unloading."""

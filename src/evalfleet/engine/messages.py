@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from evalfleet.records import Result, Sample
 
-PROTOCOL = 1
+PROTOCOL = 2
 """Bumped whenever a message below changes."""
 
 
@@ -39,6 +39,10 @@ class Ready:
     python: str
     """The interpreter it runs under (a stage may name another environment's)."""
     protocol: int = PROTOCOL
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds of each start-up phase it measured (`observe/startup.py: WORKER_PHASES`, process start aside)."""
+    started: float = 0.0
+    """Wall clock when its entry point began: the driver takes process start from its own spawn time."""
 
 
 @dataclass(frozen=True)

@@ -268,16 +268,25 @@ class WorkerLoop:
         self.prefetch.shutdown(wait=False, cancel_futures=True)
 
 
+def _lap(since: float) -> tuple[float, float]:
+    """(seconds since `since`, now)."""
+    now = time.perf_counter()
+    return round(now - since, 3), now
+
+
 def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size: int, output_dir: str,
                 where: str = "") -> None:
     """Entry point of a worker: a spawned process of the driver, or a Ray actor (`where`: its node)."""
+    started = time.time()
     if not where:
         _die_with_parent()
         ignore_stop_signals()  # Ctrl-C, SIGTERM and SIGUSR1 are the driver's to handle
     if spec.gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpus)
     loop = WorkerLoop(conn, batch_size)
+    phases: dict[str, float] = {}  # start-up, observe/startup.py
     try:
+        t0 = t = time.perf_counter()
         import torch
 
         torch.set_num_threads(spec.threads)
@@ -286,21 +295,29 @@ def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size:
         hf_logging.disable_progress_bar()  # N workers' loading bars would garble the live view
         from evalfleet.backends import free_memory, make_backend
 
-        t0 = time.perf_counter()
+        phases["imports"], t = _lap(t)
+        if spec.gpus and torch.cuda.is_available():
+            torch.cuda.init()
+            phases["CUDA init"], t = _lap(t)
         backend = make_backend(ModelConfig.model_validate_json(model_json), len(spec.gpus), spec.max_memory_per_gpu,
                                output_dir)
+        phases["tokenizer"], t = _lap(t)
         first = loop.start(backend)  # prepared while the model loads
         backend.load()
+        phases.update(backend.startup or {"weights": time.perf_counter() - t})
+        t = time.perf_counter()
         ready = first.result() if first.done() and first.exception() is None else None
         prepared = ready.prepared if ready is not None else None
         stream = backend.stream(batch_size, prepared)  # continuous batching, if the backend does it
         if stream is None and prepared is not None:  # e.g. capture the decode step for batches of this shape now,
             backend.warm_up(prepared)  # rather than in the first one
+        phases["graphs"], _ = _lap(t)
         load_s = time.perf_counter() - t0
         backend.on_step = lambda step, steps: loop.send(Step(step, steps))  # denoising: the worker's bar
         if spec.cpu_headroom is not None and not spec.gpus:
             _limit_address_space(spec.cpu_headroom)
-        loop.send(Ready(backend.label + (f" on {where}" if where else ""), load_s, sys.executable))
+        loop.send(Ready(backend.label + (f" on {where}" if where else ""), load_s, sys.executable, phases=phases,
+                        started=started))
     except Exception:
         loop.send(Fatal(traceback.format_exc()))
         loop.close()

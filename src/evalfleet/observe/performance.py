@@ -8,22 +8,26 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from evalfleet.observe.startup import critical_replica, startup_line
 from evalfleet.records import Result
 
 
 @dataclass
 class Performance:
     data: dict[str, Any] = field(
-        default_factory=lambda: {"load_s": {}, "unload_s": {}, "workers": {}, "samples": 0, "generated_tokens": 0})
+        default_factory=lambda: {"load_s": {}, "unload_s": {}, "workers": {}, "samples": 0, "generated_tokens": 0,
+                                 "startup": {"workers": {}}})
     t_spawn: float = field(default_factory=time.monotonic)
     t_ready: float = 0.0
     """When every replica had loaded; throughput counts from then."""
     at_ready: tuple[int, int] = (0, 0)
     """(samples, generated tokens) finished before t_ready."""
 
-    def loaded(self, worker: str, seconds: float, every_replica: bool) -> str | None:
-        """A worker is ready after `seconds`; once `every_replica` is, the line that says how long loading took."""
+    def loaded(self, worker: str, seconds: float, every_replica: bool, phases: dict[str, float]) -> str | None:
+        """A worker is ready after `seconds` (its start-up `phases`); once `every_replica` is, the line that says
+        how long loading took."""
         self.data["load_s"][worker] = round(seconds, 2)
+        self.data["startup"]["workers"][worker] = phases
         if "load_wall_s" in self.data or not every_replica:
             return None
         self.t_ready = time.monotonic()
@@ -31,9 +35,12 @@ class Performance:
         self.data["load_wall_s"] = round(self.t_ready - self.t_spawn, 2)
         each = ", ".join(f"{v:.1f}" for v in self.data["load_s"].values())
         return (f"{len(self.data['load_s'])} replica(s) ready in {self.data['load_wall_s']:.1f} s wall (process start "
-                f"included); model load per replica: {each} s")
+                f"included); model load per replica: {each} s\n"
+                + startup_line(critical_replica(self.data["startup"]["workers"])))
 
     def answered(self, results: list[Result]) -> None:
+        if results and "first result" not in self.data["startup"]:
+            self.data["startup"]["first result"] = round(time.monotonic() - self.t_spawn, 2)
         self.data["samples"] += len(results)
         self.data["generated_tokens"] += sum(r.n_tokens or 0 for r in results)
 

@@ -13,7 +13,7 @@ from evalfleet.config import RunConfig
 from evalfleet.data.datasets import DatasetError, load_samples
 from evalfleet.data.images import open_image
 from evalfleet.records import ImageRef
-from evalfleet.reporting.tables import PERFORMANCE_HEAD, markdown_table, performance_rows
+from evalfleet.reporting.tables import PERFORMANCE_HEAD, STARTUP_HEAD, markdown_table, performance_rows, startup_rows
 from evalfleet.scoring import pass_mark
 from evalfleet.store import Store
 
@@ -177,6 +177,8 @@ def write_html(path: Path, summary: dict[str, Any], records: list[dict[str, Any]
              f"<h1>evalfleet: {e(str(summary['run']))}</h1><h2>Results</h2>", _md_table_html(markdown_table(public))]
     parts.append(f"<h2>Performance</h2><p>run wall {e(str(public['wall_s']))} s, {public['gpu_hours']} GPU-hours</p>")
     parts.append(html_table(PERFORMANCE_HEAD, performance_rows(public)))
+    if rows := startup_rows(public):
+        parts.append("<h3>Start-up, seconds (the replica ready last)</h3>" + html_table(STARTUP_HEAD, rows))
     plots = _plots(summary, records, store)
     if plots:
         parts.append("<h2>Plots</h2><div class='plots'>" + "".join(

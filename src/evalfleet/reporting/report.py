@@ -18,12 +18,15 @@ from evalfleet.config import RunConfig, StageConfig
 from evalfleet.errors import UserError
 from evalfleet.reporting.tables import (
     PERFORMANCE_HEAD,
+    STARTUP_HEAD,
     console_table,
     markdown_rows,
     markdown_table,
     performance_rows,
     performance_table,
     sample_records,
+    startup_rows,
+    startup_table,
 )
 from evalfleet.scoring import scoring_key, stage_scorer, summarize, unpack
 from evalfleet.store import Store
@@ -106,6 +109,7 @@ def build_summary(store: Store, cfg: RunConfig) -> dict[str, Any]:
         "datasets": datasets,
         "overall": summarize(all_rows, metrics),
         "performance": (perf := {s.name: store.get_meta(f"performance:{s.name}") for s in stages}),
+        "startup": store.get_meta("startup"),
         "wall_s": (store.get_meta("state") or {}).get("wall_s"),
         "gpu_hours": round(sum((p or {}).get("gpu_hours", 0.0) for p in perf.values()), 4),
         "_rows": rows_by_ds,
@@ -140,9 +144,11 @@ def write_report(run_dir: Path, store: Store, cfg: RunConfig, console: Console |
                     f.write(json.dumps(record) + "\n")
     if "md" in formats:
         perf = markdown_rows(PERFORMANCE_HEAD, performance_rows(public))
+        startup = markdown_rows(STARTUP_HEAD, rows) if (rows := startup_rows(public)) else ""
         (run_dir / "summary.md").write_text(f"# {summary['run']}\n\n" + markdown_table(public)
                                             + f"\n## Performance\n\nrun wall s: {public['wall_s']}; "
-                                            f"GPU-hours: {public['gpu_hours']}\n\n" + perf)
+                                            f"GPU-hours: {public['gpu_hours']}\n\n" + perf
+                                            + (f"\n### Start-up (seconds)\n\n{startup}" if startup else ""))
     records = sample_records(summary) if {"csv", "parquet", "html"} & set(formats) else []
     if "csv" in formats:
         for name in summary["_rows"]:
@@ -160,4 +166,6 @@ def write_report(run_dir: Path, store: Store, cfg: RunConfig, console: Console |
     if console is not None:
         console.print(console_table(public))
         console.print(performance_table(public))
+        if rows := startup_rows(public):
+            console.print(startup_table(rows))
     return public

@@ -7,6 +7,8 @@ from typing import Any
 
 from rich.table import Table
 
+from evalfleet.observe.startup import RUN_PHASES, STAGE_PHASES, critical_replica
+
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
@@ -70,6 +72,33 @@ def performance_rows(summary: dict[str, Any]) -> list[list[str]]:
 
 
 PERFORMANCE_HEAD = ["stage", "wall s", "load s", "unload s", "samples/s", "tokens/s", "GPU-hours", "busy"]
+
+
+def startup_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """One row per stage that started workers: the run's phases, then the stage's (seconds)."""
+    run = summary.get("startup") or {}
+    rows = []
+    for stage, p in summary["performance"].items():
+        s = (p or {}).get("startup")
+        if not s:
+            continue
+        phases = {**{k: run.get(k) for k in RUN_PHASES}, "plan": s.get("plan"),
+                  **critical_replica(s.get("workers", {})), "first result": s.get("first result")}
+        rows.append([stage] + [f"{phases[k]:.2f}" if phases.get(k) is not None else "-"
+                               for k in (*RUN_PHASES, *STAGE_PHASES)])
+    return rows
+
+
+STARTUP_HEAD = ["stage", *RUN_PHASES, *STAGE_PHASES]
+
+
+def startup_table(rows: list[list[str]]) -> Table:
+    table = Table(title="start-up, seconds (the replica ready last)", title_justify="left")
+    for col in STARTUP_HEAD:
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def performance_table(summary: dict[str, Any]) -> Table:

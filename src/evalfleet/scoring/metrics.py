@@ -9,7 +9,7 @@ from typing import Protocol
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _NUMBER_WORDS = {w: str(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten".split())}
+    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"])}
 _NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")
 _PUNCT = str.maketrans({c: " " for c in string.punctuation})
 
