@@ -295,12 +295,14 @@ def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size:
         hf_logging.disable_progress_bar()  # N workers' loading bars would garble the live view
         from evalfleet.backends import free_memory, make_backend
 
+        model_cfg = ModelConfig.model_validate_json(model_json)
+        if model_cfg.backend in ("transformers", "diffusers"):  # the bulk of transformers' import (torch.distributed...), else lazily
+            import transformers.modeling_utils  # noqa: F401  # in the first config read, counted as the tokenizer's
         phases["imports"], t = _lap(t)
         if spec.gpus and torch.cuda.is_available():
             torch.cuda.init()
             phases["CUDA init"], t = _lap(t)
-        backend = make_backend(ModelConfig.model_validate_json(model_json), len(spec.gpus), spec.max_memory_per_gpu,
-                               output_dir)
+        backend = make_backend(model_cfg, len(spec.gpus), spec.max_memory_per_gpu, output_dir)
         phases["tokenizer"], t = _lap(t)
         first = loop.start(backend)  # prepared while the model loads
         backend.load()
