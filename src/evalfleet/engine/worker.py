@@ -296,7 +296,7 @@ def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size:
         from evalfleet.backends import free_memory, make_backend
 
         model_cfg = ModelConfig.model_validate_json(model_json)
-        if model_cfg.backend in ("transformers", "diffusers"):  # the bulk of transformers' import (torch.distributed...), else lazily
+        if model_cfg.backend in ("transformers", "diffusers"):  # the bulk of transformers, else imported lazily
             import transformers.modeling_utils  # noqa: F401  # in the first config read, counted as the tokenizer's
         phases["imports"], t = _lap(t)
         if spec.gpus and torch.cuda.is_available():
