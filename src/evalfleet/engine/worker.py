@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from evalfleet.assets import default_cache_dir
 from evalfleet.config import ModelConfig
 from evalfleet.data.images import open_image
 from evalfleet.engine.messages import Fatal, FromWorker, Heartbeat, Ready, Results, Step, Stop, Unloaded, Work
@@ -283,6 +284,9 @@ def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size:
         ignore_stop_signals()  # Ctrl-C, SIGTERM and SIGUSR1 are the driver's to handle
     if spec.gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpus)
+    # Compiled kernels (fused elementwise) are cached between runs in evalfleet's cache folder, not in /tmp,
+    # which Slurm jobs often get empty.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default_cache_dir() / "inductor"))
     loop = WorkerLoop(conn, batch_size)
     phases: dict[str, float] = {}  # start-up, observe/startup.py
     try:
