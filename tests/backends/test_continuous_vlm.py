@@ -51,3 +51,16 @@ def test_sampled_vlm_answers_depend_on_the_sample_alone(vlm):
     wide = streamed(b, requests(), 12)
     assert streamed(b, requests()[::-1], 2)[::-1] == wide  # other slots, neighbours and order
     assert wide != streamed(backend(vlm, "continuous", NEW_TOKENS), requests(), 12)
+
+
+def test_text_rows_without_media_on_a_vlm(vlm):
+    """Requests added as plain token ids (no media) are text: the same answers as with their token types."""
+    from dataclasses import replace
+
+    b = backend(vlm, "continuous", NEW_TOKENS)
+    text_only = [r for r in requests() if not r.images]
+    prepared = b.prepare(text_only)
+    stream = b.stream(2, None)
+    expected = [(g.text, g.n_tokens) for g in stream.run(prepared)]
+    prepared.inputs = [replace(r, media=None) for r in prepared.inputs]
+    assert [(g.text, g.n_tokens) for g in stream.run(prepared)] == expected

@@ -56,10 +56,12 @@ def prefill_inputs(model: Any, rows: list[Any], device: torch.device) -> tuple[t
     """For requests packed into one row: their rotary positions [3, 1, N], each one's offset for the tokens it
     generates, and the forward's image inputs (none if no request has an image)."""
     length = max(len(r.ids) for r in rows)
+    media = [r.media or {} for r in rows]  # a request without media is text: token type 0 throughout
     ids = torch.stack([F.pad(torch.tensor(r.ids), (length - len(r.ids), 0)) for r in rows])
-    types = torch.stack([F.pad(r.media["mm_token_type_ids"].int(), (length - len(r.ids), 0)) for r in rows])
+    types = torch.stack([F.pad(m.get("mm_token_type_ids", torch.zeros(len(r.ids))).int(), (length - len(r.ids), 0))
+                         for r, m in zip(rows, media)])
     mask = torch.stack([F.pad(torch.ones(len(r.ids), dtype=torch.long), (length - len(r.ids), 0)) for r in rows])
-    with_images = [r.media for r in rows if "image_grid_thw" in r.media]
+    with_images = [m for m in media if "image_grid_thw" in m]
     grids = torch.cat([m["image_grid_thw"] for m in with_images]) if with_images else None
     positions, deltas = getattr(model, "model", model).get_rope_index(ids, types, image_grid_thw=grids,
                                                                       attention_mask=mask)
