@@ -64,3 +64,20 @@ def test_text_rows_without_media_on_a_vlm(vlm):
     expected = [(g.text, g.n_tokens) for g in stream.run(prepared)]
     prepared.inputs = [replace(r, media=None) for r in prepared.inputs]
     assert [(g.text, g.n_tokens) for g in stream.run(prepared)] == expected
+
+
+def test_rotary_positions_prepared_with_the_model_or_computed_at_prefill_agree(vlm):
+    """A batch prepared before the model loaded (a worker's first) has its rotary positions computed in the
+    engine's prefill; later batches bring them from the prefetch thread: the answers are the same."""
+    from evalfleet.backends.transformers_backend import TransformersBackend
+    from evalfleet.config import ModelConfig
+
+    early = TransformersBackend(ModelConfig(path=str(vlm), dtype="float32", engine="continuous",
+                                            generation={"max_new_tokens": NEW_TOKENS}), n_gpus=0)
+    before = early.prepare(requests())  # no model yet
+    early.load()
+    after = early.prepare(requests())
+    assert not any("positions" in r.media for r in before.inputs)
+    assert all("positions" in r.media for r in after.inputs)
+    stream = early.stream(3, None)
+    assert [g.text for g in stream.run(before)] == [g.text for g in stream.run(after)]
