@@ -38,3 +38,21 @@ def test_unchanged_samples_are_not_rewritten_and_changed_ones_are(tmp_path):
     assert edited["q0"][1] == '["b, edited"]' and edited != first
     prompt = record(config("{question} Answer briefly."))  # another setting: stored again
     assert prompt["q1"][0] != edited["q1"][0]
+
+
+def test_an_image_gone_since_is_stored_as_an_error_though_the_data_file_is_unchanged(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    data = tmp_path / "q.jsonl"
+    data.write_text(json.dumps({"id": "q0", "question": "Q?", "answer": "a", "image": "a.png"}) + "\n")
+    cfg = parse_config({"name": "t", "output_dir": str(tmp_path / "out"), "model": {"path": str(tmp_path)},
+                        "datasets": [{"name": "q", "path": str(data)}]})
+    for gone in (False, True):
+        if gone:
+            (tmp_path / "a.png").unlink()
+        store = Store(cfg.run_dir / "store.db")
+        record_samples(store, read_datasets(cfg))
+        (error,) = store.db.execute("SELECT error FROM samples").fetchone()
+        store.close()
+        assert (error is not None and "image file not found" in error) == gone

@@ -69,15 +69,17 @@ class Datasets:
     """What each dataset's samples were read from (`samples_key`): equal to the stored key, they are unchanged."""
 
 
-def samples_key(cfg: RunConfig, name: str) -> str:
+def samples_key(cfg: RunConfig, name: str, samples: list[Sample]) -> str:
     """A digest of everything a dataset's samples derive from: its settings, the run's seed, limit and shard, the
-    size and modification time of its files (data, few-shot examples), and evalfleet's version."""
+    size and modification time of its files (data, few-shot examples), evalfleet's version, and the samples'
+    errors (an image file deleted since is an error now, in files that did not change)."""
     from evalfleet import __version__
 
     ds = next(d for d in cfg.datasets if d.name == name)
-    files = [p for p in (ds.path, ds.few_shot.path if ds.few_shot else None) if p]
-    stats = [(str(p), st.st_size, st.st_mtime_ns) for p in files if (st := Path(p).stat())]
-    parts = [ds.model_dump(mode="json"), cfg.seed, cfg.limit, cfg.shard, stats, __version__]
+    files = [Path(p) for p in (ds.path, ds.few_shot.path if ds.few_shot else None) if p]
+    stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    errors = [(s.id, s.error) for s in samples if s.error]
+    parts = [ds.model_dump(mode="json"), cfg.seed, cfg.limit, cfg.shard, stats, __version__, errors]
     return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
 
 
@@ -96,7 +98,7 @@ def read_datasets(cfg: RunConfig) -> Datasets:
             positions = [i for i, s in zip(positions, samples) if in_shard(ds.name, s.id, index, count)]
             samples = [samples[i] for i in positions]
         out.samples[ds.name], out.positions[ds.name] = samples, positions
-        out.keys[ds.name] = samples_key(cfg, ds.name)
+        out.keys[ds.name] = samples_key(cfg, ds.name, samples)
     return out
 
 
