@@ -73,8 +73,9 @@ def generate_engine(path: Path, reqs: list[Request], batch: int) -> tuple[float,
     return prep, seconds
 
 
-def continuous(model, batches: list, slots: int, new: int) -> tuple[float, int]:
-    """Seconds and generated tokens of every prepared row through a fresh engine (warmed on `slots` // 4 rows)."""
+def continuous(model, batches: list, slots: int, new: int) -> tuple[float, int, bool]:
+    """Seconds and generated tokens of every prepared row through a fresh engine (warmed on `slots` // 4 rows),
+    and whether its decode step was captured as a CUDA graph."""
     rows = [r for p in batches for r in p.inputs]
     rows = [type(r)(i, r.ids, r.seed, r.media) for i, r in enumerate(rows)]
     engine = ContinuousEngine(model, slots=slots, length=max(len(r.ids) for r in rows) + new, max_new_tokens=new,
@@ -88,9 +89,10 @@ def continuous(model, batches: list, slots: int, new: int) -> tuple[float, int]:
             tokens += sum(len(d.tokens) for d in engine.step() if not d.error)
         sync()
         seconds = time.perf_counter() - t0
+    captured = engine.graph is not None
     del engine
     torch.cuda.empty_cache() if GPU else None
-    return seconds, tokens
+    return seconds, tokens, captured
 
 
 def main() -> None:
@@ -111,8 +113,8 @@ def main() -> None:
     base_prep, base_s = generate_engine(path, reqs[: args.baseline_rows], args.batch)
     b = backend(path, "continuous", 32, args.batch)
     prep, batches = prepare(b, reqs[: args.rows], args.batch)
-    short_s, short_tokens = continuous(b.model, batches, args.slots, 32)
-    long_s, long_tokens = continuous(b.model, batches[: -(-args.long_rows // args.batch)], args.slots, 512)
+    short_s, short_tokens, _ = continuous(b.model, batches, args.slots, 32)
+    long_s, long_tokens, _ = continuous(b.model, batches[: -(-args.long_rows // args.batch)], args.slots, 512)
 
     image_tokens = sum(r.ids.count(b.image_token_id) for r in batches[0].inputs) / len(batches[0].inputs)
     prompt = sum(len(r.ids) for r in batches[0].inputs) / len(batches[0].inputs)

@@ -19,14 +19,12 @@ import time
 from pathlib import Path
 
 import torch
-from continuous_vlm import SUBJECTS, sync
+from continuous_vlm import SUBJECTS, continuous, sync
 from models import images, tiny_vlm
 from PIL import Image
 from transformers import AutoTokenizer, Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration
 
 from evalfleet.backends import Request
-from evalfleet.backends.continuous import ContinuousEngine
-from evalfleet.backends.sampling import Sampler
 from evalfleet.backends.transformers_backend import TransformersBackend
 from evalfleet.config import ModelConfig
 
@@ -117,26 +115,15 @@ def main() -> None:
     c = TransformersBackend(ModelConfig(path=str(path), engine="continuous", generation={"max_new_tokens": 64}),
                             n_gpus=int(GPU))
     c.use_model(model)
-    rows = [r for i in range(0, args.rows, 256) for r in c.prepare(reqs[i : i + 256]).inputs]
-    rows = [type(r)(i, r.ids, r.seed, r.media) for i, r in enumerate(rows)]
-    engine = ContinuousEngine(model, slots=args.slots, length=max(len(r.ids) for r in rows) + 64, max_new_tokens=64,
-                              eos_ids=set(), sampler=Sampler(), cuda_graphs=GPU)
-    for work in (rows[: args.slots // 4], rows):
-        sync()
-        t0 = time.perf_counter()
-        engine.add(work)
-        tokens = 0
-        while engine.busy:
-            tokens += sum(len(d.tokens) for d in engine.step() if not d.error)
-        sync()
-        cont_s = time.perf_counter() - t0
+    batches = [c.prepare(reqs[i : i + 256]) for i in range(0, args.rows, 256)]
+    cont_s, tokens, captured = continuous(model, batches, args.slots, 64)
 
     base, cont = args.baseline_rows * 64 / base_s, tokens / cont_s
-    prompt = sum(len(r.ids) for r in rows) / len(rows)
+    prompt = sum(len(r.ids) for p in batches for r in p.inputs) / args.rows
     print(f"\n{torch.cuda.get_device_name() if GPU else 'CPU'}, Qwen3-VL-MoE {args.shape}-shaped, "
           f"{model.config.text_config.num_hidden_layers} text layers, {params:.1f}B parameters (built in {built:.0f} s); "
           f"prompts of {prompt:.0f} tokens; experts: {model.config.text_config._experts_implementation}; "
-          f"decode step {'captured as a CUDA graph' if engine.graph is not None else 'eager'}\n")
+          f"decode step {'captured as a CUDA graph' if captured else 'eager'}\n")
     print("| engine | rows | samples/s | generated tok/s |\n|---|---|---|---|")
     print(f"| transformers generate, batches of 16 | {args.baseline_rows} | {base / 64:,.1f} | {base:,.0f} |")
     print(f"| continuous, {args.slots} slots | {args.rows} | {cont / 64:,.1f} | {cont:,.0f} |")

@@ -29,14 +29,14 @@ def main() -> None:
     path = qwen25_vl(args.work, "7b")
     b = backend(path, "continuous", 32, args.slots)
     _, batches = prepare(b, requests(images(args.work, args.rows)), args.slots)
-    seconds, _ = continuous(b.model, batches, args.slots, 32)
+    seconds, _, _ = continuous(b.model, batches, args.slots, 32)
     print(f"unprofiled: {args.rows / seconds:.1f} samples/s")
     timed(ContinuousEngine, "_prefill")
     timed(ContinuousEngine, "_decode")
     timed(type(b.model.model.visual), "forward")
     timed(engine_module, "prefill_inputs")  # the rotary index and the image inputs
     SPENT.clear()
-    seconds, _ = continuous(b.model, batches, args.slots, 32)
+    seconds, _, _ = continuous(b.model, batches, args.slots, 32)
     print(f"synchronised: {args.rows / seconds:.1f} samples/s, {seconds:.1f} s")
     for name, spent in SPENT.items():
         print(f"  {name}: {len(spent)} calls, {sum(spent):.2f} s, mean {sum(spent) / len(spent) * 1000:.1f} ms")
