@@ -99,6 +99,15 @@ def choose_eos(answers: list[list[int]], within: int, share: float) -> set[int]:
     return chosen
 
 
+def text_backend(work: Path, shape: str, rows: int) -> tuple[TransformersBackend, list[list[int]]]:
+    """A Qwen2.5-`shape`-shaped model loaded for the continuous engine, and `rows` chat prompts of 256 tokens as
+    token ids."""
+    work.mkdir(parents=True, exist_ok=True)
+    b = TransformersBackend(ModelConfig(path=str(qwen25_text(work, shape)), engine="continuous"), n_gpus=int(GPU))
+    b.load()
+    return b, [r.ids for r in b.prepare([Request(t, [], 0) for t in chat_prompts(work, rows, 256)]).inputs]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1024)
@@ -110,13 +119,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench"))
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    path = qwen25_text(args.work, args.shape)
-    b = TransformersBackend(ModelConfig(path=str(path), engine="continuous"), n_gpus=int(GPU))
-    b.load()
+    b, ids = text_backend(args.work, args.shape, max(args.rows, args.uniform))
     model, pad = b.model, b.tokenizer.pad_token_id
-    texts = chat_prompts(args.work, max(args.rows, args.uniform), 256)
-    ids = [r.ids for r in b.prepare([Request(t, [], 0) for t in texts]).inputs]
     greedy, sampled = Sampler(), Sampler(0.7, top_p=0.9)
     sampled.compile()
     rows: list[tuple[str, str, float]] = []

@@ -13,16 +13,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from continuous import continuous, static
-from models import chat_prompts, qwen25_text
+from continuous import continuous, static, text_backend
 from torch.profiler import ProfilerActivity, profile
 
-from evalfleet.backends import Request
 from evalfleet.backends.continuous import ContinuousEngine
 from evalfleet.backends.sampling import Sampler
 from evalfleet.backends.static_decode import StaticDecoder
-from evalfleet.backends.transformers_backend import TransformersBackend
-from evalfleet.config import ModelConfig
 
 SPENT: dict[str, list[float]] = defaultdict(list)
 
@@ -49,10 +45,7 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=256)
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench"))
     args = ap.parse_args()
-    path = qwen25_text(args.work, "7b")
-    b = TransformersBackend(ModelConfig(path=str(path), engine="continuous"), n_gpus=1)
-    b.load()
-    ids = [r.ids for r in b.prepare([Request(t, [], 0) for t in chat_prompts(args.work, args.rows, 256)]).inputs]
+    b, ids = text_backend(args.work, "7b", args.rows)
     print("prompt lengths", min(map(len, ids)), max(map(len, ids)))
     n = len(ids) * 64
     for label, fn in (("continuous", lambda: continuous(b.model, ids, args.slots, 64, set(), Sampler())[0]),

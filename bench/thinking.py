@@ -22,14 +22,10 @@ import time
 from pathlib import Path
 
 import torch
-from continuous import GPU, continuous, sync
-from models import chat_prompts, qwen25_text
+from continuous import GPU, continuous, sync, text_backend
 from transformers import AutoModelForCausalLM
 
-from evalfleet.backends import Request
 from evalfleet.backends.sampling import Sampler
-from evalfleet.backends.transformers_backend import TransformersBackend
-from evalfleet.config import ModelConfig
 
 
 def eos_for_median(answers: list[list[int]], median: int) -> set[int]:
@@ -98,11 +94,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench"))
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    path = qwen25_text(args.work, args.shape)
-    b = TransformersBackend(ModelConfig(path=str(path), engine="continuous"), n_gpus=int(GPU))
-    b.load()
-    ids = [r.ids for r in b.prepare([Request(t, [], 0) for t in chat_prompts(args.work, args.rows, 256)]).inputs]
+    b, ids = text_backend(args.work, args.shape, args.rows)
+    path = Path(b.cfg.path)
     s_max, answers = continuous(b.model, ids, args.slots, args.max_new, set(), Sampler())
     eos = eos_for_median(answers, args.median)
     lengths = sorted(ended(a, eos) for a in answers)
