@@ -41,12 +41,17 @@ def sync() -> None:
 
 
 def continuous(model, ids: list[list[int]], slots: int, max_new: int, eos: set[int],
-               sampler: Sampler) -> tuple[float, list[list[int]]]:
-    """Seconds and new tokens of every row through a fresh engine (warmed on `slots` // 4 rows first)."""
+               sampler: Sampler, narrow: bool = True) -> tuple[float, list[list[int]]]:
+    """Seconds and new tokens of every row through a fresh engine (warmed on `slots` // 4 rows first); with
+    `narrow` False, every decode step is as wide as the slots (the engine of session 7)."""
     model.set_attn_implementation(SLOT_ATTENTION)
     engine = ContinuousEngine(model, slots=slots, length=max(map(len, ids)) + max_new, max_new_tokens=max_new,
                               eos_ids=eos, sampler=sampler, cuda_graphs=GPU)
+    if not narrow:
+        engine.widths = [slots]
     for rows in ([Row(i, x, i) for i, x in enumerate(ids[: slots // 4])], [Row(i, x, i) for i, x in enumerate(ids)]):
+        engine.steps_at.clear()
+        engine.moves = 0
         sync()
         t0 = time.perf_counter()
         engine.add(rows)
@@ -55,6 +60,10 @@ def continuous(model, ids: list[list[int]], slots: int, max_new: int, eos: set[i
             out.update((d.key, d.tokens) for d in engine.step())
         sync()
         seconds = time.perf_counter() - t0
+    widths = ", ".join(f"{w}: {n}" for w, n in sorted(engine.steps_at.items(), reverse=True))
+    tokens = sum(map(len, out.values()))
+    print(f"  {len(ids)} rows -> {max_new}: {tokens} tokens in {seconds:.2f} s, {tokens / seconds:,.0f} tok/s; "
+          f"decode steps by width {widths}; moves {engine.moves}", flush=True)
     del engine
     if GPU:
         torch.cuda.empty_cache()
@@ -137,11 +146,13 @@ def main() -> None:
     s_max, answers = continuous(model, work, args.slots, args.max_new, set(), greedy)
     eos = choose_eos(answers, 256, args.ending)
     s_mixed, mixed = continuous(model, work, args.slots, args.max_new, eos, greedy)
+    s_wide, wide = continuous(model, work, args.slots, args.max_new, eos, greedy, narrow=False)
     useful = sum(map(len, mixed))
     s_static_mixed, useful_static = static(model, work, args.slots, args.max_new, eos, pad)
     ended = sum(1 for a in mixed if len(a) <= 256 and a[-1] in eos) / len(mixed)
     rows += [("to max", f"continuous, {args.max_new} each", len(work) * args.max_new / s_max),
              ("mixed", f"continuous ({ended:.0%} end within 256)", useful / s_mixed),
+             ("mixed", "continuous, every step all slots wide", sum(map(len, wide)) / s_wide),
              ("mixed", "static", useful_static / s_static_mixed)]
     print(f"\n{torch.cuda.get_device_name() if GPU else 'CPU'}, {args.shape}-shaped, {args.slots} slots; EOS set of {len(eos)} tokens, "
           f"mean useful length {useful / len(work):.0f} of {args.max_new}\n")
@@ -151,7 +162,9 @@ def main() -> None:
     r = {e: v for _, e, v in rows}
     print(f"\nsampled / greedy {r['continuous, sampled'] / r['continuous, greedy']:.2f}; "
           f"mixed / to max {useful / s_mixed / (len(work) * args.max_new / s_max):.2f}; "
-          f"mixed continuous / static {useful / s_mixed / (useful_static / s_static_mixed):.2f}")
+          f"mixed continuous / static {useful / s_mixed / (useful_static / s_static_mixed):.2f}; "
+          f"answers that differ between narrowed and all-wide steps {sum(a != b for a, b in zip(mixed, wide))} "
+          f"of {len(mixed)} (bf16: a matmul's rounding may depend on its batch size)")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "continuous.json").write_text(json.dumps({"rows": rows, "eos": sorted(eos)}))

@@ -89,7 +89,7 @@ def continuous(model, batches: list, slots: int, new: int) -> tuple[float, int, 
             tokens += sum(len(d.tokens) for d in engine.step() if not d.error)
         sync()
         seconds = time.perf_counter() - t0
-    captured = engine.graph is not None
+    captured = engine.graphs.captured
     del engine
     torch.cuda.empty_cache() if GPU else None
     return seconds, tokens, captured

@@ -93,10 +93,17 @@ def loaded_backend(path: Path, engine: str, new_tokens: int = 12, **generation: 
     return b
 
 
-def continuous_answers(b: Any, requests: list[Any], slots: int) -> list[tuple[str, int]]:
-    """All requests through a continuous stream of `slots` slots (refilled as rows end): (text, tokens) each."""
+def continuous_answers(b: Any, requests: list[Any], slots: int, engine: list[Any] | None = None
+                       ) -> list[tuple[str, int]]:
+    """All requests through a continuous stream of `slots` slots (refilled as rows end, decoding down to one slot
+    wide once the queue is dry): (text, tokens) each. `engine` gets the engine appended."""
+    from evalfleet.backends.decode_graphs import decode_widths
+
     stream = b.stream(slots, None)
     assert stream is not None
+    stream.engine.widths = decode_widths(slots, smallest=1)
+    if engine is not None:
+        engine.append(stream.engine)
     return [(g.text, g.n_tokens) for g in stream.run(b.prepare(requests))]
 
 

@@ -1,8 +1,10 @@
 """The continuous engine (CPU, fp32, real tiny models): greedy answers equal one-at-a-time `generate` when slots
 are refilled mid-run; sampled answers depend on the sample alone, not on its slot or neighbours."""
 
+import gc
 import subprocess
 import sys
+import weakref
 
 import pytest
 import torch
@@ -34,6 +36,33 @@ def test_refilled_slots_give_one_at_a_time_answers(smollm2, reference):
     b = backend(smollm2, "continuous", new_tokens=20)
     for slots in (3, 1, 10):
         assert streamed(b, requests, slots) == expected, slots
+
+
+def test_the_tail_decodes_fewer_slots_with_the_same_answers(smollm2, reference):
+    """Once the queue is dry, busy slots move to the front (keys, values, state and tokens) and steps decode only
+    as many slots as the smallest width that holds them."""
+    requests, expected = reference
+    b = backend(smollm2, "continuous", new_tokens=20)
+    for slots in (3, 6):
+        engines: list = []
+        assert streamed(b, requests, slots, engines) == expected, slots
+        (engine,) = engines
+        assert engine.moves >= 1 and min(engine.steps_at) == 1, (slots, engine.steps_at)
+
+
+def test_a_dropped_engine_is_freed_at_once(smollm2, reference):
+    """No reference cycle holds an engine (and its cache, tens of GB on a GPU) until the collector runs."""
+    requests, _ = reference
+    b = backend(smollm2, "continuous", new_tokens=4)
+    stream = b.stream(3, None)
+    stream.run(b.prepare(requests[:4]))
+    engine = weakref.ref(stream.engine)
+    gc.disable()
+    try:
+        del stream
+        assert engine() is None
+    finally:
+        gc.enable()
 
 
 def test_moe_refilled_slots_give_one_at_a_time_answers(tmp_path):

@@ -7,7 +7,9 @@ batches until no request is left. One long answer holds one slot, not a batch.
 
 On CUDA the decode step (forward, next-token choice, bookkeeping) is captured once as a CUDA graph and replayed;
 the host learns which requests ended one step late (their flags are copied while the next step runs), so it
-never waits for the GPU between steps except to read the tokens of ended requests.
+never waits for the GPU between steps except to read the tokens of ended requests. Requests take the lowest free
+slots, and once the queue is dry the busy slots are moved to the front so that a step decodes only as many slots
+as are busy, rounded up to a width of `decode_widths` (`decode_graphs.py`).
 
     engine = ContinuousEngine(model, slots=256, length=512, max_new_tokens=64, eos_ids={2}, sampler=Sampler())
     engine.add([Row(key, ids, seed), ...])
@@ -18,7 +20,7 @@ never waits for the GPU between steps except to read the tokens of ended request
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -26,6 +28,7 @@ from typing import Any
 import torch
 
 from evalfleet.backends.base import Generation, Prepared, free_memory, is_out_of_memory
+from evalfleet.backends.decode_graphs import SMALLEST_WIDTH, DecodeGraphs, decode_widths, width_for
 from evalfleet.backends.sampling import Sampler
 from evalfleet.backends.slot_cache import SlotCache
 from evalfleet.backends.vision_rows import has_rope_index, prefill_inputs
@@ -57,9 +60,14 @@ class Done:
 
 class ContinuousEngine:
     def __init__(self, model: Any, *, slots: int, length: int, max_new_tokens: int, eos_ids: set[int],
-                 sampler: Sampler, cuda_graphs: bool) -> None:
+                 sampler: Sampler, cuda_graphs: bool, smallest_width: int = SMALLEST_WIDTH) -> None:
         self.model, self.sampler, self.max_new = model, sampler, max_new_tokens
         self.slots = slots
+        self.widths = decode_widths(slots, smallest_width)
+        self.width = slots
+        """Decode steps run over the first `width` slots; every busy slot is among them."""
+        self.steps_at: Counter[int] = Counter()  # decode steps run at each width
+        self.moves = 0  # times busy slots were moved to the front
         self.refill_at = max(1, slots // 16)
         """Free slots that make a prefill worth its forward while other slots decode."""
         self.use_graphs = cuda_graphs and model.device.type == "cuda"
@@ -76,8 +84,8 @@ class ContinuousEngine:
         self.refused: list[Done] = []
         self.keys: list[Any] = [None] * slots  # the request each slot holds
         self.free = list(range(slots))
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.flags: list[tuple[torch.Tensor, Any]] = []  # (pinned copy of `ended`, event) of the step before
+        self.graphs: DecodeGraphs | None = None
+        self.flags: list[tuple[torch.Tensor, Any]] = []  # (pinned copy of `ended[:width]`, event) of the step before
         self.ring: deque[tuple[torch.Tensor, Any]] = deque()
         self.length = 0
         self.cache: SlotCache
@@ -85,15 +93,17 @@ class ContinuousEngine:
 
     def _allocate(self, length: int) -> None:
         """A cache of `length` positions per slot (rounded up), and the decode step captured (or run once) for it."""
-        self.graph = self.cache = None  # type: ignore[assignment]  # free the old ones first
+        self.graphs = self.cache = None  # type: ignore[assignment]  # free the old ones first
         self.length = -(-max(length, self.max_new + 1) // LENGTH_QUANTUM) * LENGTH_QUANTUM
         self.cache = SlotCache(self.model.config, self.slots, self.length, self.model.device, self.model.dtype)
-        if self.use_graphs:
-            self._capture()
+        state = [self.token, self.pos, self.n_new, self.active, self.ended]
+        self.graphs = DecodeGraphs(state, self.use_graphs)
+        if self.use_graphs:  # every slot idle: the warm-up changes nothing that matters
+            self.graphs.prepare(self.slots, self._decode_step)
         else:  # one step now, every slot idle: a step that does not fit in memory fails here, not mid-run
             with torch.inference_mode():
-                self._decode_step()
-            self.ended.zero_()
+                self._decode_step(self.slots)
+        self.ended.zero_()
 
     def _fits(self, row: Row) -> bool:
         """Whether `row` fits a slot; if not and no slot is busy, the cache grows (by half at least) to hold it."""
@@ -132,6 +142,8 @@ class ContinuousEngine:
         if self.refused or self.waiting and (len(self.free) >= self.refill_at or len(self.free) == self.slots):
             done += self._admit()
         if len(self.free) < self.slots:
+            done += self._narrow()
+        if len(self.free) < self.slots:
             self._decode()
             done += self._collect()
         elif self.flags:
@@ -147,55 +159,70 @@ class ContinuousEngine:
         return self.model(input_ids=ids, position_ids=positions, use_cache=False, slot_pass=slot_pass,
                           logits_to_keep=keep, **media).logits
 
-    def _decode_step(self) -> None:
-        """One token for every slot (idle slots compute too, into their own spare cache position and column)."""
-        positions = (self.pos + self.delta)[None, :, None].expand(3, -1, -1) if self.mrope else self.pos[:, None]
-        logits = self._forward(self.token[:, None], positions, self.cache.decode(self.pos), 1)[:, -1]
-        new = self.sampler(logits, self.seeds, self.n_new)
-        act = self.active
-        self.out.scatter_(1, self.n_new.clamp(max=self.max_new)[:, None], new[:, None])
-        ended = act & (self._is_eos(new) | (self.n_new + 1 >= self.max_new))
-        self.n_new.add_(act.long())
-        self.pos.add_(act.long())
-        self.token.copy_(new)
-        self.active.logical_and_(~ended)
-        self.ended.copy_(ended)
+    def _decode_step(self, w: int) -> None:
+        """One token for each of the first `w` slots (idle ones compute too, into their own spare cache position and
+        column)."""
+        pos, n_new, active = self.pos[:w], self.n_new[:w], self.active[:w]
+        positions = (pos + self.delta[:w])[None, :, None].expand(3, -1, -1) if self.mrope else pos[:, None]
+        logits = self._forward(self.token[:w, None], positions, self.cache.decode(pos), 1)[:, -1]
+        new = self.sampler(logits, self.seeds[:w], n_new)
+        self.out[:w].scatter_(1, n_new.clamp(max=self.max_new)[:, None], new[:, None])
+        ended = active & (self._is_eos(new) | (n_new + 1 >= self.max_new))
+        n_new.add_(active.long())
+        pos.add_(active.long())
+        self.token[:w].copy_(new)
+        active.logical_and_(~ended)
+        self.ended[:w].copy_(ended)
 
-    def _capture(self) -> None:
-        """Capture the decode step (every slot idle: the warm-up changes nothing that matters)."""
-        try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side), torch.inference_mode():
-                for _ in range(2):
-                    self._decode_step()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph), torch.inference_mode():
-                self._decode_step()
-            self.graph = graph
-        except Exception as err:  # an op that cannot be captured: decode eagerly
-            log.warning("CUDA graph capture failed (%s: %s); decoding without graphs", type(err).__name__, err)
-            self.use_graphs = False
-        self.ended.zero_()
+    def _narrow(self) -> list[Done]:
+        """Set the width for the next step: the smallest that holds the busy slots. Once no request waits and they
+        would fit a smaller one, they first move to the front (which waits for the steps in flight)."""
+        done: list[Done] = []
+        free = set(self.free)
+        top = max(s for s in range(self.slots) if s not in free) + 1
+        if not self.waiting and width_for(self.widths, top) > width_for(self.widths, self.slots - len(free)):
+            done = self._collect(final=True)
+            busy = [s for s in range(self.slots) if s not in set(self.free)]
+            if not busy:
+                return done
+            width = width_for(self.widths, len(busy))
+            movers = [s for s in busy if s >= width]
+            self._move(movers, [s for s in self.free if s < width][: len(movers)])
+            top = max(busy) + 1 if not movers else width
+        self.width = width_for(self.widths, top)
+        return done
+
+    @torch.inference_mode()  # the cache may have been allocated in inference mode (grown by an admission)
+    def _move(self, src: list[int], dst: list[int]) -> None:
+        """Busy slots `src` take the free slots `dst`: their keys and values, state and generated tokens."""
+        if not src:
+            return
+        s, d = (torch.tensor(x, device=self.out.device) for x in (src, dst))
+        self.cache.move(s, d)
+        for t in (self.token, self.pos, self.n_new, self.seeds, self.delta, self.active, self.out):
+            t[d] = t[s]
+        self.active[s] = False
+        for a, b in zip(src, dst):
+            self.keys[b], self.keys[a] = self.keys[a], None
+        self.free = sorted(set(self.free) - set(dst) | set(src))
+        self.moves += 1
 
     @torch.inference_mode()
     def _decode(self) -> None:
-        if self.graph is not None:
-            self.graph.replay()
-        else:
-            self._decode_step()
+        w = self.width
+        self.graphs.run(w, self._decode_step)
+        self.steps_at[w] += 1
         if self.model.device.type == "cuda":
             if not self.ring:  # pinned buffers and events, reused: at most two are pending at a time
                 self.ring = deque((torch.empty(self.slots, dtype=torch.bool, pin_memory=True), torch.cuda.Event())
                                   for _ in range(3))
             host, event = self.ring[0]
             self.ring.rotate(-1)
-            host.copy_(self.ended, non_blocking=True)
+            host[:w].copy_(self.ended[:w], non_blocking=True)
             event.record()
-            self.flags.append((host, event))
+            self.flags.append((host[:w], event))
         else:
-            self.flags.append((self.ended.clone(), None))
+            self.flags.append((self.ended[:w].clone(), None))
 
     def _collect(self, final: bool = False) -> list[Done]:
         """Requests whose end the step before this one flagged (or the last step, once nothing decodes)."""
@@ -216,7 +243,7 @@ class ContinuousEngine:
         done = [Done(self.keys[s], row[:n]) for s, row, n in zip(slots, tokens, counts)]
         for s in slots:
             self.keys[s] = None
-        self.free += slots
+        self.free = sorted(self.free + slots)  # the lowest free slots are taken first
         return done
 
     def _take(self) -> list[Row]:

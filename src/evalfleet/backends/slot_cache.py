@@ -56,12 +56,20 @@ class SlotCache:
         self.cu_steps = torch.arange(slots + 1, device=device, dtype=torch.int32)
 
     def decode(self, pos: torch.Tensor) -> Pass:
-        """A decode step: slot s's token is at position pos[s] (its keys and values are written there)."""
+        """A decode step of the first w = len(pos) slots: slot s's token is at position pos[s] (its keys and values
+        are written there)."""
+        w = len(pos)
         used = (pos + 1).to(torch.int32)
         mask = None
         if not self.decode_flash:
-            mask = (torch.arange(self.length, device=pos.device) < used[:, None].long())[:, None, None]  # [S,1,1,L]
-        return Pass(self, self.base + pos, self.cu_steps, 1, used, mask, pos)
+            mask = (torch.arange(self.length, device=pos.device) < used[:, None].long())[:, None, None]  # [w,1,1,L]
+        return Pass(self, self.base[:w] + pos, self.cu_steps[: w + 1], 1, used, mask, pos)
+
+    def move(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Slots `dst` take the keys and values of slots `src`, in every layer."""
+        for cache in (*self.keys, *self.values):
+            slots = cache.view(self.slots, self.length, *cache.shape[1:])
+            slots.index_copy_(0, dst, slots.index_select(0, src))
 
     def prefill(self, slots: list[int], lengths: list[int]) -> Pass:
         """New prompts for `slots`, their tokens packed in this order."""
@@ -111,7 +119,7 @@ class Pass:
         left, right = (None, None) if window is None else (window - 1, 0)
         if decode and c.decode_flash:
             out = torch.ops.aten._flash_attention_forward(
-                q, keys, values, self.cu_q, c.cu_slots, 1, c.length, 0.0, False, False, scale=scaling,
+                q, keys, values, self.cu_q, c.cu_slots[: len(q) + 1], 1, c.length, 0.0, False, False, scale=scaling,
                 window_size_left=left, window_size_right=right, seqused_k=self.used)[0]
             return out[:, None]
         if not decode and c.flash:
@@ -120,7 +128,7 @@ class Pass:
                 window_size_left=left, window_size_right=right)[0]
             return out[None]
         if decode:
-            kk, vv = (x.view(c.slots, c.length, *x.shape[1:]).transpose(1, 2) for x in (keys, values))
+            kk, vv = (x.view(c.slots, c.length, *x.shape[1:])[: len(q)].transpose(1, 2) for x in (keys, values))
             mask = self.mask
             if window is not None:
                 mask = mask & (torch.arange(c.length, device=q.device) > self.positions[:, None] - window)[:, None, None]
