@@ -24,6 +24,7 @@ from evalfleet.engine.driver import StageDriver
 from evalfleet.engine.launcher import launcher
 from evalfleet.engine.loop import execute
 from evalfleet.engine.queue import Chunk, WorkQueue, make_chunks
+from evalfleet.engine.served import ServedLauncher, free_replicas, serve_dir
 from evalfleet.errors import UserError
 from evalfleet.observe.progress import RunProgress
 from evalfleet.observe.runlog import log_to
@@ -237,14 +238,24 @@ def stage_driver(
     """
     note = printer(console)
     t0 = time.perf_counter()
-    chosen, lines = make_plan(cfg, stage.model, plan_for, gpus=gpus, share=share)
+    folder = serve_dir(cfg.cluster.serve_dir)
+    served = free_replicas(folder, stage.model.model_dump_json()) if cfg.cluster.backend == "serve" else []
+    if served:  # warm replicas: no plan, no loading
+        batch_size, workers = served[0][1].batch_size, [r.spec for _, r in served]
+        lines = [f"plan: {len(served)} served replica(s) from {folder}, batch size {batch_size}"]
+    else:
+        chosen, lines = make_plan(cfg, stage.model, plan_for, gpus=gpus, share=share)
+        batch_size, workers = chosen.batch_size, chosen.workers
+        if cfg.cluster.backend == "serve":
+            lines.append(f"plan: no free replica with this stage's model settings is served in {folder}; "
+                         "starting its own workers")
     plan_s = round(time.perf_counter() - t0, 3)
     for line in lines:
         note(f"{stage.name}: {line}")
         log.info("%s: %s", stage.name, line)
 
     # Chunks of what is left, cut the same way on every run.
-    chunk_size = cfg.chunk_size or chosen.batch_size
+    chunk_size = cfg.chunk_size or batch_size
     universe = streaming if streaming is not None else inputs
     finished_by_ds = {name: store.done_ids(stage.name, name) for name in {*inputs, *universe}}
     chunks: list[Chunk] = []
@@ -263,12 +274,15 @@ def stage_driver(
         return None
 
     n_chunks = len(chunks) if streaming is None else -(-todo // chunk_size)
-    specs = chosen.workers[:n_chunks]  # no idle workers loading a model for nothing
+    specs = workers[:n_chunks]  # no idle workers loading a model for nothing
     title = stage.name if len(cfg.pipeline()) > 1 else "overall"
     progress = RunProgress(total, done, console=console, every=cfg.progress_every, seconds=cfg.progress_seconds,
                            title=title, shared=shared)
-    driver = StageDriver(cfg, stage, store, queue, progress, launcher(cfg.cluster.backend, stage.python or cfg.python),
-                         chosen.batch_size, chunk_size, specs, inputs, owner, open_inputs=streaming is not None)
+    launch = launcher(cfg.cluster.backend, stage.python or cfg.python)
+    if served:
+        launch = ServedLauncher({r.name: (path, r) for path, r in served}, fallback=launch)
+    driver = StageDriver(cfg, stage, store, queue, progress, launch, batch_size, chunk_size, specs, inputs, owner,
+                         open_inputs=streaming is not None)
     driver.perf.data["startup"]["plan"] = plan_s
     return driver
 

@@ -30,10 +30,14 @@ class PlacementConfig(_Strict):
 class ClusterConfig(_Strict):
     """Where the replicas run."""
 
-    backend: Literal["local", "ray"] = "local"
-    """`local`: processes on this machine; `ray`: Ray actors anywhere in a Ray cluster."""
+    backend: Literal["local", "ray", "serve"] = "local"
+    """`local`: processes on this machine; `ray`: Ray actors anywhere in a Ray cluster; `serve`: the replicas that
+    `evalfleet serve` keeps loaded on this machine, for the stages whose model settings they match (the others
+    start their own)."""
     address: str | None = None
     """Ray: the cluster to join (`auto`: the one started on this node; none: start a local one)."""
+    serve_dir: str | None = None
+    """Where served replicas register (default: the cache folder's `serve/HOSTNAME`)."""
 
 
 class FieldMap(_Strict):

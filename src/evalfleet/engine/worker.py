@@ -6,12 +6,8 @@ shared queue): `Work` in, `Ready`, `Results`, `Step`, `Heartbeat`, `Unloaded` or
 
 from __future__ import annotations
 
-import ctypes
 import gc
-import os
 import queue
-import resource
-import signal
 import sys
 import threading
 import time
@@ -23,13 +19,11 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from evalfleet.assets import default_cache_dir
-from evalfleet.config import ModelConfig
 from evalfleet.data.images import open_image
 from evalfleet.engine.messages import Fatal, FromWorker, Heartbeat, Ready, Results, Step, Stop, Unloaded, Work
+from evalfleet.engine.replica import limit_address_space, load_replica, setup_process
 from evalfleet.engine.streaming import run_stream
 from evalfleet.records import Result, Sample, WorkerSpec
-from evalfleet.stopping import ignore_stop_signals
 
 if TYPE_CHECKING:
     from evalfleet.backends import Backend, Prepared, Stream
@@ -56,22 +50,6 @@ class BatchSizer:
         self.streak += 1
         if self.streak >= GROW_AFTER and self.size < self.max:
             self.size, self.streak = min(self.max, self.size * 2), 0
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to kill this process when the driver dies (even by SIGKILL)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: the worker exits on its next pipe read instead
-    if os.getppid() == 1:
-        os._exit(1)
-
-
-def _limit_address_space(headroom: int) -> None:
-    with open("/proc/self/status") as f:
-        vm_size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize"))
-    resource.setrlimit(resource.RLIMIT_AS, (vm_size + headroom, resource.RLIM_INFINITY))
 
 
 @dataclass
@@ -269,59 +247,21 @@ class WorkerLoop:
         self.prefetch.shutdown(wait=False, cancel_futures=True)
 
 
-def _lap(since: float) -> tuple[float, float]:
-    """(seconds since `since`, now)."""
-    now = time.perf_counter()
-    return round(now - since, 3), now
-
-
 def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size: int, output_dir: str,
                 where: str = "") -> None:
     """Entry point of a worker: a spawned process of the driver, or a Ray actor (`where`: its node)."""
+    from evalfleet.backends import free_memory
+
     started = time.time()
-    if not where:
-        _die_with_parent()
-        ignore_stop_signals()  # Ctrl-C, SIGTERM and SIGUSR1 are the driver's to handle
-    if spec.gpus:
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpus)
-    # Compiled kernels (fused elementwise) are cached between runs in evalfleet's cache folder, not in /tmp,
-    # which Slurm jobs often get empty.
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default_cache_dir() / "inductor"))
+    setup_process(spec, managed=not where)
     loop = WorkerLoop(conn, batch_size)
-    phases: dict[str, float] = {}  # start-up, observe/startup.py
     try:
-        t0 = t = time.perf_counter()
-        import torch
-
-        torch.set_num_threads(spec.threads)
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # N workers' loading bars would garble the live view
-        from evalfleet.backends import free_memory, make_backend
-
-        model_cfg = ModelConfig.model_validate_json(model_json)
-        if model_cfg.backend in ("transformers", "diffusers"):  # the bulk of transformers, else imported lazily
-            import transformers.modeling_utils  # noqa: F401  # in the first config read, counted as the tokenizer's
-        phases["imports"], t = _lap(t)
-        if spec.gpus and torch.cuda.is_available():
-            torch.cuda.init()
-            phases["CUDA init"], t = _lap(t)
-        backend = make_backend(model_cfg, len(spec.gpus), spec.max_memory_per_gpu, output_dir)
-        phases["tokenizer"], t = _lap(t)
-        first = loop.start(backend)  # prepared while the model loads
-        backend.load()
-        phases.update(backend.startup or {"weights": time.perf_counter() - t})
-        t = time.perf_counter()
-        ready = first.result() if first.done() and first.exception() is None else None
-        prepared = ready.prepared if ready is not None else None
-        stream = backend.stream(batch_size, prepared)  # continuous batching, if the backend does it
-        if stream is None and prepared is not None:  # e.g. capture the decode step for batches of this shape now,
-            backend.warm_up(prepared)  # rather than in the first one
-        phases["graphs"], _ = _lap(t)
+        t0 = time.perf_counter()
+        backend, first, stream, phases = load_replica(spec, model_json, batch_size, output_dir, loop)
         load_s = time.perf_counter() - t0
         backend.on_step = lambda step, steps: loop.send(Step(step, steps))  # denoising: the worker's bar
         if spec.cpu_headroom is not None and not spec.gpus:
-            _limit_address_space(spec.cpu_headroom)
+            limit_address_space(spec.cpu_headroom)
         loop.send(Ready(backend.label + (f" on {where}" if where else ""), load_s, sys.executable, phases=phases,
                         started=started))
     except Exception:

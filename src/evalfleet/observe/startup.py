@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import os
 
-WORKER_PHASES = ("process start", "imports", "CUDA init", "tokenizer", "weights", "kernels", "graphs")
-"""A replica's phases in order (a backend without a breakdown reports its whole `load` as weights)."""
+WORKER_PHASES = ("process start", "attach", "imports", "CUDA init", "tokenizer", "weights", "kernels", "graphs")
+"""A replica's phases in order (a backend without a breakdown reports its whole `load` as weights; a replica
+kept loaded by `evalfleet serve` reports only `attach`)."""
 RUN_PHASES = ("driver start", "datasets")
 STAGE_PHASES = ("plan", *WORKER_PHASES, "first result")
 """A stage's columns: `first result` counts from the workers' start to the first result stored."""

@@ -1,0 +1,5 @@
+import sys
+
+from evalfleet.cli import main
+
+sys.exit(main())
