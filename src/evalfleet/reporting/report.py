@@ -10,8 +10,6 @@ from pathlib import Path
 from statistics import fmean, pstdev
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from rich.console import Console
 
 from evalfleet.config import RunConfig, StageConfig
@@ -158,6 +156,9 @@ def write_report(run_dir: Path, store: Store, cfg: RunConfig, console: Console |
                 writer.writeheader()
                 writer.writerows(mine)
     if "parquet" in formats:
+        import pyarrow as pa  # here: with numpy it costs every command ~0.3 s of start-up
+        import pyarrow.parquet as pq
+
         pq.write_table(pa.Table.from_pylist(records), run_dir / "predictions.parquet")
     if "html" in formats:
         from evalfleet.reporting.html import write_html
