@@ -184,3 +184,32 @@ def test_a_stop_during_a_batch_lets_it_finish_and_starts_no_other(smollm2):
             later.append(msg)
     assert [r.sample_id for r in first.results] == ["q0", "q1"]
     assert len(later) <= 1 and sum(len(m.results) for m in later) <= 2  # the batch it was on, if any; q4.. never
+
+
+def test_prewarmed_processes_become_the_plans_workers_and_the_rest_exit(tmp_path, smollm2):
+    """Processes spawned before the plan (their imports overlap the driver's): the first becomes a worker that
+    loads, answers and unloads like a spawned one; the one not needed exits."""
+    from evalfleet.config import ModelConfig
+    from evalfleet.engine.messages import Ready, Unloaded
+    from evalfleet.engine.prewarm import Prewarmed
+    from evalfleet.records import Sample, WorkerSpec
+
+    launcher = Prewarmed(2, heavy=True)
+    (first, _), (spare, _) = launcher.spare
+    model = ModelConfig(path=str(smollm2), dtype="float32", generation={"max_new_tokens": 4}).model_dump_json()
+    proc, conn = launcher.start(WorkerSpec("cpu0", (), 1), model, 2, str(tmp_path))
+    launcher.close()
+    assert proc is first
+    conn.send(Work(0, [Sample("q", "a", "What is 2 + 3?", "What is 2 + 3?", ["5"])], 0))
+    got = []
+    while not any(isinstance(m, Unloaded) for m in got):
+        assert conn.poll(120)
+        got.append(conn.recv())
+        if isinstance(got[-1], Results):
+            conn.send(Stop())
+    assert isinstance(next(m for m in got if not isinstance(m, Heartbeat)), Ready)
+    (results,) = [m for m in got if isinstance(m, Results)]
+    assert results.results[0].error is None and results.results[0].output
+    proc.join(30)
+    spare.join(60)
+    assert proc.exitcode == 0 and spare.exitcode == 0

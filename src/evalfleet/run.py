@@ -21,8 +21,9 @@ from rich.console import Console
 
 from evalfleet.config import RunConfig, StageConfig
 from evalfleet.engine.driver import StageDriver
-from evalfleet.engine.launcher import launcher
+from evalfleet.engine.launcher import Launcher, launcher
 from evalfleet.engine.loop import execute
+from evalfleet.engine.prewarm import prewarm
 from evalfleet.engine.queue import Chunk, WorkQueue, make_chunks
 from evalfleet.engine.served import ServedLauncher, free_replicas, serve_dir
 from evalfleet.errors import UserError
@@ -80,7 +81,12 @@ def run(
     handler = log_to(log_file or run_dir / "run.log")
     try:
         with stop_on_signals(), store_errors(run_dir / "store.db"):
-            return _run(cfg, run_dir, retry_errors, redo or [], console)
+            prewarmed = prewarm(cfg)
+            try:
+                return _run(cfg, run_dir, retry_errors, redo or [], console, prewarmed)
+            finally:
+                if prewarmed is not None:
+                    prewarmed.close()  # the processes the plan did not need
     except Exception:
         log.exception("the run stopped on this error")  # the console shows the message, the log the traceback
         raise
@@ -89,12 +95,13 @@ def run(
         handler.close()
 
 
-def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], console: Console) -> dict:
+def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], console: Console,
+         prewarmed: Launcher | None) -> dict:
     stages = cfg.pipeline()
     note = printer(console)
 
     # 1. Read the datasets and check them against the store before writing anything: a refused run leaves the
-    #    store as it was.
+    #    store as it was. (The first stage's worker processes, `prewarmed`, import meanwhile.)
     startup = {"driver start": round(process_age(), 3)}  # interpreter, imports, config: before this line
     t0 = time.perf_counter()
     store = Store(run_dir / "store.db")
@@ -144,14 +151,15 @@ def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], con
     try:
         gpus = stage_gpus(cfg)
         if cfg.concurrent_stages and len(stages) > 1:
-            _run_concurrently(cfg, stages, gpus, loaded, store, cache, console, owner)
+            _run_concurrently(cfg, stages, gpus, loaded, store, cache, console, owner, prewarmed)
         else:
             for stage, stage_gpu in zip(stages, gpus):
                 inputs = loaded
                 if stage.kind == "judge":
                     inputs, _ = judge_inputs(stage, stages[0], loaded, store, cache)
                 driver = stage_driver(cfg, stage, [s for samples in inputs.values() for s in samples], inputs, store,
-                                 console, owner=owner, gpus=stage_gpu)
+                                      console, owner=owner, gpus=stage_gpu,
+                                      launch=prewarmed if stage is stages[0] else None)
                 if driver is not None:
                     execute([driver], note)
                 if stage.kind == "judge" and cache is not None:
@@ -190,10 +198,11 @@ def _run_concurrently(
     cache: JudgeCache | None,
     console: Console,
     owner: str,
+    prewarmed: Launcher | None,
 ) -> None:
     """All stages at once: each judge is fed the first stage's answers as they are stored."""
     first = stage_driver(cfg, stages[0], [s for samples in loaded.values() for s in samples], loaded, store, console,
-                    owner=owner, gpus=gpus[0], share=len(stages))
+                         owner=owner, gpus=gpus[0], share=len(stages), launch=prewarmed)
     drivers = [first] if first is not None else []
     feeds: list[JudgeFeed] = []
     answerable = {name: [s for s in samples if s.error is None] for name, samples in loaded.items()}
@@ -230,11 +239,13 @@ def stage_driver(
     share: int = 1,
     streaming: dict[str, list[Sample]] | None = None,
     shared: RunProgress | None = None,
+    launch: Launcher | None = None,
 ) -> StageDriver | None:
     """Plan the stage, cut chunks of what is left, and make its driver; None when nothing is left to do.
 
     `streaming`: all samples of a judge whose answers are still coming; its queue stays open for them.
-    `owner` names this driver on its leases.
+    `owner` names this driver on its leases. `launch`: processes started already (`engine/prewarm.py`), else
+    the cluster backend's launcher.
     """
     note = printer(console)
     t0 = time.perf_counter()
@@ -278,7 +289,7 @@ def stage_driver(
     title = stage.name if len(cfg.pipeline()) > 1 else "overall"
     progress = RunProgress(total, done, console=console, every=cfg.progress_every, seconds=cfg.progress_seconds,
                            title=title, shared=shared)
-    launch = launcher(cfg.cluster.backend, stage.python or cfg.python)
+    launch = launch or launcher(cfg.cluster.backend, stage.python or cfg.python)
     if served:
         launch = ServedLauncher({r.name: (path, r) for path, r in served}, fallback=launch)
     driver = StageDriver(cfg, stage, store, queue, progress, launch, batch_size, chunk_size, specs, inputs, owner,

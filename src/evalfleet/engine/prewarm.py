@@ -1,0 +1,92 @@
+"""Worker processes started before the plan (issue 20, item 2): the driver spawns them as `evalfleet run` begins,
+so that their interpreter start and imports (torch, transformers: seconds) overlap the driver's reading of the
+datasets and planning. Each then waits for its replica's spec; one the plan does not need is told to exit.
+
+CUDA is not initialised by the imports, so a process can still be pinned to its GPUs (`CUDA_VISIBLE_DEVICES`)
+once its spec arrives.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
+
+from evalfleet.engine.launcher import LocalLauncher, WorkerProcess
+from evalfleet.engine.replica import die_with_parent
+from evalfleet.engine.worker import worker_main
+from evalfleet.records import WorkerSpec
+from evalfleet.stopping import ignore_stop_signals
+
+if TYPE_CHECKING:
+    from evalfleet.config import RunConfig
+
+
+def prewarmed_main(conn: Connection, heavy: bool) -> None:
+    """Import what loading a model needs (`heavy`: torch and transformers), then become the worker the driver
+    names, or exit if it sends None."""
+    die_with_parent()
+    ignore_stop_signals()
+    if heavy:
+        import torch  # noqa: F401
+        import transformers.modeling_utils  # noqa: F401
+    try:
+        job = conn.recv()
+    except (EOFError, OSError):
+        return
+    if job is not None:
+        worker_main(conn, *job)
+
+
+class Prewarmed:
+    """A launcher that hands out the processes it spawned at once, then spawns as `LocalLauncher` does."""
+
+    def __init__(self, n: int, heavy: bool) -> None:
+        ctx = mp.get_context("spawn")
+        self.spare: list[tuple[mp.Process, Connection]] = []
+        for i in range(n):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=prewarmed_main, args=(child, heavy), name=f"evalfleet-prewarmed-{i}",
+                               daemon=True)
+            proc.start()
+            child.close()
+            self.spare.append((proc, parent))
+        self.fallback = LocalLauncher()
+
+    def start(self, spec: WorkerSpec, model_json: str, batch_size: int, output_dir: str
+              ) -> tuple[WorkerProcess, Connection]:
+        while self.spare:
+            proc, conn = self.spare.pop(0)
+            try:
+                conn.send((spec, model_json, batch_size, output_dir))
+                return proc, conn
+            except OSError:  # it died before it was needed
+                proc.join(0)
+        return self.fallback.start(spec, model_json, batch_size, output_dir)
+
+    def close(self) -> None:
+        """Tell the processes no replica needed to exit (each does once its imports are done; not waited for)."""
+        for _, conn in self.spare:
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+            conn.close()
+        self.spare = []
+
+
+def prewarm(cfg: RunConfig) -> Prewarmed | None:
+    """Processes for the first stage's replicas, as many as it may use (one per GPU it may use, or its CPU
+    workers); None where its workers start otherwise (Ray, another Python, served replicas)."""
+    from evalfleet.plan.placement import probe_machine
+
+    stage = cfg.pipeline()[0]
+    if cfg.cluster.backend != "local" or stage.python or cfg.python:
+        return None
+    gpus = stage.gpus if stage.gpus is not None else cfg.gpus
+    machine = probe_machine()
+    on_cpu = not machine.gpus or (cfg.workers is not None and gpus is None)
+    n = (cfg.workers or 1) if on_cpu else len(gpus) if gpus is not None else len(machine.gpus)
+    if stage.model.backend == "openai":
+        n = 1
+    return Prewarmed(n, heavy=stage.model.backend in ("transformers", "diffusers"))
