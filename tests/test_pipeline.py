@@ -1,6 +1,7 @@
 """generate -> judge on real questions with SmolLM2 as answerer and as judge."""
 
 import json
+import sys
 
 import pytest
 from conftest import DEMO_QUESTIONS, quiet_console
@@ -201,3 +202,27 @@ def test_edit_backend_reports_each_denoising_step(tiny_pix2pix, tmp_path):
     out = backend.generate(backend.prepare([Request("make it red", [image], 7, "d/x")]))
     assert steps == [(1, 3), (2, 3), (3, 3)]
     assert out[0].text == "edits/d/x.png" and (tmp_path / "edits" / "d" / "x.png").is_file()
+
+
+def test_a_judge_with_the_answerers_weights_reuses_its_loaded_worker(tmp_path, smollm2):
+    """One load per model per run: the judge (same weights, other generation settings) is answered by the worker
+    that generated, kept loaded; its replies are those of a judge in a worker of its own."""
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(DEMO_QUESTIONS.read_text().splitlines(keepends=True)[:5]))
+    replies, pids = {}, {}
+    for name, python in (("reused", None), ("own", sys.executable)):  # a stage `python` gets its own worker
+        cfg = pipeline_config(tmp_path / name, smollm2, data)
+        stages = [cfg.pipeline()[0], cfg.pipeline()[1].model_copy(update={"python": python})]
+        console = quiet_console()
+        run(cfg.model_copy(update={"stages": stages}), console=console)
+        store = Store.open_existing(tmp_path / name / "p")
+        replies[name] = {r["id"]: r["prediction"] for r in store.rows("judge", "qa")}
+        pids[name] = {w["id"].split("/")[0]: w["pid"] for w in store.workers()}
+        states = {w["id"].split("/")[0]: w["state"] for w in store.workers()}
+        store.close()
+        if python is None:
+            assert "the previous stage's 1 replica(s) stay loaded" in console.file.getvalue()
+            assert states == {"generate": "kept for the next stage", "judge": "stopped"}
+    assert pids["reused"]["generate"] == pids["reused"]["judge"]
+    assert pids["own"]["generate"] != pids["own"]["judge"]
+    assert len(replies["reused"]) == 5 and replies["reused"] == replies["own"]

@@ -21,7 +21,7 @@ from rich.console import Console
 
 from evalfleet.config import RunConfig, StageConfig
 from evalfleet.engine.driver import StageDriver
-from evalfleet.engine.launcher import Launcher, launcher
+from evalfleet.engine.launcher import HandOver, Kept, Launcher, launcher, release
 from evalfleet.engine.loop import execute
 from evalfleet.engine.prewarm import prewarm
 from evalfleet.engine.queue import Chunk, WorkQueue, make_chunks
@@ -39,7 +39,7 @@ from evalfleet.preflight import (
     refusals,
     refuse_fresh_while_live,
 )
-from evalfleet.records import Sample
+from evalfleet.records import Sample, WorkerSpec
 from evalfleet.reporting.report import write_report
 from evalfleet.scoring import scoring_key
 from evalfleet.stages.judge import JudgeFeed, close_all, fill_cache, judge_inputs, judge_plan_samples, offer_all
@@ -153,17 +153,7 @@ def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], con
         if cfg.concurrent_stages and len(stages) > 1:
             _run_concurrently(cfg, stages, gpus, loaded, store, cache, console, owner, prewarmed)
         else:
-            for stage, stage_gpu in zip(stages, gpus):
-                inputs = loaded
-                if stage.kind == "judge":
-                    inputs, _ = judge_inputs(stage, stages[0], loaded, store, cache)
-                driver = stage_driver(cfg, stage, [s for samples in inputs.values() for s in samples], inputs, store,
-                                      console, owner=owner, gpus=stage_gpu,
-                                      launch=prewarmed if stage is stages[0] else None)
-                if driver is not None:
-                    execute([driver], note)
-                if stage.kind == "judge" and cache is not None:
-                    fill_cache(stage, inputs, store, cache)
+            _run_in_turn(cfg, stages, gpus, loaded, store, cache, console, owner, prewarmed)
         store.check_same_file()  # reports only from the store this driver opened
     except BaseException as err:
         why = (err.state if isinstance(err, Stopped) else "interrupted" if isinstance(err, KeyboardInterrupt)
@@ -187,6 +177,50 @@ def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], con
         cache.close()
     note(f"results in {run_dir}")
     return summary
+
+
+def _run_in_turn(
+    cfg: RunConfig,
+    stages: list[StageConfig],
+    gpus: list[list[int] | None],
+    loaded: dict[str, list[Sample]],
+    store: Store,
+    cache: JudgeCache | None,
+    console: Console,
+    owner: str,
+    prewarmed: Launcher | None,
+) -> None:
+    """The stages one after the other; every judge rates the first stage's answers, read from the store. A stage
+    whose weights the next one loads too hands it its workers still loaded (one load per model per run)."""
+    kept: list[Kept] = []
+    kept_for: StageConfig | None = None
+    try:
+        for i, (stage, stage_gpu) in enumerate(zip(stages, gpus)):
+            if kept_for is not stage:
+                release(kept)  # kept for no stage now: their GPUs are freed first
+            inputs = loaded
+            if stage.kind == "judge":
+                inputs, _ = judge_inputs(stage, stages[0], loaded, store, cache)
+            launch = prewarmed if i == 0 else HandOver(kept, launcher(cfg.cluster.backend)) if kept else None
+            driver = stage_driver(cfg, stage, [s for samples in inputs.values() for s in samples], inputs, store,
+                                  console, owner=owner, gpus=stage_gpu, launch=launch, reuse=[k[0] for k in kept])
+            following = i + 1 < len(stages) and _same_replicas(cfg, stage, stage_gpu, stages[i + 1], gpus[i + 1])
+            kept_for = stages[i + 1] if following else None  # a stage with nothing to do passes them on
+            if driver is not None:
+                driver.keep = kept if following else None
+                execute([driver], printer(console))
+            if stage.kind == "judge" and cache is not None:
+                fill_cache(stage, inputs, store, cache)
+    finally:
+        release(kept)
+
+
+def _same_replicas(cfg: RunConfig, a: StageConfig, a_gpus: list[int] | None, b: StageConfig,
+                   b_gpus: list[int] | None) -> bool:
+    """Whether stage b can use stage a's loaded workers: the same weights and engine on the same GPUs, in worker
+    processes of this driver."""
+    return (cfg.cluster.backend == "local" and a.model.backend != "openai" and not (a.python or b.python or cfg.python)
+            and a.model.load_key() == b.model.load_key() and a_gpus == b_gpus)
 
 
 def _run_concurrently(
@@ -240,25 +274,28 @@ def stage_driver(
     streaming: dict[str, list[Sample]] | None = None,
     shared: RunProgress | None = None,
     launch: Launcher | None = None,
+    reuse: list[WorkerSpec] | None = None,
 ) -> StageDriver | None:
     """Plan the stage, cut chunks of what is left, and make its driver; None when nothing is left to do.
 
     `streaming`: all samples of a judge whose answers are still coming; its queue stays open for them.
     `owner` names this driver on its leases. `launch`: processes started already (`engine/prewarm.py`), else
-    the cluster backend's launcher.
+    the cluster backend's launcher. `reuse`: the replicas an earlier stage kept loaded for this one.
     """
     note = printer(console)
     t0 = time.perf_counter()
     folder = serve_dir(cfg.cluster.serve_dir)
-    served = free_replicas(folder, stage.model.model_dump_json()) if cfg.cluster.backend == "serve" else []
+    served = free_replicas(folder, stage.model) if cfg.cluster.backend == "serve" else []
     if served:  # warm replicas: no plan, no loading
         batch_size, workers = served[0][1].batch_size, [r.spec for _, r in served]
         lines = [f"plan: {len(served)} served replica(s) from {folder}, batch size {batch_size}"]
     else:
         chosen, lines = make_plan(cfg, stage.model, plan_for, gpus=gpus, share=share)
-        batch_size, workers = chosen.batch_size, chosen.workers
+        batch_size, workers = chosen.batch_size, reuse or chosen.workers
+        if reuse:
+            lines.append(f"plan: the previous stage's {len(reuse)} replica(s) stay loaded for this one")
         if cfg.cluster.backend == "serve":
-            lines.append(f"plan: no free replica with this stage's model settings is served in {folder}; "
+            lines.append(f"plan: no free replica of this stage's model (weights, dtype, engine) is served in {folder}; "
                          "starting its own workers")
     plan_s = round(time.perf_counter() - t0, 3)
     for line in lines:

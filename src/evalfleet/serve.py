@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from evalfleet.config import RunConfig
+from evalfleet.config import ModelConfig, RunConfig
 from evalfleet.engine.served import registered, serve_dir, serve_replica
 from evalfleet.errors import RunError, UserError
 from evalfleet.plan.stage import make_plan, stage_gpus
@@ -34,7 +34,8 @@ def serve(cfg: RunConfig, idle_s: float, note: Callable[[str], None], stage_name
     check_model_path(stage.model.path)
     folder = serve_dir(cfg.cluster.serve_dir)
     model_json = stage.model.model_dump_json()
-    if same := [r for _, r in registered(folder) if r.model == model_json]:
+    key = stage.model.load_key()
+    if same := [r for _, r in registered(folder) if ModelConfig.model_validate_json(r.model).load_key() == key]:
         raise UserError(f"this model is served already in {folder} (pids {', '.join(str(r.pid) for r in same)}); "
                         "`evalfleet serve --stop` stops it")
     data = read_datasets(cfg)  # the plan's batch size and memory estimate, as `evalfleet run` would choose them

@@ -105,6 +105,11 @@ class Backend(Protocol):
     def close(self) -> None:
         """Stop what `load` started (servers); default: nothing."""
 
+    def reconfigure(self, cfg: Any) -> None:
+        """Take model settings `cfg` that load the same weights (`ModelConfig.load_key`) but may generate otherwise:
+        a later stage or run on this loaded replica. Its stream, if any, is made again by the caller."""
+        self.cfg = cfg
+
 
 class ReplicaLost(RuntimeError):
     """The replica can answer no more (its server died): the worker ends and the driver requeues its batch."""

@@ -98,6 +98,11 @@ class ModelConfig(_Strict):
             raise ValueError("must be at least 1 or `auto`")
         return v
 
+    def load_key(self) -> str:
+        """What a loaded replica holds (backend, weights, dtype, engine, server): two settings with the same key can
+        share a replica, their generation settings, system prompt and batch size aside."""
+        return self.model_dump_json(include={"backend", "path", "dtype", "trust_remote_code", "engine", "server"})
+
     def resolved_dtype(self, *, on_gpu: bool) -> str:
         """`auto` is bfloat16 on GPUs and float32 on CPUs."""
         return ("bfloat16" if on_gpu else "float32") if self.dtype == "auto" else self.dtype

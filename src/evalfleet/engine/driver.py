@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from evalfleet.config import RunConfig, StageConfig
 from evalfleet.engine.handle import WorkerHandle
-from evalfleet.engine.launcher import Launcher
+from evalfleet.engine.launcher import Kept, Launcher
 from evalfleet.engine.messages import PROTOCOL, Fatal, FromWorker, Heartbeat, Ready, Results, Step, Stop, Unloaded, Work
 from evalfleet.engine.queue import Chunk, WorkQueue, make_chunks
 from evalfleet.errors import RunError, UserError
@@ -74,10 +74,10 @@ class StageDriver:
     last_refill: float = 0.0
     perf: Performance = field(default_factory=Performance)
     stopped: bool = False
+    keep: list[Kept] | None = None  # a later stage uses the same weights: its workers, kept loaded at the end
 
     def __post_init__(self) -> None:
-        self.samples = {(s.dataset, s.id): s for samples in self.inputs.values() for s in samples}
-        """Samples by (dataset, sample id): their answers score the results."""
+        self.samples = {(s.dataset, s.id): s for samples in self.inputs.values() for s in samples}  # for scoring
         self.score = stage_scorer(self.stage, self.cfg)
 
     # -- inputs -------------------------------------------------------------------------------
@@ -265,8 +265,7 @@ class StageDriver:
             else:
                 continue
             held = sum(len(c.samples) for c in self.queue.held.get(w.spec.name, []))
-            self.progress.note(f"worker {w.id} is {w.hung}: killed and replaced; its {held} samples go back to "
-                               "the queue")
+            self.progress.note(f"worker {w.id} is {w.hung}: killed and replaced; its {held} samples are requeued")
             log.warning("worker %s is %s: killing it", w.id, w.hung)
             self.store.worker_state(self.key(w), device=w.spec.name, pid=w.proc.pid, state=w.hung)
             w.proc.kill()  # SIGKILL ends a stopped process too; its sentinel brings it to `reap`
@@ -311,37 +310,41 @@ class StageDriver:
         return f"{self.stage.name}/{w.id}@{self.owner.rsplit(':', 1)[0]}"
 
     def stop(self, grace: float | None = None) -> None:
-        """Ask every worker to unload at once, collect their unload times, then reap them.
-
-        `grace`: after a stop signal, the seconds all workers together get, after which the rest are killed;
-        results they send meanwhile (the batch they were on) are buffered for the final commit. Without it they
-        get UNLOAD_S to unload.
-        """
+        """Ask every worker to unload at once, collect their unload times, then reap them (at the end of a stage
+        whose weights a later one uses, `keep`: hand them over loaded). `grace`: after a stop signal, the seconds
+        all workers together get, after which the rest are killed; results they send meanwhile (the batch they
+        were on) are buffered for the final commit. Without it they get UNLOAD_S to unload."""
         self.stopped = True
+        keep = self.keep is not None and grace is None
         t0 = time.monotonic()
         deadline = t0 + (UNLOAD_S if grace is None else grace)
         for w in self.workers.values():
             w.t_stop = time.monotonic()
             try:
-                w.conn.send(Stop())
+                w.conn.send(Stop(keep))
             except (BrokenPipeError, OSError):
                 pass
         for w in self.workers.values():
+            unloaded = False
             try:
-                while w.conn.poll(max(0.0, deadline - time.monotonic())):
-                    msg = w.conn.recv()
-                    if isinstance(msg, Results):
-                        self.take_results(w, msg)
-                    elif isinstance(msg, Unloaded):
-                        self.perf.unloaded(w.id, msg.seconds)
-                        break
+                while not unloaded and w.conn.poll(max(0.0, deadline - time.monotonic())):
+                    match msg := w.conn.recv():
+                        case Results():
+                            self.take_results(w, msg)
+                        case Unloaded(seconds):
+                            self.perf.unloaded(w.id, seconds)
+                            unloaded = True
             except (EOFError, OSError):
                 pass
-            w.proc.join(timeout=max(0.1, deadline - time.monotonic()))
-            if w.proc.is_alive():
-                w.proc.kill()
-                w.proc.join(timeout=5)
+            if keep and unloaded and self.keep is not None and w.proc.is_alive():  # loaded, for the next stage
+                self.keep.append((w.spec, w.proc, w.conn))
+            else:
+                w.proc.join(timeout=max(0.1, deadline - time.monotonic()))
+                if w.proc.is_alive():
+                    w.proc.kill()
+                    w.proc.join(timeout=5)
             self.perf.worker_usage(w.id, w.usage())
-            quietly(self.store.worker_state, self.key(w), device=w.spec.name, pid=w.proc.pid, state="stopped")
+            quietly(self.store.worker_state, self.key(w), device=w.spec.name, pid=w.proc.pid,
+                    state="kept for the next stage" if self.keep and self.keep[-1][2] is w.conn else "stopped")
         if line := self.perf.stopped(t0):
             self.progress.note(line)

@@ -12,6 +12,7 @@ import time
 from multiprocessing.connection import Connection, Listener
 from typing import Any, Protocol
 
+from evalfleet.engine.messages import Session, Stop
 from evalfleet.engine.worker import worker_main
 from evalfleet.errors import UserError
 from evalfleet.records import WorkerSpec
@@ -35,6 +36,44 @@ class WorkerProcess(Protocol):
 class Launcher(Protocol):
     def start(self, spec: WorkerSpec, model_json: str, batch_size: int, output_dir: str
               ) -> tuple[WorkerProcess, Connection]: ...
+
+
+Kept = tuple[WorkerSpec, WorkerProcess, Connection]
+"""A loaded worker that one stage hands to a later one with the same weights (`Stop(keep=True)`)."""
+
+
+class HandOver:
+    """Gives a stage the workers an earlier stage kept loaded: each gets the stage's `Session` on its pipe and
+    answers `Ready` at once (`engine/sessions.py`); a replica none was kept for is started by `fallback`."""
+
+    def __init__(self, kept: list[Kept], fallback: Launcher) -> None:
+        self.kept, self.fallback = kept, fallback
+
+    def start(self, spec: WorkerSpec, model_json: str, batch_size: int, output_dir: str
+              ) -> tuple[WorkerProcess, Connection]:
+        for i, (held, proc, conn) in enumerate(self.kept):
+            if held.name == spec.name:
+                del self.kept[i]
+                try:
+                    conn.send(Session(model_json, batch_size, output_dir))
+                    return proc, conn
+                except OSError:  # it died meanwhile
+                    break
+        return self.fallback.start(spec, model_json, batch_size, output_dir)
+
+
+def release(kept: list[Kept]) -> None:
+    """Kept workers no stage took: unload and exit."""
+    for _, proc, conn in kept:
+        try:
+            conn.send(Stop())
+        except OSError:
+            pass
+    for _, proc, _ in kept:
+        proc.join(timeout=30)
+        if proc.is_alive():
+            proc.kill()
+    kept.clear()
 
 
 class LocalLauncher:

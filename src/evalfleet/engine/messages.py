@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from evalfleet.records import Result, Sample
 
-PROTOCOL = 2
+PROTOCOL = 3
 """Bumped whenever a message below changes."""
 
 
@@ -28,7 +28,21 @@ class Work:
 
 @dataclass(frozen=True)
 class Stop:
-    """Unload and exit; a batch not yet started is not started."""
+    """Unload and exit; a batch not yet started is not started. With `keep`, stay loaded instead: after
+    `Unloaded` (of nothing) the worker waits on the same connection for the next stage's session (a `Session`),
+    or a plain `Stop`."""
+
+    keep: bool = False
+
+
+@dataclass(frozen=True)
+class Session:
+    """A run's (or a later stage's) use of a loaded replica: its model settings (the same weights; generation
+    settings, system prompt and batch size may differ), batch size and run folder. Answered by `Ready`."""
+
+    model_json: str
+    batch_size: int
+    output_dir: str
 
 
 @dataclass(frozen=True)
@@ -74,5 +88,5 @@ class Fatal:
     traceback: str
 
 
-ToWorker = Work | Stop
+ToWorker = Work | Stop | Session
 FromWorker = Ready | Results | Step | Heartbeat | Unloaded | Fatal

@@ -3,11 +3,12 @@ another, and `evalfleet run CONFIG --serve` (`cluster.backend: serve`) uses them
 
 A served replica is a worker process that has loaded its model, compiled its kernels and set up its engine once.
 It registers in the serve folder (one JSON file per replica: its socket, key, pid, GPUs and model settings) and
-waits for a run on a private Unix socket. A run's driver attaches to each free replica whose model settings equal
-its stage's: it holds an exclusive lock on the replica's file while attached, dials the socket and then speaks the
-same messages as with a worker it spawned. The replica answers `Ready` at once, then the chunks; after `Stop` it
-goes back to waiting for the next run instead of unloading. The store, resume and leases are the run's as ever.
-A replica waiting longer than its idle time, or whose `evalfleet serve` is stopped, unloads and exits.
+waits for a run on a private Unix socket. A run's driver attaches to each free replica that holds its stage's
+weights and engine (its generation settings may differ): it holds an exclusive lock on the replica's file while
+attached, dials the socket, opens a `Session` and then speaks the same messages as with a worker it spawned
+(`engine/sessions.py`). The replica answers `Ready` at once, then the chunks; after `Stop` it goes back to waiting
+for the next run instead of unloading. The store, resume and leases are the run's as ever. A replica waiting
+longer than its idle time, or whose `evalfleet serve` is stopped, unloads and exits.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evalfleet.assets import default_cache_dir
-from evalfleet.engine.messages import Fatal, Ready, Step, Unloaded
+from evalfleet.config import ModelConfig
+from evalfleet.engine.messages import Session
+from evalfleet.engine.sessions import Held, session
 from evalfleet.errors import RunError
 from evalfleet.records import WorkerSpec
 
 if TYPE_CHECKING:
-    from evalfleet.backends import Backend, Stream
     from evalfleet.engine.launcher import Launcher, WorkerProcess
 
 
@@ -53,7 +55,7 @@ class Replica:
     key: str
     """Hex of the socket's authentication key (the file is readable by its owner only)."""
     model: str
-    """The model settings it loaded (`ModelConfig` as JSON): a stage with other settings cannot use it."""
+    """The model settings it loaded (`ModelConfig` as JSON)."""
     batch_size: int
     threads: int
     loaded_in: float = 0.0
@@ -157,18 +159,19 @@ def attach(path: Path, replica: Replica, model_json: str, batch_size: int, outpu
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         conn = Client(replica.address, family="AF_UNIX", authkey=bytes.fromhex(replica.key))
-        conn.send((model_json, batch_size, output_dir))
+        conn.send(Session(model_json, batch_size, output_dir))
     except OSError:
         os.close(lock)
         return None
     return Attached(replica, lock, conn)
 
 
-def free_replicas(folder: Path, model_json: str) -> list[tuple[Path, Replica]]:
-    """Registered replicas of exactly these model settings that no driver holds now."""
+def free_replicas(folder: Path, model: ModelConfig) -> list[tuple[Path, Replica]]:
+    """Registered replicas holding `model`'s weights and engine (`ModelConfig.load_key`) that no driver holds now;
+    a session on one may change its generation settings, system prompt and batch size."""
     free = []
     for path, replica in registered(folder):
-        if replica.model != model_json:
+        if ModelConfig.model_validate_json(replica.model).load_key() != model.load_key():
             continue
         with open(path) as f:
             try:
@@ -219,6 +222,7 @@ def serve_replica(spec: WorkerSpec, model_json: str, batch_size: int, folder: st
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is `evalfleet serve`'s, which stops its replicas
     t0 = time.perf_counter()
     backend, _, stream, _ = load_replica(spec, model_json, batch_size, folder, None)
+    held = Held(backend, stream, model_json, batch_size)
     lst, key = listener(idle_s)
     path = register(Path(folder), Replica(spec.name, spec.gpus, os.getpid(), str(lst.address), key.hex(), model_json,
                                           batch_size, spec.threads, round(time.perf_counter() - t0, 2)))
@@ -230,52 +234,15 @@ def serve_replica(spec: WorkerSpec, model_json: str, batch_size: int, folder: st
                 return  # idle
             except (OSError, AuthenticationError, EOFError):
                 continue
-            stream = _session(conn, backend, stream, model_json, batch_size)
+            try:
+                hello = conn.recv()
+            except (EOFError, OSError):
+                conn.close()
+                continue
+            if isinstance(hello, Session):
+                session(conn, hello, held, served=True)
+            conn.close()
     finally:
         path.unlink(missing_ok=True)
         lst.close()
         backend.close()
-
-
-def _session(conn: Connection, backend: Backend, stream: Stream | None, model_json: str, batch_size: int
-             ) -> Stream | None:
-    """One run's use of the replica; returns the stream for the next run (a fresh one if this run left rows in
-    the engine)."""
-    from evalfleet.engine.worker import WorkerLoop
-
-    started = time.time()
-    try:
-        wanted, _, output_dir = conn.recv()
-    except (EOFError, OSError, ValueError, TypeError):
-        conn.close()
-        return stream
-    loop = WorkerLoop(conn, batch_size)
-    if wanted != model_json:
-        loop.send(Fatal("this served replica has other model settings than the stage's"))
-        loop.close()
-        conn.close()
-        return stream
-    if hasattr(backend, "run_dir"):  # files it writes (edited images) go to this run's folder
-        backend.run_dir = Path(output_dir)
-    backend.on_step = lambda step, steps: loop.send(Step(step, steps))
-    first = loop.start(backend)
-    loop.send(Ready(f"{backend.label} (served, pid {os.getpid()})", 0.0, sys.executable, started=started,
-                    phases={"attach": round(time.time() - started, 3)}))
-    clean = False
-    try:
-        loop.run(first, stream)
-        clean = True
-    except EOFError:
-        pass  # the driver is gone
-    finally:
-        loop.close()
-    try:
-        if clean:
-            loop.send(Unloaded(0.0))
-    except OSError:
-        pass
-    conn.close()
-    if clean or stream is None:
-        return stream
-    del stream
-    return backend.stream(batch_size, None)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from evalfleet.data.images import open_image
 from evalfleet.engine.messages import Fatal, FromWorker, Heartbeat, Ready, Results, Step, Stop, Unloaded, Work
 from evalfleet.engine.replica import limit_address_space, load_replica, setup_process
+from evalfleet.engine.sessions import Held, serve_sessions
 from evalfleet.engine.streaming import run_stream
 from evalfleet.records import Result, Sample, WorkerSpec
 
@@ -136,6 +137,8 @@ class WorkerLoop:
         self.inbox: queue.Queue[Any] = queue.Queue()
         self.prefetch = ThreadPoolExecutor(1, thread_name_prefix="prepare")
         self.stopping = False
+        self.keep = False
+        """The driver's stop said to stay loaded for a later stage (`Stop.keep`)."""
         self.stop_said = threading.Event()
         """The driver said stop. It says so at the end only once every result is in, so a batch still queued or
         prepared then was cut short by a signal or an error: it is not started."""
@@ -164,6 +167,7 @@ class WorkerLoop:
                 self.inbox.put(EOFError(str(err)))
                 return
             if isinstance(msg, Stop):
+                self.keep = msg.keep
                 self.stop_said.set()
             self.inbox.put(msg)
             if isinstance(msg, Stop):
@@ -270,6 +274,10 @@ def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size:
         return
     try:
         loop.run(first, stream)
+        loop.close()
+        if loop.keep:  # a later stage of this run uses the same weights: answer it with this replica
+            loop.send(Unloaded(0.0))
+            serve_sessions(conn, Held(backend, stream, model_json, batch_size))
     except EOFError:
         return  # the driver is gone
     finally:
