@@ -52,13 +52,17 @@ def test_served_replica_answers_runs_one_after_another_then_stops(tmp_path, smol
         own, own_pids = _answers(_config(tmp_path, smollm2, "own"))  # its own worker, as without `serve`
         first, first_pids = _answers(_config(tmp_path, smollm2, "first", cluster={"backend": "serve"}))
         second, second_pids = _answers(_config(tmp_path, smollm2, "second", cluster={"backend": "serve"}))
+        shorter, shorter_pids = _answers(_config(tmp_path, smollm2, "shorter", cluster={"backend": "serve"},
+                                                 generation={"max_new_tokens": 3}))  # a session's own settings
         assert len(own) == 10 and first == own and second == own
-        assert first_pids == second_pids == [replica.pid] and own_pids != [replica.pid]  # no load for either run
+        assert all(own[k].startswith(v) for k, v in shorter.items()) and shorter != own
+        assert first_pids == second_pids == shorter_pids == [replica.pid] and own_pids != [replica.pid]  # no load
 
-        other = parse_config(_config(tmp_path, smollm2, "x", generation={"max_new_tokens": 9}))
-        assert free_replicas(tmp_path / "serve", other.pipeline()[0].model.model_dump_json()) == []
-        assert len(free_replicas(tmp_path / "serve", parse_config(_config(tmp_path, smollm2, "x")).pipeline()[0]
-                                 .model.model_dump_json())) == 1
+        def model(**over):
+            return parse_config(_config(tmp_path, smollm2, "x", **over)).pipeline()[0].model
+
+        assert len(free_replicas(tmp_path / "serve", model(generation={"max_new_tokens": 9}))) == 1
+        assert free_replicas(tmp_path / "serve", model().model_copy(update={"dtype": "bfloat16"})) == []
 
         stop = subprocess.run([sys.executable, "-m", "evalfleet.cli", "serve", "--stop", "--serve-dir",
                                str(tmp_path / "serve")], capture_output=True, text=True, timeout=120, check=False)
@@ -78,4 +82,4 @@ def test_run_with_serve_and_nothing_served_starts_its_own_workers(tmp_path, smol
     console = quiet_console()
     answers, pids = _answers(cfg, console)
     assert len(answers) == 2 and len(pids) == 1
-    assert "no free replica with this stage's model settings is served" in console.file.getvalue()
+    assert "no free replica of this stage's model (weights, dtype, engine) is served" in " ".join(console.file.getvalue().split())
