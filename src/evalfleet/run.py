@@ -14,6 +14,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -149,11 +150,11 @@ def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], con
     # 3. The stages over all GPUs: one after the other, or all at once on disjoint GPU sets. Every judge
     #    rates the first stage's answers, read from the store.
     try:
-        gpus = stage_gpus(cfg)
+        todo = Stages(cfg, stage_gpus(cfg), loaded, store, cache, console, owner, prewarmed)
         if cfg.concurrent_stages and len(stages) > 1:
-            _run_concurrently(cfg, stages, gpus, loaded, store, cache, console, owner, prewarmed)
+            _run_concurrently(todo)
         else:
-            _run_in_turn(cfg, stages, gpus, loaded, store, cache, console, owner, prewarmed)
+            _run_in_turn(todo)
         store.check_same_file()  # reports only from the store this driver opened
     except BaseException as err:
         why = (err.state if isinstance(err, Stopped) else "interrupted" if isinstance(err, KeyboardInterrupt)
@@ -179,19 +180,25 @@ def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], con
     return summary
 
 
-def _run_in_turn(
-    cfg: RunConfig,
-    stages: list[StageConfig],
-    gpus: list[list[int] | None],
-    loaded: dict[str, list[Sample]],
-    store: Store,
-    cache: JudgeCache | None,
-    console: Console,
-    owner: str,
-    prewarmed: Launcher | None,
-) -> None:
+@dataclass
+class Stages:
+    """What running the stages needs: the settings, each stage's GPUs, the samples read, the store and judge
+    cache, the console, this driver's name on its leases, and the first stage's worker processes if started."""
+
+    cfg: RunConfig
+    gpus: list[list[int] | None]
+    loaded: dict[str, list[Sample]]
+    store: Store
+    cache: JudgeCache | None
+    console: Console
+    owner: str
+    prewarmed: Launcher | None
+
+
+def _run_in_turn(r: Stages) -> None:
     """The stages one after the other; every judge rates the first stage's answers, read from the store. A stage
     whose weights the next one loads too hands it its workers still loaded (one load per model per run)."""
+    stages, gpus, loaded, store, cache = r.cfg.pipeline(), r.gpus, r.loaded, r.store, r.cache
     kept: list[Kept] = []
     kept_for: StageConfig | None = None
     try:
@@ -201,14 +208,14 @@ def _run_in_turn(
             inputs = loaded
             if stage.kind == "judge":
                 inputs, _ = judge_inputs(stage, stages[0], loaded, store, cache)
-            launch = prewarmed if i == 0 else HandOver(kept, launcher(cfg.cluster.backend)) if kept else None
-            driver = stage_driver(cfg, stage, [s for samples in inputs.values() for s in samples], inputs, store,
-                                  console, owner=owner, gpus=stage_gpu, launch=launch, reuse=[k[0] for k in kept])
-            following = i + 1 < len(stages) and _same_replicas(cfg, stage, stage_gpu, stages[i + 1], gpus[i + 1])
+            launch = r.prewarmed if i == 0 else HandOver(kept, launcher(r.cfg.cluster.backend)) if kept else None
+            driver = stage_driver(r.cfg, stage, [s for samples in inputs.values() for s in samples], inputs, store,
+                                  r.console, owner=r.owner, gpus=stage_gpu, launch=launch, reuse=[k[0] for k in kept])
+            following = i + 1 < len(stages) and _same_replicas(r.cfg, stage, stage_gpu, stages[i + 1], gpus[i + 1])
             kept_for = stages[i + 1] if following else None  # a stage with nothing to do passes them on
             if driver is not None:
                 driver.keep = kept if following else None
-                execute([driver], printer(console))
+                execute([driver], printer(r.console))
             if stage.kind == "judge" and cache is not None:
                 fill_cache(stage, inputs, store, cache)
     finally:
@@ -223,20 +230,12 @@ def _same_replicas(cfg: RunConfig, a: StageConfig, a_gpus: list[int] | None, b: 
             and a.model.load_key() == b.model.load_key() and a_gpus == b_gpus)
 
 
-def _run_concurrently(
-    cfg: RunConfig,
-    stages: list[StageConfig],
-    gpus: list[list[int] | None],
-    loaded: dict[str, list[Sample]],
-    store: Store,
-    cache: JudgeCache | None,
-    console: Console,
-    owner: str,
-    prewarmed: Launcher | None,
-) -> None:
+def _run_concurrently(r: Stages) -> None:
     """All stages at once: each judge is fed the first stage's answers as they are stored."""
+    cfg, stages, gpus, loaded, store, cache, console, owner = (r.cfg, r.cfg.pipeline(), r.gpus, r.loaded, r.store,
+                                                                r.cache, r.console, r.owner)
     first = stage_driver(cfg, stages[0], [s for samples in loaded.values() for s in samples], loaded, store, console,
-                         owner=owner, gpus=gpus[0], share=len(stages), launch=prewarmed)
+                         owner=owner, gpus=gpus[0], share=len(stages), launch=r.prewarmed)
     drivers = [first] if first is not None else []
     feeds: list[JudgeFeed] = []
     answerable = {name: [s for s in samples if s.error is None] for name, samples in loaded.items()}
