@@ -41,15 +41,23 @@ Row = tuple[int, dict[str, Any] | Exception]
 
 
 def _jsonl_rows(path: Path) -> Iterator[Row]:
+    decode = json.JSONDecoder().raw_decode  # what `json.loads` calls, without its two wrappers (~4 us a row)
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
-            if not line.strip():
+            text = line.strip()
+            if not text:
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield lineno, RowError("(line)", f"invalid JSON: {err.msg} at column {err.colno}")
-                continue
+                row, end = decode(text)
+                ok = end == len(text)
+            except json.JSONDecodeError:
+                ok = False
+            if not ok:  # `json.loads` says why, with the column in the line as written
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    yield lineno, RowError("(line)", f"invalid JSON: {err.msg} at column {err.colno}")
+                    continue
             yield lineno, row if isinstance(row, dict) else RowError("(line)", "expected a JSON object")
 
 
@@ -154,11 +162,17 @@ class _ImageResolver:
 
 
 def _sample_from_row(
-    cfg: DatasetConfig, path: Path, fmt: str, lineno: int, row: dict[str, Any], resolve: _ImageResolver
+    cfg: DatasetConfig, path: str, fmt: str, lineno: int, row: dict[str, Any], resolve: _ImageResolver
 ) -> Sample:
     f = cfg.fields
     where = f"{path}:{lineno}"
-    id_col = f.id or next((c for c in ID_COLUMNS if c in row), None)
+    id_col = f.id
+    if id_col is None:
+        for id_col in ID_COLUMNS:  # the first one the row has
+            if id_col in row:
+                break
+        else:
+            id_col = None
     sample_id = str(row[id_col]) if id_col and row.get(id_col) not in (None, "") else f"line{lineno}"
     sample = Sample(dataset=cfg.name, id=sample_id, question="", prompt="", source=where)
     try:
@@ -211,6 +225,7 @@ def _file_samples(cfg: DatasetConfig) -> list[Sample]:
     if fmt == "vlmeval" and cfg.fields.image:
         _vlmeval_image_links(rows, cfg.fields.image)
     resolve = _ImageResolver(path.parent, base64_only=fmt == "vlmeval")
+    src = str(path)
     samples = []
     for lineno, row in rows:
         if isinstance(row, Exception):
@@ -218,7 +233,7 @@ def _file_samples(cfg: DatasetConfig) -> list[Sample]:
                 Sample(cfg.name, f"line{lineno}", "", "", source=f"{path}:{lineno}", error=f"{path}:{lineno}:{row}")
             )
         else:
-            samples.append(_sample_from_row(cfg, path, fmt, lineno, row, resolve))
+            samples.append(_sample_from_row(cfg, src, fmt, lineno, row, resolve))
     return samples
 
 

@@ -134,7 +134,7 @@ class Store:
             return text
 
         rows = [
-            (s.dataset, s.id, i, s.question, s.prompt, json.dumps(s.answers), s.source, s.error,
+            (s.dataset, s.id, i, s.question, s.prompt, json.dumps(s.answers) if s.answers else "[]", s.source, s.error,
              json.dumps(s.metadata) if s.metadata else "{}", context(s),
              json.dumps([{"where": r.where, "path": r.path} for r in s.images]) if s.images else "[]")
             for i, s in zip(positions or range(len(samples)), samples)
@@ -149,12 +149,14 @@ class Store:
         """Ids of `samples` answered at `stage` when their prompt or context (system, few-shot) was another."""
         if not samples:
             return []
-        now = {s.id: (s.prompt, s.context) for s in samples}
-        cur = self.db.execute(
+        stored = self.db.execute(
             """SELECT s.id, s.prompt, s.context FROM samples s JOIN results r
                  ON r.stage = ? AND r.dataset = s.dataset AND r.sample_id = s.id WHERE s.dataset = ?""",
-            (stage, samples[0].dataset))
-        return [i for i, prompt, context in cur if i in now and now[i] != (prompt, json.loads(context or "[]"))]
+            (stage, samples[0].dataset)).fetchall()
+        if not stored:  # nothing answered yet (a fresh run): no need to index the samples
+            return []
+        now = {s.id: (s.prompt, s.context) for s in samples}
+        return [i for i, prompt, context in stored if i in now and now[i] != (prompt, json.loads(context or "[]"))]
 
     # -- results ------------------------------------------------------------------------------
     def done_ids(self, stage: str, dataset: str) -> set[str]:
