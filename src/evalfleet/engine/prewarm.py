@@ -9,12 +9,14 @@ once its spec arrives.
 from __future__ import annotations
 
 import multiprocessing as mp
+import threading
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
 from evalfleet.engine.launcher import LocalLauncher, WorkerProcess
+from evalfleet.engine.messages import Heartbeat
 from evalfleet.engine.replica import die_with_parent
-from evalfleet.engine.worker import worker_main
+from evalfleet.engine.worker import HEARTBEAT_S, worker_main
 from evalfleet.records import WorkerSpec
 from evalfleet.stopping import ignore_stop_signals
 
@@ -24,9 +26,21 @@ if TYPE_CHECKING:
 
 def prewarmed_main(conn: Connection, heavy: bool) -> None:
     """Import what loading a model needs (`heavy`: torch and transformers), then become the worker the driver
-    names, or exit if it sends None."""
+    names, or exit if it sends None. It sends heartbeats from the start, as a worker does: the driver may hand it
+    its spec before the imports are done, and a worker silent for `hang_seconds` is killed as hung."""
     die_with_parent()
     ignore_stop_signals()
+    named = threading.Event()
+
+    def heartbeat() -> None:
+        while not named.wait(HEARTBEAT_S):
+            try:
+                conn.send(Heartbeat())
+            except (OSError, ValueError):
+                return
+
+    beating = threading.Thread(target=heartbeat, name="heartbeat", daemon=True)
+    beating.start()
     if heavy:
         import torch  # noqa: F401
         import transformers.modeling_utils  # noqa: F401
@@ -34,6 +48,8 @@ def prewarmed_main(conn: Connection, heavy: bool) -> None:
         job = conn.recv()
     except (EOFError, OSError):
         return
+    named.set()
+    beating.join()  # the worker's own heartbeat takes over: one sender at a time
     if job is not None:
         worker_main(conn, *job)
 
