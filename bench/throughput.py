@@ -66,16 +66,22 @@ def stock(kind: str, model: Path, data: Path, batch: int, count: int, new: int) 
     return {**m, "batch": batch, "samples_per_s": m["samples"] / m["timed_s"], "tok_per_s": m["tokens"] / m["timed_s"]}
 
 
-def evalfleet(work: Path, name: str, model: Path, data: Path, new: int) -> dict:
-    """`evalfleet run` with default settings on every row of `data`: the whole command and its phases."""
+def config(work: Path, name: str, model: Path, data: Path, new: int) -> Path:
+    """The run's config file: default settings, every row of `data`."""
     cfg = {"name": name, "output_dir": str(work / "runs"), "progress_every": 10**6, "metrics": ["exact_match"],
            "model": {"path": str(model), "generation": {"max_new_tokens": new}},
            "datasets": [{"name": "d", "path": str(data)}]}
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def evalfleet(work: Path, name: str, model: Path, data: Path, new: int, *options: str) -> dict:
+    """`evalfleet run` with default settings on every row of `data`: the whole command and its phases."""
+    path = config(work, name, model, data, new)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "evalfleet.cli", "run", str(path), "--fresh"], capture_output=True,
-                          text=True, check=False)
+    proc = subprocess.run([sys.executable, "-m", "evalfleet.cli", "run", str(path), "--fresh", *options],
+                          capture_output=True, text=True, check=False)
     command_s = time.perf_counter() - t0
     if proc.returncode:
         sys.exit(f"evalfleet run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")

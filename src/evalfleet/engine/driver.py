@@ -93,8 +93,7 @@ class StageDriver:
                 if w.ready:
                     self.feed(w)
 
-    def close_inputs(self) -> None:
-        """No more inputs will be offered: the queue may close once every sample has a result."""
+    def close_inputs(self) -> None:  # no more inputs: the queue may close once every sample has a result
         self.open_inputs = False
 
     # -- worker lifecycle ---------------------------------------------------------------------
@@ -102,6 +101,7 @@ class StageDriver:
         spawned = time.time()
         proc, conn = self.launcher.start(spec, self.stage.model.model_dump_json(), self.batch_size,
                                          str(self.cfg.run_dir))
+        spawned = getattr(proc, "spawned_at", spawned)  # a process spawned before the plan (prewarm.py): then
         w = WorkerHandle(spec, proc, conn, self.restarts.get(spec.name, 0), t_spawn_wall=spawned)
         self.workers[spec.name] = w
         self.queue.register(spec.name)

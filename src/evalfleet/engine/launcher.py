@@ -54,6 +54,7 @@ class HandOver:
         for i, (held, proc, conn) in enumerate(self.kept):
             if held.name == spec.name:
                 del self.kept[i]
+                vars(proc).pop("spawned_at", None)  # its process start for this stage is the hand-over, not its spawn
                 try:
                     conn.send(Session(model_json, batch_size, output_dir))
                     return proc, conn

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import threading
+import time
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ def prewarmed_main(conn: Connection, heavy: bool) -> None:
     """Import what loading a model needs (`heavy`: torch and transformers), then become the worker the driver
     names, or exit if it sends None. It sends heartbeats from the start, as a worker does: the driver may hand it
     its spec before the imports are done, and a worker silent for `hang_seconds` is killed as hung."""
+    started = time.time()
     die_with_parent()
     ignore_stop_signals()
     named = threading.Event()
@@ -44,6 +46,7 @@ def prewarmed_main(conn: Connection, heavy: bool) -> None:
     if heavy:
         import torch  # noqa: F401
         import transformers.modeling_utils  # noqa: F401
+    imported = time.time() - started
     try:
         job = conn.recv()
     except (EOFError, OSError):
@@ -51,7 +54,7 @@ def prewarmed_main(conn: Connection, heavy: bool) -> None:
     named.set()
     beating.join()  # the worker's own heartbeat takes over: one sender at a time
     if job is not None:
-        worker_main(conn, *job)
+        worker_main(conn, *job, prewarmed=(started, imported))
 
 
 class Prewarmed:
@@ -64,6 +67,7 @@ class Prewarmed:
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=prewarmed_main, args=(child, heavy), name=f"evalfleet-prewarmed-{i}",
                                daemon=True)
+            proc.spawned_at = time.time()  # type: ignore[attr-defined]  # its process start counts from here
             proc.start()
             child.close()
             self.spare.append((proc, parent))

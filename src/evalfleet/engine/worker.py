@@ -252,17 +252,19 @@ class WorkerLoop:
 
 
 def worker_main(conn: Connection, spec: WorkerSpec, model_json: str, batch_size: int, output_dir: str,
-                where: str = "") -> None:
-    """Entry point of a worker: a spawned process of the driver, or a Ray actor (`where`: its node)."""
+                where: str = "", prewarmed: tuple[float, float] | None = None) -> None:
+    """Entry point of a worker: a spawned process of the driver, or a Ray actor (`where`: its node). `prewarmed`:
+    (wall clock at its entry, seconds of imports) of a process that imported before its spec came."""
     from evalfleet.backends import free_memory
 
-    started = time.time()
+    started, imported = prewarmed or (time.time(), 0.0)
     setup_process(spec, managed=not where)
     loop = WorkerLoop(conn, batch_size)
     try:
         t0 = time.perf_counter()
         backend, first, stream, phases = load_replica(spec, model_json, batch_size, output_dir, loop)
-        load_s = time.perf_counter() - t0
+        phases["imports"] = round(phases["imports"] + imported, 3)
+        load_s = time.perf_counter() - t0 + imported
         backend.on_step = lambda step, steps: loop.send(Step(step, steps))  # denoising: the worker's bar
         if spec.cpu_headroom is not None and not spec.gpus:
             limit_address_space(spec.cpu_headroom)
