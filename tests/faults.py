@@ -116,7 +116,8 @@ class Lab:
             db.close()
 
     def results(self) -> int:
-        return self.query("SELECT COUNT(*) FROM results")[0][0] if self.db.exists() else 0
+        rows = self.query("SELECT COUNT(*) FROM results")  # none while the store is created, its schema not yet written
+        return rows[0][0] if rows else 0
 
     def answers(self) -> dict[str, str]:
         return dict(self.query("SELECT sample_id, output FROM results WHERE error IS NULL"))

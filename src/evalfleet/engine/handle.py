@@ -51,4 +51,5 @@ class WorkerHandle:
         serving = (self.t_stop or now) - self.t_ready if self.t_ready is not None else 0.0
         return {"device": self.spec.name, "gpus": len(self.spec.gpus), "held_s": round(now - self.t_start, 2),
                 "load_s": round((self.t_ready or now) - self.t_start, 2), "busy_s": round(self.busy_s, 2),
-                "busy_fraction": round(self.busy_s / serving, 3) if serving > 0 else None, "python": self.python}
+                "busy_fraction": round(min(1.0, self.busy_s / serving), 3) if serving > 0 else None,  # at most 1:
+                "python": self.python}  # its first batch may start before the driver reads its `Ready`
