@@ -19,6 +19,7 @@ from evalfleet.engine.served import registered, serve_dir, serve_replica
 from evalfleet.errors import RunError, UserError
 from evalfleet.plan.stage import make_plan, stage_gpus
 from evalfleet.preflight import check_model_path, read_datasets
+from evalfleet.stopping import Stopped, stop_on_signals
 
 STOP_WAIT_S = 30.0
 
@@ -47,33 +48,32 @@ def serve(cfg: RunConfig, idle_s: float, note: Callable[[str], None], stage_name
     t0 = time.monotonic()
     procs = [ctx.Process(target=serve_replica, args=(spec, model_json, chosen.batch_size, str(folder), idle_s),
                          name=f"evalfleet-serve-{spec.name}", daemon=True) for spec in chosen.workers]
-    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        for p in procs:
-            p.start()
-        pids = {p.pid for p in procs}
-        while len(ready := [r for _, r in registered(folder) if r.pid in pids]) < len(procs):
-            if dead := [p for p in procs if not p.is_alive()]:
-                raise RunError(f"a replica exited with code {dead[0].exitcode} while loading; its error is above")
-            time.sleep(0.2)
-        note(f"serving {len(ready)} replica(s) of {stage.model.path} ({', '.join(r.name for r in ready)}), loaded "
-             f"in {time.monotonic() - t0:.1f} s; `evalfleet run CONFIG --serve` uses them. They stop after "
-             f"{idle_s / 60:g} idle minutes, on Ctrl-C or on `evalfleet serve --stop`")
-        while any(p.is_alive() for p in procs):
+    with stop_on_signals():  # SIGINT, SIGTERM, SIGUSR1: stop the replicas
+        try:
             for p in procs:
-                p.join(0.5)
-        note("every replica has stopped (idle, or stopped)")
-    except KeyboardInterrupt:
-        note("stopping the replicas")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-        for p in procs:
-            p.join(STOP_WAIT_S)
-            if p.is_alive():
-                p.kill()
+                p.start()
+            pids = {p.pid for p in procs}
+            while len(ready := [r for _, r in registered(folder) if r.pid in pids]) < len(procs):
+                if dead := [p for p in procs if not p.is_alive()]:
+                    raise RunError(f"a replica exited with code {dead[0].exitcode} while loading; its error is above")
+                time.sleep(0.2)
+            note(f"serving {len(ready)} replica(s) of {stage.model.path} ({', '.join(r.name for r in ready)}), loaded "
+                 f"in {time.monotonic() - t0:.1f} s; `evalfleet run CONFIG --serve` uses them. They stop after "
+                 f"{idle_s / 60:g} idle minutes, on Ctrl-C or on `evalfleet serve --stop`")
+            while any(p.is_alive() for p in procs):
+                for p in procs:
+                    p.join(0.5)
+            note("every replica has stopped (idle, or stopped)")
+        except (KeyboardInterrupt, Stopped):
+            note("stopping the replicas")
+        finally:
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+            for p in procs:
+                p.join(STOP_WAIT_S)
+                if p.is_alive():
+                    p.kill()
 
 
 def stop_serving(folder_setting: str | None, note: Callable[[str], None]) -> None:
