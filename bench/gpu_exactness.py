@@ -112,7 +112,7 @@ def run_variant(name: str, dtype: str, folder: Path, out: Path) -> None:
         from evalfleet.config import ModelConfig
 
         if name == "unfused":
-            tb.fuse_elementwise = lambda model: 0
+            tb.fuse_elementwise = lambda model, kernels=None: 0
         if name == "sabotaged":
             fused._rotate_half = lambda x: torch.cat((x[..., x.shape[-1] // 2:], -x[..., : x.shape[-1] // 2]), -1)
         backend = tb.TransformersBackend(ModelConfig(path=str(folder), dtype=dtype, engine="static",

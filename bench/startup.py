@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from throughput import HERE, config, dataset, evalfleet
 
 from evalfleet.engine.served import registered, serve_dir
+from evalfleet.reporting.tables import STARTUP_HEAD, markdown_rows, startup_rows
 
 BARE = """
 import sys, time
@@ -52,9 +54,14 @@ def wall(cmd: list[str]) -> tuple[float, str]:
     return time.perf_counter() - t0, proc.stdout
 
 
-def replica_ready(work: Path, name: str) -> float:
-    """Seconds from the last replica's process start to ready, from the run's start-up breakdown."""
+def replica_ready(work: Path, name: str, label: str, breakdown: list[list[str]]) -> float:
+    """Seconds from the last replica's process start to ready, from the run's start-up breakdown (whose rows,
+    labelled, are added to `breakdown`)."""
     summary = json.loads((work / "runs" / name / "summary.json").read_text())
+    logs = work / "logs"
+    logs.mkdir(exist_ok=True)
+    shutil.copy(work / "runs" / name / "run.log", logs / f"{name} {label}.log")  # the next run's --fresh deletes it
+    breakdown += [[f"{label}: {row[0]}", *row[1:]] for row in startup_rows(summary)]
     phases = summary["performance"]["generate"]["startup"]["workers"]
     return max(sum(v for k, v in p.items() if isinstance(v, (int, float))) for p in phases.values())
 
@@ -72,12 +79,13 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     model, data, new = dataset(args.work, args.kind, args.shape, n)
     rows: list[tuple[str, float, str]] = []
+    breakdown: list[list[str]] = []
 
     bare_s = float(wall([sys.executable, "-c", BARE, str(model), args.kind])[1].strip().splitlines()[-1])
     rows.append(("bare load (imports, CUDA init, from_pretrained)", bare_s, ""))
     for label in ("first run", "second run"):
         r = evalfleet(args.work, f"startup-{args.kind}", model, data, new)
-        ready = replica_ready(args.work, f"startup-{args.kind}")
+        ready = replica_ready(args.work, f"startup-{args.kind}", label, breakdown)
         rows.append((f"evalfleet run, {label}", r["command_s"], f"replica ready {ready:.1f} s "
                      f"({ready / bare_s:.2f} x bare load); generation {r['generate_s']:.1f} s"))
 
@@ -94,6 +102,7 @@ def main() -> None:
         rows.append(("evalfleet serve: replicas loaded (not in the runs below)", time.perf_counter() - t0, ""))
         for label in ("first", "second"):
             r = evalfleet(args.work, f"startup-{args.kind}", model, data, new, "--serve")
+            replica_ready(args.work, f"startup-{args.kind}", f"--serve, {label}", breakdown)
             rows.append((f"evalfleet run --serve, {label}", r["command_s"], f"generation {r['generate_s']:.1f} s"))
     finally:
         subprocess.run([sys.executable, "-m", "evalfleet.cli", "serve", "--stop"], capture_output=True, check=False)
@@ -107,6 +116,8 @@ def main() -> None:
     print("| what | seconds | notes |\n|---|---|---|")
     for what, seconds, notes in rows:
         print(f"| {what} | {seconds:.1f} | {notes} |")
+    print("\nstart-up breakdown, seconds (the replica ready last):\n")
+    print(markdown_rows(STARTUP_HEAD, breakdown))
     first = next(s for w, s, _ in rows if w.endswith("first run"))
     print(f"\nfirst run / script {first / script_s:.2f}")
 

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -95,28 +98,79 @@ def _fused_vision_rotary(original: Any, rows: Any) -> Any:
     return apply_rotary_pos_emb_vision
 
 
-def fuse_elementwise(model: Any) -> int:
+@dataclass
+class Kernels:
+    """The compiled functions one model's modules are patched to."""
+
+    rms: Any
+    silu_mul: Any
+    rotary_rows: Any
+    rotary_vision: Any
+
+
+def compile_kernels(config: Any, dtype: torch.dtype, device: str = "cuda") -> Future[Kernels | None]:
+    """Start compiling the fused kernels in a thread for the shapes of the model `config` describes (its heads,
+    head dim and norm epsilon), so that compiling overlaps reading the tokenizer and the weights rather than
+    following them (`bench/startup.py`). The result is None where compiling fails (e.g. no Triton)."""
+    # Round where eager rounds (each bf16/fp16 intermediate), not once at the end: the fused kernels then give
+    # transformers' own numbers (bench/gpu_exactness.py: "unfused vs engine"), at no cost to a memory-bound kernel.
+    torch._inductor.config.emulate_precision_casts = True
+    pool = ThreadPoolExecutor(1, thread_name_prefix="evalfleet-compile")
+    future = pool.submit(_compile, config, dtype, device)
+    pool.shutdown(wait=False)
+    return future
+
+
+@torch.inference_mode()  # as batches run: without autograd
+def _compile(config: Any, dtype: torch.dtype, device: str) -> Kernels | None:
+    k = Kernels(torch.compile(_rms_norm, dynamic=True), torch.compile(_silu_mul, dynamic=True),
+                torch.compile(_rotary_rows),  # the token dimension is marked dynamic at each call
+                torch.compile(_rotary_vision))
+    text = getattr(config, "text_config", None) or config
+    try:  # a failure must happen here, not in a batch
+        x = torch.randn(2, 3, 64, device=device, dtype=dtype)
+        k.rms(x, torch.nn.Parameter(torch.ones(64, device=device, dtype=dtype), requires_grad=False),
+              getattr(text, "rms_norm_eps", 1e-6))
+        k.silu_mul(x, x.clone())
+    except Exception as err:  # Inductor/Triton missing or broken: keep transformers' kernels
+        log.warning("fused kernels unavailable (%s: %s); using transformers' own", type(err).__name__, err)
+        return None
+    try:  # the shapes of this model's attentions; shapes guessed wrong are compiled again in the warm-up
+        heads = text.num_attention_heads
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+        rows = [torch.randn(5, h, head_dim, device=device, dtype=dtype)
+                for h in (heads, getattr(text, "num_key_value_heads", None) or heads)]
+        rows += [torch.randn(5, head_dim, device=device, dtype=dtype) for _ in range(2)]
+        for t in rows:
+            torch._dynamo.maybe_mark_dynamic(t, 0)
+        k.rotary_rows(*rows)
+        if vision := getattr(config, "vision_config", None):
+            v_heads = vision.num_heads
+            v_dim = (getattr(vision, "hidden_size", None) or vision.embed_dim) // v_heads
+            qk = [torch.randn(5, v_heads, v_dim, device=device, dtype=dtype) for _ in range(2)]
+            cs = [torch.randn(5, v_dim, device=device) for _ in range(2)]  # the vision rotary's fp32 cos, sin
+            for t in qk + cs:
+                torch._dynamo.maybe_mark_dynamic(t, 0)
+            k.rotary_vision(*qk, *cs)
+    except Exception as err:  # not an architecture these fit: the warm-up compiles what the model calls
+        log.info("fused rotary not compiled ahead (%s: %s)", type(err).__name__, err)
+    return k
+
+
+def fuse_elementwise(model: Any, kernels: Future[Kernels | None] | None = None) -> int:
     """Patch the model's RMSNorm and SiLU-gated MLP modules to fused kernels; returns how many were patched.
+    `kernels`: compiled already by `compile_kernels` (else compiled now).
 
     Does nothing off CUDA, or when compiling fails (e.g. no Triton): the model keeps its own forwards.
     """
     if model.device.type != "cuda":
         return 0
-    # Round where eager rounds (each bf16/fp16 intermediate), not once at the end: the fused kernels then give
-    # transformers' own numbers (bench/gpu_exactness.py: "unfused vs engine"), at no cost to a memory-bound kernel.
-    torch._inductor.config.emulate_precision_casts = True
-    rms = torch.compile(_rms_norm, dynamic=True)
-    silu_mul = torch.compile(_silu_mul, dynamic=True)
-    rotary_rows = torch.compile(_rotary_rows)  # the token dimension is marked dynamic at each call
-    rotary_vision = torch.compile(_rotary_vision)
-    try:  # compile once now (as batches run: without autograd): a failure must happen here, not in a batch
-        with torch.inference_mode():
-            probe = torch.randn(2, 3, 64, device=model.device, dtype=model.dtype)
-            rms(probe, torch.ones(64, device=model.device, dtype=model.dtype), 1e-6)
-            silu_mul(probe, probe)
-    except Exception as err:  # Inductor/Triton missing or broken: keep transformers' kernels
-        log.warning("fused kernels unavailable (%s: %s); using transformers' own", type(err).__name__, err)
+    t0 = time.perf_counter()
+    k = (kernels or compile_kernels(model.config, model.dtype, str(model.device))).result()
+    if k is None:
         return 0
+    t1 = time.perf_counter()
+    rms, silu_mul, rotary_rows, rotary_vision = k.rms, k.silu_mul, k.rotary_rows, k.rotary_vision
     n = 0
     big_mlp = 0
     for module in model.modules():
@@ -138,6 +192,8 @@ def fuse_elementwise(model: Any) -> int:
             n += 1
     if n:
         _warm_up(model, silu_mul, big_mlp)
+    log.info("fused kernels: %d modules; waited %.2f s for the compiled kernels, warm-up %.2f s", n, t1 - t0,
+             time.perf_counter() - t1)
     return n
 
 

@@ -19,7 +19,7 @@ from transformers import (
 from evalfleet.backends.attention import use_decode_attention, use_packed_vision_attention
 from evalfleet.backends.base import Backend, Generation, Prepared, Request, free_memory, is_out_of_memory
 from evalfleet.backends.continuous import ContinuousEngine, Row, TokenStream
-from evalfleet.backends.fused import fuse_elementwise
+from evalfleet.backends.fused import compile_kernels, fuse_elementwise
 from evalfleet.backends.sampling import Sampler
 from evalfleet.backends.slot_cache import SLOT_ATTENTION
 from evalfleet.backends.static_decode import StaticDecoder
@@ -61,6 +61,9 @@ class TransformersBackend(Backend):
         self.cfg, self.n_gpus, self.max_memory_per_gpu = cfg, n_gpus, max_memory_per_gpu
         trust = cfg.trust_remote_code
         config = AutoConfig.from_pretrained(cfg.path, trust_remote_code=trust)
+        self.kernels = None  # compiled while the tokenizer and the weights load
+        if n_gpus and torch.cuda.is_available():
+            self.kernels = compile_kernels(config, getattr(torch, cfg.resolved_dtype(on_gpu=True)), "cuda:0")
         self.vision = is_vision_model(config)
         self.rope_index = has_rope_index(config)
         self.image_token_id = getattr(config, "image_token_id", None)
@@ -112,7 +115,8 @@ class TransformersBackend(Backend):
         use_decode_attention(self.model)
         if self.vision:
             use_packed_vision_attention(self.model)
-        fuse_elementwise(self.model)
+        fuse_elementwise(self.model, self.kernels)
+        self.kernels = None
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if self.engine == "static":

@@ -89,10 +89,20 @@ def _image_tokens(folder: Path, config: dict[str, Any], image_sizes: list[tuple[
 
 
 def longest_prompt_tokens(path: str, prompts: list[str]) -> int:
-    """Tokens of the longest prompt, with the checkpoint's tokenizer (chars / 3 without one)."""
+    """Tokens of the longest prompt, with the checkpoint's tokenizer (chars / 3 without one). A fast tokenizer's
+    `tokenizer.json` is read by the `tokenizers` library alone: the driver then never imports transformers and
+    torch (several seconds on a GPU machine, on the start-up's critical path: bench/startup.py)."""
     longest = sorted(prompts, key=len)[-LONGEST_PROMPTS:]
     if not longest:
         return 0
+    if (Path(path) / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        try:
+            tok = Tokenizer.from_file(str(Path(path) / "tokenizer.json"))
+            return max(len(e.ids) for e in tok.encode_batch(longest))
+        except Exception:  # a file the library cannot read: try transformers
+            pass
     try:
         from transformers import AutoTokenizer
 
