@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 from rich.console import Console
-from tiny_models import install_video_processor_shim
 
+from evalfleet.backends.processors import without_video_processor
 from evalfleet.config import RunConfig, parse_config
 from evalfleet.scoring import score_output, unpack
 
-install_video_processor_shim()
+without_video_processor()  # what evalfleet's workers do, for the tests that load VLM processors themselves
 pytest_plugins = ["require_all"]
 
-SHIM = Path(__file__).parent / "shim"
-# Spawned worker processes load VLM processors too: they get the test-only shim through PYTHONPATH.
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(SHIM), os.environ.get("PYTHONPATH")) if p)
 DEMO_QUESTIONS = Path(__file__).parents[1] / "src" / "evalfleet" / "data" / "demo_questions.jsonl"
 
 

@@ -40,7 +40,7 @@ def test_jsonl_with_field_mapping_relative_images_and_bad_rows(tmp_path):
     assert (good.prompt, good.answers, good.error) == ("Q: What colour?", ["red", "Red"], None)
     assert open_image(good.images[0]).size == (8, 8)
     assert ss[1].error.startswith(f"{f}:2:(line): invalid JSON")
-    assert ss[2].error.startswith(f"{f}:3:pic: image path '../outside.png' escapes the dataset folder")
+    assert ss[2].error.startswith(f"{f}:3:pic: image path '../outside.png' is outside the image folder {tmp_path}; set `image_root`")
     assert ss[3].error == f"{f}:4:q: missing question"
     assert ss[4].error.startswith(f"{f}:5:pic: image file not found")
 

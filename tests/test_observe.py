@@ -87,7 +87,10 @@ def test_status_from_another_process_while_the_run_writes(tmp_path, smollm2):
     assert st.state == "done" and st.rows[0].state == "done" and st.rows[0].remaining == 0 and st.eta_s == 0
     console = quiet_console()
     console.print(status_view(st))
-    assert "run live: done" in console.file.getvalue()
+    assert "run live: done" in console.file.getvalue() and "samples/s over the run" in console.file.getvalue()
+    # A finished run's figures stay as they were, however late status is asked (issue 21, item 4).
+    later = read_status(run_dir, now=time.time() + 3600)
+    assert (later.elapsed_s, later.rate) == (st.elapsed_s, st.rate) and st.rate > 0 and st.ended is not None
 
 
 @pytest.fixture(scope="module")

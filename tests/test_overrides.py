@@ -100,10 +100,10 @@ def test_a_key_that_names_no_setting_is_refused(tmp_path, text):
     msg = str(err.value)
     assert msg.startswith("--batchsize: `model.batchsize` is not a config setting: no setting `batchsize` in `model`")
     assert "batch_size" in msg and "\n" not in msg  # the settings that exist are listed, on one line
-    with pytest.raises(UserError, match=r"^override seed\.x: `seed\.x` is not a config setting: `seed` is a single "
+    with pytest.raises(UserError, match=r"^--set seed\.x: `seed\.x` is not a config setting: `seed` is a single "
                                         r"setting, it has no `x`$"):
         load_config(path, {"seed.x": 1})
-    with pytest.raises(UserError, match=r"^override nope: `nope` is not a config setting: no setting `nope` in the "
+    with pytest.raises(UserError, match=r"^--set nope: `nope` is not a config setting: no setting `nope` in the "
                                         r"top level"):
         load_config(path, {"nope": 1})
 

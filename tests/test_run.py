@@ -161,7 +161,8 @@ def test_fresh_starts_over_and_other_settings_are_refused(tmp_path, smollm2):
     from evalfleet.errors import UserError
 
     changed = make_config(tmp_path, smollm2, ds, limit=2, model={"generation": {"max_new_tokens": 5}})
-    with pytest.raises(UserError, match="stage .generate. made with other model, generation or judge settings"):
+    with pytest.raises(UserError, match="(?s)stage .generate. made with other model, generation or judge settings.*"
+                                        r"model.generation.max_new_tokens: 16 -> 5"):
         run(changed, console=quiet_console())
     summary = run(changed, fresh=True, console=quiet_console())
     assert summary["datasets"]["qa"]["finished"] == 2

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-
-SHIM_DIR = Path(__file__).parent / "shim"
-"""Put on PYTHONPATH of worker subprocesses so they get the video-processor shim."""
 
 QWEN2VL_SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -32,13 +28,6 @@ QWEN2VL_CHAT_TEMPLATE = (
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-
-def install_video_processor_shim() -> None:
-    """Install the shim from `shim/sitecustomize.py` in this process (its code lives there only)."""
-    spec = importlib.util.spec_from_file_location("_evalfleet_video_shim", SHIM_DIR / "sitecustomize.py")
-    assert spec is not None and spec.loader is not None
-    spec.loader.exec_module(importlib.util.module_from_spec(spec))  # installs on import
 
 
 GLM4V_SPECIAL_TOKENS = [
@@ -78,8 +67,8 @@ def build_tiny_qwen2vl(path: Path, seed: int = 0, arch: str = "qwen2_vl") -> Pat
     """Build a tiny random VLM folder at `path`: Qwen2-VL (default), Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE (8 experts,
     2 per token) or GLM-4.1V (`arch` one of `VLM_ARCHS`), hidden size 64, two layers of each tower.
 
-    A 64x64 image becomes 4 image tokens. Load it with `AutoProcessor` after
-    `install_video_processor_shim()` (or with `SHIM_DIR` on PYTHONPATH).
+    A 64x64 image becomes 4 image tokens. Without torchvision, load it with `AutoProcessor` after evalfleet's
+    `without_video_processor()` (its workers do that themselves).
     """
     import torch
     import transformers

@@ -11,10 +11,11 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from evalfleet.cluster.shards import in_shard, parse_shard
-from evalfleet.config import RunConfig
-from evalfleet.data.datasets import DatasetError, load_samples
+from evalfleet.config import DatasetConfig, RunConfig, StageConfig
+from evalfleet.data.datasets import DatasetError, dataset_columns, load_samples
 from evalfleet.errors import UserError
 from evalfleet.records import Sample
 from evalfleet.store import Store, StoreDamaged, pid_alive
@@ -106,7 +107,9 @@ def refusals(cfg: RunConfig, store: Store, data: Datasets, redo: list[str]) -> l
     """Why this run may not go on in `store` (reads only): a stage whose stored results were made with other
     settings, or answered samples whose prompt changed. `redo` stages are computed again and exempt."""
     stages = cfg.pipeline()
-    problems = [why for stage in stages if stage.name not in redo
+    before = store.get_meta("config")  # the settings the stored results were made with
+    problems = [why + "".join(f"\n    {c}" for c in changed_settings(before, stage, cfg.seed))
+                for stage in stages if stage.name not in redo
                 and (why := store.fingerprint_conflict(stage.name, stage.fingerprint(cfg.seed)))]
     first = stages[0].name  # answers the prompts
     if first not in redo:
@@ -121,9 +124,81 @@ def refusals(cfg: RunConfig, store: Store, data: Datasets, redo: list[str]) -> l
     return problems
 
 
-def check_model_path(path: str) -> None:
-    """A model path that looks local must exist (hub ids look like `org/name`)."""
+NOT_IN_FINGERPRINT = ("name", "gpus", "python", "model.batch_size", "model.engine", "model.server.urls",
+                      "model.server.api_key_env", "model.server.max_in_flight", "model.server.timeout_s",
+                      "model.server.retries", "model.server.startup_timeout_s")
+"""Stage settings a resume may change (`StageConfig.fingerprint` leaves them out)."""
+
+
+def changed_settings(before: dict[str, Any] | None, stage: StageConfig, seed: int) -> list[str]:
+    """`model.generation.max_new_tokens: 16 -> 5` for each setting of `stage` that differs from the stored config
+    `before` (a run config as JSON), so that a refusal names what changed."""
+    if not before:
+        return []
+    old_stages = before.get("stages") or [{"name": "generate", "kind": "generate", "model": before.get("model")}]
+    old = next((s for s in old_stages if s.get("name") == stage.name), None)
+    if old is None:
+        return []
+    a = _flat({**old, "seed": before.get("seed", 0)})
+    b = _flat({**stage.model_dump(mode="json"), "seed": seed})
+    return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in sorted(a.keys() | b.keys())
+            if a.get(key) != b.get(key) and not key.startswith(NOT_IN_FINGERPRINT)]
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def model_path_problem(path: str) -> str | None:
+    """Why a model path that looks local (hub ids look like `org/name`) cannot be used, else None."""
     p = Path(path).expanduser()
     looks_local = p.is_absolute() or path.startswith(".") or path.count("/") != 1
     if looks_local and not p.exists():
-        raise UserError(f"model path not found: {path}")
+        return f"model path not found: {path}"
+    return None
+
+
+def check_model_path(path: str) -> None:
+    if why := model_path_problem(path):
+        raise UserError(why)
+
+
+def input_problems(cfg: RunConfig, data: Datasets) -> list[str]:
+    """Everything wrong with the run's inputs that shows before a model loads, all at once: model paths that do
+    not exist, datasets whose every row is an error (a field name that is in no row, a prompt template naming a
+    column the rows lack), and datasets without reference answers when metrics need them. (A dataset that cannot
+    be read at all is not refused here: it is recorded as failed and the others run.)"""
+    problems = [why for stage in cfg.pipeline() if stage.model.backend != "openai"  # there, the served model's name
+                and (why := model_path_problem(stage.model.path))]
+    scored = bool(cfg.metrics) and cfg.pipeline()[0].kind == "generate"
+    for ds in cfg.datasets:
+        samples = data.samples.get(ds.name)
+        if not samples:
+            continue
+        errors = [s.error for s in samples if s.error]
+        where = f"dataset {ds.name}" + (f" ({ds.path})" if ds.path else "")
+        if len(errors) == len(samples):
+            problems.append(f"{where}: every one of its {len(samples)} rows is an error, e.g. {errors[0]}"
+                            + _columns_hint(ds))
+        elif scored and not any(s.answers for s in samples if not s.error):
+            problems.append(f"{where}: no row has a reference answer in the column `{ds.fields.answer}` "
+                            f"(fields.answer), and the metrics ({', '.join(cfg.metrics)}) need one"
+                            + _columns_hint(ds) + "; or set `metrics: []` to generate without scoring")
+    return problems
+
+
+def _columns_hint(ds: DatasetConfig) -> str:
+    """`; its rows have the columns a, b, c (fields: question=..., ...)` for a file dataset."""
+    columns = dataset_columns(ds)
+    if not columns:
+        return ""
+    f = ds.fields
+    shown = ", ".join(f"{k}={v!r}" for k, v in (("question", f.question), ("answer", f.answer), ("image", f.image),
+                                                  ("id", f.id)) if v)
+    return f"; its rows have the columns {', '.join(columns)} (fields: {shown})"

@@ -34,8 +34,8 @@ from evalfleet.observe.startup import process_age
 from evalfleet.plan.stage import make_plan, stage_gpus
 from evalfleet.preflight import (
     Datasets,
-    check_model_path,
     check_output_dir,
+    input_problems,
     read_datasets,
     refusals,
     refuse_fresh_while_live,
@@ -68,14 +68,18 @@ def run(
     """
     console = console or Console()
     names = [stage.name for stage in cfg.pipeline()]
-    unknown = sorted(set(redo or []) - set(names))
-    if unknown:
+    if unknown := sorted(set(redo or []) - set(names)):
         raise UserError(f"--redo {', '.join(unknown)}: no such stage (stages: {', '.join(names)})")
-    for stage in cfg.pipeline():
-        if stage.model.backend != "openai":  # there, `path` names the served model
-            check_model_path(stage.model.path)
     run_dir = cfg.run_dir
     check_output_dir(run_dir)
+    # Read the datasets and check every input before anything is deleted, written or loaded.
+    startup = {"driver start": round(process_age(), 3)}  # interpreter, imports, config: before this line
+    t0 = time.perf_counter()
+    data = read_datasets(cfg)
+    if problems := input_problems(cfg, data):
+        also = [f"dataset {name} cannot be read: {why}" for name, why in data.failed.items()]
+        raise UserError("nothing was run; fix these first:\n  " + "\n  ".join(problems + also))
+    startup["datasets"] = round(time.perf_counter() - t0, 3)
     if fresh and run_dir.exists():
         refuse_fresh_while_live(run_dir, cfg.lease_seconds)
         shutil.rmtree(run_dir)
@@ -84,7 +88,7 @@ def run(
         with stop_on_signals(), store_errors(run_dir / "store.db"):
             prewarmed = prewarm(cfg)
             try:
-                return _run(cfg, run_dir, retry_errors, redo or [], console, prewarmed)
+                return _run(cfg, run_dir, data, startup, retry_errors, redo or [], console, prewarmed)
             finally:
                 if prewarmed is not None:
                     prewarmed.close()  # the processes the plan did not need
@@ -96,17 +100,15 @@ def run(
         handler.close()
 
 
-def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], console: Console,
-         prewarmed: Launcher | None) -> dict:
+def _run(cfg: RunConfig, run_dir: Path, data: Datasets, startup: dict[str, float], retry_errors: bool,
+         redo: list[str], console: Console, prewarmed: Launcher | None) -> dict:
     stages = cfg.pipeline()
     note = printer(console)
 
-    # 1. Read the datasets and check them against the store before writing anything: a refused run leaves the
-    #    store as it was. (The first stage's worker processes, `prewarmed`, import meanwhile.)
-    startup = {"driver start": round(process_age(), 3)}  # interpreter, imports, config: before this line
+    # 1. Check the datasets read against the store before writing anything: a refused run leaves the store as it
+    #    was. (The first stage's worker processes, `prewarmed`, import meanwhile.)
     t0 = time.perf_counter()
     store = Store(run_dir / "store.db")
-    data = read_datasets(cfg)
     if problems := refusals(cfg, store, data, redo):
         store.close()
         raise UserError("\n".join(problems))
@@ -130,7 +132,7 @@ def _run(cfg: RunConfig, run_dir: Path, retry_errors: bool, redo: list[str], con
         log.error("dataset %s failed: %s", name, why)
     loaded = data.samples
     record_samples(store, data)
-    startup["datasets"] = round(time.perf_counter() - t0, 3)
+    startup["datasets"] = round(startup["datasets"] + time.perf_counter() - t0, 3)  # reading and storing
     store.set_meta("startup", startup)
     for name, samples in loaded.items():
         store.set_dataset(name, "running", len(samples))

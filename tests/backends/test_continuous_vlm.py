@@ -10,7 +10,7 @@ from conftest import loaded_backend as backend
 from conftest import spread_answer_lengths
 
 from evalfleet.backends import Request
-from tiny_models import VLM_ARCHS, build_tiny_qwen2vl, install_video_processor_shim
+from tiny_models import VLM_ARCHS, build_tiny_qwen2vl
 
 NEW_TOKENS = 16
 
@@ -30,7 +30,6 @@ def requests() -> list[Request]:
 @pytest.fixture(scope="module", params=VLM_ARCHS)
 def vlm(request, tmp_path_factory):
     """A tiny VLM whose EOS ids include the generated token that makes answers end at the most different steps."""
-    install_video_processor_shim()
     path = build_tiny_qwen2vl(tmp_path_factory.mktemp("models") / request.param, arch=request.param)
     spread_answer_lengths(path, requests(), NEW_TOKENS)
     return path

@@ -20,6 +20,7 @@ from evalfleet.backends.attention import use_decode_attention, use_packed_vision
 from evalfleet.backends.base import Backend, Generation, Prepared, Request, free_memory, is_out_of_memory
 from evalfleet.backends.continuous import ContinuousEngine, Row, TokenStream
 from evalfleet.backends.fused import compile_kernels, fuse_elementwise
+from evalfleet.backends.processors import without_video_processor
 from evalfleet.backends.sampling import Sampler
 from evalfleet.backends.slot_cache import SLOT_ATTENTION
 from evalfleet.backends.static_decode import StaticDecoder
@@ -69,6 +70,7 @@ class TransformersBackend(Backend):
         self.image_token_id = getattr(config, "image_token_id", None)
         self.sliding = has_sliding_window(getattr(config, "text_config", config))
         if self.vision:
+            without_video_processor()  # where torchvision cannot be imported: images only
             self.processor = AutoProcessor.from_pretrained(cfg.path, trust_remote_code=trust)
             self.tokenizer = self.processor.tokenizer
         else:

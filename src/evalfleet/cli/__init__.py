@@ -1,8 +1,10 @@
-"""Command line: `evalfleet run | plan | serve | status | report | show | compare | merge | slurm | demo`.
+"""Command line: `evalfleet init | validate | run | plan | serve | status | report | show | compare | merge | slurm |
+demo`.
 
 `common` holds the app and what the commands share; each module registers its commands on import."""
 
 # Each registers its commands, listed by `--help` in this order.
+from evalfleet.cli import setup  # noqa: F401  # isort: skip
 from evalfleet.cli import runs  # noqa: F401  # isort: skip
 from evalfleet.cli import results  # noqa: F401  # isort: skip
 from evalfleet.cli import cluster  # noqa: F401  # isort: skip

@@ -28,7 +28,7 @@ def slurm_cmd(
     signal_before: Annotated[int, typer.Option("--signal-before", help="Seconds before the time limit at which "
                                                "each task is told to stop, saves its results and requeues itself "
                                                "(0: never).")] = 120,
-    submit: Annotated[bool, typer.Option("--submit", help="sbatch the array and the merge job after it.")] = False,
+    submit: Annotated[bool, typer.Option("--submit/--no-submit", help="sbatch the array and the merge job after it.")] = False,
 ) -> None:
     """Write a Slurm job array (task i runs shard i) and a merge job, or (--ray-nodes) one multi-node job running
     a Ray cluster for the run; with --submit, submit them."""

@@ -18,7 +18,7 @@ from evalfleet.errors import UserError
 @app.command("status")
 def status_cmd(
     run_dir: Annotated[Path, typer.Argument(help="Run folder (output_dir/name).")],
-    watch: Annotated[bool, typer.Option("--watch", help="Refresh until the run is no longer running.")] = False,
+    watch: Annotated[bool, typer.Option("--watch/--no-watch", help="Refresh until the run is no longer running.")] = False,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 2.0,
 ) -> None:
     """Where a run stands: each stage x dataset, each worker, the ETA. Reads the store only (any shell)."""

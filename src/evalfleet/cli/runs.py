@@ -15,11 +15,13 @@ from evalfleet.cli.common import (
     LogOpt,
     MaxMemOpt,
     ModeOpt,
+    SetOpt,
     WorkersOpt,
     _execute,
     _guard,
     app,
     console,
+    set_overrides,
 )
 from evalfleet.config import OVERRIDE_OPTIONS, load_config, option_overrides
 from evalfleet.errors import UserError
@@ -35,27 +37,31 @@ def run_cmd(
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for shuffling and sampling.")] = None,
     out: Annotated[str | None, typer.Option("--out", help="Output folder (overrides output_dir).")] = None,
     fresh: FreshOpt = False,
-    retry_errors: Annotated[bool, typer.Option("--retry-errors", help="Recompute samples that failed.")] = False,
+    retry_errors: Annotated[bool, typer.Option("--retry-errors/--no-retry-errors", help="Recompute samples that failed.")] = False,
     log_file: LogOpt = None,
     mode: ModeOpt = None,
     max_memory_per_gpu: MaxMemOpt = None,
-    show_samples: Annotated[bool, typer.Option("--show-samples", help="A line per finished sample.")] = False,
+    show_samples: Annotated[bool | None, typer.Option("--show-samples/--no-show-samples",
+                                                      help="A line per finished sample.")] = None,
     redo: Annotated[list[str] | None, typer.Option("--redo", help="Drop a stage's results first (repeatable).")] = None,
     shard: Annotated[str | None, typer.Option("--shard", help="i/N: only shard i of N, into RUN_DIR/shards/; "
                                                               "`slurm`: the array task's shard.")] = None,
-    ray: Annotated[bool, typer.Option("--ray", help="Run the replicas as Ray actors (cluster.backend: ray).")] = False,
+    ray: Annotated[bool, typer.Option("--ray/--no-ray", help="Run the replicas as Ray actors (cluster.backend: ray).")] = False,
     ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster to join, e.g. auto or "
                                                                           "HOST:6379 (implies --ray).")] = None,
-    serve: Annotated[bool, typer.Option("--serve", help="Use the replicas `evalfleet serve` keeps loaded "
+    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Use the replicas `evalfleet serve` keeps loaded "
                                                         "(cluster.backend: serve).")] = False,
+    sets: SetOpt = None,
 ) -> None:
     """Run an evaluation, or resume it where it stopped."""
 
     def go() -> None:
         from evalfleet.cluster.shards import parse_shard
 
-        overrides = option_overrides(gpus=gpus, workers=workers, batch_size=batch_size, limit=limit, seed=seed, out=out,
-                               mode=mode, max_memory_per_gpu=max_memory_per_gpu, show_samples=show_samples or None)
+        out_dir = str(Path(out).expanduser().resolve()) if out else None  # on the command line: from here
+        overrides = set_overrides(sets) | option_overrides(
+            gpus=gpus, workers=workers, batch_size=batch_size, limit=limit, seed=seed, out=out_dir, mode=mode,
+            max_memory_per_gpu=max_memory_per_gpu, show_samples=show_samples)
         if shard is not None:
             overrides["shard"] = "/".join(map(str, parse_shard(shard)))
         if serve:
@@ -77,6 +83,7 @@ def plan_cmd(
     workers: WorkersOpt = None,
     mode: ModeOpt = None,
     max_memory_per_gpu: MaxMemOpt = None,
+    sets: SetOpt = None,
 ) -> None:
     """Show the GPUs, the model's memory estimate and the chosen layout, without running anything."""
 
@@ -85,7 +92,8 @@ def plan_cmd(
         from evalfleet.plan.stage import make_plan, stage_gpus
         from evalfleet.stages.judge import judge_plan_samples
 
-        overrides = option_overrides(gpus=gpus, workers=workers, mode=mode, max_memory_per_gpu=max_memory_per_gpu)
+        overrides = set_overrides(sets) | option_overrides(gpus=gpus, workers=workers, mode=mode,
+                                                           max_memory_per_gpu=max_memory_per_gpu)
         cfg = load_config(config, overrides, OVERRIDE_OPTIONS)
         samples = []
         for ds in cfg.datasets:
@@ -114,6 +122,7 @@ def serve_cmd(
     stop: Annotated[bool, typer.Option("--stop", help="Stop the replicas served on this machine.")] = False,
     serve_dir: Annotated[str | None, typer.Option("--serve-dir", help="Where replicas register (default: "
                                                                      "cluster.serve_dir, else the cache).")] = None,
+    sets: SetOpt = None,
 ) -> None:
     """Keep a stage's model loaded on this machine, so that `evalfleet run CONFIG --serve` starts at once."""
 
@@ -125,7 +134,7 @@ def serve_cmd(
             return stop_serving(serve_dir, printer(console))
         if config is None:
             raise UserError("give a config file, or --stop")
-        overrides = option_overrides(gpus=gpus, workers=workers)
+        overrides = set_overrides(sets) | option_overrides(gpus=gpus, workers=workers)
         if serve_dir is not None:
             overrides["cluster.serve_dir"] = serve_dir
         serve(load_config(config, overrides, OVERRIDE_OPTIONS), idle_minutes * 60, printer(console), stage)

@@ -49,13 +49,33 @@ def parse_config(data: dict[str, Any], source: str = "<dict>", base_dir: Path | 
         cfg = RunConfig.model_validate(data)
     except ValidationError as err:
         raise UserError(_format_errors(source, err)) from None
-    if base_dir is not None:
+    if base_dir is not None:  # paths in a config file are relative to its folder, wherever the command runs
         for ds in cfg.datasets:
-            if ds.path is not None and not Path(ds.path).is_absolute():
-                ds.path = str((base_dir / ds.path).resolve())
-            if ds.few_shot is not None and ds.few_shot.path is not None:
-                ds.few_shot.path = str((base_dir / ds.few_shot.path).resolve())
+            ds.path = _relative_to(base_dir, ds.path)
+            ds.image_root = _relative_to(base_dir, ds.image_root)
+            if ds.few_shot is not None:
+                ds.few_shot.path = _relative_to(base_dir, ds.few_shot.path)
+        cfg.output_dir = str(_relative_to(base_dir, cfg.output_dir))
+        for model in (cfg.model, *(s.model for s in cfg.stages or [])):
+            if model is not None and model.backend != "openai" and _local_model(base_dir, model.path):
+                model.path = str(_relative_to(base_dir, model.path))
     return cfg
+
+
+def _relative_to(base_dir: Path, path: str | None) -> str | None:
+    """`path` (`~` expanded) made absolute against `base_dir` when relative."""
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else (base_dir / p).resolve())
+
+
+def _local_model(base_dir: Path, path: str) -> bool:
+    """Whether a relative model path names a folder (next to the config, or written `./x`, `../x`, `a/b/c`)
+    rather than a hub id (`org/name`): a hub id is left as it is."""
+    p = Path(path).expanduser()
+    return (p.is_absolute() or path.startswith((".", "~")) or path.count("/") != 1
+            or (base_dir / p).exists())
 
 
 def _section(annotation: Any) -> type[BaseModel] | None:
@@ -83,9 +103,9 @@ def _unknown_key(key: str) -> str | None:
 
 
 def _override_label(key: str, value: Any, options: dict[str, str]) -> str:
-    """`--batch-size banana` for a CLI option, `override model.batch_size=banana` otherwise."""
+    """`--batch-size banana` for a CLI option, `--set model.batch_size=banana` otherwise."""
     shown = ",".join(map(str, value)) if isinstance(value, list) else str(value)
-    return f"{options[key]} {shown}" if key in options else f"override {key}={shown}"
+    return f"{options[key]} {shown}" if key in options else f"--set {key}={shown}"
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any],
@@ -100,7 +120,7 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any],
     for key, value in overrides.items():
         why = _unknown_key(key)
         if why is not None:
-            label = options.get(key, f"override {key}")
+            label = options.get(key, f"--set {key}")
             raise UserError(f"{label}: `{key}` is not a config setting: {why}")
         parts: tuple[str, ...] = tuple(key.split("."))
         if parts[0] == "model":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,6 +81,12 @@ class DatasetConfig(_Strict):
     """Unique name, used in the store and file names."""
     path: str | None = None
     """Data file (.jsonl, .csv, .tsv, .parquet); relative paths are relative to the config file."""
+    image_root: str | None = None
+    """The folder image paths of the rows are relative to, and must stay inside (default: the data file's folder;
+    relative to the config file). Symbolic links inside it may point anywhere; a path that climbs out of it with
+    `..`, or an absolute path elsewhere, is refused."""
+    absolute_images: bool = False
+    """Accept absolute image paths wherever they point (relative ones still stay inside `image_root`)."""
     builtin: Literal["easy-vqa"] | None = None
     """A built-in dataset instead of a file."""
     format: Literal["auto", "jsonl", "csv", "tsv", "parquet", "vlmeval"] = "auto"
@@ -144,6 +151,23 @@ class JudgeParse(_Strict):
         return self
 
 
+JUDGE_FIELDS = ("question", "answer", "prediction", "id", "image", "edited_image")
+"""What a judge template may name (`scoring/judge.py: render_judge_prompt`)."""
+
+
+def template_problem(template: str, known: tuple[str, ...]) -> str | None:
+    """Why `template` cannot be filled with the `known` fields (a name outside them, a lone brace), else None."""
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as err:
+        return f"{err}; write a literal brace twice ({{{{ or }}}}), e.g. for JSON in the instructions"
+    unknown = [n for n in dict.fromkeys(names) if n.split(".")[0].split("[")[0] not in known]
+    if unknown:
+        return (f"unknown placeholder{'s' if len(unknown) > 1 else ''} {', '.join('{' + n + '}' for n in unknown)}; "
+                f"known: {', '.join('{' + k + '}' for k in known)} (a literal brace is written twice: {{{{ }}}})")
+    return None
+
+
 class StageConfig(_Strict):
     """One stage of a pipeline, run over all GPUs with its own model."""
 
@@ -170,6 +194,8 @@ class StageConfig(_Strict):
     def _consistent(self) -> StageConfig:
         if self.kind == "judge" and not self.prompt:
             raise ValueError("a judge stage needs a `prompt` template")
+        if self.kind == "judge" and (why := template_problem(self.prompt or "", JUDGE_FIELDS)):
+            raise ValueError(f"judge prompt: {why}")
         if (self.kind == "edit") != (self.model.backend == "diffusers"):
             raise ValueError("an edit stage takes a `diffusers` model, and only an edit stage does")
         return self
@@ -243,6 +269,10 @@ class RunConfig(_Strict):
     """Non-terminal progress: print a line every N samples..."""
     progress_seconds: float = Field(30.0, gt=0)
     """...or every T seconds, whichever comes first."""
+    max_error_rate: float = Field(0.05, ge=0, le=1)
+    """A stage whose samples end in an error (a bad row, an unreadable image, a failed batch, a judge reply with
+    no score) more often than this makes the run exit 1 once its results are saved, naming the first errors.
+    5 %: a handful of broken rows passes, a wrong field name or a broken judge prompt does not."""
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:

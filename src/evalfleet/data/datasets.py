@@ -10,6 +10,7 @@ import base64
 import binascii
 import csv
 import json
+import os
 import random
 import sys
 from collections.abc import Callable, Iterator
@@ -128,11 +129,14 @@ def _answers(value: Any) -> list[str]:
 
 
 class _ImageResolver:
-    """Turns an image cell (path, base64 text, bytes, {"bytes": ...}, a list of those) into ImageRefs."""
+    """Turns an image cell (path, base64 text, bytes, {"bytes": ...}, a list of those) into ImageRefs. Paths are
+    relative to `root` and must stay inside it as written: `..` may not climb out of it, but a symbolic link inside
+    it may point anywhere (image folders linked from scratch space are the usual cluster layout)."""
 
-    def __init__(self, root: Path, base64_only: bool) -> None:
-        self.root = root.resolve()
+    def __init__(self, root: Path, base64_only: bool, absolute: bool = False) -> None:
+        self.root = Path(os.path.abspath(root))
         self.base64_only = base64_only
+        self.absolute = absolute
 
     def __call__(self, value: Any, column: str, where: str) -> list[ImageRef]:
         if value is None or value == "":
@@ -148,9 +152,11 @@ class _ImageResolver:
         if not isinstance(value, str):
             raise RowError(column, f"unsupported image value of type {type(value).__name__}")
         if not self.base64_only and len(value) < 4096:
-            candidate = (self.root / value).resolve()
-            if not candidate.is_relative_to(self.root):
-                raise RowError(column, f"image path {value!r} escapes the dataset folder {self.root}")
+            candidate = Path(os.path.normpath(self.root / os.path.expanduser(value)))  # `..` folded, links kept
+            if not candidate.is_relative_to(self.root) and not (self.absolute and os.path.isabs(value)):
+                raise RowError(column, f"image path {value!r} is outside the image folder {self.root}; set "
+                                       "`image_root` to a folder that holds it, or `absolute_images: true` for "
+                                       "absolute paths")
             if candidate.is_file():
                 return [ImageRef(where, path=str(candidate))]
             if len(value) < 256:
@@ -224,7 +230,8 @@ def _file_samples(cfg: DatasetConfig) -> list[Sample]:
                            "check that it is the file you meant")
     if fmt == "vlmeval" and cfg.fields.image:
         _vlmeval_image_links(rows, cfg.fields.image)
-    resolve = _ImageResolver(path.parent, base64_only=fmt == "vlmeval")
+    resolve = _ImageResolver(Path(cfg.image_root) if cfg.image_root else path.parent, base64_only=fmt == "vlmeval",
+                             absolute=cfg.absolute_images)
     src = str(path)
     samples = []
     for lineno, row in rows:
@@ -235,6 +242,17 @@ def _file_samples(cfg: DatasetConfig) -> list[Sample]:
         else:
             samples.append(_sample_from_row(cfg, src, fmt, lineno, row, resolve))
     return samples
+
+
+def dataset_columns(cfg: DatasetConfig) -> list[str]:
+    """The columns of a file dataset's first row that parses (for messages about field names); [] otherwise."""
+    if cfg.path is None or not Path(cfg.path).is_file():
+        return []
+    try:
+        rows = FORMATS[_detect_format(Path(cfg.path), cfg.format)](Path(cfg.path))
+        return next((list(row) for _, row in rows if isinstance(row, dict)), [])
+    except (OSError, UnicodeDecodeError, csv.Error, DatasetError):
+        return []
 
 
 def _easy_vqa_samples(cfg: DatasetConfig) -> list[Sample]:

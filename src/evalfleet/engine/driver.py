@@ -18,7 +18,7 @@ from evalfleet.engine.handle import WorkerHandle
 from evalfleet.engine.launcher import Kept, Launcher
 from evalfleet.engine.messages import PROTOCOL, Fatal, FromWorker, Heartbeat, Ready, Results, Step, Stop, Unloaded, Work
 from evalfleet.engine.queue import Chunk, WorkQueue, make_chunks
-from evalfleet.errors import RunError, UserError
+from evalfleet.errors import RunError, UserError, exception_text
 from evalfleet.observe.performance import Performance
 from evalfleet.observe.progress import RunProgress
 from evalfleet.observe.shown import show_results
@@ -189,8 +189,8 @@ class StageDriver:
                 self.progress.step(w.spec.name, step, steps)
             case Fatal(tb):
                 log.error("worker %s failed to start:\n%s", w.id, tb)
-                raise UserError(f"worker {w.id} could not load the model {self.stage.model.path}: "
-                                f"{tb.strip().splitlines()[-1]}")
+                raise UserError(f"worker {w.id} could not load the model {self.stage.model.path} (the traceback "
+                                f"is in the run's log):\n{exception_text(tb)}")
 
     def take_results(self, w: WorkerHandle, msg: Results) -> None:
         """Buffer a batch's results for the next commit."""

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from evalfleet.config import RunConfig, StageConfig
 from evalfleet.errors import UserError
+from evalfleet.reporting.failures import error_lines, stage_errors
 from evalfleet.reporting.tables import (
     PERFORMANCE_HEAD,
     STARTUP_HEAD,
@@ -110,6 +111,7 @@ def build_summary(store: Store, cfg: RunConfig) -> dict[str, Any]:
         "startup": store.get_meta("startup"),
         "wall_s": (store.get_meta("state") or {}).get("wall_s"),
         "gpu_hours": round(sum((p or {}).get("gpu_hours", 0.0) for p in perf.values()), 4),
+        "errors": stage_errors([s.name for s in stages], rows_by_ds),
         "_rows": rows_by_ds,
     }
 
@@ -169,4 +171,6 @@ def write_report(run_dir: Path, store: Store, cfg: RunConfig, console: Console |
         console.print(performance_table(public))
         if rows := startup_rows(public):
             console.print(startup_table(rows))
+        for line in error_lines(public["errors"]):
+            console.print(line, markup=False, highlight=False)
     return public

@@ -60,7 +60,14 @@ class RunStatus:
     drivers: list[dict[str, Any]]
     """The `evalfleet run` processes that worked on this run, each with its own state."""
     rate: float
-    """Samples per second over the last RATE_WINDOW_S seconds, all stages together."""
+    """Samples per second, all stages together: over the last RATE_WINDOW_S seconds while the run is running,
+    else over its last driver's whole span (a finished run's figures do not decay as time passes)."""
+    ended: float | None = None
+    """When the run stopped running (None while it runs)."""
+
+    @property
+    def elapsed_s(self) -> float | None:
+        return None if self.started is None else (self.ended or time.time()) - self.started
 
     @property
     def eta_s(self) -> float | None:
@@ -109,9 +116,13 @@ def read_status(run_dir: Path, now: float | None = None) -> RunStatus:
         for d in drivers:
             if d["state"] == "running" and d not in live:
                 d["state"] = "stopped (process gone)"
+        started = meta.get("started")
+        ended = None if state == "running" or started is None else (
+            meta.get("ended") or max((d["ended"] or d["heartbeat"] or started for d in drivers), default=started))
+        since = now - RATE_WINDOW_S if ended is None else started
         rows, recent_results = [], 0
         for stage in cfg.pipeline():
-            recent_results += len(store.finish_times(stage.name, since=now - RATE_WINDOW_S))
+            recent_results += len(store.finish_times(stage.name, since=since))
             busy = any(w["id"].startswith(f"{stage.name}/") and w["state"] in ACTIVE for w in workers)
             for ds in store.datasets():
                 if ds["status"] == "failed":
@@ -132,9 +143,10 @@ def read_status(run_dir: Path, now: float | None = None) -> RunStatus:
                 w["state"] = f"{w['state']} (its driver is gone)"
             elif w["state"] in ACTIVE and w["age_s"] is not None and w["age_s"] > STALE_S:
                 w["state"] = f"{w['state']} (silent)"
-        elapsed = min(RATE_WINDOW_S, now - meta["started"]) if meta.get("started") else RATE_WINDOW_S
-        return RunStatus(cfg.name, state, meta.get("started"), rows, workers, drivers,
-                         recent_results / elapsed if elapsed > 0 else 0.0)
+        span = (ended - started if ended is not None else min(RATE_WINDOW_S, now - started)) if started \
+            else RATE_WINDOW_S
+        return RunStatus(cfg.name, state, started, rows, workers, drivers,
+                         recent_results / span if span > 0 else 0.0, ended)
     finally:
         store.close()
 
@@ -142,9 +154,10 @@ def read_status(run_dir: Path, now: float | None = None) -> RunStatus:
 def status_view(st: RunStatus) -> Group:
     """Tables of a run's status: stages x datasets, then workers."""
     eta = st.eta_s
-    elapsed = duration(time.time() - st.started) if st.started else "-"
-    head = (f"run {st.name}: {st.state}; elapsed {elapsed}; {st.rate:.2f} samples/s over the last "
-            f"{RATE_WINDOW_S:.0f} s; ETA {duration(eta) if eta is not None else '?'}")
+    elapsed = duration(st.elapsed_s) if st.elapsed_s is not None else "-"
+    window = f"the last {RATE_WINDOW_S:.0f} s" if st.ended is None else "the run"
+    head = (f"run {st.name}: {st.state}; {'elapsed' if st.ended is None else 'took'} {elapsed}; {st.rate:.2f} "
+            f"samples/s over {window}; ETA {duration(eta) if eta is not None else '?'}")
     stages = Table(title=head, title_justify="left")
     for col in ("stage", "dataset", "done", "expected", "remaining", "%", "errors", "state"):
         stages.add_column(col, justify="left" if col in ("stage", "dataset", "state") else "right")

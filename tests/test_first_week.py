@@ -1,0 +1,199 @@
+"""Issue 21: what stopped or misled a new user — VLM processors without torchvision, failed runs that exited 0."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import DEMO_QUESTIONS, make_config
+
+from evalfleet.errors import exception_text
+
+DEMO_IMAGE = Path(__import__("easy_vqa").get_test_image_paths()[0])
+TORCHVISION_USABLE = subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True).returncode == 0
+
+
+def cli(*args: str, cwd: Path | None = None) -> tuple[int, str]:
+    proc = subprocess.run([sys.executable, "-m", "evalfleet.cli", *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def write_config(path: Path, cfg) -> Path:
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_defaults=True)))
+    return path
+
+
+@pytest.mark.skipif(TORCHVISION_USABLE, reason="torchvision imports here: processors need no workaround")
+def test_a_vlm_processor_loads_without_torchvision_in_a_fresh_process(tiny_qwen2vl):
+    """In a process with nothing of the tests installed, transformers alone refuses the processor (the failure a
+    new user met); after evalfleet's `without_video_processor()`, which its workers call, it loads."""
+    code = f"""
+from transformers import AutoProcessor
+try:
+    AutoProcessor.from_pretrained({str(tiny_qwen2vl)!r})
+    print("loaded without help")
+except ImportError as err:
+    print("refused:", "torchvision" in str(err).lower())
+from evalfleet.backends.processors import without_video_processor
+assert without_video_processor()
+p = AutoProcessor.from_pretrained({str(tiny_qwen2vl)!r})
+print("loaded:", type(p.image_processor).__name__)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "refused: True" in out and "loaded: " in out, out
+
+
+def test_the_console_gets_the_whole_exception_and_a_hint():
+    message = ("Qwen2VLVideoProcessor requires the Torchvision library but it was not found in your environment.\n"
+               "Please note that you may need to restart your runtime after installation.")
+    try:
+        try:
+            {}["x"]
+        except KeyError:
+            raise ImportError(message) from None
+    except ImportError:
+        text = exception_text(traceback.format_exc())
+    assert text.startswith("ImportError: Qwen2VLVideoProcessor requires the Torchvision library")
+    assert "restart your runtime" in text and "\nhint: VLM processors in transformers 5 need torchvision" in text
+    assert "File " not in text
+
+
+def test_every_input_problem_is_reported_at_once_before_anything_loads(tmp_path, smollm2):
+    """A field name in no row, a dataset without references, a missing model path: one refusal (exit 2) naming
+    all three, and nothing is written."""
+    rows = [json.loads(line) for line in DEMO_QUESTIONS.open()][:4]
+    (tmp_path / "noref.jsonl").write_text("".join(json.dumps({"id": r["id"], "question": r["question"]}) + "\n"
+                                                  for r in rows))
+    datasets = [{"name": "wrongfield", "path": str(DEMO_QUESTIONS), "fields": {"question": "prompt"}},
+                {"name": "noref", "path": str(tmp_path / "noref.jsonl")}]
+    cfg = make_config(tmp_path / "runs", tmp_path / "no-such-model", datasets)
+    code, out = cli("run", str(write_config(tmp_path / "eval.yaml", cfg)))
+    assert code == 2, out
+    assert "model path not found" in out and str(tmp_path / "no-such-model") in out
+    assert "dataset wrongfield" in out and "every one of its" in out and ":prompt: missing question" in out
+    assert "its rows have the columns id, question, answer" in out
+    assert "dataset noref" in out and "no row has a reference answer in the column `answer`" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_judge_prompt_with_an_unknown_placeholder_is_refused_at_once(tmp_path, smollm2):
+    model = {"path": str(smollm2), "dtype": "float32"}
+    cfg = {"name": "t", "output_dir": str(tmp_path / "runs"), "datasets": [{"name": "qa", "path": str(DEMO_QUESTIONS)}],
+           "stages": [{"name": "generate", "kind": "generate", "model": model},
+                      {"name": "judge", "kind": "judge", "model": model,
+                       "prompt": "Question: {question}\nReference: {reference}\nAnswer: {prediction}"}]}
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(cfg))
+    code, out = cli("run", str(tmp_path / "eval.yaml"))
+    assert code == 2 and "stages.1: Value error, judge prompt: unknown placeholder {reference}" in out, out
+    assert "known: {question}, {answer}" in out and not (tmp_path / "runs").exists()
+
+
+def test_a_run_whose_errors_pass_max_error_rate_exits_1_naming_them(tmp_path, smollm2):
+    """Two rows of ten lack their question: 20 % errors. The run finishes and saves the others, prints the first
+    errors, and exits 1; with max_error_rate 0.5 the same run exits 0."""
+    rows = [json.loads(line) for line in DEMO_QUESTIONS.open()][:10]
+    for r in rows[3:5]:
+        del r["question"]
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for rate, expected in ((None, 1), (0.5, 0)):
+        cfg = make_config(tmp_path / "runs", smollm2, [{"name": "qa", "path": str(data)}],
+                          model={"generation": {"max_new_tokens": 2}},
+                          **({"max_error_rate": rate} if rate is not None else {}))
+        code, out = cli("run", str(write_config(tmp_path / "eval.yaml", cfg)), "--fresh")
+        assert code == expected, out
+        assert "generate: 2 of 10 samples (20.0 %) ended in an error; the first:" in out
+        assert f"qa/{rows[3]['id']}: {data}:4:question: missing question" in out
+        summary = json.loads((tmp_path / "runs" / "t" / "summary.json").read_text())
+        assert (summary["datasets"]["qa"]["finished"], summary["errors"]["generate"]["errors"]) == (10, 2)
+        if expected:
+            assert "generate: 20.0 % of its 10 samples ended in an error (max_error_rate 5 %)" in out
+
+
+def test_image_paths_through_symlinks_absolute_with_image_root_and_never_by_dotdot(tmp_path):
+    """The usual cluster layout: the data file beside a symlink to an image folder on scratch space. A symlink
+    inside the data folder is followed; `../` out of it is refused; an absolute path is refused unless under
+    `image_root`, or with `absolute_images`."""
+    from evalfleet.config import parse_config
+    from evalfleet.data.datasets import load_samples
+
+    scratch = tmp_path / "scratch" / "images"
+    scratch.mkdir(parents=True)
+    (scratch / "a.png").write_bytes(DEMO_IMAGE.read_bytes())
+    data = tmp_path / "project" / "data"
+    data.mkdir(parents=True)
+    (data / "img").symlink_to(scratch)
+    rows = [{"id": "linked", "question": "?", "image": "img/a.png"},
+            {"id": "absolute", "question": "?", "image": str(scratch / "a.png")},
+            {"id": "climbs", "question": "?", "image": "img/../../../scratch/images/a.png"}]
+    (data / "vqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def errors(**extra) -> dict[str, str | None]:
+        cfg = parse_config({"name": "t", "model": {"path": "m"}, "datasets": [{"name": "d", "path": "data/vqa.jsonl",
+                                                                              **extra}]},
+                           base_dir=tmp_path / "project")
+        return {s.id: s.error for s in load_samples(cfg.datasets[0], seed=0)}
+
+    default = errors()
+    assert default["linked"] is None
+    assert "is outside the image folder" in default["absolute"] and "set `image_root`" in default["absolute"]
+    assert "'img/../../../scratch/images/a.png' is outside the image folder" in default["climbs"]
+    anywhere = errors(absolute_images=True)
+    assert anywhere["linked"] is anywhere["absolute"] is None and "outside the image folder" in anywhere["climbs"]
+    scratch_root = errors(image_root="../scratch")  # relative to the config file's folder
+    assert scratch_root["absolute"] is None and "image file not found" in scratch_root["linked"]  # scratch/img/a.png
+
+
+def test_model_path_and_output_dir_are_relative_to_the_config_file(tmp_path, smollm2):
+    """Run from another folder: the config's `models/smol` and `out` are found beside the config; `--out` on the
+    command line is relative to where the command runs; a hub id is left alone."""
+    from evalfleet.config import load_config
+
+    project = tmp_path / "project"
+    (project / "models").mkdir(parents=True)
+    (project / "models" / "smol").symlink_to(smollm2)
+    cfg = {"name": "t", "output_dir": "out", "model": {"path": "models/smol", "dtype": "float32",
+                                                      "generation": {"max_new_tokens": 2}},
+           "datasets": [{"name": "qa", "path": str(DEMO_QUESTIONS), "limit": 2}], "metrics": ["exact_match"]}
+    (project / "eval.yaml").write_text(yaml.safe_dump(cfg))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code, out = cli("run", str(project / "eval.yaml"), "--workers", "1", cwd=elsewhere)
+    assert code == 0, out
+    assert (project / "out" / "t" / "summary.json").is_file() and not (elsewhere / "out").exists()
+    code, out = cli("run", str(project / "eval.yaml"), "--workers", "1", "--out", "here", cwd=elsewhere)
+    assert code == 0 and (elsewhere / "here" / "t" / "summary.json").is_file(), out
+    (project / "hub.yaml").write_text(yaml.safe_dump({**cfg, "model": {"path": "Qwen/Qwen2.5-7B-Instruct"}}))
+    assert load_config(project / "hub.yaml").model.path == "Qwen/Qwen2.5-7B-Instruct"
+
+
+def test_cli_conventions_help_version_no_flags_set_validate_and_init(tmp_path, smollm2):
+    from evalfleet import __version__
+    from evalfleet.config import load_config
+
+    assert cli("--version") == (0, f"evalfleet {__version__}\n")
+    code, out = cli("run", "-h")
+    assert code == 0 and "--no-show-samples" in out and "--set" in out and "--no-fresh" in out
+    # init: a commented starter that the schema accepts; validate names what is left to fill in, writes nothing.
+    code, out = cli("init", str(tmp_path / "starter.yaml"))
+    assert code == 0 and "# " in (tmp_path / "starter.yaml").read_text()
+    assert load_config(tmp_path / "starter.yaml").name == "my-eval"
+    assert cli("init", str(tmp_path / "starter.yaml"))[0] == 2  # not overwritten without --force
+    code, out = cli("validate", str(tmp_path / "starter.yaml"))
+    assert code == 2 and "2 problem(s)" in out and "model path not found" in out and "file not found" in out
+    # --set reaches any setting, checked like the file; validate of a good config says what would run.
+    cfg = write_config(tmp_path / "eval.yaml", make_config(tmp_path / "runs", smollm2, [
+        {"name": "qa", "path": str(DEMO_QUESTIONS)}]))
+    code, out = cli("validate", str(cfg), "--set", "limit=3", "--set", "datasets.0.limit=2")
+    assert code == 2 and "--set datasets.0.limit" in out  # a list index is not a dotted setting
+    code, out = cli("validate", str(cfg), "--set", "limit=3", "--set", "model.generation.max_new_tokens=7")
+    assert code == 0 and "valid" in out and "qa 3 samples (0 with errors)" in out, out
+    code, out = cli("validate", str(cfg), "--set", "model.generation.temperature=hot")
+    assert code == 2 and "invalid --set model.generation.temperature=hot: Input should be a valid number" in out
+    assert not (tmp_path / "runs").exists()
