@@ -197,3 +197,46 @@ def test_cli_conventions_help_version_no_flags_set_validate_and_init(tmp_path, s
     code, out = cli("validate", str(cfg), "--set", "model.generation.temperature=hot")
     assert code == 2 and "invalid --set model.generation.temperature=hot: Input should be a valid number" in out
     assert not (tmp_path / "runs").exists()
+
+
+def test_summary_and_html_say_how_the_result_was_made(tmp_path, smollm2):
+    """Provenance: the command, versions, the git commit of the folder the run started in, the model's config
+    and weight-index hashes, generation settings, the dataset file's sha256, start and end; each metric with its
+    95 % interval."""
+    import hashlib
+    from importlib import metadata
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    git = ["git", "-C", str(folder), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (folder / "notes.txt").write_text("x")
+    subprocess.run([*git, "add", "notes.txt"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    cfg = write_config(folder / "eval.yaml", make_config(tmp_path / "runs", smollm2, [
+        {"name": "qa", "path": str(DEMO_QUESTIONS), "limit": 3}], model={"generation": {"max_new_tokens": 2}}))
+    code, out = cli("run", str(cfg), cwd=folder)
+    assert code == 0, out
+    run_dir = tmp_path / "runs" / "t"
+    p = json.loads((run_dir / "summary.json").read_text())["provenance"]
+    assert p["git"] == {"commit": commit, "dirty": False} and p["cwd"] == str(folder)
+    assert p["versions"]["evalfleet"] == metadata.version("evalfleet") and p["versions"]["torch"] == torch_version()
+    model = p["models"]["generate"]
+    assert model["path"] == str(smollm2) and model["generation"]["max_new_tokens"] == 2
+    assert model["config_sha256"] == hashlib.sha256((smollm2 / "config.json").read_bytes()).hexdigest()
+    assert len(model["weights_index_sha256"]) == 64
+    assert p["datasets"]["qa"]["sha256"] == hashlib.sha256(DEMO_QUESTIONS.read_bytes()).hexdigest()
+    assert p["started"] < p["ended"] and p["config"]["name"] == "t"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    lo, hi = summary["datasets"]["qa"]["exact_match"]["ci95"]
+    assert 0 <= lo <= summary["datasets"]["qa"]["exact_match"]["all"] <= hi <= 1
+    code, out = cli("report", str(run_dir), "--format", "html")
+    page = (run_dir / "report.html").read_text()
+    assert code == 0 and "How this result was made" in page and commit in page and "95 % interval" in page
+
+
+def torch_version() -> str:
+    from importlib import metadata
+
+    return metadata.version("torch")

@@ -41,6 +41,7 @@ from evalfleet.preflight import (
     refuse_fresh_while_live,
 )
 from evalfleet.records import Sample, WorkerSpec
+from evalfleet.reporting.provenance import run_provenance
 from evalfleet.reporting.report import write_report
 from evalfleet.scoring import scoring_key
 from evalfleet.stages.judge import JudgeFeed, close_all, fill_cache, judge_inputs, judge_plan_samples, offer_all
@@ -59,13 +60,9 @@ def run(
     console: Console | None = None,
     log_file: Path | None = None,
 ) -> dict:
-    """Run (or resume) the evaluation described by `cfg`; returns the summary.
-
-    `redo` names stages whose stored results are dropped first (e.g. a judge whose settings changed);
-    identical judge requests are still answered from the judge cache.
-
-    The full log (with tracebacks of failed batches) goes to `log_file`, by default `RUN_DIR/run.log`.
-    """
+    """Run (or resume) the evaluation described by `cfg`; returns the summary. `redo` names stages whose stored
+    results are dropped first (e.g. a judge whose settings changed); identical judge requests are still answered
+    from the judge cache. The full log (with tracebacks) goes to `log_file`, by default `RUN_DIR/run.log`."""
     console = console or Console()
     names = [stage.name for stage in cfg.pipeline()]
     if unknown := sorted(set(redo or []) - set(names)):
@@ -123,6 +120,7 @@ def _run(cfg: RunConfig, run_dir: Path, data: Datasets, startup: dict[str, float
             store.set_meta(f"scoring:{stage.name}", scoring_key(stage, cfg))
     store.set_meta("name", cfg.name)
     store.set_meta("config", cfg.model_dump(mode="json"))
+    store.set_meta("provenance", run_provenance(cfg))  # versions, git commit, model hashes
     if retry_errors:
         for stage in stages:
             store.clear_errors(stage.name)

@@ -13,6 +13,7 @@ from evalfleet.config import RunConfig
 from evalfleet.data.datasets import DatasetError, load_samples
 from evalfleet.data.images import open_image
 from evalfleet.records import ImageRef
+from evalfleet.reporting.provenance import provenance_rows
 from evalfleet.reporting.tables import PERFORMANCE_HEAD, STARTUP_HEAD, markdown_table, performance_rows, startup_rows
 from evalfleet.scoring import pass_mark
 from evalfleet.store import Store
@@ -179,6 +180,8 @@ def write_html(path: Path, summary: dict[str, Any], records: list[dict[str, Any]
     parts.append(html_table(PERFORMANCE_HEAD, performance_rows(public)))
     if rows := startup_rows(public):
         parts.append("<h3>Start-up, seconds (the replica ready last)</h3>" + html_table(STARTUP_HEAD, rows))
+    if prov := public.get("provenance"):
+        parts.append("<h3>How this result was made</h3>" + html_table(["what", "value"], [list(r) for r in provenance_rows(prov)]))
     plots = _plots(summary, records, store)
     if plots:
         parts.append("<h2>Plots</h2><div class='plots'>" + "".join(

@@ -15,6 +15,7 @@ from rich.console import Console
 from evalfleet.config import RunConfig, StageConfig
 from evalfleet.errors import UserError
 from evalfleet.reporting.failures import error_lines, stage_errors
+from evalfleet.reporting.provenance import summary_provenance
 from evalfleet.reporting.tables import (
     PERFORMANCE_HEAD,
     STARTUP_HEAD,
@@ -112,6 +113,7 @@ def build_summary(store: Store, cfg: RunConfig) -> dict[str, Any]:
         "wall_s": (store.get_meta("state") or {}).get("wall_s"),
         "gpu_hours": round(sum((p or {}).get("gpu_hours", 0.0) for p in perf.values()), 4),
         "errors": stage_errors([s.name for s in stages], rows_by_ds),
+        "provenance": summary_provenance(store, cfg),
         "_rows": rows_by_ds,
     }
 

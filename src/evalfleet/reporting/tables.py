@@ -24,7 +24,7 @@ def _judge_cell(s: dict[str, Any], judge: str) -> str:
 
 def markdown_table(summary: dict[str, Any]) -> str:
     metrics, judges = summary["metrics"], summary["judges"]
-    head = ["dataset", "samples", "finished", "errors"] + [f"{m} (%)" for m in metrics]
+    head = ["dataset", "samples", "finished", "errors"] + [f"{m} (%) [95 % interval]" for m in metrics]
     head += [f"{m} closed / open (%)" for m in metrics] + [f"{j} mean score" for j in judges]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     entries = list(summary["datasets"].items()) + [("**overall**", summary["overall"])]
@@ -33,7 +33,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
             lines.append(f"| {name} | failed: {s['error']} |" + " |" * (len(head) - 2))
             continue
         cells = [name, str(s["samples"]), str(s["finished"]), str(s["errors"])]
-        cells += [_pct(s[m]["all"]) for m in metrics]
+        cells += [_pct(s[m]["all"]) + (" [{} – {}]".format(*map(_pct, ci)) if (ci := s[m].get("ci95")) else "")
+                  for m in metrics]
         cells += [f"{_pct(s[m]['closed'])} / {_pct(s[m]['open'])}" for m in metrics]
         cells += [_judge_cell(s, j) for j in judges]
         lines.append("| " + " | ".join(cells) + " |")
