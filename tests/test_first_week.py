@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DEMO_QUESTIONS, make_config
+from conftest import DEMO_QUESTIONS, make_config, quiet_console
 
 from evalfleet.errors import exception_text
 
@@ -240,3 +240,113 @@ def torch_version() -> str:
     from importlib import metadata
 
     return metadata.version("torch")
+
+
+def vqa_files(tmp_path: Path) -> Path:
+    """A VLMEvalKit-style multiple-choice TSV with a 300x200 image, ids long enough to tempt a line break."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 200), (200, 30, 30)).save(buf, format="PNG")
+    b64 = base64.b64encode(buf.getvalue()).decode()
+    tsv = tmp_path / "mcq.tsv"
+    tsv.write_text("index\tquestion\tA\tB\tC\tanswer\timage\n" + "".join(
+        f"{i}\tWhich shape is shown?\tcircle\tsquare\ttriangle\tA\t{b64 if i == 1 else 1}\n" for i in (1, 2, 3)))
+    return tsv
+
+
+def test_html_report_reads_at_1400px_in_chromium(tmp_path, smollm2, tiny_qwen2vl):
+    """Plots at half the page, not a fifth; a judge histogram over the judge's range; no throughput plot for a
+    short run; thumbnails that enlarge; options, the exact prompt and the judge's raw reply per sample; ids on
+    one line."""
+    from selenium.webdriver.common.by import By
+    from test_observe import chromium
+
+    from evalfleet.config import parse_config
+    from evalfleet.run import run
+
+
+
+    smol = {"path": str(smollm2), "dtype": "float32", "generation": {"max_new_tokens": 6}}
+    rows = [json.loads(line) for line in DEMO_QUESTIONS.open()][:4]
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({**r, "id": f"arithmetic_question_{r['id']}"}) + "\n" for r in rows))
+    run(parse_config({"name": "judged", "output_dir": str(tmp_path), "workers": 1, "judge_cache": None,
+                      "datasets": [{"name": "qa", "path": str(data)}], "metrics": ["exact_match", "lenient_match"],
+                      "stages": [{"name": "generate", "kind": "generate", "model": smol},
+                                 {"name": "judge", "kind": "judge", "model": smol, "parse": {"min": 1, "max": 5},
+                                  "prompt": "Q: {question}\nReference: {answer}\nAnswer: {prediction}\nScore 1-5:"}]}),
+        console=quiet_console())
+    run(parse_config({"name": "vlm", "output_dir": str(tmp_path), "workers": 1, "judge_cache": None,
+                      "model": {"path": str(tiny_qwen2vl), "dtype": "float32", "generation": {"max_new_tokens": 2}},
+                      "datasets": [{"name": "mcq", "path": str(vqa_files(tmp_path))}]}), console=quiet_console())
+    for name in ("judged", "vlm"):
+        assert cli("report", str(tmp_path / name), "--format", "html")[0] == 0
+    driver = chromium()
+    try:
+        driver.set_window_size(1400, 1000)
+        driver.get((tmp_path / "judged" / "report.html").as_uri())
+        assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+        captions = [f.text for f in driver.find_elements(By.CSS_SELECTOR, ".plots figcaption")]
+        assert any("judge: score histogram over its range 1 to 5" in c for c in captions), captions
+        assert not any("throughput" in c for c in captions)  # a run of seconds has no throughput to plot
+        widths = [img.size["width"] for img in driver.find_elements(By.CSS_SELECTOR, ".plots img")]
+        assert widths and min(widths) >= 540, widths  # two to a 1400 px page, labels as large as the text
+        ids = driver.find_elements(By.CSS_SELECTOR, "#samples td.name")
+        lines = driver.execute_script(
+            "return arguments[0].map(td => { const r = document.createRange(); r.selectNodeContents(td);"
+            " return r.getClientRects().length; });", ids)
+        assert lines and set(lines) == {1}, lines  # each id and dataset name on one line
+        details = driver.find_elements(By.CSS_SELECTOR, "#samples tr:first-child details")
+        assert [d.find_element(By.TAG_NAME, "summary").text for d in details] == ["prompt", "judge reply"]
+        details[0].find_element(By.TAG_NAME, "summary").click()
+        assert "Which" not in details[0].text and "What is" in details[0].text and "<|im_start|>" in details[0].text
+
+        driver.get((tmp_path / "vlm" / "report.html").as_uri())
+        assert "A. circle\nB. square\nC. triangle" in driver.find_element(By.CSS_SELECTOR, "#samples .options").text
+        thumb = driver.find_element(By.CSS_SELECTOR, "#samples img.thumb")
+        assert driver.execute_script("return arguments[0].naturalWidth", thumb) == 96
+        thumb.click()
+        zoom = driver.find_element(By.ID, "zoom")
+        assert zoom.is_displayed()
+        big = zoom.find_element(By.TAG_NAME, "img")
+        assert driver.execute_script("return arguments[0].naturalWidth", big) == 300
+        zoom.click()
+        assert not zoom.is_displayed()
+    finally:
+        driver.quit()
+
+
+def test_show_prints_how_a_sample_was_scored_and_names_near_ids(tmp_path, smollm2):
+    cfg = write_config(tmp_path / "eval.yaml", make_config(tmp_path / "runs", smollm2, [
+        {"name": "qa", "path": str(DEMO_QUESTIONS), "limit": 2}], model={"generation": {"max_new_tokens": 4}}))
+    assert cli("run", str(cfg))[0] == 0
+    code, out = cli("show", str(tmp_path / "runs" / "t"), "qa", "q00")
+    assert code == 0 and "question: What is 2 + 3?" in out and "answers: 5" in out
+    assert "extracted: '" in out and "exact_match " in out and "lenient_match " in out
+    code, out = cli("show", str(tmp_path / "runs" / "t"), "qa", "q0")
+    assert code == 2 and "no sample 'q0' in dataset 'qa' (2 samples); near: q0" in out
+    assert {"q00", "q01"} <= set(out.split("near: ")[1].strip().split(", "))
+    code, out = cli("show", str(tmp_path / "runs" / "t"), "quiz", "q00")
+    assert code == 2 and "no dataset 'quiz'; its datasets: qa" in out
+
+
+def test_compare_covers_every_metric_shows_setting_changes_and_fails_without_shared_samples(tmp_path, smollm2):
+    def one(name: str, new_tokens: int, limit: int, dataset: str = "qa") -> Path:
+        cfg = make_config(tmp_path / "runs", smollm2, [{"name": dataset, "path": str(DEMO_QUESTIONS), "limit": limit}],
+                          name=name, model={"generation": {"max_new_tokens": new_tokens}})
+        assert cli("run", str(write_config(tmp_path / f"{name}.yaml", cfg)))[0] == 0
+        return tmp_path / "runs" / name
+
+    a, b, c = one("a", 8, 4), one("b", 3, 4), one("c", 8, 2, dataset="other")
+    code, out = cli("compare", str(a), str(b), "--out", str(tmp_path / "cmp.html"))
+    assert code == 0, out
+    assert "# compare: A = a, B = b; lenient_match" in out and "# compare: A = a, B = b; exact_match" in out
+    assert "model.generation.max_new_tokens: 8 -> 3" in out and "| qa | 4 |" in out
+    page = (tmp_path / "cmp.html").read_text()
+    assert "compare: lenient_match" in page and "compare: exact_match" in page and "max_new_tokens: 8 -&gt; 3" in page
+    code, out = cli("compare", str(a), str(c))
+    assert code == 1 and "share no sample" in out and "datasets in only one run: other, qa" in out

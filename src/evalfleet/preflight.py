@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from evalfleet.cluster.shards import in_shard, parse_shard
-from evalfleet.config import DatasetConfig, RunConfig, StageConfig
+from evalfleet.config import DatasetConfig, RunConfig, StageConfig, flat_settings
 from evalfleet.data.datasets import DatasetError, dataset_columns, load_samples
 from evalfleet.errors import UserError
 from evalfleet.records import Sample
@@ -139,20 +139,10 @@ def changed_settings(before: dict[str, Any] | None, stage: StageConfig, seed: in
     old = next((s for s in old_stages if s.get("name") == stage.name), None)
     if old is None:
         return []
-    a = _flat({**old, "seed": before.get("seed", 0)})
-    b = _flat({**stage.model_dump(mode="json"), "seed": seed})
+    a = flat_settings({**old, "seed": before.get("seed", 0)})
+    b = flat_settings({**stage.model_dump(mode="json"), "seed": seed})
     return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in sorted(a.keys() | b.keys())
             if a.get(key) != b.get(key) and not key.startswith(NOT_IN_FINGERPRINT)]
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out |= _flat(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def model_path_problem(path: str) -> str | None:

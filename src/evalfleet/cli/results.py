@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
+import difflib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +13,8 @@ import typer
 
 from evalfleet.cli.common import _guard, app, console
 from evalfleet.config import parse_config
-from evalfleet.errors import UserError
+from evalfleet.errors import RunError, UserError
+from evalfleet.scoring import stage_scorer
 
 
 @app.command("status")
@@ -80,54 +82,83 @@ def show_cmd(
     dataset: Annotated[str, typer.Argument(help="Dataset name.")],
     sample_id: Annotated[str, typer.Argument(help="Sample id.")],
 ) -> None:
-    """One sample as stored: its question and reference answers, then for each stage the exact prompt its model
-    was given (chat-templated) and the reply."""
+    """One sample as stored: its question, options, images and reference answers, then for each stage the exact
+    prompt its model was given (chat-templated), the reply, and how it was scored (the extracted answer and each
+    metric, or the judge's parsed score or why it could not be read)."""
 
     def go() -> None:
         with _stored(run_dir) as (store, cfg):
-            shown = False
-            for stage in cfg.pipeline():
+            stages = cfg.pipeline()
+            names = [d["name"] for d in store.datasets()]
+            if dataset not in names:
+                raise UserError(f"{run_dir}: no dataset {dataset!r}; its datasets: {', '.join(names)}")
+            first = next(store.rows(stages[0].name, dataset, [sample_id]), None)
+            if first is None:
+                ids = [r["id"] for r in store.rows(stages[0].name, dataset)]
+                near = difflib.get_close_matches(sample_id, ids, n=5, cutoff=0.5)
+                raise UserError(f"{run_dir}: no sample {sample_id!r} in dataset {dataset!r} ({len(ids)} samples)"
+                                + (f"; near: {', '.join(near)}" if near else ""))
+            print_text = partial(console.print, markup=False, highlight=False)
+            options = (first.get("metadata") or {}).get("options") or {}
+            print_text(f"{dataset}/{sample_id}\nquestion: {first['question']}"
+                       + "".join(f"\n  {k}. {v}" for k, v in options.items())
+                       + f"\nanswers: {' / '.join(first['answers'])}"
+                       + "".join(f"\nimage: {i.get('path') or i['where']}" for i in first.get("images") or []))
+            for stage in stages:
                 row = next(store.rows(stage.name, dataset, [sample_id]), None)
                 if row is None:
-                    break
-                if not shown:
-                    console.print(f"{dataset}/{sample_id}\nquestion: {row['question']}\n"
-                                  f"answers: {' / '.join(row['answers'])}", markup=False, highlight=False)
-                    shown = True
-                prompt = row["rendered_prompt"] or "(not stored: answered from the judge cache or never run)"
+                    print_text(f"{stage.name}: not run yet")
+                    continue
                 console.rule(f"{stage.name}: prompt", characters="-")
-                console.print(prompt, markup=False, highlight=False)
+                print_text(row["rendered_prompt"] or "(not stored: answered from the judge cache or never run)")
                 console.rule(f"{stage.name}: {'error' if row['error'] else 'reply'}", characters="-")
-                console.print(row["error"] or row["prediction"] or "(not answered yet)", markup=False, highlight=False)
-                if row["score"]:
-                    console.print(f"score: {json.dumps(row['score'])}", markup=False, highlight=False)
-            if not shown:
-                raise UserError(f"{run_dir}: no sample {sample_id!r} in dataset {dataset!r}")
+                print_text(row["error"] or row["prediction"] or "(not answered yet)")
+                if row["finished"] and not row["error"] and row["prediction"] is not None:
+                    print_text(scored_line(stage_scorer(stage, cfg)(dataset, row["prediction"], row["answers"],
+                                                                    row.get("metadata") or {}), stage.kind))
 
     _guard(go, store=run_dir / "store.db")
+
+
+def scored_line(score: dict | None, kind: str) -> str:
+    """`extracted: 16 (answer_prefix); exact_match 1, lenient_match 1`, or a judge's `score 4 (reason)` / why not."""
+    if not score:
+        return "not scored"
+    if kind == "judge":
+        if score.get("score") is None:
+            return f"judge reply not parsed: {score.get('error')}"
+        return f"judge score: {score['score']:g}" + (f" ({score['reason']})" if score.get("reason") else "")
+    if kind != "generate":
+        return ""
+    metrics = ", ".join(f"{k} {v:g}" for k, v in (score.get("metrics") or {}).items())
+    return f"extracted: {score.get('extracted')!r} ({score.get('extraction')}); {metrics or 'no metrics'}"
 
 
 @app.command("compare")
 def compare_cmd(
     run_a: Annotated[Path, typer.Argument(help="First run folder.")],
     run_b: Annotated[Path, typer.Argument(help="Second run folder.")],
-    metric: Annotated[str | None, typer.Option("--metric", help="Metric or judge stage to compare (default: "
-                                                                "the first metric both runs have).")] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="Only this metric or judge stage (default: every "
+                                                                "one both runs have).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Also write the comparison: FILE.md or FILE.html.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
 ) -> None:
-    """Compare two runs sample by sample: metric of each, paired outcomes, bootstrap CI and McNemar's test."""
+    """Compare two runs sample by sample on every metric and judge both have: paired outcomes, bootstrap CI,
+    McNemar's test; then the settings their configs differ in. Exit 1 when they share no sample."""
 
     def go() -> None:
-        from evalfleet.reporting.compare import compare_runs, to_html, to_markdown
+        from evalfleet.reporting.compare import compare_all, settings_markdown, to_html, to_markdown
 
-        result = compare_runs(run_a, run_b, metric=metric, seed=seed)
-        console.print(to_markdown(result), markup=False, highlight=False)
+        if out is not None and out.suffix not in (".md", ".html"):
+            raise UserError(f"--out {out}: give a .md or .html file")
+        results = compare_all(run_a, run_b, metrics=[metric] if metric else None, seed=seed)
+        text = "\n".join(to_markdown(r) for r in results) + "\n" + settings_markdown(results[0])
+        console.print(text, markup=False, highlight=False)
         if out is not None:
-            if out.suffix not in (".md", ".html"):
-                raise UserError(f"--out {out}: give a .md or .html file")
-            out.write_text(to_markdown(result) if out.suffix == ".md" else to_html(result))
+            out.write_text(text if out.suffix == ".md" else to_html(results))
             console.print(f"[evalfleet] written {out}", markup=False, highlight=False)
+        if not results[0].shared_samples:
+            raise RunError(f"{run_a} and {run_b} share no sample (no dataset and id in both): nothing was compared")
 
     _guard(go)
 

@@ -4,7 +4,14 @@ Unknown keys are rejected; every problem in a file is reported at once, naming t
 settings, `schema` the run's (datasets, stages, placement, cluster), `load` reading a file with CLI overrides.
 """
 
-from evalfleet.config.load import OVERRIDE_OPTIONS, apply_overrides, load_config, option_overrides, parse_config
+from evalfleet.config.load import (
+    OVERRIDE_OPTIONS,
+    apply_overrides,
+    flat_settings,
+    load_config,
+    option_overrides,
+    parse_config,
+)
 from evalfleet.config.model import DiffusionConfig, GenerationConfig, ModelConfig, ServerConfig
 from evalfleet.config.schema import (
     ClusterConfig,
@@ -32,6 +39,7 @@ __all__ = [
     "ServerConfig",
     "StageConfig",
     "apply_overrides",
+    "flat_settings",
     "load_config",
     "option_overrides",
     "parse_config",

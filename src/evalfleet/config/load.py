@@ -30,6 +30,17 @@ def option_overrides(*, gpus: str | None = None, **options: Any) -> dict[str, An
     return out
 
 
+def flat_settings(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A settings mapping as dotted keys (`model.generation.max_new_tokens`); lists are values."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= flat_settings(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _format_errors(source: str, err: ValidationError) -> str:
     lines = [f"invalid config {source}:"]
     for e in err.errors():

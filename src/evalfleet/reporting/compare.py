@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import binomtest
 
-from evalfleet.config import parse_config
+from evalfleet.config import flat_settings, parse_config
 from evalfleet.errors import UserError
 from evalfleet.reporting.html import html_table
 from evalfleet.reporting.report import build_summary
@@ -69,6 +69,13 @@ class Comparison:
     """A score at or above this counts as right (for the paired outcomes and McNemar's test)."""
     datasets: list[DatasetComparison]
     only_datasets: list[str]
+    config_diff: list[str] = field(default_factory=list)
+    """`key: A -> B` for each setting the runs' configs differ in."""
+
+    @property
+    def shared_samples(self) -> int:
+        """Samples of the same dataset and id in both runs (scored or not)."""
+        return sum(d.paired + d.unscored for d in self.datasets)
 
 
 def _load(run_dir: Path) -> tuple[dict[str, Any], Any]:
@@ -108,15 +115,29 @@ def mcnemar_p(a_only: int, b_only: int) -> float:
 
 
 def compare_runs(run_a: Path, run_b: Path, *, metric: str | None = None, seed: int = 0) -> Comparison:
-    """Match the runs' samples by dataset and id and compare their scores on `metric` (a metric or judge stage)."""
-    (sa, cfg_a), (sb, _) = _load(run_a), _load(run_b)
+    """Match the runs' samples by dataset and id and compare their scores on `metric` (a metric or judge stage;
+    default: the first both runs have)."""
+    return compare_all(run_a, run_b, metrics=[metric] if metric else None, seed=seed)[0]
+
+
+def compare_all(run_a: Path, run_b: Path, *, metrics: list[str] | None = None, seed: int = 0) -> list[Comparison]:
+    """One comparison per metric and judge stage both runs have (or per one of `metrics`), with the settings the
+    runs' configs differ in."""
+    (sa, cfg_a), (sb, cfg_b) = _load(run_a), _load(run_b)
     common = [m for m in sa["metrics"] if m in sb["metrics"]] + [j for j in sa["judges"] if j in sb["judges"]]
-    if metric is None:
-        if not common:
-            raise UserError(f"{run_a} and {run_b} share no metric or judge stage to compare")
-        metric = common[0]
-    elif metric not in common:
-        raise UserError(f"--metric {metric}: not in both runs (shared: {', '.join(common) or 'none'})")
+    if not common:
+        raise UserError(f"{run_a} and {run_b} share no metric or judge stage to compare")
+    for m in metrics or []:
+        if m not in common:
+            raise UserError(f"--metric {m}: not in both runs (shared: {', '.join(common)})")
+    a_flat, b_flat = (flat_settings(c.model_dump(mode="json", exclude={"name"})) for c in (cfg_a, cfg_b))
+    diff = [f"{k}: {a_flat.get(k)!r} -> {b_flat.get(k)!r}" for k in sorted(a_flat.keys() | b_flat.keys())
+            if a_flat.get(k) != b_flat.get(k)]
+    return [_compare(sa, sb, cfg_a, m, seed, diff) for m in metrics or common]
+
+
+def _compare(sa: dict[str, Any], sb: dict[str, Any], cfg_a: Any, metric: str, seed: int, diff: list[str]
+             ) -> Comparison:
     parse = next((s.parse for s in cfg_a.pipeline() if s.name == metric), None) if metric in sa["judges"] else None
     threshold = pass_mark(parse)
     a, b = _scores(sa, metric), _scores(sb, metric)
@@ -140,7 +161,7 @@ def compare_runs(run_a: Path, run_b: Path, *, metric: str | None = None, seed: i
                      if (pa[0] >= threshold) != (pb[0] >= threshold)],
         ))
     only = sorted(set(a) ^ set(b))
-    return Comparison(str(sa["run"]), str(sb["run"]), metric, threshold, out, only)
+    return Comparison(str(sa["run"]), str(sb["run"]), metric, threshold, out, only, diff)
 
 
 HEAD = ["dataset", "paired", "A", "B", "B - A", "95% CI (bootstrap)", "A right, B wrong", "A wrong, B right",
@@ -163,6 +184,11 @@ def _title(c: Comparison) -> str:
             f"dataset and id")
 
 
+def settings_markdown(c: Comparison) -> str:
+    """The settings the two runs' configs differ in, as a Markdown list."""
+    return "## settings that differ (A -> B)\n\n" + ("".join(f"- {d}\n" for d in c.config_diff) or "none\n")
+
+
 def to_markdown(c: Comparison) -> str:
     lines = [f"# compare: {_title(c)}", "", "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
     lines += ["| " + " | ".join(_row(d)) + " |" for d in c.datasets]
@@ -183,18 +209,23 @@ def _cell(text: str | None) -> str:
     return "" if text is None else text.replace("\n", " ").replace("|", "\\|")[:120]
 
 
-def to_html(c: Comparison) -> str:
+def to_html(comparisons: Comparison | list[Comparison]) -> str:
+    """One page: each comparison's table and changed samples, then the settings that differ."""
     e = html.escape
-    table = html_table(HEAD, [_row(d) for d in c.datasets])
+    cs = comparisons if isinstance(comparisons, list) else [comparisons]
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>evalfleet compare</title><style>"
              "body{font-family:system-ui,sans-serif;margin:1.5em} table{border-collapse:collapse;margin-bottom:1.5em}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}</style></head><body>",
-             f"<h1>compare</h1><p>{e(_title(c))}</p>", table]
-    if c.only_datasets:
-        parts.append(f"<p>datasets in only one run: {e(', '.join(c.only_datasets))}</p>")
-    for d in c.datasets:
-        if d.changed:
-            parts.append(f"<h2>{e(d.dataset)}: {len(d.changed)} sample(s) with another outcome</h2>" + html_table(
-                ["id", "A score", "B score", "A prediction", "B prediction"],
-                [[x.id, f"{x.score_a:g}", f"{x.score_b:g}", x.prediction_a or "", x.prediction_b or ""] for x in d.changed]))
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}</style></head><body>"]
+    for c in cs:
+        parts += [f"<h1>compare: {e(c.metric)}</h1><p>{e(_title(c))}</p>", html_table(HEAD, [_row(d) for d in c.datasets])]
+        if c.only_datasets:
+            parts.append(f"<p>datasets in only one run: {e(', '.join(c.only_datasets))}</p>")
+        for d in c.datasets:
+            if d.changed:
+                parts.append(f"<h2>{e(d.dataset)}: {len(d.changed)} sample(s) with another outcome</h2>" + html_table(
+                    ["id", "A score", "B score", "A prediction", "B prediction"],
+                    [[x.id, f"{x.score_a:g}", f"{x.score_b:g}", x.prediction_a or "", x.prediction_b or ""]
+                     for x in d.changed]))
+    parts.append("<h2>Settings that differ (A -> B)</h2><ul>" + ("".join(f"<li>{e(d)}</li>" for d in cs[0].config_diff)
+                                                                 or "<li>none</li>") + "</ul>")
     return "".join(parts) + "</body></html>"

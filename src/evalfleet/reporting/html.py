@@ -13,6 +13,7 @@ from evalfleet.config import RunConfig
 from evalfleet.data.datasets import DatasetError, load_samples
 from evalfleet.data.images import open_image
 from evalfleet.records import ImageRef
+from evalfleet.reporting.plots import plots
 from evalfleet.reporting.provenance import provenance_rows
 from evalfleet.reporting.tables import PERFORMANCE_HEAD, STARTUP_HEAD, markdown_table, performance_rows, startup_rows
 from evalfleet.scoring import pass_mark
@@ -21,6 +22,10 @@ from evalfleet.store import Store
 THUMB_PX = 96
 MAX_THUMB_ROWS = 5000
 """Samples beyond this many get no thumbnails, which keeps the file a few tens of MB at most."""
+FULL_PX = 640
+MAX_FULL_ROWS = 500
+"""The first samples' images also come at up to FULL_PX, shown when a thumbnail is clicked; beyond, a thumbnail of
+an image file links to the file."""
 
 SCRIPT = """
 function applyFilters() {
@@ -40,6 +45,15 @@ document.addEventListener('DOMContentLoaded', () => {
   for (const id of ['f-dataset', 'f-wrong', 'f-errors']) {
     document.getElementById(id).addEventListener('change', applyFilters);
   }
+  const zoom = document.getElementById('zoom');
+  for (const img of document.querySelectorAll('img.thumb[data-full]')) {
+    img.addEventListener('click', () => {
+      zoom.querySelector('img').src = img.dataset.full;
+      zoom.querySelector('figcaption').textContent = img.alt;
+      zoom.style.display = 'flex';
+    });
+  }
+  zoom.addEventListener('click', () => { zoom.style.display = 'none'; });
   applyFilters();
 });
 """
@@ -49,91 +63,46 @@ body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; text-align: left; }
 th { background: #f3f3f3; }
-td.text { max-width: 32em; white-space: pre-wrap; word-break: break-word; }
+td.text { max-width: 32em; white-space: pre-wrap; overflow-wrap: break-word; }
+td.name { overflow-wrap: normal; word-break: normal; }  /* ids and names break between words only */
+.scroll { overflow-x: auto; }
 tr[data-error="1"] td { background: #fff0f0; }
-img.thumb { max-width: 96px; max-height: 96px; margin-right: 4px; }
-.plots img { max-width: 46%; margin: 0 1% 1em 0; border: 1px solid #eee; }
+img.thumb { max-width: 96px; max-height: 96px; margin-right: 4px; cursor: zoom-in; }
+.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 1em 2em; }
+.plots figure { margin: 0; }
+.plots figcaption { font-weight: 600; margin-bottom: 0.3em; }
+.plots img { width: 100%; max-width: 900px; border: 1px solid #eee; }
 .filters { position: sticky; top: 0; background: white; padding: 0.5em 0; }
+.options { color: #555; margin-top: 0.4em; }
+details summary { cursor: pointer; color: #1a5fb4; white-space: nowrap; }
+details pre { white-space: pre-wrap; overflow-wrap: break-word; max-width: 60em; background: #f7f7f7; padding: 0.5em; }
+#zoom { display: none; position: fixed; inset: 0; background: rgba(0,0,0,.8); align-items: center;
+        justify-content: center; z-index: 10; cursor: zoom-out; }
+#zoom figure { margin: 0; color: white; text-align: center; }
+#zoom img { max-width: 90vw; max-height: 85vh; background: white; }
 """
 
 
-def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def _plots(summary: dict[str, Any], records: list[dict[str, Any]], store: Store) -> list[tuple[str, str]]:
-    """(title, base64 PNG) of: metric per dataset, judge-score histograms, throughput over time, worker busy time."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = []
-    names = [n for n, d in summary["datasets"].items() if d.get("status") != "failed"]
-    if summary["metrics"] and names:
-        fig, ax = plt.subplots(figsize=(6, 3.2))
-        width = 0.8 / len(summary["metrics"])
-        for k, m in enumerate(summary["metrics"]):
-            values = [100 * (summary["datasets"][n][m]["all"] or 0) for n in names]
-            ax.bar([i + k * width for i in range(len(names))], values, width, label=m)
-        ax.set_xticks([i + width * (len(summary["metrics"]) - 1) / 2 for i in range(len(names))], names)
-        ax.set_ylabel("%")
-        ax.set_ylim(0, 100)
-        ax.legend()
-        out.append(("metric per dataset", _png(fig)))
-        plt.close(fig)
-    for judge in summary["judges"]:
-        scores = [r[f"{judge}_score"] for r in records if r.get(f"{judge}_score") is not None]
-        if scores:
-            fig, ax = plt.subplots(figsize=(6, 3.2))
-            ax.hist(scores, bins=min(20, max(5, len(set(scores)))))
-            ax.set_xlabel(f"{judge} score")
-            ax.set_ylabel("samples")
-            out.append((f"{judge}: score histogram ({len(scores)} parsed)", _png(fig)))
-            plt.close(fig)
-    times = {stage: store.finish_times(stage) for stage in summary["performance"]}
-    if any(times.values()):
-        t0 = min(t[0] for t in times.values() if t)
-        fig, ax = plt.subplots(figsize=(6, 3.2))
-        span = max(t[-1] for t in times.values() if t) - t0
-        step = max(1.0, span / 60)
-        for stage, t in times.items():
-            if t:
-                buckets = [0] * (int(span // step) + 1)
-                for x in t:
-                    buckets[int((x - t0) // step)] += 1
-                ax.plot([i * step for i in range(len(buckets))], [b / step for b in buckets], marker=".", label=stage)
-        ax.set_xlabel("seconds since the first result")
-        ax.set_ylabel("samples/s")
-        ax.legend()
-        out.append(("throughput over time", _png(fig)))
-        plt.close(fig)
-    usage = [(f"{stage}/{w}", u) for stage, p in summary["performance"].items() if p
-             for w, u in p.get("workers", {}).items()]
-    if usage:
-        fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(usage)))
-        labels = [name for name, _ in usage]
-        ax.barh(labels, [u["held_s"] for _, u in usage], color="#ddd", label="held (load included)")
-        ax.barh(labels, [u["busy_s"] for _, u in usage], color="#3a7", label="busy in batches")
-        ax.set_xlabel("seconds")
-        ax.legend()
-        out.append(("busy time per worker (GPU or CPU replica)", _png(fig)))
-        plt.close(fig)
-    return out
-
-
-def _thumb(ref: ImageRef) -> str:
+def _thumb(ref: ImageRef, full: bool) -> str:
+    """A thumbnail; `full`: with the image at up to FULL_PX embedded, shown on a click (else, for an image file,
+    a link to it)."""
     try:
         img = open_image(ref)
     except ValueError:
         return ""
+    big = _jpeg(img, FULL_PX) if full else None
     img.thumbnail((THUMB_PX, THUMB_PX))
+    tag = (f'<img class="thumb" alt="{html.escape(ref.where)}" src="data:image/jpeg;base64,{_jpeg(img, THUMB_PX)}"'
+           + (f' data-full="data:image/jpeg;base64,{big}"' if big else "") + ">")
+    return tag if big or ref.path is None else f'<a href="{html.escape(Path(ref.path).as_uri())}">{tag}</a>'
+
+
+def _jpeg(img: Any, px: int) -> str:
+    img = img.copy()
+    img.thumbnail((px, px))
     buf = io.BytesIO()
-    img.convert("RGB").save(buf, format="JPEG", quality=80)
-    return f'<img class="thumb" alt="{html.escape(ref.where)}" src="data:image/jpeg;base64,' \
-           f'{base64.b64encode(buf.getvalue()).decode()}">'
+    img.convert("RGB").save(buf, format="JPEG", quality=85)
+    return base64.b64encode(buf.getvalue()).decode()
 
 
 def _images(cfg: RunConfig, rows: dict[str, list[dict[str, Any]]]) -> dict[tuple[str, str], list[ImageRef]]:
@@ -182,17 +151,17 @@ def write_html(path: Path, summary: dict[str, Any], records: list[dict[str, Any]
         parts.append("<h3>Start-up, seconds (the replica ready last)</h3>" + html_table(STARTUP_HEAD, rows))
     if prov := public.get("provenance"):
         parts.append("<h3>How this result was made</h3>" + html_table(["what", "value"], [list(r) for r in provenance_rows(prov)]))
-    plots = _plots(summary, records, store)
-    if plots:
+    drawn = plots(summary, records, store, {s.name: s.parse for s in cfg.pipeline()[1:]})
+    if drawn:
         parts.append("<h2>Plots</h2><div class='plots'>" + "".join(
-            f"<figure style='display:inline-block;width:48%;margin:0'><figcaption>{e(t)}</figcaption>"
-            f"<img alt='{e(t)}' src='data:image/png;base64,{png}'></figure>" for t, png in plots) + "</div>")
+            f"<figure><figcaption>{e(t)}</figcaption><img alt='{e(t)}' src='data:image/png;base64,{png}'></figure>"
+            for t, png in drawn) + "</div>")
 
     images = _images(cfg, summary["_rows"]) if records else {}
     edits = cfg.pipeline()[0].kind == "edit"
     judges = summary["judges"]
     head = ["dataset", "id", "images", "question", "answer", "prediction", "extracted", *summary["metrics"],
-            *[f"{j} score" for j in judges], *[f"{j} reason" for j in judges], "error"]
+            *[f"{j} score" for j in judges], *[f"{j} reason" for j in judges], "error", "prompt and replies"]
     rows = []
     for i, r in enumerate(records):
         thumbs = ""
@@ -201,26 +170,37 @@ def write_html(path: Path, summary: dict[str, Any], records: list[dict[str, Any]
             if edits and r["prediction"]:
                 edited = store.path.parent / r["prediction"]
                 refs.append(ImageRef(f"{edited}:edited_image", path=str(edited)))
-            thumbs = "".join(_thumb(ref) for ref in refs)
+            thumbs = "".join(_thumb(ref, i < MAX_FULL_ROWS) for ref in refs)
         prediction = "" if edits else r["prediction"]
-        cells = [e(r["dataset"]), e(r["id"]), thumbs, _text(r["question"]), _text(r["answer"]), _text(prediction),
+        question = _text(r["question"]) + (f"<div class='options'>{_text(r['options'])}</div>" if r.get("options")
+                                           else "")
+        cells = [e(r["dataset"]), e(r["id"]), thumbs, question, _text(r["answer"]), _text(prediction),
                  _text(r["extracted"] if not edits else "")]
         cells += [_num(r.get(m)) for m in summary["metrics"]]
         cells += [_num(r.get(f"{j}_score")) for j in judges]
         cells += [_text(r.get(f"{j}_reason") or r.get(f"{j}_error")) for j in judges]
         cells.append(_text(r["error"]))
+        cells.append(_details([("prompt", r.get("prompt")), *[(f"{j} reply", r.get(f"{j}_raw")) for j in judges]]))
         attrs = (f"data-ds='{e(r['dataset'])}' data-wrong='{int(_is_wrong(r, summary, cfg))}' "
                  f"data-error='{int(r['error'] is not None)}'")
-        rows.append(f"<tr {attrs}>" + "".join(f"<td class='text'>{c}</td>" for c in cells) + "</tr>")
+        rows.append(f"<tr {attrs}>" + "".join(f"<td class='{'name' if k < 2 else 'text'}'>{c}</td>"
+                                              for k, c in enumerate(cells)) + "</tr>")
     options = "".join(f"<option value='{e(n)}'>{e(n)}</option>" for n in summary["_rows"])
     parts.append(
         "<h2>Samples</h2><div class='filters'><label>dataset <select id='f-dataset'><option value=''>all</option>"
         f"{options}</select></label> <label><input type='checkbox' id='f-wrong'> wrong only</label> "
         "<label><input type='checkbox' id='f-errors'> errors only</label> "
         f"<span id='shown'>{len(rows)}</span> of {len(rows)} shown</div>"
-        "<table id='samples'><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr></thead><tbody>"
-        + "".join(rows) + "</tbody></table></body></html>")
+        "<div class='scroll'><table id='samples'><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr></thead><tbody>"
+        + "".join(rows) + "</tbody></table></div>"
+        "<div id='zoom'><figure><img alt=''><figcaption></figcaption></figure></div></body></html>")
     path.write_text("".join(parts))
+
+
+def _details(parts: list[tuple[str, Any]]) -> str:
+    """Each (label, text) with text as a collapsed block: the exact prompt, a judge's raw reply."""
+    return "".join(f"<details><summary>{html.escape(label)}</summary><pre>{html.escape(str(text))}</pre></details>"
+                   for label, text in parts if text)
 
 
 def _text(value: Any) -> str:

@@ -120,7 +120,10 @@ def sample_records(summary: dict[str, Any]) -> list[dict[str, Any]]:
             rec: dict[str, Any] = {"dataset": name, "id": r["id"], "question": r["question"],
                                    "answer": " / ".join(r["answers"]), "prediction": r["prediction"],
                                    "extracted": r["extracted"], "extraction": r["extraction"], "error": r["error"],
-                                   "seconds": r["seconds"], "worker": r["worker"]}
+                                   "seconds": r["seconds"], "worker": r["worker"],
+                                   "options": "\n".join(f"{k}. {v}" for k, v in
+                                                        ((r.get("metadata") or {}).get("options") or {}).items()),
+                                   "prompt": r.get("rendered_prompt")}
             rec.update({m: (r["scores"] or {}).get(m) for m in summary["metrics"]})
             for judge, j in r.get("judge", {}).items():
                 rec.update({f"{judge}_score": j["score"], f"{judge}_reason": j["reason"], f"{judge}_error": j["error"],
