@@ -171,6 +171,10 @@ def test_model_path_and_output_dir_are_relative_to_the_config_file(tmp_path, smo
     assert code == 0 and (elsewhere / "here" / "t" / "summary.json").is_file(), out
     (project / "hub.yaml").write_text(yaml.safe_dump({**cfg, "model": {"path": "Qwen/Qwen2.5-7B-Instruct"}}))
     assert load_config(project / "hub.yaml").model.path == "Qwen/Qwen2.5-7B-Instruct"
+    # A typo in a local path (its folder `models/` is there) is reported at once, not tried on the hub.
+    (project / "typo.yaml").write_text(yaml.safe_dump({**cfg, "model": {"path": "models/smoll"}}))
+    code, out = cli("validate", str(project / "typo.yaml"), cwd=elsewhere)
+    assert code == 2 and f"model path not found: {project / 'models' / 'smoll'}" in out, out
 
 
 def test_cli_conventions_help_version_no_flags_set_validate_and_init(tmp_path, smollm2):

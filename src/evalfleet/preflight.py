@@ -15,6 +15,7 @@ from typing import Any
 
 from evalfleet.cluster.shards import in_shard, parse_shard
 from evalfleet.config import DatasetConfig, RunConfig, StageConfig, flat_settings
+from evalfleet.config.load import looks_local
 from evalfleet.data.datasets import DatasetError, dataset_columns, load_samples
 from evalfleet.errors import UserError
 from evalfleet.records import Sample
@@ -147,9 +148,7 @@ def changed_settings(before: dict[str, Any] | None, stage: StageConfig, seed: in
 
 def model_path_problem(path: str) -> str | None:
     """Why a model path that looks local (hub ids look like `org/name`) cannot be used, else None."""
-    p = Path(path).expanduser()
-    looks_local = p.is_absolute() or path.startswith(".") or path.count("/") != 1
-    if looks_local and not p.exists():
+    if looks_local(path, Path.cwd()) and not Path(path).expanduser().exists():
         return f"model path not found: {path}"
     return None
 

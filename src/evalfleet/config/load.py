@@ -68,7 +68,7 @@ def parse_config(data: dict[str, Any], source: str = "<dict>", base_dir: Path | 
                 ds.few_shot.path = _relative_to(base_dir, ds.few_shot.path)
         cfg.output_dir = str(_relative_to(base_dir, cfg.output_dir))
         for model in (cfg.model, *(s.model for s in cfg.stages or [])):
-            if model is not None and model.backend != "openai" and _local_model(base_dir, model.path):
+            if model is not None and model.backend != "openai" and looks_local(model.path, base_dir):
                 model.path = str(_relative_to(base_dir, model.path))
     return cfg
 
@@ -81,12 +81,13 @@ def _relative_to(base_dir: Path, path: str | None) -> str | None:
     return str(p if p.is_absolute() else (base_dir / p).resolve())
 
 
-def _local_model(base_dir: Path, path: str) -> bool:
-    """Whether a relative model path names a folder (next to the config, or written `./x`, `../x`, `a/b/c`)
-    rather than a hub id (`org/name`): a hub id is left as it is."""
+def looks_local(path: str, base_dir: Path) -> bool:
+    """Whether a model path names a folder rather than a hub id (`org/name`): absolute, `./x`, `../x`, `~/x`,
+    `a/b/c`, one that exists under `base_dir`, or `a/b` where a folder `a` exists there (a typo in a local path
+    must be reported at once, not tried on the hub)."""
     p = Path(path).expanduser()
-    return (p.is_absolute() or path.startswith((".", "~")) or path.count("/") != 1
-            or (base_dir / p).exists())
+    return (p.is_absolute() or path.startswith((".", "~")) or path.count("/") != 1 or (base_dir / p).exists()
+            or (base_dir / p.parts[0]).is_dir())
 
 
 def _section(annotation: Any) -> type[BaseModel] | None:
