@@ -23,7 +23,7 @@ def test_valid_config_resolves_dataset_paths_relative_to_the_file(tmp_path):
     cfg = load_config(write(tmp_path, GOOD))
     assert cfg.datasets[0].path == str(tmp_path / "data" / "a.jsonl")
     assert cfg.model.generation.max_new_tokens == 8
-    assert cfg.run_dir == Path("runs") / "t"
+    assert cfg.run_dir == tmp_path / "runs" / "t"  # output_dir too is relative to the config file
 
 
 def test_every_problem_is_reported_with_its_key(tmp_path):

@@ -89,7 +89,7 @@ def test_run_level_overrides_still_apply(tmp_path):
     cfg = load_config(write(tmp_path, STAGES), {"workers": 2, "limit": 5, "gpus": [0, 1], "placement.mode": "single",
                                                 "output_dir": "elsewhere", "seed": 3}, OVERRIDE_OPTIONS)
     assert (cfg.workers, cfg.limit, cfg.gpus, cfg.placement.mode, cfg.output_dir, cfg.seed) == \
-        (2, 5, [0, 1], "single", "elsewhere", 3)
+        (2, 5, [0, 1], "single", str(tmp_path / "elsewhere"), 3)  # relative to the config file, as in it
 
 
 @pytest.mark.parametrize("text", [STAGES, PLAIN], ids=["stages", "plain"])

@@ -19,6 +19,7 @@ from evalfleet.config.load import looks_local
 from evalfleet.data.datasets import DatasetError, dataset_columns, load_samples
 from evalfleet.errors import UserError
 from evalfleet.records import Sample
+from evalfleet.scoring.metrics import resolve_metric
 from evalfleet.store import Store, StoreDamaged, pid_alive
 
 log = logging.getLogger("evalfleet")
@@ -165,6 +166,11 @@ def input_problems(cfg: RunConfig, data: Datasets) -> list[str]:
     be read at all is not refused here: it is recorded as failed and the others run.)"""
     problems = [why for stage in cfg.pipeline() if stage.model.backend != "openai"  # there, the served model's name
                 and (why := model_path_problem(stage.model.path))]
+    for name in cfg.metrics:  # plug-ins import
+        try:
+            resolve_metric(name)
+        except ValueError as err:
+            problems.append(str(err))
     scored = bool(cfg.metrics) and cfg.pipeline()[0].kind == "generate"
     for ds in cfg.datasets:
         samples = data.samples.get(ds.name)

@@ -130,6 +130,8 @@ def scored_line(score: dict | None, kind: str) -> str:
         return f"judge score: {score['score']:g}" + (f" ({score['reason']})" if score.get("reason") else "")
     if kind != "generate":
         return ""
+    if score.get("extraction") == "truncated":
+        return "truncated: the reply ended inside its thinking (<think> not closed); not scored"
     metrics = ", ".join(f"{k} {v:g}" for k, v in (score.get("metrics") or {}).items())
     return f"extracted: {score.get('extracted')!r} ({score.get('extraction')}); {metrics or 'no metrics'}"
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import string
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from evalfleet.config.model import ModelConfig, _Strict
 
@@ -126,7 +127,19 @@ class DatasetConfig(_Strict):
         return self
 
 
-MetricName = Literal["exact_match", "vqa_accuracy", "lenient_match"]
+BUILTIN_METRICS = ("exact_match", "vqa_accuracy", "lenient_match", "token_recall", "token_f1", "bleu1")
+"""The names `scoring/metrics.py` registers (a test checks that they agree)."""
+
+
+def _metric_name(name: str) -> str:
+    if name not in BUILTIN_METRICS and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", name):
+        raise ValueError(f"unknown metric {name!r}; built-in: {', '.join(BUILTIN_METRICS)}; or a plug-in "
+                         "`module:function` (prediction, accepted answers -> a score in [0, 1])")
+    return name
+
+
+MetricName = Annotated[str, AfterValidator(_metric_name)]
+"""A built-in metric (`scoring/metrics.py`) or a plug-in `module:function` with the built-ins' signature."""
 
 
 class JudgeParse(_Strict):
@@ -270,8 +283,9 @@ class RunConfig(_Strict):
     progress_seconds: float = Field(30.0, gt=0)
     """...or every T seconds, whichever comes first."""
     max_error_rate: float = Field(0.05, ge=0, le=1)
-    """A stage whose samples end in an error (a bad row, an unreadable image, a failed batch, a judge reply with
-    no score) more often than this makes the run exit 1 once its results are saved, naming the first errors.
+    """A stage whose samples end in an error (a bad row, an unreadable image, a failed batch or request) more often
+    than this makes the run exit 1 once its results are saved, naming the first errors (judge replies without a
+    score are counted apart, as unparsed).
     5 %: a handful of broken rows passes, a wrong field name or a broken judge prompt does not."""
 
     @model_validator(mode="after")

@@ -12,13 +12,15 @@ FIRST = 5
 
 def stage_errors(stages: list[str], rows_by_ds: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Per stage: samples, errors, their rate and the first errors. The first stage's error is its row's; a
-    judge's is its entry's (a failed request, or a reply with no score)."""
+    judge's is a request that failed (no answer to judge, a batch that failed); a reply without a score is not."""
     out = {}
     for i, stage in enumerate(stages):
         samples, first, errors = 0, [], 0
         for dataset, rows in rows_by_ds.items():
             for row in rows:
-                error = row["error"] if i == 0 else (row.get("judge") or {}).get(stage, {}).get("error")
+                entry = (row.get("judge") or {}).get(stage, {})
+                # a judge's reply that holds no score is counted apart ("unparsed"), not as an error of the run
+                error = row["error"] if i == 0 else entry.get("error") if entry.get("raw") is None else None
                 samples += 1
                 if error:
                     errors += 1

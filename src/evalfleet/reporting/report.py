@@ -175,4 +175,8 @@ def write_report(run_dir: Path, store: Store, cfg: RunConfig, console: Console |
             console.print(startup_table(rows))
         for line in error_lines(public["errors"]):
             console.print(line, markup=False, highlight=False)
+        if truncated := public["overall"].get("truncated"):
+            console.print(f"{truncated} answer(s) ended inside their thinking (<think> not closed): counted as "
+                          "truncated, not scored; raise max_new_tokens to let them finish", markup=False,
+                          highlight=False)
     return public

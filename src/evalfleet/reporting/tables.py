@@ -25,7 +25,7 @@ def _judge_cell(s: dict[str, Any], judge: str) -> str:
 def markdown_table(summary: dict[str, Any]) -> str:
     metrics, judges = summary["metrics"], summary["judges"]
     head = ["dataset", "samples", "finished", "errors"] + [f"{m} (%) [95 % interval]" for m in metrics]
-    head += [f"{m} closed / open (%)" for m in metrics] + [f"{j} mean score" for j in judges]
+    head += [f"{m} closed / open / multiple choice (%)" for m in metrics] + [f"{j} mean score" for j in judges]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     entries = list(summary["datasets"].items()) + [("**overall**", summary["overall"])]
     for name, s in entries:
@@ -35,7 +35,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
         cells = [name, str(s["samples"]), str(s["finished"]), str(s["errors"])]
         cells += [_pct(s[m]["all"]) + (" [{} – {}]".format(*map(_pct, ci)) if (ci := s[m].get("ci95")) else "")
                   for m in metrics]
-        cells += [f"{_pct(s[m]['closed'])} / {_pct(s[m]['open'])}" for m in metrics]
+        cells += [f"{_pct(s[m]['closed'])} / {_pct(s[m]['open'])} / {_pct(s[m].get('mcq'))}" for m in metrics]
         cells += [_judge_cell(s, j) for j in judges]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -43,7 +43,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
 
 def console_table(summary: dict[str, Any]) -> Table:
     metrics, judges = summary["metrics"], summary["judges"]
-    table = Table(title=f"evalfleet: {summary['run']}", caption="metrics in %: all (closed / open questions)")
+    table = Table(title=f"evalfleet: {summary['run']}", caption="metrics in %: all (closed / open questions / multiple choice where there is any)")
     for col in ["dataset", "samples", "finished", "errors", *metrics, *[f"{j} mean" for j in judges]]:
         table.add_column(col, justify="left" if col == "dataset" else "right")
     for name, s in list(summary["datasets"].items()) + [("overall", summary["overall"])]:
@@ -52,7 +52,8 @@ def console_table(summary: dict[str, Any]) -> Table:
             continue
         table.add_row(
             name, str(s["samples"]), str(s["finished"]), str(s["errors"]),
-            *[f"{_pct(s[m]['all'])} ({_pct(s[m]['closed'])} / {_pct(s[m]['open'])})" for m in metrics],
+            *[f"{_pct(s[m]['all'])} ({_pct(s[m]['closed'])} / {_pct(s[m]['open'])}"
+              + (f" / {_pct(s[m]['mcq'])}" if s[m].get("n_mcq") else "") + ")" for m in metrics],
             *[_judge_cell(s, j) for j in judges],
         )
     return table

@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable
 
 _THINK = re.compile(r"<think>.*?</think>|^.*?</think>", re.DOTALL)  # a closed block, or an opening lost to truncation
+_ANSWER_TAGS = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.DOTALL)  # GLM-4.1V-Thinking: <answer>...</answer>
+_BOX_TOKENS = re.compile(r"<\|begin_of_box\|>|<\|end_of_box\|>")
 _PREFIX = re.compile(r"(?:final answer\s*[:：]?|the answer is\s*[:：]?|answer\s*[:：])\s*(.+)", re.IGNORECASE | re.DOTALL)
 _NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")
 _WORD = re.compile(r"[^\W_]+(?:['-][^\W_]+)*")
@@ -61,8 +63,22 @@ def choice(text: str, options: dict[str, str]) -> str | None:
     return None
 
 
+def unfinished_think(text: str) -> bool:
+    """A reply still inside a thinking block: its last `<think>` is not closed (the token budget ran out)."""
+    start = text.rfind("<think>")
+    return start >= 0 and text.find("</think>", start) < 0
+
+
+def _answer_tags(text: str) -> str:
+    """The content of the last `<answer>` block (GLM-4.1V-Thinking's answer, its box markers dropped), else the
+    text as it is."""
+    found = _ANSWER_TAGS.findall(text)
+    return _BOX_TOKENS.sub("", found[-1]).strip() if found else text
+
+
 TRANSFORMS: dict[str, Callable[[str], str]] = {
     "strip_think": lambda text: _THINK.sub("", text).strip(),
+    "answer_tags": _answer_tags,
     "first_line": lambda text: next((line.strip() for line in text.splitlines() if line.strip()), ""),
 }
 PICKERS: dict[str, Callable[[str], str | None]] = {
@@ -88,13 +104,16 @@ def check_steps(steps: list[str]) -> list[str]:
 
 
 def default_steps(options: dict[str, str] | None) -> list[str]:
-    """Multiple choice: thinking removed, then the option letter; otherwise thinking removed, then the text after
-    an "Answer:"-style marker if there is one."""
-    return ["strip_think", "choice"] if options else ["strip_think", "answer_prefix"]
+    """Multiple choice: thinking removed (and the `<answer>` block taken, where there is one), then the option
+    letter; otherwise the same, then the text after an "Answer:"-style marker if there is one."""
+    return ["strip_think", "answer_tags", "choice"] if options else ["strip_think", "answer_tags", "answer_prefix"]
 
 
 def extract(text: str, steps: list[str], options: dict[str, str] | None = None) -> tuple[str | None, str]:
-    """(answer, how): `how` names the picker that found it, `fallback` (the transformed text), or `unmatched`."""
+    """(answer, how): `how` names the picker that found it, `fallback` (the transformed text), `unmatched`, or
+    `truncated` (with `strip_think`: the reply ended inside its thinking, so it holds no answer to score)."""
+    if "strip_think" in steps and unfinished_think(text):
+        return None, "truncated"
     for step in steps:
         if step in TRANSFORMS:
             text = TRANSFORMS[step](text)

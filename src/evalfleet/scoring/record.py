@@ -16,7 +16,7 @@ from typing import Any
 from evalfleet.config import JudgeParse, RunConfig, StageConfig
 from evalfleet.scoring.extract import default_steps, extract
 from evalfleet.scoring.judge import parse_judgement
-from evalfleet.scoring.metrics import METRICS
+from evalfleet.scoring.metrics import resolve_metric
 
 
 def score_output(output: str | None, answers: list[str], *, kind: str = "generate", metrics: list[str] = (),
@@ -31,7 +31,9 @@ def score_output(output: str | None, answers: list[str], *, kind: str = "generat
         j = parse_judgement(output, parse or JudgeParse())
         return {"score": j.score, "reason": j.reason, "error": j.error}
     extracted, how = extract(output, steps or default_steps(options), options)
-    values = {m: METRICS[m](extracted, answers) if extracted is not None else 0.0 for m in metrics}
+    if how == "truncated":  # no answer yet: not scored (nor counted as wrong), counted apart
+        return {"extracted": None, "extraction": how, "metrics": None}
+    values = {m: resolve_metric(m)(extracted, answers) if extracted is not None else 0.0 for m in metrics}
     return {"extracted": extracted, "extraction": how, "metrics": values}
 
 
@@ -69,4 +71,4 @@ def unpack(row: dict[str, Any]) -> None:
     score = row.get("score") if row["finished"] and row["error"] is None else None
     row["extracted"] = score["extracted"] if score else None
     row["extraction"] = score["extraction"] if score else None
-    row["scores"] = score["metrics"] if score else None
+    row["scores"] = score["metrics"] if score and score["metrics"] is not None else None

@@ -1,11 +1,13 @@
-"""Per-dataset summaries: each metric's mean over scored samples with its 95 % interval, split into closed and
-open questions."""
+"""Per-dataset summaries: each metric's mean over scored samples with its 95 % interval, split into closed, open
+and multiple-choice questions."""
 
 from __future__ import annotations
 
 import math
 from statistics import fmean, stdev
 from typing import Any
+
+from evalfleet.scoring.metrics import is_closed_question
 
 Z95 = 1.959964
 
@@ -25,8 +27,6 @@ def interval95(values: list[float]) -> list[float] | None:
     half = Z95 * stdev(values) / math.sqrt(n) if n > 1 else 0.0
     return [max(min(values), mean - half), min(max(values), mean + half)]
 
-from evalfleet.scoring.metrics import is_closed_question
-
 
 def summarize(rows: list[dict[str, Any]], metrics: list[str]) -> dict[str, Any]:
     """Counts and metric means of one dataset's scored rows."""
@@ -37,17 +37,28 @@ def summarize(rows: list[dict[str, Any]], metrics: list[str]) -> dict[str, Any]:
         "errors": sum(r["error"] is not None for r in rows),
         "scored": len(scored),
         "unmatched": sum(r.get("extraction") == "unmatched" for r in rows),
+        "truncated": sum(r.get("extraction") == "truncated" for r in rows),
     }
+    kinds = [question_kind(r) for r in scored]
     for name in metrics:
-        closed = [r["scores"][name] for r in scored if is_closed_question(r["answers"])]
-        opened = [r["scores"][name] for r in scored if not is_closed_question(r["answers"])]
-        values = closed + opened
-        out[name] = {
-            "all": fmean(values) if values else None,
-            "ci95": interval95(values),
-            "closed": fmean(closed) if closed else None,
-            "open": fmean(opened) if opened else None,
-            "n_closed": len(closed),
-            "n_open": len(opened),
-        }
+        values = [r["scores"][name] for r in scored]
+        split = {k: [v for v, kind in zip(values, kinds) if kind == k] for k in QUESTION_KINDS}
+        out[name] = {"all": fmean(values) if values else None, "ci95": interval95(values),
+                     **{k: fmean(v) if v else None for k, v in split.items()},
+                     **{f"n_{k}": len(v) for k, v in split.items()}}
     return out
+
+
+QUESTION_KINDS = ("closed", "open", "mcq")
+
+
+def question_kind(row: dict[str, Any]) -> str:
+    """`mcq` for a sample with options; else `closed` or `open` as its dataset's answer type says (SLAKE,
+    VQA-RAD: `answer_type` CLOSED / OPEN), or, without one, closed when every accepted answer is yes or no."""
+    metadata = row.get("metadata") or {}
+    if metadata.get("options"):
+        return "mcq"
+    declared = str(metadata.get("answer_type") or (metadata.get("columns") or {}).get("answer_type") or "").lower()
+    if declared in ("closed", "open"):
+        return declared
+    return "closed" if is_closed_question(row["answers"]) else "open"
