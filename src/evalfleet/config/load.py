@@ -64,6 +64,7 @@ def parse_config(data: dict[str, Any], source: str = "<dict>", base_dir: Path | 
         for ds in cfg.datasets:
             ds.path = _relative_to(base_dir, ds.path)
             ds.image_root = _relative_to(base_dir, ds.image_root)
+            ds.root = _relative_to(base_dir, ds.root)
             if ds.few_shot is not None:
                 ds.few_shot.path = _relative_to(base_dir, ds.few_shot.path)
         cfg.output_dir = str(_relative_to(base_dir, cfg.output_dir))

@@ -88,8 +88,14 @@ class DatasetConfig(_Strict):
     `..`, or an absolute path elsewhere, is refused."""
     absolute_images: bool = False
     """Accept absolute image paths wherever they point (relative ones still stay inside `image_root`)."""
-    builtin: Literal["easy-vqa"] | None = None
-    """A built-in dataset instead of a file."""
+    builtin: Literal["easy-vqa", "pathvqa", "slake", "vqa-rad", "PathVQA_VAL", "PathVQA_TEST"] | None = None
+    """A dataset by name instead of a file: `easy-vqa` (PyPI package), or the medical VQA sets `pathvqa`, `slake`,
+    `vqa-rad` (and VLMEvalKit's names `PathVQA_VAL`, `PathVQA_TEST`) read from your copy under `root`
+    (`data/named.py` lists the releases it reads)."""
+    root: str | None = None
+    """The folder of your copy of a named medical dataset (relative to the config file)."""
+    lang: str = "en"
+    """SLAKE's question language: `en` or `zh`."""
     format: Literal["auto", "jsonl", "csv", "tsv", "parquet", "vlmeval"] = "auto"
     """File format; `auto` goes by the extension (a .tsv with an `index` column is VLMEvalKit)."""
     split: str = "test"
@@ -124,6 +130,8 @@ class DatasetConfig(_Strict):
     def _one_source(self) -> DatasetConfig:
         if (self.path is None) == (self.builtin is None):
             raise ValueError("give exactly one of `path` or `builtin`")
+        if self.builtin not in (None, "easy-vqa") and self.root is None:
+            raise ValueError(f"builtin {self.builtin}: give `root`, the folder of your copy of it")
         return self
 
 

@@ -128,7 +128,7 @@ def _answers(value: Any) -> list[str]:
     return [str(value)]
 
 
-class _ImageResolver:
+class ImageResolver:
     """Turns an image cell (path, base64 text, bytes, {"bytes": ...}, a list of those) into ImageRefs. Paths are
     relative to `root` and must stay inside it as written: `..` may not climb out of it, but a symbolic link inside
     it may point anywhere (image folders linked from scratch space are the usual cluster layout)."""
@@ -167,8 +167,8 @@ class _ImageResolver:
             raise RowError(column, "neither an existing image path nor valid base64") from None
 
 
-def _sample_from_row(
-    cfg: DatasetConfig, path: str, fmt: str, lineno: int, row: dict[str, Any], resolve: _ImageResolver
+def sample_from_row(
+    cfg: DatasetConfig, path: str, fmt: str, lineno: int, row: dict[str, Any], resolve: ImageResolver
 ) -> Sample:
     f = cfg.fields
     where = f"{path}:{lineno}"
@@ -213,7 +213,7 @@ def _vlmeval_image_links(rows: list[Row], column: str) -> None:
                 r[column] = by_index[v]
 
 
-def _file_samples(cfg: DatasetConfig) -> list[Sample]:
+def file_samples(cfg: DatasetConfig) -> list[Sample]:
     assert cfg.path is not None
     path = Path(cfg.path)
     if not path.is_file():
@@ -230,7 +230,7 @@ def _file_samples(cfg: DatasetConfig) -> list[Sample]:
                            "check that it is the file you meant")
     if fmt == "vlmeval" and cfg.fields.image:
         _vlmeval_image_links(rows, cfg.fields.image)
-    resolve = _ImageResolver(Path(cfg.image_root) if cfg.image_root else path.parent, base64_only=fmt == "vlmeval",
+    resolve = ImageResolver(Path(cfg.image_root) if cfg.image_root else path.parent, base64_only=fmt == "vlmeval",
                              absolute=cfg.absolute_images)
     src = str(path)
     samples = []
@@ -240,7 +240,7 @@ def _file_samples(cfg: DatasetConfig) -> list[Sample]:
                 Sample(cfg.name, f"line{lineno}", "", "", source=f"{path}:{lineno}", error=f"{path}:{lineno}:{row}")
             )
         else:
-            samples.append(_sample_from_row(cfg, src, fmt, lineno, row, resolve))
+            samples.append(sample_from_row(cfg, src, fmt, lineno, row, resolve))
     return samples
 
 
@@ -285,11 +285,11 @@ def _few_shot_examples(cfg: DatasetConfig) -> list[tuple[str, str]]:
     fs = cfg.few_shot
     assert fs is not None
     if fs.path is not None:
-        examples = _file_samples(cfg.model_copy(update={"path": fs.path, "format": "auto"}))
+        examples = file_samples(cfg.model_copy(update={"path": fs.path, "format": "auto"}))
     else:
         where = Path(f"dataset {cfg.name} few_shot.examples")
-        resolve = _ImageResolver(Path.cwd(), base64_only=False)
-        examples = [_sample_from_row(cfg, where, "jsonl", i, row, resolve) for i, row in enumerate(fs.examples or [], 1)]
+        resolve = ImageResolver(Path.cwd(), base64_only=False)
+        examples = [sample_from_row(cfg, where, "jsonl", i, row, resolve) for i, row in enumerate(fs.examples or [], 1)]
     examples = examples[: fs.n]
     for ex in examples:
         problem = ex.error
@@ -322,7 +322,12 @@ def _add_context(cfg: DatasetConfig, samples: list[Sample]) -> None:
 
 def load_samples(cfg: DatasetConfig, *, seed: int, limit: int | None = None) -> list[Sample]:
     """All samples of one dataset after seeded shuffling and limits; raises DatasetError if unreadable."""
-    samples = _easy_vqa_samples(cfg) if cfg.builtin == "easy-vqa" else _file_samples(cfg)
+    if cfg.builtin in (None, "easy-vqa"):
+        samples = _easy_vqa_samples(cfg) if cfg.builtin else file_samples(cfg)
+    else:  # the medical VQA sets, from the user's copy
+        from evalfleet.data.named import named_samples
+
+        samples = named_samples(cfg)
     seen: dict[str, str] = {}
     for s in samples:
         if s.id in seen:

@@ -1,0 +1,135 @@
+"""Issue 22, item 1: PathVQA, SLAKE and VQA-RAD by name, read from files made here in exactly their releases'
+schemas (docs/datasets.md cites each), never downloaded."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from evalfleet.config import parse_config
+from evalfleet.data.datasets import DatasetError, load_samples
+from evalfleet.data.images import open_image
+from evalfleet.scoring.summary import question_kind
+
+
+def jpeg(size: tuple[int, int] = (32, 24)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (90, 90, 90)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def hf_parquet(path: Path, rows: list[dict]) -> None:
+    """A Hugging Face `datasets` parquet shard: `image` is the Image feature's struct {bytes, path}."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    fields = [("image", image)] + [(k, pa.int64() if isinstance(v, int) else pa.string())
+                                   for k, v in rows[0].items() if k != "image"]
+    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema(fields)), path)
+
+
+def load(tmp_path: Path, **dataset) -> list:
+    cfg = parse_config({"name": "t", "model": {"path": "m"}, "datasets": [{"name": "d", **dataset}]},
+                       base_dir=tmp_path)
+    return load_samples(cfg.datasets[0], seed=0)
+
+
+def test_pathvqa_from_the_hugging_face_parquet_shards(tmp_path):
+    root = tmp_path / "path-vqa"
+    shard = [{"image": {"bytes": jpeg(), "path": f"img_{i}.jpg"}, "question": q, "answer": a}
+             for i, (q, a) in enumerate([("where are liver stem cells found?", "in the canals of hering"),
+                                         ("is this an infarct?", "yes")])]
+    hf_parquet(root / "data" / "test-00000-of-00002-e9adadb4799f44d3.parquet", shard)
+    hf_parquet(root / "data" / "test-00001-of-00002-7ea98873fc919813.parquet", shard[:1])
+    hf_parquet(root / "data" / "train-00000-of-00001-637a58c700b604af.parquet", shard)
+    samples = load(tmp_path, builtin="pathvqa", root="path-vqa")
+    assert [s.id for s in samples] == ["0", "1", "2"] and all(s.error is None for s in samples)
+    assert samples[0].answers == ["in the canals of hering"] and open_image(samples[0].images[0]).size == (32, 24)
+    assert [question_kind({"answers": s.answers, "metadata": s.metadata}) for s in samples] == ["open", "closed",
+                                                                                                "open"]
+    assert len(load(tmp_path, builtin="pathvqa", root="path-vqa", split="train")) == 2
+
+
+def test_pathvqa_by_its_vlmevalkit_name_from_the_tsv(tmp_path):
+    import base64
+
+    root = tmp_path / "vlmeval"
+    root.mkdir()
+    b64 = base64.b64encode(jpeg()).decode()
+    (root / "PathVQA_TEST.tsv").write_text(f"index\timage\tquestion\tanswer\n0\t{b64}\tis this fibrosis?\tno\n"
+                                           f"1\t0\twhat is present?\tnecrosis\n")
+    samples = load(tmp_path, builtin="PathVQA_TEST", root="vlmeval")
+    assert [(s.id, s.answers, len(s.images), s.error) for s in samples] == [("0", ["no"], 1, None),
+                                                                            ("1", ["necrosis"], 1, None)]
+
+
+def test_vqa_rad_parquet_with_the_original_columns_takes_closed_and_open_from_answer_type(tmp_path):
+    rows = [{"image": {"bytes": jpeg(), "path": None}, "qid": 7, "image_name": "synpic54610.jpg",
+             "image_organ": "HEAD", "answer": "Yes", "answer_type": "CLOSED", "question_type": "PRES",
+             "question": "Are regions of the brain infarcted?", "phrase_type": "test_freeform"},
+            {"image": {"bytes": jpeg(), "path": None}, "qid": 9, "image_name": "synpic29263.jpg",
+             "image_organ": "CHEST", "answer": "AP", "answer_type": "CLOSED", "question_type": "PLANE",
+             "question": "Is this an AP or PA image?", "phrase_type": "test_para"}]
+    hf_parquet(tmp_path / "rad" / "data" / "test-00000-of-00001-e5bc3d208bb4deeb.parquet", rows)
+    samples = load(tmp_path, builtin="vqa-rad", root="rad")
+    assert [s.id for s in samples] == ["7", "9"]
+    assert samples[1].metadata["columns"]["image_organ"] == "CHEST"
+    assert [question_kind({"answers": s.answers, "metadata": s.metadata}) for s in samples] == ["closed", "closed"]
+
+
+def test_vqa_rad_from_the_original_json_and_image_folder(tmp_path):
+    root = tmp_path / "osf"
+    (root / "VQA_RAD Image Folder").mkdir(parents=True)
+    (root / "VQA_RAD Image Folder" / "synpic54610.jpg").write_bytes(jpeg())
+    keys = dict(qid_linked_id="", image_case_url="https://medpix.nlm.nih.gov/case?id=x", image_organ="HEAD",
+                evaluation="not evaluated", question_rephrase="NULL", question_relation="NULL",
+                question_frame="NULL", question_type="PRES")
+    records = [{"qid": 1, "phrase_type": "freeform", "image_name": "synpic54610.jpg", "question": "Is there a mass?",
+                "answer": "No", "answer_type": "CLOSED", **keys},
+               {"qid": 2, "phrase_type": "test_freeform", "image_name": "synpic54610.jpg",
+                "question": "Where is the lesion?", "answer": "Left temporal lobe", "answer_type": "OPEN", **keys}]
+    (root / "VQA_RAD Dataset Public.json").write_text(json.dumps(records))
+    test = load(tmp_path, builtin="vqa-rad", root="osf")
+    assert [(s.id, s.answers, s.metadata["answer_type"], s.error) for s in test] == [
+        ("2", ["Left temporal lobe"], "open", None)]
+    assert [s.id for s in load(tmp_path, builtin="vqa-rad", root="osf", split="train")] == ["1"]
+
+
+def test_slake_original_json_english_by_default_chinese_with_lang(tmp_path):
+    root = tmp_path / "Slake1.0"
+    (root / "imgs" / "xmlab102").mkdir(parents=True)
+    (root / "imgs" / "xmlab102" / "source.jpg").write_bytes(jpeg())
+    common = {"img_id": 102, "img_name": "xmlab102/source.jpg", "location": "Lung", "modality": "CT",
+              "base_type": "vqa", "triple": ["vhead", "_", "_"]}
+    records = [{**common, "qid": 11, "question": "Which organ is abnormal, heart or lung?", "answer": "Heart",
+                "q_lang": "en", "answer_type": "CLOSED", "content_type": "Organ"},
+               {**common, "qid": 12, "question": "What modality is used?", "answer": "CT", "q_lang": "en",
+                "answer_type": "OPEN", "content_type": "Modality"},
+               {**common, "qid": 13, "question": "图中有肺吗?", "answer": "是的", "q_lang": "zh",
+                "answer_type": "CLOSED", "content_type": "Organ"}]
+    (root / "validate.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    (root / "test.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    en = load(tmp_path, builtin="slake", root="Slake1.0")
+    assert [(s.id, s.metadata["answer_type"], s.metadata["columns"]["modality"]) for s in en] == [
+        ("11", "closed", "CT"), ("12", "open", "CT")]
+    assert all(open_image(s.images[0]).size == (32, 24) for s in en)
+    assert [s.id for s in load(tmp_path, builtin="slake", root="Slake1.0", lang="zh")] == ["13"]
+    assert len(load(tmp_path, builtin="slake", root="Slake1.0", split="validation")) == 2  # validate.json
+
+
+def test_a_missing_copy_says_where_to_get_it_and_root_is_required(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match=r"no slake test split under .*empty \(looked for data/test-\*\.parquet, "
+                                           r"test\.json\); get it from https://huggingface.co/datasets/BoKelvin/SLAKE"):
+        load(tmp_path, builtin="slake", root="empty")
+    with pytest.raises(DatasetError, match="vqa-rad has splits train, test, not 'validation'"):
+        load(tmp_path, builtin="vqa-rad", root="empty", split="validation")
+    from evalfleet.errors import UserError
+
+    with pytest.raises(UserError, match="builtin pathvqa: give `root`"):
+        load(tmp_path, builtin="pathvqa")
