@@ -133,3 +133,35 @@ def test_a_missing_copy_says_where_to_get_it_and_root_is_required(tmp_path):
 
     with pytest.raises(UserError, match="builtin pathvqa: give `root`"):
         load(tmp_path, builtin="pathvqa")
+
+
+def test_group_by_answer_type_and_modality_in_the_summary_tables_and_predictions(tmp_path, tiny_qwen2vl):
+    """The releases' columns pass through to the predictions, CSV and summary; `group_by` gives a row per value."""
+    from conftest import quiet_console
+
+    from evalfleet.reporting.tables import markdown_table
+    from evalfleet.run import run
+
+    root = tmp_path / "Slake1.0"
+    (root / "imgs" / "xmlab1").mkdir(parents=True)
+    Image.new("RGB", (56, 56), (120, 20, 20)).save(root / "imgs" / "xmlab1" / "source.jpg")
+    records = [{"img_id": 1, "img_name": "xmlab1/source.jpg", "question": q, "answer": a, "q_lang": "en",
+                "location": "Lung", "modality": m, "answer_type": t, "base_type": "vqa", "content_type": "Organ",
+                "triple": ["vhead", "_", "_"], "qid": i}
+               for i, (q, a, m, t) in enumerate([("Is this a CT?", "Yes", "CT", "CLOSED"),
+                                                 ("What organ?", "Lung", "CT", "OPEN"),
+                                                 ("Is it normal?", "No", "MRI", "CLOSED")])]
+    (root / "test.json").write_text(json.dumps(records))
+    cfg = parse_config({"name": "med", "output_dir": str(tmp_path / "runs"), "workers": 1,
+                        "model": {"path": str(tiny_qwen2vl), "dtype": "float32", "generation": {"max_new_tokens": 2}},
+                        "datasets": [{"name": "slake", "builtin": "slake", "root": str(root)}],
+                        "metrics": ["exact_match", "token_recall"], "group_by": ["answer_type", "modality"]})
+    summary = run(cfg, console=quiet_console())
+    groups = summary["datasets"]["slake"]["groups"]
+    assert {v: g["samples"] for v, g in groups["answer_type"].items()} == {"CLOSED": 2, "OPEN": 1}
+    assert {v: g["samples"] for v, g in groups["modality"].items()} == {"CT": 2, "MRI": 1}
+    assert groups["answer_type"]["CLOSED"]["exact_match"]["n_closed"] == 2
+    table = markdown_table(summary)
+    assert "|   answer_type=CLOSED | 2 |" in table and "|   modality=MRI | 1 |" in table
+    preds = [json.loads(x) for x in (tmp_path / "runs" / "med" / "predictions" / "slake.jsonl").read_text().splitlines()]
+    assert preds[0]["columns"]["modality"] == "CT" and preds[0]["columns"]["answer_type"] == "CLOSED"

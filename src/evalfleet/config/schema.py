@@ -96,6 +96,9 @@ class DatasetConfig(_Strict):
     """The folder of your copy of a named medical dataset (relative to the config file)."""
     lang: str = "en"
     """SLAKE's question language: `en` or `zh`."""
+    columns: list[str] = []
+    """Columns of the rows kept with each sample, for `group_by` and the reports (a named dataset keeps its own:
+    answer_type, modality, ...)."""
     format: Literal["auto", "jsonl", "csv", "tsv", "parquet", "vlmeval"] = "auto"
     """File format; `auto` goes by the extension (a .tsv with an `index` column is VLMEvalKit)."""
     split: str = "test"
@@ -290,6 +293,9 @@ class RunConfig(_Strict):
     """Non-terminal progress: print a line every N samples..."""
     progress_seconds: float = Field(30.0, gt=0)
     """...or every T seconds, whichever comes first."""
+    group_by: list[str] = []
+    """Columns (a dataset's `columns`, a named dataset's own, or `question_kind`: closed / open / mcq) to break each
+    dataset's results down by, in the summary, the console, the reports and `compare`."""
     max_error_rate: float = Field(0.05, ge=0, le=1)
     """A stage whose samples end in an error (a bad row, an unreadable image, a failed batch or request) more often
     than this makes the run exit 1 once its results are saved, naming the first errors (judge replies without a

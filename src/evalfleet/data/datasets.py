@@ -194,6 +194,8 @@ def sample_from_row(
             question, options = mcq_prompt(sample.question, row, cfg.instruction)
             if options:
                 sample.metadata["options"] = options
+        if kept := {c: row[c] for c in cfg.columns if row.get(c) not in (None, "")}:
+            sample.metadata["columns"] = kept
         try:
             sample.prompt = user_message(cfg, row, question, bool(sample.metadata.get("options")))
         except KeyError as err:

@@ -111,7 +111,7 @@ def _samples(cfg: DatasetConfig, fields: Any, source: Path, rows: list[tuple[int
         sample = sample_from_row(cfg, str(source), "named", lineno, row, resolve)
         if sample.id == f"line{lineno}":  # no id column in this release: the row number in its split
             sample.id = str(lineno - 1)
-        columns = {k: row[k] for k in KEPT if row.get(k) not in (None, "")}
+        columns = {k: row[k] for k in (*KEPT, *cfg.columns) if row.get(k) not in (None, "")}
         if columns:
             sample.metadata["columns"] = columns
         if columns.get("answer_type"):

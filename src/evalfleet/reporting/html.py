@@ -172,8 +172,9 @@ def write_html(path: Path, summary: dict[str, Any], records: list[dict[str, Any]
                 refs.append(ImageRef(f"{edited}:edited_image", path=str(edited)))
             thumbs = "".join(_thumb(ref, i < MAX_FULL_ROWS) for ref in refs)
         prediction = "" if edits else r["prediction"]
-        question = _text(r["question"]) + (f"<div class='options'>{_text(r['options'])}</div>" if r.get("options")
-                                           else "")
+        kept = " · ".join(f"{k[len('column '):]}: {v}" for k, v in r.items() if k.startswith("column ") and v)
+        question = _text(r["question"]) + "".join(f"<div class='options'>{_text(x)}</div>" for x in
+                                                  (r.get("options"), kept) if x)
         cells = [e(r["dataset"]), e(r["id"]), thumbs, question, _text(r["answer"]), _text(prediction),
                  _text(r["extracted"] if not edits else "")]
         cells += [_num(r.get(m)) for m in summary["metrics"]]

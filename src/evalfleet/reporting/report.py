@@ -28,7 +28,7 @@ from evalfleet.reporting.tables import (
     startup_rows,
     startup_table,
 )
-from evalfleet.scoring import scoring_key, stage_scorer, summarize, unpack
+from evalfleet.scoring import scoring_key, stage_scorer, summarize, summarize_groups, unpack
 from evalfleet.store import Store
 
 
@@ -91,6 +91,8 @@ def build_summary(store: Store, cfg: RunConfig) -> dict[str, Any]:
             unpack(row)
         rows_by_ds[ds["name"]] = rows
         datasets[ds["name"]] = {"status": ds["status"], **summarize(rows, metrics)}
+        if cfg.group_by:
+            datasets[ds["name"]]["groups"] = summarize_groups(rows, metrics, cfg.group_by)
         for judge in judges:
             judged = list(store.rows(judge.name, ds["name"]))
             _stored_scores(store, judge, cfg, ds["name"], judged, stale[judge.name])
@@ -140,7 +142,8 @@ def write_report(run_dir: Path, store: Store, cfg: RunConfig, console: Console |
                     answer = r["answers"][0] if len(r["answers"]) == 1 else r["answers"]
                     record = {"id": r["id"], "question": r["question"], "prediction": r["prediction"],
                               "extracted": r["extracted"], "extraction": r["extraction"], "answer": answer,
-                              "score": r["scores"], "error": r["error"], "prompt": r["rendered_prompt"]}
+                              "score": r["scores"], "error": r["error"], "prompt": r["rendered_prompt"],
+                              **({"columns": c} if (c := (r.get("metadata") or {}).get("columns")) else {})}
                     if "judge" in r:
                         record["judge"] = r["judge"]
                     f.write(json.dumps(record) + "\n")

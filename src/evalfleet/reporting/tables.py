@@ -22,12 +22,22 @@ def _judge_cell(s: dict[str, Any], judge: str) -> str:
             f"n={j['judged']}, {j['parse_errors']} unparsed)")
 
 
+def with_groups(entries: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """Each dataset's row followed by a row per `group_by` value (`  answer_type=closed`)."""
+    out = []
+    for name, s in entries:
+        out.append((name, s))
+        for column, values in (s.get("groups") or {}).items():
+            out += [(f"  {column}={value}", g) for value, g in values.items()]
+    return out
+
+
 def markdown_table(summary: dict[str, Any]) -> str:
     metrics, judges = summary["metrics"], summary["judges"]
     head = ["dataset", "samples", "finished", "errors"] + [f"{m} (%) [95 % interval]" for m in metrics]
     head += [f"{m} closed / open / multiple choice (%)" for m in metrics] + [f"{j} mean score" for j in judges]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    entries = list(summary["datasets"].items()) + [("**overall**", summary["overall"])]
+    entries = with_groups(list(summary["datasets"].items())) + [("**overall**", summary["overall"])]
     for name, s in entries:
         if s.get("status") == "failed":
             lines.append(f"| {name} | failed: {s['error']} |" + " |" * (len(head) - 2))
@@ -46,7 +56,7 @@ def console_table(summary: dict[str, Any]) -> Table:
     table = Table(title=f"evalfleet: {summary['run']}", caption="metrics in %: all (closed / open questions / multiple choice where there is any)")
     for col in ["dataset", "samples", "finished", "errors", *metrics, *[f"{j} mean" for j in judges]]:
         table.add_column(col, justify="left" if col == "dataset" else "right")
-    for name, s in list(summary["datasets"].items()) + [("overall", summary["overall"])]:
+    for name, s in with_groups(list(summary["datasets"].items())) + [("overall", summary["overall"])]:
         if s.get("status") == "failed":
             table.add_row(name, f"[red]failed[/red]: {s['error']}")
             continue
@@ -126,11 +136,13 @@ def sample_records(summary: dict[str, Any]) -> list[dict[str, Any]]:
                                                         ((r.get("metadata") or {}).get("options") or {}).items()),
                                    "prompt": r.get("rendered_prompt")}
             rec.update({m: (r["scores"] or {}).get(m) for m in summary["metrics"]})
+            rec.update({f"column {k}": v for k, v in ((r.get("metadata") or {}).get("columns") or {}).items()})
             for judge, j in r.get("judge", {}).items():
                 rec.update({f"{judge}_score": j["score"], f"{judge}_reason": j["reason"], f"{judge}_error": j["error"],
                             f"{judge}_raw": j["raw"]})
             out.append(rec)
-    return out
+    keys = dict.fromkeys(k for rec in out for k in rec)  # every record the same fields (CSV, parquet)
+    return [{k: rec.get(k) for k in keys} for rec in out]
 
 
 def markdown_rows(head: list[str], rows: list[list[str]]) -> str:

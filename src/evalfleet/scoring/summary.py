@@ -62,3 +62,23 @@ def question_kind(row: dict[str, Any]) -> str:
     if declared in ("closed", "open"):
         return declared
     return "closed" if is_closed_question(row["answers"]) else "open"
+
+
+def group_value(row: dict[str, Any], column: str) -> str:
+    """A row's value of a `group_by` column: its kept column, or its question kind; `-` where it has none."""
+    if column == "question_kind":
+        return question_kind(row)
+    value = ((row.get("metadata") or {}).get("columns") or {}).get(column)
+    return "-" if value in (None, "") else str(value)
+
+
+def summarize_groups(rows: list[dict[str, Any]], metrics: list[str], group_by: list[str]
+                     ) -> dict[str, dict[str, dict[str, Any]]]:
+    """{column: {value: summary of the rows with that value}} for each `group_by` column."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for column in group_by:
+        by_value: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            by_value.setdefault(group_value(r, column), []).append(r)
+        out[column] = {value: summarize(group, metrics) for value, group in sorted(by_value.items())}
+    return out
