@@ -158,10 +158,87 @@ def test_group_by_answer_type_and_modality_in_the_summary_tables_and_predictions
                         "metrics": ["exact_match", "token_recall"], "group_by": ["answer_type", "modality"]})
     summary = run(cfg, console=quiet_console())
     groups = summary["datasets"]["slake"]["groups"]
-    assert {v: g["samples"] for v, g in groups["answer_type"].items()} == {"CLOSED": 2, "OPEN": 1}
+    assert {v: g["samples"] for v, g in groups["answer_type"].items()} == {"closed": 2, "open": 1}
     assert {v: g["samples"] for v, g in groups["modality"].items()} == {"CT": 2, "MRI": 1}
-    assert groups["answer_type"]["CLOSED"]["exact_match"]["n_closed"] == 2
+    assert groups["answer_type"]["closed"]["exact_match"]["n_closed"] == 2
     table = markdown_table(summary)
-    assert "|   answer_type=CLOSED | 2 |" in table and "|   modality=MRI | 1 |" in table
+    assert "|   answer_type=closed | 2 |" in table and "|   modality=MRI | 1 |" in table
     preds = [json.loads(x) for x in (tmp_path / "runs" / "med" / "predictions" / "slake.jsonl").read_text().splitlines()]
     assert preds[0]["columns"]["modality"] == "CT" and preds[0]["columns"]["answer_type"] == "CLOSED"
+
+
+def three_copies(tmp_path: Path, n: int) -> dict[str, Path]:
+    """VQA-RAD (original JSON + image folder), SLAKE (original JSON + imgs) and PathVQA (HF parquet), n test
+    questions each, in their releases' schemas."""
+    rad, slake, path = tmp_path / "vqa-rad", tmp_path / "Slake1.0", tmp_path / "path-vqa"
+    (rad / "VQA_RAD Image Folder").mkdir(parents=True)
+    Image.new("RGB", (56, 56), (30, 30, 30)).save(rad / "VQA_RAD Image Folder" / "synpic1.jpg")
+    (rad / "VQA_RAD Dataset Public.json").write_text(json.dumps([
+        {"qid": i, "phrase_type": "test_freeform", "image_name": "synpic1.jpg", "image_organ": "HEAD",
+         "question": f"Is there a lesion {i}?", "answer": "Yes" if i % 2 else "Frontal lobe",
+         "answer_type": "CLOSED" if i % 2 else "OPEN", "question_type": "PRES"} for i in range(n)]))
+    (slake / "imgs" / "xmlab0").mkdir(parents=True)
+    Image.new("RGB", (56, 56), (60, 60, 60)).save(slake / "imgs" / "xmlab0" / "source.jpg")
+    (slake / "test.json").write_text(json.dumps([
+        {"img_id": 0, "img_name": "xmlab0/source.jpg", "question": f"What modality is shown {i}?", "answer": "CT",
+         "q_lang": lang, "location": "Lung", "modality": "CT", "answer_type": "OPEN", "base_type": "vqa",
+         "content_type": "Modality", "triple": ["vhead", "_", "_"], "qid": 2 * i + (lang == "zh")}
+        for i in range(n) for lang in ("en", "zh")], ensure_ascii=False))
+    hf_parquet(path / "data" / "test-00000-of-00001-e9adadb4799f44d3.parquet",
+               [{"image": {"bytes": jpeg((56, 56)), "path": f"img_{i}.jpg"}, "question": f"is this tissue {i}?",
+                 "answer": "no"} for i in range(n)])
+    return {"vqa-rad": rad, "slake": slake, "pathvqa": path}
+
+
+def test_the_medical_example_runs_end_to_end_and_status_shows_the_seeds_table(tmp_path, tiny_qwen2vl):
+    """examples/medical-vqa.yaml on the tiny Qwen2-VL over files in the three releases' schemas: killed halfway,
+    `evalfleet status` prints per dataset current / expected / remaining / completion % / state with a total,
+    matching the store; resumed, the run finishes with closed / open rows per dataset."""
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+    from test_run import result_count, wait_for
+
+    from evalfleet.store import Store
+
+    n = 30
+    roots = three_copies(tmp_path, n)
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "examples" / "medical-vqa.yaml").read_text())
+    cfg.update(output_dir=str(tmp_path / "runs"), workers=1)
+    cfg["model"] = {"path": str(tiny_qwen2vl), "dtype": "float32", "batch_size": 1,
+                    "generation": {"max_new_tokens": 24}}
+    for ds in cfg["datasets"]:
+        ds["root"] = str(roots[ds["name"]])
+    (tmp_path / "medical.yaml").write_text(yaml.safe_dump(cfg))
+    run_dir, db = tmp_path / "runs" / "medical-vqa", tmp_path / "runs" / "medical-vqa" / "store.db"
+    command = [sys.executable, "-m", "evalfleet.cli", "run", str(tmp_path / "medical.yaml")]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: db.exists() and result_count(db) >= 5, timeout=240, what="first results")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    store = Store.open_existing(run_dir)
+    done = {name: store.counts("generate", name)[1] for name in roots}
+    store.close()
+    assert 0 < sum(done.values()) < 3 * n, done  # killed halfway
+    out = subprocess.run([sys.executable, "-m", "evalfleet.cli", "status", str(run_dir)], capture_output=True,
+                         text=True, check=True).stdout
+    assert "current" in out and "expected" in out and "remaining" in out and "completion %" in out
+    cells = [[c.strip() for c in line.strip().strip("│").split("│")] for line in out.splitlines()]
+    lines = {c[1]: c for c in cells if c[0] == "generate"}
+    for name in roots:  # stage, dataset, current, expected, remaining, %, errors, state
+        assert lines[name][2:5] == [str(done[name]), str(n), str(n - done[name])], out
+    total = sum(done.values())
+    assert lines["total"][2:6] == [str(total), str(3 * n), str(3 * n - total), f"{100 * total / (3 * n):.1f}"]
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for name in roots:
+        assert summary["datasets"][name]["finished"] == n and summary["datasets"][name]["errors"] == 0
+    assert set(summary["datasets"]["vqa-rad"]["groups"]["answer_type"]) == {"closed", "open"}
+    assert set(summary["datasets"]["slake"]["groups"]["answer_type"]) == {"open"}  # English only: n, not 2n
+    assert set(summary["datasets"]["pathvqa"]["groups"]["answer_type"]) == {"closed"}  # yes/no, no answer type
+    assert {"token_recall", "token_f1", "bleu1"} <= set(summary["datasets"]["slake"])

@@ -294,8 +294,9 @@ class RunConfig(_Strict):
     progress_seconds: float = Field(30.0, gt=0)
     """...or every T seconds, whichever comes first."""
     group_by: list[str] = []
-    """Columns (a dataset's `columns`, a named dataset's own, or `question_kind`: closed / open / mcq) to break each
-    dataset's results down by, in the summary, the console, the reports and `compare`."""
+    """Columns (a dataset's `columns`, a named dataset's own) to break each dataset's results down by, in the
+    summary, the console and the reports; `answer_type` is closed / open / mcq, the dataset's own where it has
+    one, else from the answers (yes/no is closed)."""
     max_error_rate: float = Field(0.05, ge=0, le=1)
     """A stage whose samples end in an error (a bad row, an unreadable image, a failed batch or request) more often
     than this makes the run exit 1 once its results are saved, naming the first errors (judge replies without a

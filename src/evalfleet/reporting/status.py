@@ -159,11 +159,20 @@ def status_view(st: RunStatus) -> Group:
     head = (f"run {st.name}: {st.state}; {'elapsed' if st.ended is None else 'took'} {elapsed}; {st.rate:.2f} "
             f"samples/s over {window}; ETA {duration(eta) if eta is not None else '?'}")
     stages = Table(title=head, title_justify="left")
-    for col in ("stage", "dataset", "done", "expected", "remaining", "%", "errors", "state"):
+    for col in ("stage", "dataset", "current", "expected", "remaining", "completion %", "errors", "state"):
         stages.add_column(col, justify="left" if col in ("stage", "dataset", "state") else "right")
-    for r in st.rows:
-        stages.add_row(r.stage, r.dataset, str(r.done), str(r.expected), str(r.remaining), f"{r.percent:.1f}",
-                       str(r.errors), r.state)
+    for stage in dict.fromkeys(r.stage for r in st.rows):  # each stage's datasets, then their total
+        rows = [r for r in st.rows if r.stage == stage]
+        for r in rows:
+            stages.add_row(r.stage, r.dataset, str(r.done), str(r.expected), str(r.remaining), f"{r.percent:.1f}",
+                           str(r.errors), r.state)
+        if len(rows) > 1:
+            done, expected = sum(r.done for r in rows), sum(r.expected for r in rows)
+            states = {r.state for r in rows}
+            stages.add_row(stage, "total", str(done), str(expected), str(sum(r.remaining for r in rows)),
+                           f"{100 * done / expected if expected else 100:.1f}", str(sum(r.errors for r in rows)),
+                           states.pop() if len(states) == 1 else "running" if "running" in states else "mixed",
+                           end_section=True)
     workers = Table(title="workers", title_justify="left")
     for col in ("worker", "device", "state", "done", "samples/s", "last heartbeat"):
         workers.add_column(col, justify="right" if col in ("done", "samples/s") else "left")

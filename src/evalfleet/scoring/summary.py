@@ -65,8 +65,10 @@ def question_kind(row: dict[str, Any]) -> str:
 
 
 def group_value(row: dict[str, Any], column: str) -> str:
-    """A row's value of a `group_by` column: its kept column, or its question kind; `-` where it has none."""
-    if column == "question_kind":
+    """A row's value of a `group_by` column: its kept column, `-` where it has none; `answer_type` (and
+    `question_kind`) is the question's kind, closed / open / mcq: the dataset's own answer type where it has one,
+    else derived (`question_kind`), so that datasets with and without one group alike."""
+    if column in ("question_kind", "answer_type"):
         return question_kind(row)
     value = ((row.get("metadata") or {}).get("columns") or {}).get(column)
     return "-" if value in (None, "") else str(value)
