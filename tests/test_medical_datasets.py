@@ -242,3 +242,23 @@ def test_the_medical_example_runs_end_to_end_and_status_shows_the_seeds_table(tm
     assert set(summary["datasets"]["slake"]["groups"]["answer_type"]) == {"open"}  # English only: n, not 2n
     assert set(summary["datasets"]["pathvqa"]["groups"]["answer_type"]) == {"closed"}  # yes/no, no answer type
     assert {"token_recall", "token_f1", "bleu1"} <= set(summary["datasets"]["slake"])
+
+
+def test_compare_breaks_down_by_group_by(tmp_path, tiny_qwen2vl):
+    """Two runs of a named dataset compared: a row for the dataset and one per answer type."""
+    from conftest import quiet_console
+
+    from evalfleet.reporting.compare import compare_runs
+    from evalfleet.run import run
+
+    roots = three_copies(tmp_path, 6)
+    for name, tokens in (("a", 2), ("b", 4)):
+        run(parse_config({"name": name, "output_dir": str(tmp_path / "runs"), "workers": 1, "group_by": ["answer_type"],
+                          "model": {"path": str(tiny_qwen2vl), "dtype": "float32",
+                                    "generation": {"max_new_tokens": tokens}},
+                          "datasets": [{"name": "rad", "builtin": "vqa-rad", "root": str(roots["vqa-rad"])}]}),
+            console=quiet_console())
+    c = compare_runs(tmp_path / "runs" / "a", tmp_path / "runs" / "b")
+    assert [(d.dataset, d.paired) for d in c.datasets] == [("rad", 6), ("rad answer_type=closed", 3),
+                                                            ("rad answer_type=open", 3)]
+    assert c.shared_samples == 6

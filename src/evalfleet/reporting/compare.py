@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from evalfleet.errors import UserError
 from evalfleet.reporting.html import html_table
 from evalfleet.reporting.report import build_summary
 from evalfleet.scoring import pass_mark
+from evalfleet.scoring.summary import group_value
 from evalfleet.store import Store
 
 BOOTSTRAP = 10_000
@@ -54,6 +55,8 @@ class DatasetComparison:
     unscored: int
     """Samples in both runs but without a score in one of them (error, parse error)."""
     changed: list[Changed] = field(default_factory=list)
+    group: str | None = None
+    """`answer_type=closed` for a row of a `group_by` value (its samples are in the dataset's row too)."""
 
     @property
     def diff(self) -> float | None:
@@ -75,7 +78,7 @@ class Comparison:
     @property
     def shared_samples(self) -> int:
         """Samples of the same dataset and id in both runs (scored or not)."""
-        return sum(d.paired + d.unscored for d in self.datasets)
+        return sum(d.paired + d.unscored for d in self.datasets if d.group is None)
 
 
 def _load(run_dir: Path) -> tuple[dict[str, Any], Any]:
@@ -96,6 +99,28 @@ def _scores(summary: dict[str, Any], metric: str) -> dict[str, dict[str, tuple[f
         else:
             out[name] = {r["id"]: (r["judge"][metric]["score"], r["prediction"]) for r in rows}
     return out
+
+
+def _dataset(name: str, a: dict[str, tuple[float | None, str | None]], b: dict[str, tuple[float | None, str | None]],
+             threshold: float, seed: int) -> DatasetComparison:
+    """The comparison of one dataset (or one group of it): samples by id -> (score or None, prediction)."""
+    ids = [i for i in a if i in b]
+    pairs = [(i, a[i], b[i]) for i in ids if a[i][0] is not None and b[i][0] is not None]
+    xa = np.array([p[1][0] for p in pairs], dtype=float)
+    xb = np.array([p[2][0] for p in pairs], dtype=float)
+    right_a, right_b = xa >= threshold, xb >= threshold
+    a_only, b_only = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
+    return DatasetComparison(
+        dataset=name, paired=len(pairs),
+        mean_a=float(xa.mean()) if pairs else None, mean_b=float(xb.mean()) if pairs else None,
+        ci=paired_bootstrap(xa, xb, seed) if pairs else None,
+        a_only=a_only, b_only=b_only, both=int((right_a & right_b).sum()), neither=int((~right_a & ~right_b).sum()),
+        p_value=mcnemar_p(a_only, b_only) if pairs else None,
+        only_in_a=[i for i in a if i not in b], only_in_b=[i for i in b if i not in a],
+        unscored=len(ids) - len(pairs),
+        changed=[Changed(i, pa[0], pb[0], pa[1], pb[1]) for i, pa, pb in pairs
+                 if (pa[0] >= threshold) != (pb[0] >= threshold)],
+    )
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, seed: int, n: int = BOOTSTRAP) -> tuple[float, float]:
@@ -143,23 +168,16 @@ def _compare(sa: dict[str, Any], sb: dict[str, Any], cfg_a: Any, metric: str, se
     a, b = _scores(sa, metric), _scores(sb, metric)
     out = []
     for name in [n for n in a if n in b]:
-        ids = [i for i in a[name] if i in b[name]]
-        pairs = [(i, a[name][i], b[name][i]) for i in ids if a[name][i][0] is not None and b[name][i][0] is not None]
-        xa = np.array([p[1][0] for p in pairs], dtype=float)
-        xb = np.array([p[2][0] for p in pairs], dtype=float)
-        right_a, right_b = xa >= threshold, xb >= threshold
-        a_only, b_only = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
-        out.append(DatasetComparison(
-            dataset=name, paired=len(pairs),
-            mean_a=float(xa.mean()) if pairs else None, mean_b=float(xb.mean()) if pairs else None,
-            ci=paired_bootstrap(xa, xb, seed) if pairs else None,
-            a_only=a_only, b_only=b_only, both=int((right_a & right_b).sum()), neither=int((~right_a & ~right_b).sum()),
-            p_value=mcnemar_p(a_only, b_only) if pairs else None,
-            only_in_a=[i for i in a[name] if i not in b[name]], only_in_b=[i for i in b[name] if i not in a[name]],
-            unscored=len(ids) - len(pairs),
-            changed=[Changed(i, pa[0], pb[0], pa[1], pb[1]) for i, pa, pb in pairs
-                     if (pa[0] >= threshold) != (pb[0] >= threshold)],
-        ))
+        out.append(_dataset(name, a[name], b[name], threshold, seed))
+        rows = sa["_rows"].get(name, [])
+        for column in getattr(cfg_a, "group_by", []):  # a row per value, e.g. answer_type=closed
+            ids_by_value: dict[str, set[str]] = {}
+            for r in rows:
+                ids_by_value.setdefault(group_value(r, column), set()).add(r["id"])
+            for value, ids in sorted(ids_by_value.items()):
+                out.append(replace(_dataset(f"{name} {column}={value}", {i: v for i, v in a[name].items() if i in ids},
+                                            {i: v for i, v in b[name].items() if i in ids}, threshold, seed),
+                                   group=f"{column}={value}"))
     only = sorted(set(a) ^ set(b))
     return Comparison(str(sa["run"]), str(sb["run"]), metric, threshold, out, only, diff)
 
@@ -217,7 +235,8 @@ def to_html(comparisons: Comparison | list[Comparison]) -> str:
              "body{font-family:system-ui,sans-serif;margin:1.5em} table{border-collapse:collapse;margin-bottom:1.5em}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}</style></head><body>"]
     for c in cs:
-        parts += [f"<h1>compare: {e(c.metric)}</h1><p>{e(_title(c))}</p>", html_table(HEAD, [_row(d) for d in c.datasets])]
+        parts += [f"<h1>compare: {e(c.metric)}</h1><p>{e(_title(c))}</p>",
+                  html_table(HEAD, [_row(d) for d in c.datasets])]
         if c.only_datasets:
             parts.append(f"<p>datasets in only one run: {e(', '.join(c.only_datasets))}</p>")
         for d in c.datasets:
