@@ -222,11 +222,12 @@ def stalled_worker(tmp: Path, model: Path) -> Outcome:
     o = Outcome("a stalled worker (alive, no progress) is replaced")
     lab = Lab(tmp, model, n=2, workers=1, new_tokens=2000, stall_seconds=2)  # a batch far longer than 2 s
     rc, out = lab.cli()
-    assert rc == 0, out
+    assert rc == 1 and "generate: 100.0 % of its 2 samples ended in an error" in out, out  # max_error_rate
     assert out.count("is stalled (no result for") == 2, out
     errors = [e for (e,) in lab.query("SELECT error FROM results")]
     assert len(errors) == 2 and all("2 workers died while answering this batch" in e for e in errors), errors
-    o.notes.append("killed twice as stalled; its batch recorded as failed after the second")
+    o.notes.append("killed twice as stalled; its batch recorded as failed after the second; exit 1 (every sample an "
+                   "error)")
     return o
 
 
