@@ -94,7 +94,7 @@ def test_exact_prompt_is_stored_shown_and_guards_resuming(tmp_path, smollm2):
     shown = subprocess.run([sys.executable, "-m", "evalfleet.cli", "show", str(run_dir), "q", "a"],
                            capture_output=True, text=True, check=True).stdout
     assert expected.strip() in shown and pred["prediction"].strip() in shown
-    assert f'score: {{"extracted": {json.dumps(pred["extracted"])}' in shown  # the stored score
+    assert f"extracted: {pred['extracted']!r} ({pred['extraction']})" in shown  # as the predictions say
     missing = subprocess.run([sys.executable, "-m", "evalfleet.cli", "show", str(run_dir), "q", "zz"],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "no sample 'zz'" in missing.stdout
