@@ -69,32 +69,32 @@ def run(
         raise UserError(f"--redo {', '.join(unknown)}: no such stage (stages: {', '.join(names)})")
     run_dir = cfg.run_dir
     check_output_dir(run_dir)
-    # Read the datasets and check every input before anything is deleted, written or loaded.
     startup = {"driver start": round(process_age(), 3)}  # interpreter, imports, config: before this line
-    t0 = time.perf_counter()
-    data = read_datasets(cfg)
-    if problems := input_problems(cfg, data):
-        also = [f"dataset {name} cannot be read: {why}" for name, why in data.failed.items()]
-        raise UserError("nothing was run; fix these first:\n  " + "\n  ".join(problems + also))
-    startup["datasets"] = round(time.perf_counter() - t0, 3)
-    if fresh and run_dir.exists():
-        refuse_fresh_while_live(run_dir, cfg.lease_seconds)
-        shutil.rmtree(run_dir)
-    handler = log_to(log_file or run_dir / "run.log")
-    try:
-        with stop_on_signals(), store_errors(run_dir / "store.db"):
-            prewarmed = prewarm(cfg)
+    with stop_on_signals():
+        prewarmed = prewarm(cfg)  # the first stage's workers import while the datasets are read and checked
+        try:
+            t0 = time.perf_counter()
+            data = read_datasets(cfg)  # every input problem at once, before anything is deleted or written
+            if problems := input_problems(cfg, data):
+                also = [f"dataset {name} cannot be read: {why}" for name, why in data.failed.items()]
+                raise UserError("nothing was run; fix these first:\n  " + "\n  ".join(problems + also))
+            startup["datasets"] = round(time.perf_counter() - t0, 3)
+            if fresh and run_dir.exists():
+                refuse_fresh_while_live(run_dir, cfg.lease_seconds)
+                shutil.rmtree(run_dir)
+            handler = log_to(log_file or run_dir / "run.log")
             try:
-                return _run(cfg, run_dir, data, startup, retry_errors, redo or [], console, prewarmed)
+                with store_errors(run_dir / "store.db"):
+                    return _run(cfg, run_dir, data, startup, retry_errors, redo or [], console, prewarmed)
+            except Exception:
+                log.exception("the run stopped on this error")  # the console shows the message, the log the traceback
+                raise
             finally:
-                if prewarmed is not None:
-                    prewarmed.close()  # the processes the plan did not need
-    except Exception:
-        log.exception("the run stopped on this error")  # the console shows the message, the log the traceback
-        raise
-    finally:
-        log.removeHandler(handler)
-        handler.close()
+                log.removeHandler(handler)
+                handler.close()
+        finally:
+            if prewarmed is not None:
+                prewarmed.close()  # the processes the plan did not need
 
 
 def _run(cfg: RunConfig, run_dir: Path, data: Datasets, startup: dict[str, float], retry_errors: bool,
