@@ -38,7 +38,8 @@ def test_closed_and_open_split():
     s = summarize(rows, ["exact_match"])
     assert (s["samples"], s["finished"], s["errors"], s["scored"]) == (4, 3, 1, 2)
     ci = s["exact_match"].pop("ci95")
-    assert s["exact_match"] == {"all": 0.5, "closed": 1.0, "open": 0.0, "n_closed": 1, "n_open": 1}
+    assert s["exact_match"] == {"all": 0.5, "closed": 1.0, "open": 0.0, "mcq": None, "n_closed": 1, "n_open": 1,
+                                "n_mcq": 0}
     assert ci == pytest.approx([0.0945, 0.9055], abs=1e-4)  # Wilson, 1 of 2
 
 
