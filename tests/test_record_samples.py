@@ -3,6 +3,8 @@
 
 import json
 
+import pytest
+
 from evalfleet.config import parse_config
 from evalfleet.preflight import read_datasets, refusals
 from evalfleet.run import record_samples
@@ -56,3 +58,18 @@ def test_an_image_gone_since_is_stored_as_an_error_though_the_data_file_is_uncha
         (error,) = store.db.execute("SELECT error FROM samples").fetchone()
         store.close()
         assert (error is not None and "image file not found" in error) == gone
+
+
+def test_bulk_objects_restores_the_collector_even_when_the_block_fails():
+    import gc
+
+    from evalfleet.bulk import bulk_objects
+
+    before = gc.get_freeze_count()
+    with pytest.raises(ValueError), bulk_objects():
+        assert not gc.isenabled()
+        kept = [[i] for i in range(1000)]  # noqa: F841  # long-lived objects built in the block
+        raise ValueError("a bad row")
+    assert gc.isenabled()
+    assert gc.get_freeze_count() >= before + 1000  # out of the collector's sight from now on
+    gc.unfreeze()

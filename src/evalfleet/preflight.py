@@ -16,6 +16,7 @@ from typing import Any
 from evalfleet.cluster.shards import in_shard, parse_shard
 from evalfleet.config import DatasetConfig, RunConfig, StageConfig, flat_settings
 from evalfleet.config.load import looks_local
+from evalfleet.bulk import bulk_objects
 from evalfleet.data.datasets import DatasetError, dataset_columns, load_samples
 from evalfleet.errors import UserError
 from evalfleet.records import Sample
@@ -91,7 +92,8 @@ def read_datasets(cfg: RunConfig) -> Datasets:
     out = Datasets()
     for ds in cfg.datasets:
         try:
-            samples = load_samples(ds, seed=cfg.seed, limit=cfg.limit)
+            with bulk_objects():
+                samples = load_samples(ds, seed=cfg.seed, limit=cfg.limit)
         except DatasetError as err:
             out.failed[ds.name] = str(err)
             continue

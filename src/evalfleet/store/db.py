@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from evalfleet.bulk import bulk_objects
 from evalfleet.errors import UserError
 from evalfleet.records import Result, Sample
 from evalfleet.store.health import StoreReplaced, connect, describe
@@ -133,12 +134,13 @@ class Store:
                 text = shared[id(s.context)] = json.dumps(s.context)
             return text
 
-        rows = [
-            (s.dataset, s.id, i, s.question, s.prompt, json.dumps(s.answers) if s.answers else "[]", s.source, s.error,
-             json.dumps(s.metadata) if s.metadata else "{}", context(s),
-             json.dumps([{"where": r.where, "path": r.path} for r in s.images]) if s.images else "[]")
-            for i, s in zip(positions or range(len(samples)), samples)
-        ]
+        with bulk_objects():  # 100k tuples of fresh strings
+            rows = [
+                (s.dataset, s.id, i, s.question, s.prompt, json.dumps(s.answers) if s.answers else "[]", s.source,
+                 s.error, json.dumps(s.metadata) if s.metadata else "{}", context(s),
+                 json.dumps([{"where": r.where, "path": r.path} for r in s.images]) if s.images else "[]")
+                for i, s in zip(positions or range(len(samples)), samples)
+            ]
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany("INSERT OR REPLACE INTO samples (dataset, id, position, question, prompt, answers, "
