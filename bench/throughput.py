@@ -45,12 +45,13 @@ def dataset(work: Path, kind: str, shape: str, n: int) -> tuple[Path, Path, int]
     if kind == "text":
         model, new = qwen25_text(work, shape), 64
         if not data.exists():
-            data.write_text("".join(json.dumps({"id": i, "question": p}) + "\n"
+            data.write_text("".join(json.dumps({"id": i, "question": p, "answer": "yes"}) + "\n"
                                     for i, p in enumerate(chat_prompts(work, n, 256))))
     else:
         model, new = qwen25_vl(work, shape), 32
         if not data.exists():
-            data.write_text("".join(json.dumps({"id": i, "question": QUESTION, "image": str(p)}) + "\n"
+            data.write_text("".join(json.dumps({"id": i, "question": QUESTION, "image": str(p), "answer": "yes"})
+                                    + "\n"
                                     for i, p in enumerate(images(work, n))))
     return model, data, new
 
@@ -84,7 +85,7 @@ def evalfleet(work: Path, name: str, model: Path, data: Path, new: int, *options
                           capture_output=True, text=True, check=False)
     command_s = time.perf_counter() - t0
     if proc.returncode:
-        sys.exit(f"evalfleet run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        sys.exit(f"evalfleet run failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     run = work / "runs" / name
     summary = json.loads((run / "summary.json").read_text())
     perf = summary["performance"]["generate"]

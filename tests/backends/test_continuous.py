@@ -65,6 +65,47 @@ def test_a_dropped_engine_is_freed_at_once(smollm2, reference):
         gc.enable()
 
 
+def test_fused_kernels_switched_in_mid_run_keep_the_answers(smollm2, reference):
+    """No batch waits for the compile (issue 20): the engine decodes with transformers' forwards until the fused
+    kernels are ready, then switches them in between two steps (graphs captured again) with the same answers. The
+    kernels here are the functions the GPU compiles, run eagerly."""
+    from concurrent.futures import Future
+
+    from transformers.models.llama import modeling_llama
+
+    from evalfleet.backends import fused
+
+    requests, expected = reference
+    b = backend(smollm2, "continuous", new_tokens=20)
+    compiled: Future = Future()
+    b.kernels_changed = fused.fuse_when_ready(b.model, compiled)
+    stream = b.stream(3, None)
+    stream.engine.graphs.graphs[3] = None  # stands for a captured step: cleared when the kernels change
+    answers: dict = {}
+    stream.add(b.prepare(requests), list(range(len(requests))))
+    try:
+        switched_at = None
+        while stream.busy:
+            if switched_at is None and answers:  # mid-run: some rows done, others decoding, more waiting
+                assert len(answers) < len(requests)
+                stale = stream.engine.graphs.graphs[3] = object()  # stands for a step captured unfused
+                compiled.set_result(fused.Kernels(fused._rms_norm, fused._silu_mul, fused._rotary_rows,
+                                                  fused._rotary_vision))
+                switched_at = len(answers)
+            answers.update(stream.step())
+            if switched_at is not None:
+                assert stream.engine.graphs.graphs[3] is not stale  # the decode step was captured again
+        assert switched_at is not None
+        patched = [m for m in b.model.modules() if "forward" in vars(m)]
+        assert len(patched) == 3 * b.model.config.num_hidden_layers + 1  # two norms and an MLP a layer, final norm
+        assert hasattr(modeling_llama.apply_rotary_pos_emb, "original")
+    finally:
+        modeling_llama.apply_rotary_pos_emb = getattr(modeling_llama.apply_rotary_pos_emb, "original",
+                                                      modeling_llama.apply_rotary_pos_emb)
+    assert [(answers[i].text, answers[i].n_tokens) for i in range(len(requests))] == expected
+    assert not b.kernels_changed()  # once
+
+
 def test_moe_refilled_slots_give_one_at_a_time_answers(tmp_path):
     """A Qwen3-MoE (Qwen3-30B-A3B's architecture, tiny): its experts (transformers' grouped kernels) in the
     engine's prefills and decode steps."""

@@ -324,21 +324,19 @@ class TokenStream:
     """The engine as a backend's `Stream`: prepared batches are lists of `Row`s (their keys unset); `decode` turns
     an answer's tokens into its Generation."""
 
-    def __init__(self, engine: ContinuousEngine, decode: Callable[[list[int]], Generation]) -> None:
-        self.engine, self.decode = engine, decode
+    def __init__(self, engine: ContinuousEngine, decode: Callable[[list[int]], Generation],
+                 kernels_changed: Callable[[], bool] = lambda: False) -> None:
+        self.engine, self.decode, self.kernels_changed = engine, decode, kernels_changed
 
-    @property
-    def busy(self) -> bool:
-        return self.engine.busy
-
-    @property
-    def hungry(self) -> bool:
-        return self.engine.hungry
+    busy = property(lambda self: self.engine.busy)
+    hungry = property(lambda self: self.engine.hungry)
 
     def add(self, prepared: Prepared, keys: list[Any]) -> None:
         self.engine.add([replace(row, key=key) for key, row in zip(keys, prepared.inputs)])
 
     def step(self) -> list[tuple[Any, Generation]]:
+        if self.kernels_changed():  # fused kernels switched in (`fused.fuse_when_ready`)
+            self.engine.graphs.clear()
         return [(d.key, Generation("", 0, d.error) if d.error else self.decode(d.tokens)) for d in self.engine.step()]
 
     def run(self, prepared: Prepared) -> list[Generation]:

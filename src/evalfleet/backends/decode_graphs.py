@@ -58,6 +58,14 @@ class DecodeGraphs:
         else:
             step(width)
 
+    def clear(self) -> None:
+        """Forget every graph (the model's kernels changed): each width is captured again on its next use."""
+        if self.graphs and self.enabled:
+            torch.cuda.synchronize()  # no replay in flight while its graph and memory pool go
+        self.graphs, self.pool = {}, None
+        if self.enabled:
+            torch.cuda.empty_cache()
+
     @property
     def captured(self) -> bool:
         return any(g is not None for g in self.graphs.values())
@@ -74,7 +82,9 @@ class DecodeGraphs:
                         step(width)
                 torch.cuda.current_stream().wait_stream(side)
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self.pool), torch.inference_mode():
+                # thread_local: the fused kernels may still be compiling in another thread (`fused.fuse_when_ready`)
+                with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"), \
+                        torch.inference_mode():
                     step(width)
                 self.pool = self.pool or graph.pool()
             except Exception as err:  # an op that cannot be captured: this width decodes eagerly

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -116,9 +117,24 @@ def compile_kernels(config: Any, dtype: torch.dtype, device: str = "cuda") -> Fu
     # transformers' own numbers (bench/gpu_exactness.py: "unfused vs engine"), at no cost to a memory-bound kernel.
     torch._inductor.config.emulate_precision_casts = True
     pool = ThreadPoolExecutor(1, thread_name_prefix="evalfleet-compile")
-    future = pool.submit(_compile, config, dtype, device)
+    future = pool.submit(_compile_beside, config, dtype, device)
     pool.shutdown(wait=False)
     return future
+
+
+SWITCH_S = 0.0002
+"""The interpreter's thread switch interval while the kernels compile (default 5 ms): a thread that waits for the
+lock, as the engine does after each GPU step, may wait this long for the compiling thread to let go of it. At 5 ms a
+run's steps took ~3 x as long while its kernels compiled (`bench/startup.py`)."""
+
+
+def _compile_beside(config: Any, dtype: torch.dtype, device: str) -> Kernels | None:
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_S)
+    try:
+        return _compile(config, dtype, device)
+    finally:
+        sys.setswitchinterval(before)
 
 
 @torch.inference_mode()  # as batches run: without autograd
@@ -157,13 +173,29 @@ def _compile(config: Any, dtype: torch.dtype, device: str) -> Kernels | None:
     return k
 
 
+def fuse_when_ready(model: Any, kernels: Future[Kernels | None]) -> Callable[[], bool]:
+    """A check to run between batches or decode steps, so that no batch waits for a compile (issue 20): until
+    `kernels` are compiled the model runs transformers' own forwards; the first check after that patches it
+    (`fuse_elementwise`) and returns True, so the caller captures its CUDA graphs again. Every other check is False.
+    (The fused kernels round as eager does, so answers agree with those of unfused steps but for the bf16 rounding
+    that batch composition changes too, `bench/gpu_exactness.py`.)"""
+    pending: list[Future[Kernels | None]] = [kernels]
+
+    def check() -> bool:
+        if not pending or not pending[0].done():
+            return False
+        return fuse_elementwise(model, pending.pop()) > 0
+
+    return check
+
+
 def fuse_elementwise(model: Any, kernels: Future[Kernels | None] | None = None) -> int:
     """Patch the model's RMSNorm and SiLU-gated MLP modules to fused kernels; returns how many were patched.
-    `kernels`: compiled already by `compile_kernels` (else compiled now).
+    `kernels`: compiled already by `compile_kernels` (else compiled now, on CUDA only).
 
-    Does nothing off CUDA, or when compiling fails (e.g. no Triton): the model keeps its own forwards.
+    Does nothing when compiling fails (e.g. no Triton): the model keeps its own forwards.
     """
-    if model.device.type != "cuda":
+    if kernels is None and model.device.type != "cuda":
         return 0
     t0 = time.perf_counter()
     k = (kernels or compile_kernels(model.config, model.dtype, str(model.device))).result()
@@ -215,7 +247,8 @@ def _warm_up(model: Any, silu_mul: Any, intermediate: int) -> None:
         visual(torch.zeros(side * side, patch, device=model.device, dtype=model.dtype),
                grid_thw=torch.tensor([[1, side, side]], device=model.device))
     rows = 2**31 // max(1, intermediate) + 1
-    if intermediate and torch.cuda.mem_get_info(model.device)[0] > 4 * rows * intermediate * 2:
+    on_gpu = model.device.type == "cuda"
+    if on_gpu and intermediate and torch.cuda.mem_get_info(model.device)[0] > 4 * rows * intermediate * 2:
         try:  # two tensors: the kernel compiled for one tensor passed twice would not serve gate and up
             gate, up = (torch.empty(2, rows // 2 + 1, intermediate, device=model.device, dtype=model.dtype)
                         for _ in range(2))  # [B, T, I]

@@ -19,7 +19,7 @@ from transformers import (
 from evalfleet.backends.attention import use_decode_attention, use_packed_vision_attention
 from evalfleet.backends.base import Backend, Generation, Prepared, Request, free_memory, is_out_of_memory
 from evalfleet.backends.continuous import ContinuousEngine, Row, TokenStream
-from evalfleet.backends.fused import compile_kernels, fuse_elementwise
+from evalfleet.backends.fused import compile_kernels, fuse_elementwise, fuse_when_ready
 from evalfleet.backends.processors import without_video_processor
 from evalfleet.backends.sampling import Sampler
 from evalfleet.backends.slot_cache import SLOT_ATTENTION
@@ -87,6 +87,8 @@ class TransformersBackend(Backend):
         self.decoder: StaticDecoder | None = None
         self.streamed: TokenStream | None = None
         self.eos_ids: set[int] = set()
+        self.kernels_changed: Any = lambda: False
+        """True once, when the fused kernels compiled during the load have been switched in."""
 
     def load(self) -> None:
         """Load the weights (one GPU: all on it; several: accelerate's balanced device map, each GPU capped if
@@ -117,7 +119,11 @@ class TransformersBackend(Backend):
         use_decode_attention(self.model)
         if self.vision:
             use_packed_vision_attention(self.model)
-        fuse_elementwise(self.model, self.kernels)
+        if self.kernels is None or self.engine == "static":  # its graphs are captured once: wait for them
+            fuse_elementwise(self.model, self.kernels)
+        else:  # no batch waits for the compile: the kernels are switched in between steps once compiled (now, if
+            self.kernels_changed = fuse_when_ready(self.model, self.kernels)  # they are: before any capture)
+            self.kernels_changed()
         self.kernels = None
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -135,6 +141,7 @@ class TransformersBackend(Backend):
         (it grows when a longer one comes and no slot is busy)."""
         if self.engine != "continuous":
             return None
+        self.kernels_changed()  # compiled since the load: switched in before the engine captures its steps
         gen = self.cfg.generation
         longest = max((len(r.ids) for r in first.inputs), default=0) if first is not None else 0
         sampler = Sampler(gen.temperature, gen.top_p, gen.top_k)
@@ -145,7 +152,7 @@ class TransformersBackend(Backend):
                 engine = ContinuousEngine(self.model, slots=slots, length=longest + gen.max_new_tokens,
                                           max_new_tokens=gen.max_new_tokens, eos_ids=self.eos_ids, sampler=sampler,
                                           cuda_graphs=self.n_gpus > 0)
-                return TokenStream(engine, self._decode)
+                return TokenStream(engine, self._decode, self.kernels_changed)
             except Exception as err:
                 if not is_out_of_memory(err) or slots == 1:
                     raise
@@ -217,6 +224,7 @@ class TransformersBackend(Backend):
                 self.streamed = self.stream(len(prepared.inputs), prepared)
             assert self.streamed is not None
             return self.streamed.run(prepared)
+        self.kernels_changed()  # (the continuous engine checks between its steps)
         inputs = prepared.inputs.to(self.model.device)
         pad = self.tokenizer.pad_token_id
         if self.decoder is not None:
