@@ -13,16 +13,23 @@ one model).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from evalfleet.assets import default_cache_dir
 
 log = logging.getLogger("evalfleet")
 
@@ -109,62 +116,104 @@ class Kernels:
     rotary_vision: Any
 
 
-def compile_kernels(config: Any, dtype: torch.dtype, device: str = "cuda") -> Future[Kernels | None]:
-    """Start compiling the fused kernels in a thread for the shapes of the model `config` describes (its heads,
-    head dim and norm epsilon), so that compiling overlaps reading the tokenizer and the weights rather than
-    following them (`bench/startup.py`). The result is None where compiling fails (e.g. no Triton)."""
+@dataclass(frozen=True)
+class Shapes:
+    """What the kernels are compiled for: the model's heads, head dim and norm epsilon (0 heads: no vision tower)."""
+
+    eps: float
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vision_heads: int = 0
+    vision_dim: int = 0
+
+    @classmethod
+    def of(cls, config: Any) -> Shapes:
+        text = getattr(config, "text_config", None) or config
+        heads = getattr(text, "num_attention_heads", None) or 1
+        head_dim = getattr(text, "head_dim", None) or (getattr(text, "hidden_size", None) or heads) // heads
+        v_heads = v_dim = 0
+        if vision := getattr(config, "vision_config", None):
+            v_heads = getattr(vision, "num_heads", None) or 0
+            v_dim = (getattr(vision, "hidden_size", None) or getattr(vision, "embed_dim", 0)) // max(1, v_heads)
+        return cls(float(getattr(text, "rms_norm_eps", 1e-6)), heads,
+                   getattr(text, "num_key_value_heads", None) or heads, head_dim, v_heads, v_dim)
+
+
+class Compiling(NamedTuple):
+    kernels: Future[Kernels | None]
+    cached: bool
+    """Compiled before on this machine (its marker is in the compile cache): ready in about a second."""
+
+
+def compile_kernels(config: Any, dtype: torch.dtype, device: str = "cuda") -> Compiling:
+    """Start compiling the fused kernels for the shapes of the model `config` describes, beside the tokenizer and
+    the weights (`bench/startup.py`). The result is None where compiling fails (e.g. no Triton).
+
+    Compiled before (torch.compile's cache, in evalfleet's cache folder): in a thread, about a second. Never
+    compiled here: first in a process of its own (~10 s for a 7B's kernels, which in a thread held the
+    interpreter's lock so often that the load and the first steps beside it ran ~3 x slower), then in a thread
+    from the cache that process filled."""
     # Round where eager rounds (each bf16/fp16 intermediate), not once at the end: the fused kernels then give
     # transformers' own numbers (bench/gpu_exactness.py: "unfused vs engine"), at no cost to a memory-bound kernel.
     torch._inductor.config.emulate_precision_casts = True
+    shapes = Shapes.of(config)
+    marker = _marker(shapes, dtype)
+    cached = marker.exists()
     pool = ThreadPoolExecutor(1, thread_name_prefix="evalfleet-compile")
-    future = pool.submit(_compile_beside, config, dtype, device)
+    future = pool.submit(_compile_here if cached else _compile_apart, shapes, dtype, device, marker)
     pool.shutdown(wait=False)
-    return future
+    return Compiling(future, cached)
 
 
-SWITCH_S = 0.0002
-"""The interpreter's thread switch interval while the kernels compile (default 5 ms): a thread that waits for the
-lock, as the engine does after each GPU step, may wait this long for the compiling thread to let go of it. At 5 ms a
-run's steps took ~3 x as long while its kernels compiled (`bench/startup.py`)."""
+def _marker(shapes: Shapes, dtype: torch.dtype) -> Path:
+    key = json.dumps([torch.__version__, str(dtype), asdict(shapes), torch.cuda.get_device_name(0)])
+    folder = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir() / "inductor")
+    return folder / f"evalfleet-fused-{hashlib.sha256(key.encode()).hexdigest()[:16]}.done"
 
 
-def _compile_beside(config: Any, dtype: torch.dtype, device: str) -> Kernels | None:
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(SWITCH_S)
-    try:
-        return _compile(config, dtype, device)
-    finally:
-        sys.setswitchinterval(before)
+def _compile_apart(shapes: Shapes, dtype: torch.dtype, device: str, marker: Path) -> Kernels | None:
+    """Compile in a child process (the same GPUs and cache), then here from its cache."""
+    cmd = [sys.executable, "-m", "evalfleet.backends.fused", json.dumps(asdict(shapes)), str(dtype).split(".")[-1]]
+    child = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if child.returncode:
+        log.info("compiling the fused kernels apart failed (%s); compiling them here", child.stderr[-500:])
+    return _compile_here(shapes, dtype, device, marker)
+
+
+def _compile_here(shapes: Shapes, dtype: torch.dtype, device: str, marker: Path | None = None) -> Kernels | None:
+    kernels = _compile(shapes, dtype, device)
+    if kernels is not None and marker is not None:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    return kernels
 
 
 @torch.inference_mode()  # as batches run: without autograd
-def _compile(config: Any, dtype: torch.dtype, device: str) -> Kernels | None:
+def _compile(shapes: Shapes, dtype: torch.dtype, device: str) -> Kernels | None:
     k = Kernels(torch.compile(_rms_norm, dynamic=True), torch.compile(_silu_mul, dynamic=True),
                 torch.compile(_rotary_rows),  # the token dimension is marked dynamic at each call
                 torch.compile(_rotary_vision))
-    text = getattr(config, "text_config", None) or config
     try:  # a failure must happen here, not in a batch
-        x = torch.randn(2, 3, 64, device=device, dtype=dtype)
-        k.rms(x, torch.nn.Parameter(torch.ones(64, device=device, dtype=dtype), requires_grad=False),
-              getattr(text, "rms_norm_eps", 1e-6))
-        k.silu_mul(x, x.clone())
+        for b, t in ((2, 3), (2, 1), (1, 3)):  # prompts and decode steps: sizes of 1 are compiled apart
+            x = torch.randn(b, t, 64, device=device, dtype=dtype)
+            k.rms(x, torch.nn.Parameter(torch.ones(64, device=device, dtype=dtype), requires_grad=False),
+                  shapes.eps)
+            k.silu_mul(x, x.clone())
     except Exception as err:  # Inductor/Triton missing or broken: keep transformers' kernels
         log.warning("fused kernels unavailable (%s: %s); using transformers' own", type(err).__name__, err)
         return None
     try:  # the shapes of this model's attentions; shapes guessed wrong are compiled again in the warm-up
-        heads = text.num_attention_heads
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-        rows = [torch.randn(5, h, head_dim, device=device, dtype=dtype)
-                for h in (heads, getattr(text, "num_key_value_heads", None) or heads)]
-        rows += [torch.randn(5, head_dim, device=device, dtype=dtype) for _ in range(2)]
-        for t in rows:
-            torch._dynamo.maybe_mark_dynamic(t, 0)
-        k.rotary_rows(*rows)
-        if vision := getattr(config, "vision_config", None):
-            v_heads = vision.num_heads
-            v_dim = (getattr(vision, "hidden_size", None) or vision.embed_dim) // v_heads
-            qk = [torch.randn(5, v_heads, v_dim, device=device, dtype=dtype) for _ in range(2)]
-            cs = [torch.randn(5, v_dim, device=device) for _ in range(2)]  # the vision rotary's fp32 cos, sin
+        for n in (5, 1):
+            rows = [torch.randn(n, h, shapes.head_dim, device=device, dtype=dtype)
+                    for h in (shapes.heads, shapes.kv_heads)]
+            rows += [torch.randn(n, shapes.head_dim, device=device, dtype=dtype) for _ in range(2)]
+            for t in rows:
+                torch._dynamo.maybe_mark_dynamic(t, 0)
+            k.rotary_rows(*rows)
+        if shapes.vision_heads:
+            qk = [torch.randn(5, shapes.vision_heads, shapes.vision_dim, device=device, dtype=dtype) for _ in range(2)]
+            cs = [torch.randn(5, shapes.vision_dim, device=device) for _ in range(2)]  # fp32 cos, sin
             for t in qk + cs:
                 torch._dynamo.maybe_mark_dynamic(t, 0)
             k.rotary_vision(*qk, *cs)
@@ -198,7 +247,7 @@ def fuse_elementwise(model: Any, kernels: Future[Kernels | None] | None = None) 
     if kernels is None and model.device.type != "cuda":
         return 0
     t0 = time.perf_counter()
-    k = (kernels or compile_kernels(model.config, model.dtype, str(model.device))).result()
+    k = (kernels or compile_kernels(model.config, model.dtype, str(model.device)).kernels).result()
     if k is None:
         return 0
     t1 = time.perf_counter()
@@ -257,3 +306,8 @@ def _warm_up(model: Any, silu_mul: Any, intermediate: int) -> None:
         except torch.cuda.OutOfMemoryError:
             pass
         torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":  # `_compile_apart`'s child: fill the compile cache, exit 0 if the kernels compiled
+    torch._inductor.config.emulate_precision_casts = True
+    sys.exit(0 if _compile(Shapes(**json.loads(sys.argv[1])), getattr(torch, sys.argv[2]), "cuda:0") else 1)

@@ -62,9 +62,10 @@ class TransformersBackend(Backend):
         self.cfg, self.n_gpus, self.max_memory_per_gpu = cfg, n_gpus, max_memory_per_gpu
         trust = cfg.trust_remote_code
         config = AutoConfig.from_pretrained(cfg.path, trust_remote_code=trust)
-        self.kernels = None  # compiled while the tokenizer and the weights load
+        self.kernels, self.kernels_cached = None, False  # compiled while the tokenizer and the weights load
         if n_gpus and torch.cuda.is_available():
-            self.kernels = compile_kernels(config, getattr(torch, cfg.resolved_dtype(on_gpu=True)), "cuda:0")
+            self.kernels, self.kernels_cached = compile_kernels(config, getattr(torch, cfg.resolved_dtype(on_gpu=True)),
+                                                                "cuda:0")
         self.vision = is_vision_model(config)
         self.rope_index = has_rope_index(config)
         self.image_token_id = getattr(config, "image_token_id", None)
@@ -119,10 +120,10 @@ class TransformersBackend(Backend):
         use_decode_attention(self.model)
         if self.vision:
             use_packed_vision_attention(self.model)
-        if self.kernels is None or self.engine == "static":  # its graphs are captured once: wait for them
-            fuse_elementwise(self.model, self.kernels)
-        else:  # no batch waits for the compile: the kernels are switched in between steps once compiled (now, if
-            self.kernels_changed = fuse_when_ready(self.model, self.kernels)  # they are: before any capture)
+        if self.kernels is None or self.kernels_cached or self.engine == "static":  # about a second from the
+            fuse_elementwise(self.model, self.kernels)  # cache (the static engine captures its graphs once): wait
+        else:  # never compiled here: no batch waits for it; the kernels are switched in between steps once compiled
+            self.kernels_changed = fuse_when_ready(self.model, self.kernels)  # (now, if they are: before a capture)
             self.kernels_changed()
         self.kernels = None
         eos = self.model.generation_config.eos_token_id
