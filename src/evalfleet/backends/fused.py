@@ -19,9 +19,10 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -160,9 +161,17 @@ def compile_kernels(config: Any, dtype: torch.dtype, device: str = "cuda") -> Co
     shapes = Shapes.of(config)
     marker = _marker(shapes, dtype)
     cached = marker.exists()
-    pool = ThreadPoolExecutor(1, thread_name_prefix="evalfleet-compile")
-    future = pool.submit(_compile_here if cached else _compile_apart, shapes, dtype, device, marker)
-    pool.shutdown(wait=False)
+    future: Future[Kernels | None] = Future()
+
+    def work() -> None:
+        try:
+            kernels = _compile(shapes, dtype, device) if cached else _compile_apart(shapes, dtype, device, marker)
+            future.set_result(kernels)
+        except BaseException as err:  # noqa: BLE001  # the waiting side sees it
+            future.set_exception(err)
+
+    # A daemon thread: a process that ends before the kernels are ready (a short run) does not wait for them.
+    threading.Thread(target=work, name="evalfleet-compile", daemon=True).start()
     return Compiling(future, cached)
 
 
@@ -173,20 +182,16 @@ def _marker(shapes: Shapes, dtype: torch.dtype) -> Path:
 
 
 def _compile_apart(shapes: Shapes, dtype: torch.dtype, device: str, marker: Path) -> Kernels | None:
-    """Compile in a child process (the same GPUs and cache), then here from its cache."""
-    cmd = [sys.executable, "-m", "evalfleet.backends.fused", json.dumps(asdict(shapes)), str(dtype).split(".")[-1]]
-    child = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if child.returncode:
-        log.info("compiling the fused kernels apart failed (%s); compiling them here", child.stderr[-500:])
-    return _compile_here(shapes, dtype, device, marker)
-
-
-def _compile_here(shapes: Shapes, dtype: torch.dtype, device: str, marker: Path | None = None) -> Kernels | None:
-    kernels = _compile(shapes, dtype, device)
-    if kernels is not None and marker is not None:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
-    return kernels
+    """Compile in a child process (the same GPUs and cache, one compile thread: the CPU cores stay with the run;
+    it writes the marker), then here from its cache. The child is not tied to this process: one that outlives it
+    still fills the cache for the next run."""
+    cmd = [sys.executable, "-m", "evalfleet.backends.fused", json.dumps(asdict(shapes)), str(dtype).split(".")[-1],
+           str(marker)]
+    code = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": "1"}).wait()
+    if code:
+        log.info("compiling the fused kernels apart failed (exit %s); compiling them here", code)
+    return _compile(shapes, dtype, device)
 
 
 @torch.inference_mode()  # as batches run: without autograd
@@ -195,22 +200,18 @@ def _compile(shapes: Shapes, dtype: torch.dtype, device: str) -> Kernels | None:
                 torch.compile(_rotary_rows),  # the token dimension is marked dynamic at each call
                 torch.compile(_rotary_vision))
     try:  # a failure must happen here, not in a batch
-        for b, t in ((2, 3), (2, 1), (1, 3)):  # prompts and decode steps: sizes of 1 are compiled apart
-            x = torch.randn(b, t, 64, device=device, dtype=dtype)
-            k.rms(x, torch.nn.Parameter(torch.ones(64, device=device, dtype=dtype), requires_grad=False),
-                  shapes.eps)
-            k.silu_mul(x, x.clone())
+        x = torch.randn(2, 3, 64, device=device, dtype=dtype)
+        k.rms(x, torch.nn.Parameter(torch.ones(64, device=device, dtype=dtype), requires_grad=False), shapes.eps)
+        k.silu_mul(x, x.clone())
     except Exception as err:  # Inductor/Triton missing or broken: keep transformers' kernels
         log.warning("fused kernels unavailable (%s: %s); using transformers' own", type(err).__name__, err)
         return None
     try:  # the shapes of this model's attentions; shapes guessed wrong are compiled again in the warm-up
-        for n in (5, 1):
-            rows = [torch.randn(n, h, shapes.head_dim, device=device, dtype=dtype)
-                    for h in (shapes.heads, shapes.kv_heads)]
-            rows += [torch.randn(n, shapes.head_dim, device=device, dtype=dtype) for _ in range(2)]
-            for t in rows:
-                torch._dynamo.maybe_mark_dynamic(t, 0)
-            k.rotary_rows(*rows)
+        rows = [torch.randn(5, h, shapes.head_dim, device=device, dtype=dtype) for h in (shapes.heads, shapes.kv_heads)]
+        rows += [torch.randn(5, shapes.head_dim, device=device, dtype=dtype) for _ in range(2)]
+        for t in rows:
+            torch._dynamo.maybe_mark_dynamic(t, 0)
+        k.rotary_rows(*rows)
         if shapes.vision_heads:
             qk = [torch.randn(5, shapes.vision_heads, shapes.vision_dim, device=device, dtype=dtype) for _ in range(2)]
             cs = [torch.randn(5, shapes.vision_dim, device=device) for _ in range(2)]  # fp32 cos, sin
@@ -308,6 +309,9 @@ def _warm_up(model: Any, silu_mul: Any, intermediate: int) -> None:
         torch.cuda.empty_cache()
 
 
-if __name__ == "__main__":  # `_compile_apart`'s child: fill the compile cache, exit 0 if the kernels compiled
+if __name__ == "__main__":  # `_compile_apart`'s child: fill the compile cache, then mark it filled
     torch._inductor.config.emulate_precision_casts = True
-    sys.exit(0 if _compile(Shapes(**json.loads(sys.argv[1])), getattr(torch, sys.argv[2]), "cuda:0") else 1)
+    if _compile(Shapes(**json.loads(sys.argv[1])), getattr(torch, sys.argv[2]), "cuda:0") is None:
+        sys.exit(1)
+    Path(sys.argv[3]).parent.mkdir(parents=True, exist_ok=True)
+    Path(sys.argv[3]).touch()
