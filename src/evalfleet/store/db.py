@@ -129,12 +129,10 @@ class Store:
         """Store samples in dataset order (`positions`: their places in the whole dataset, for a shard)."""
         shared: dict[int, str] = {}  # a dataset's samples share one context (system prompt, few-shot turns) list
 
-        def context(s: Sample) -> str:
-            if (text := shared.get(id(s.context))) is None:
-                text = shared[id(s.context)] = json.dumps(s.context)
-            return text
+        def context(s: Sample) -> str:  # JSON text, never empty
+            return shared.get(id(s.context)) or shared.setdefault(id(s.context), json.dumps(s.context))
 
-        with bulk_objects():  # 100k tuples of fresh strings
+        with bulk_objects():
             rows = [
                 (s.dataset, s.id, i, s.question, s.prompt, json.dumps(s.answers) if s.answers else "[]", s.source,
                  s.error, json.dumps(s.metadata) if s.metadata else "{}", context(s),
