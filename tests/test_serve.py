@@ -83,3 +83,20 @@ def test_run_with_serve_and_nothing_served_starts_its_own_workers(tmp_path, smol
     answers, pids = _answers(cfg, console)
     assert len(answers) == 2 and len(pids) == 1
     assert "no free replica of this stage's model (weights, dtype, engine) is served" in " ".join(console.file.getvalue().split())
+
+
+def test_serve_reports_every_input_problem_at_once(tmp_path):
+    """As `evalfleet run` does: a model path that does not exist and a dataset with no reference answers (metrics
+    need them), both in one message, exit 2, nothing started or registered."""
+    rows = tmp_path / "noanswers.jsonl"
+    rows.write_text('{"id": "a", "question": "What is 2 + 2?"}\n')
+    cfg = _config(tmp_path, tmp_path / "no-such-model", "out")
+    cfg["datasets"] = [{"name": "quiz", "path": str(rows)}]
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([sys.executable, "-m", "evalfleet.cli", "serve", str(path)], capture_output=True, text=True,
+                          timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "no-such-model" in out and "no row has a reference answer" in out, out
+    assert not list(registered(tmp_path / "serve"))

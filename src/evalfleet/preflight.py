@@ -156,9 +156,14 @@ def model_path_problem(path: str) -> str | None:
     return None
 
 
-def check_model_path(path: str) -> None:
-    if why := model_path_problem(path):
-        raise UserError(why)
+def checked_datasets(cfg: RunConfig) -> Datasets:
+    """The run's datasets, read; every input problem at once (`input_problems`) as a UserError, before anything is
+    loaded, deleted or written."""
+    data = read_datasets(cfg)
+    if problems := input_problems(cfg, data):
+        also = [f"dataset {name} cannot be read: {why}" for name, why in data.failed.items()]
+        raise UserError("nothing was run; fix these first:\n  " + "\n  ".join(problems + also))
+    return data
 
 
 def input_problems(cfg: RunConfig, data: Datasets) -> list[str]:

@@ -35,8 +35,7 @@ from evalfleet.plan.stage import make_plan, stage_gpus
 from evalfleet.preflight import (
     Datasets,
     check_output_dir,
-    input_problems,
-    read_datasets,
+    checked_datasets,
     refusals,
     refuse_fresh_while_live,
 )
@@ -74,10 +73,7 @@ def run(
         prewarmed = prewarm(cfg)  # the first stage's workers import while the datasets are read and checked
         try:
             t0 = time.perf_counter()
-            data = read_datasets(cfg)  # every input problem at once, before anything is deleted or written
-            if problems := input_problems(cfg, data):
-                also = [f"dataset {name} cannot be read: {why}" for name, why in data.failed.items()]
-                raise UserError("nothing was run; fix these first:\n  " + "\n  ".join(problems + also))
+            data = checked_datasets(cfg)  # every input problem at once, before anything is deleted or written
             startup["datasets"] = round(time.perf_counter() - t0, 3)
             if fresh and run_dir.exists():
                 refuse_fresh_while_live(run_dir, cfg.lease_seconds)

@@ -18,7 +18,7 @@ from evalfleet.config import ModelConfig, RunConfig
 from evalfleet.engine.served import registered, serve_dir, serve_replica
 from evalfleet.errors import RunError, UserError
 from evalfleet.plan.stage import make_plan, stage_gpus
-from evalfleet.preflight import check_model_path, read_datasets
+from evalfleet.preflight import checked_datasets
 from evalfleet.stopping import Stopped, stop_on_signals
 
 STOP_WAIT_S = 30.0
@@ -32,14 +32,13 @@ def serve(cfg: RunConfig, idle_s: float, note: Callable[[str], None], stage_name
     stage = stages[index]
     if stage.model.backend == "openai":
         raise UserError(f"stage {stage.name}: an openai backend's model is served by its endpoints; nothing to load")
-    check_model_path(stage.model.path)
+    data = checked_datasets(cfg)  # for the plan's batch size and memory estimate, as `evalfleet run` chooses them
     folder = serve_dir(cfg.cluster.serve_dir)
     model_json = stage.model.model_dump_json()
     key = stage.model.load_key()
     if same := [r for _, r in registered(folder) if ModelConfig.model_validate_json(r.model).load_key() == key]:
         raise UserError(f"this model is served already in {folder} (pids {', '.join(str(r.pid) for r in same)}); "
                         "`evalfleet serve --stop` stops it")
-    data = read_datasets(cfg)  # the plan's batch size and memory estimate, as `evalfleet run` would choose them
     chosen, lines = make_plan(cfg, stage.model, [s for v in data.samples.values() for s in v],
                               gpus=stage_gpus(cfg)[index])
     for line in lines:
