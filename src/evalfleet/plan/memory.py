@@ -46,17 +46,20 @@ class ModelEstimate:
         return self.kv_bytes_per_token * self.tokens_per_sample + self.activation_bytes_per_sample
 
 
-def _safetensors_params(folder: Path) -> int | None:
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        return None
-    total = 0
-    for f in files:
+def safetensors_headers(folder: Path) -> list[bytes]:
+    """The JSON header of each `.safetensors` file in `folder`, in name order (tensor names, shapes, dtypes,
+    offsets: what the weights are, without reading them)."""
+    headers = []
+    for f in sorted(folder.glob("*.safetensors")):
         with f.open("rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
-        total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
-    return total
+            headers.append(fh.read(n))
+    return headers
+
+
+def _safetensors_params(folder: Path) -> int | None:
+    headers = [json.loads(h) for h in safetensors_headers(folder)]
+    return sum(math.prod(t["shape"]) for h in headers for k, t in h.items() if k != "__metadata__") if headers else None
 
 
 def _params_from_config(text: dict[str, Any], hidden: int, inter: int, vocab: int) -> int:

@@ -8,7 +8,6 @@ import hashlib
 import json
 import socket
 import sqlite3
-import struct
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from evalfleet.config import RunConfig
+from evalfleet.plan.memory import safetensors_headers
 from evalfleet.store import Store
 
 
@@ -67,13 +67,8 @@ def _model_hashes(path: str) -> dict[str, str]:
     index = sorted(folder.glob("*.safetensors.index.json"))
     if index:
         out["weights_index_sha256"] = hashlib.sha256(index[0].read_bytes()).hexdigest()
-    elif files := sorted(folder.glob("*.safetensors")):
-        h = hashlib.sha256()
-        for f in files:
-            with f.open("rb") as fh:
-                (n,) = struct.unpack("<Q", fh.read(8))
-                h.update(fh.read(n))
-        out["weights_index_sha256"] = h.hexdigest()
+    elif headers := safetensors_headers(folder):
+        out["weights_index_sha256"] = hashlib.sha256(b"".join(headers)).hexdigest()
     return out
 
 
