@@ -158,26 +158,32 @@ def compare_all(run_a: Path, run_b: Path, *, metrics: list[str] | None = None, s
     a_flat, b_flat = (flat_settings(c.model_dump(mode="json", exclude={"name"})) for c in (cfg_a, cfg_b))
     diff = [f"{k}: {a_flat.get(k)!r} -> {b_flat.get(k)!r}" for k in sorted(a_flat.keys() | b_flat.keys())
             if a_flat.get(k) != b_flat.get(k)]
-    return [_compare(sa, sb, cfg_a, m, seed, diff) for m in metrics or common]
+    groups = {name: _groups(rows, getattr(cfg_a, "group_by", [])) for name, rows in sa["_rows"].items()}
+    return [_compare(sa, sb, cfg_a, m, seed, diff, groups) for m in metrics or common]
 
 
-def _compare(sa: dict[str, Any], sb: dict[str, Any], cfg_a: Any, metric: str, seed: int, diff: list[str]
-             ) -> Comparison:
+def _groups(rows: list[dict[str, Any]], columns: list[str]) -> list[tuple[str, set[str]]]:
+    """("answer_type=closed", its sample ids), ... for each `group_by` column's values, in order."""
+    out = []
+    for column in columns:
+        ids_by_value: dict[str, set[str]] = {}
+        for r in rows:
+            ids_by_value.setdefault(group_value(r, column), set()).add(r["id"])
+        out += [(f"{column}={value}", ids) for value, ids in sorted(ids_by_value.items())]
+    return out
+
+
+def _compare(sa: dict[str, Any], sb: dict[str, Any], cfg_a: Any, metric: str, seed: int, diff: list[str],
+             groups: dict[str, list[tuple[str, set[str]]]]) -> Comparison:
     parse = next((s.parse for s in cfg_a.pipeline() if s.name == metric), None) if metric in sa["judges"] else None
     threshold = pass_mark(parse)
     a, b = _scores(sa, metric), _scores(sb, metric)
     out = []
     for name in [n for n in a if n in b]:
         out.append(_dataset(name, a[name], b[name], threshold, seed))
-        rows = sa["_rows"].get(name, [])
-        for column in getattr(cfg_a, "group_by", []):  # a row per value, e.g. answer_type=closed
-            ids_by_value: dict[str, set[str]] = {}
-            for r in rows:
-                ids_by_value.setdefault(group_value(r, column), set()).add(r["id"])
-            for value, ids in sorted(ids_by_value.items()):
-                out.append(replace(_dataset(f"{name} {column}={value}", {i: v for i, v in a[name].items() if i in ids},
-                                            {i: v for i, v in b[name].items() if i in ids}, threshold, seed),
-                                   group=f"{column}={value}"))
+        for group, ids in groups.get(name, []):  # a row per value, e.g. answer_type=closed
+            out.append(replace(_dataset(f"{name} {group}", {i: v for i, v in a[name].items() if i in ids},
+                                        {i: v for i, v in b[name].items() if i in ids}, threshold, seed), group=group))
     only = sorted(set(a) ^ set(b))
     return Comparison(str(sa["run"]), str(sb["run"]), metric, threshold, out, only, diff)
 
