@@ -213,3 +213,25 @@ def test_prewarmed_processes_become_the_plans_workers_and_the_rest_exit(tmp_path
     proc.join(30)
     spare.join(60)
     assert proc.exitcode == 0 and spare.exitcode == 0
+
+
+def test_forked_workers_get_the_environment_the_driver_has_now(tmp_path, monkeypatch):
+    """Workers fork from a server started earlier (`launcher.worker_context`); they run in the driver's current
+    environment all the same, as spawned processes did (a key set in a notebook after the first run)."""
+    import os
+
+    from evalfleet.engine.launcher import in_environment, worker_context
+
+    ctx = worker_context(heavy=False)
+    first = ctx.Process(target=os.system, args=("true",))  # the server is running from here on
+    first.start()
+    first.join()
+    monkeypatch.setenv("EVALFLEET_PROBE", "set after the server started")
+    out = tmp_path / "env"
+    for target, args, want in ((in_environment, (dict(os.environ), os.system, f'echo "[$EVALFLEET_PROBE]" > {out}'),
+                                "[set after the server started]"),
+                               (os.system, (f'echo "[$EVALFLEET_PROBE]" > {out}',), "[]")):  # the server's own
+        proc = ctx.Process(target=target, args=args)
+        proc.start()
+        proc.join()
+        assert out.read_text().strip() == want

@@ -10,8 +10,10 @@ import secrets
 import subprocess
 import time
 from multiprocessing.connection import Connection, Listener
+from collections.abc import Callable
 from typing import Any, Protocol
 
+from evalfleet.config import ModelConfig
 from evalfleet.engine.messages import Session, Stop
 from evalfleet.engine.worker import worker_main
 from evalfleet.errors import UserError
@@ -77,17 +79,39 @@ def release(kept: list[Kept]) -> None:
     kept.clear()
 
 
-class LocalLauncher:
-    """Workers as spawned processes of this driver, each with a private pipe."""
+HEAVY = ("torch", "transformers.modeling_utils")
+"""What loading a transformers or diffusers model imports first (5-14 s)."""
 
-    def __init__(self) -> None:
-        self.ctx = mp.get_context("spawn")
+
+def worker_context(heavy: bool) -> Any:
+    """Worker processes are forked from multiprocessing's fork server, which imports evalfleet's worker and, if
+    `heavy`, torch and transformers once, when it starts: a judge stage's workers, a replaced worker, a second
+    CPU worker or the next run in the same Python process start in a fraction of a second instead of importing
+    them again. The server holds no thread, CUDA context or open store, so forking it is safe; a forked process
+    starts as a spawned one does, with the environment given by `in_environment`. (The preload is set by the
+    first caller: a server started for an API backend's workers preloads no torch.)"""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["evalfleet.engine.worker", *(HEAVY if heavy else ())])
+    return ctx
+
+
+def in_environment(env: dict[str, str], target: Callable[..., None], *args: Any) -> None:
+    """`target(*args)` in the environment the driver had when it started this process (a process forked from the
+    fork server inherits the server's, which may be older: a test's or a notebook's later settings)."""
+    os.environ.clear()
+    os.environ.update(env)
+    target(*args)
+
+
+class LocalLauncher:
+    """Workers as processes of this driver (`worker_context`), each with a private pipe."""
 
     def start(self, spec: WorkerSpec, model_json: str, batch_size: int, output_dir: str
               ) -> tuple[WorkerProcess, Connection]:
-        parent, child = self.ctx.Pipe()
-        proc = self.ctx.Process(target=worker_main, args=(child, spec, model_json, batch_size, output_dir),
-                                name=f"evalfleet-{spec.name}", daemon=True)
+        ctx = worker_context(heavy=ModelConfig.model_validate_json(model_json).backend in ("transformers", "diffusers"))
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=in_environment, name=f"evalfleet-{spec.name}", daemon=True,
+                           args=(dict(os.environ), worker_main, child, spec, model_json, batch_size, output_dir))
         proc.start()
         child.close()
         return proc, parent

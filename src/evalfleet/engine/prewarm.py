@@ -9,12 +9,13 @@ once its spec arrives.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import threading
 import time
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
-from evalfleet.engine.launcher import LocalLauncher, WorkerProcess
+from evalfleet.engine.launcher import LocalLauncher, WorkerProcess, in_environment, worker_context
 from evalfleet.engine.messages import Heartbeat
 from evalfleet.engine.replica import die_with_parent
 from evalfleet.engine.worker import HEARTBEAT_S, worker_main
@@ -61,20 +62,35 @@ class Prewarmed:
     """A launcher that hands out the processes it spawned at once, then spawns as `LocalLauncher` does."""
 
     def __init__(self, n: int, heavy: bool) -> None:
-        ctx = mp.get_context("spawn")
         self.spare: list[tuple[mp.Process, Connection]] = []
+        self.closed = False
+        self.lock = threading.Lock()  # `close` and the spawning thread
+        self.fallback = LocalLauncher()
+        # Started from a thread: the first start waits for the fork server's imports, which the driver's reading of
+        # the datasets and planning overlap.
+        self.spawning = threading.Thread(target=self._spawn, args=(n, heavy), name="evalfleet-prewarm", daemon=True)
+        self.spawning.start()
+
+    def _spawn(self, n: int, heavy: bool) -> None:
+        ctx = worker_context(heavy)
+        env = dict(os.environ)
         for i in range(n):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=prewarmed_main, args=(child, heavy), name=f"evalfleet-prewarmed-{i}",
-                               daemon=True)
+            proc = ctx.Process(target=in_environment, args=(env, prewarmed_main, child, heavy),
+                               name=f"evalfleet-prewarmed-{i}", daemon=True)
             proc.spawned_at = time.time()  # type: ignore[attr-defined]  # its process start counts from here
             proc.start()
             child.close()
-            self.spare.append((proc, parent))
-        self.fallback = LocalLauncher()
+            with self.lock:
+                if not self.closed:
+                    self.spare.append((proc, parent))
+                    continue
+            parent.send(None)  # the run ended (refused) meanwhile
+            parent.close()
 
     def start(self, spec: WorkerSpec, model_json: str, batch_size: int, output_dir: str
               ) -> tuple[WorkerProcess, Connection]:
+        self.spawning.join()
         while self.spare:
             proc, conn = self.spare.pop(0)
             try:
@@ -86,13 +102,14 @@ class Prewarmed:
 
     def close(self) -> None:
         """Tell the processes no replica needed to exit (each does once its imports are done; not waited for)."""
-        for _, conn in self.spare:
+        with self.lock:
+            self.closed, spare, self.spare = True, self.spare, []
+        for _, conn in spare:
             try:
                 conn.send(None)
             except OSError:
                 pass
             conn.close()
-        self.spare = []
 
 
 def prewarm(cfg: RunConfig) -> Prewarmed | None:
