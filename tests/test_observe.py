@@ -143,7 +143,8 @@ def test_startup_breakdown_from_command_to_first_result(judged_run):
             assert set(phases) == {"process start", "attach"} and load_s == 0
             continue
         assert set(phases) == set(WORKER_PHASES) - {"CUDA init", "attach"}  # a CPU worker initialises no CUDA
-        assert phases["imports"] > 0.1 and phases["weights"] > 0 and phases["process start"] > 0.05
+        # imports: measured, near 0 where the fork server imported torch and transformers for an earlier run
+        assert phases["imports"] >= 0 and phases["weights"] > 0 and phases["process start"] > 0
         worker_side = sum(v for k, v in phases.items() if k != "process start")
         assert worker_side <= load_s + 0.01  # the phases split the load the worker reported
         assert startup["first result"] >= load_s  # a result comes once the replica is ready

@@ -195,6 +195,7 @@ def test_prewarmed_processes_become_the_plans_workers_and_the_rest_exit(tmp_path
     from evalfleet.records import Sample, WorkerSpec
 
     launcher = Prewarmed(2, heavy=True)
+    launcher.spawning.join()  # started from a thread (the fork server's imports overlap the driver's work)
     (first, _), (spare, _) = launcher.spare
     model = ModelConfig(path=str(smollm2), dtype="float32", generation={"max_new_tokens": 4}).model_dump_json()
     proc, conn = launcher.start(WorkerSpec("cpu0", (), 1), model, 2, str(tmp_path))
