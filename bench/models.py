@@ -13,11 +13,13 @@ QWEN25_SHAPES = {
     "7b": (3584, 18944, 28, 28, 4),
     "14b": (5120, 13824, 48, 40, 8),
     "tiny": (128, 256, 2, 2, 1),  # for a dry run of the scripts on a CPU
+    "7b-4l": (3584, 18944, 4, 28, 4),  # 7B's layers, 4 of them: start-up costs per kernel, not per layer
 }
 QWEN25_VL_VISION = {
     # depth, hidden, intermediate, heads (as Qwen2.5-VL-7B's vision tower)
     "7b": (32, 1280, 3420, 16),
     "tiny": (2, 64, 128, 1),
+    "7b-4l": (8, 1280, 3420, 16),
 }
 
 

@@ -3,7 +3,9 @@ GPU compiles exactly these functions, so a wrong formula shows up here, not only
 
 from __future__ import annotations
 
+import pytest
 import torch
+from tiny_models import VLM_ARCHS, build_tiny_qwen2vl
 from transformers import LlamaConfig
 from transformers.models.llama import modeling_llama
 
@@ -74,3 +76,38 @@ def test_vision_rotary_equals_transformers_on_strided_heads_in_bf16():
     for a, b in zip(ours, expected):
         assert a.dtype == torch.bfloat16
         torch.testing.assert_close(a, b, atol=0.0, rtol=0.0)
+
+
+@pytest.mark.parametrize("arch", VLM_ARCHS)
+def test_a_run_compiles_no_kernel_variant_that_was_not_compiled_ahead(arch, tmp_path, monkeypatch):
+    """A fresh replica's first VLM job met 9 kernel variants that were not compiled yet and spent seconds on them
+    (bench/first_job.py). Here the kernels go through torch.compile with its eager backend, whose guards, and so
+    whose recompiles, are the inductor backend's: after the ahead compile and the load's warm-up, a continuous run
+    with slots refilled must compile nothing, and answer as unfused."""
+    import sys
+    from concurrent.futures import Future
+
+    from conftest import loaded_backend
+    from test_continuous_vlm import requests
+
+    from evalfleet.backends import fused
+
+    def answers() -> list[tuple[str, int]]:  # 3 slots, refilled as rows end
+        return [(g.text, g.n_tokens) for g in b.stream(3, None).run(b.prepare(requests()))]
+
+    path = build_tiny_qwen2vl(tmp_path / arch, arch=arch)
+    b = loaded_backend(path, "continuous", 8)  # on the CPU: transformers' own forwards
+    unfused = answers()
+    for module in {sys.modules[type(m).__module__] for m in b.model.modules()}:  # patched by an earlier test
+        for name in ("apply_rotary_pos_emb", "apply_rotary_pos_emb_vision"):
+            if hasattr(fn := getattr(module, name, None), "original"):
+                monkeypatch.setattr(module, name, fn.original)
+    torch._dynamo.reset()
+    try:
+        compiled: Future = Future()
+        compiled.set_result(fused._compile(fused.Shapes.of(b.model.config), torch.float32, "cpu", backend="eager"))
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            assert fused.fuse_elementwise(b.model, compiled) > 0
+            assert answers() == unfused
+    finally:
+        torch._dynamo.reset()

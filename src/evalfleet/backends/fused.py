@@ -119,7 +119,8 @@ class Kernels:
 
 @dataclass(frozen=True)
 class Shapes:
-    """What the kernels are compiled for: the model's heads, head dim and norm epsilon (0 heads: no vision tower)."""
+    """What the kernels are compiled for: the model's heads, head dim and norm epsilon (0 heads: no vision tower),
+    and the widths its RMSNorms normalise (their weights are parameters, whose sizes torch.compile keeps static)."""
 
     eps: float
     heads: int
@@ -127,18 +128,25 @@ class Shapes:
     head_dim: int
     vision_heads: int = 0
     vision_dim: int = 0
+    norm_widths: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, config: Any) -> Shapes:
         text = getattr(config, "text_config", None) or config
         heads = getattr(text, "num_attention_heads", None) or 1
         head_dim = getattr(text, "head_dim", None) or (getattr(text, "hidden_size", None) or heads) // heads
+        widths = [getattr(text, "hidden_size", None)]
+        if str(getattr(text, "model_type", "")).startswith("qwen3"):
+            widths.append(head_dim)  # Qwen3's query and key norms
         v_heads = v_dim = 0
         if vision := getattr(config, "vision_config", None):
             v_heads = getattr(vision, "num_heads", None) or 0
-            v_dim = (getattr(vision, "hidden_size", None) or getattr(vision, "embed_dim", 0)) // max(1, v_heads)
+            v_width = getattr(vision, "hidden_size", None) or getattr(vision, "embed_dim", 0)
+            v_dim = v_width // max(1, v_heads)
+            widths.append(v_width)
         return cls(float(getattr(text, "rms_norm_eps", 1e-6)), heads,
-                   getattr(text, "num_key_value_heads", None) or heads, head_dim, v_heads, v_dim)
+                   getattr(text, "num_key_value_heads", None) or heads, head_dim, v_heads, v_dim,
+                   tuple(sorted({w for w in widths if w})))
 
 
 class Compiling(NamedTuple):
@@ -194,33 +202,60 @@ def _compile_apart(shapes: Shapes, dtype: torch.dtype, device: str, marker: Path
     return _compile(shapes, dtype, device)
 
 
+ROWS = 5
+"""The row count each kernel is compiled for ahead: one variant serves every count but 1, which torch.compile
+specialises. A decode step one slot wide (an engine of one slot: others decode at least `SMALLEST_WIDTH` wide) or
+a one-token prompt compiles it when met: every variant compiled ahead is loaded from the cache at every start (9
+variants and the warm-up took 6.7 s of a VLM's start, `bench/cold_start.py`)."""
+
+
 @torch.inference_mode()  # as batches run: without autograd
-def _compile(shapes: Shapes, dtype: torch.dtype, device: str) -> Kernels | None:
-    k = Kernels(torch.compile(_rms_norm, dynamic=True), torch.compile(_silu_mul, dynamic=True),
-                torch.compile(_rotary_rows),  # the token dimension is marked dynamic at each call
-                torch.compile(_rotary_vision))
+def _compile(shapes: Shapes, dtype: torch.dtype, device: str, backend: str = "inductor") -> Kernels | None:
+    """The kernels, compiled ahead for every variant a model of `shapes` calls (`_ahead`): a first batch that met
+    a variant not compiled yet spent seconds compiling it (`bench/first_job.py`: 9 variants, 5 s of a VLM's first
+    451 samples)."""
+    k = Kernels(torch.compile(_rms_norm, dynamic=True, backend=backend),
+                torch.compile(_silu_mul, dynamic=True, backend=backend),
+                torch.compile(_rotary_rows, backend=backend),  # the token dimension is marked dynamic at each call
+                torch.compile(_rotary_vision, backend=backend))
     try:  # a failure must happen here, not in a batch
-        x = torch.randn(2, 3, 64, device=device, dtype=dtype)
-        k.rms(x, torch.nn.Parameter(torch.ones(64, device=device, dtype=dtype), requires_grad=False), shapes.eps)
+        x = torch.randn(2, 64, device=device, dtype=dtype)
         k.silu_mul(x, x.clone())
     except Exception as err:  # Inductor/Triton missing or broken: keep transformers' kernels
         log.warning("fused kernels unavailable (%s: %s); using transformers' own", type(err).__name__, err)
         return None
-    try:  # the shapes of this model's attentions; shapes guessed wrong are compiled again in the warm-up
-        rows = [torch.randn(5, h, shapes.head_dim, device=device, dtype=dtype) for h in (shapes.heads, shapes.kv_heads)]
-        rows += [torch.randn(5, shapes.head_dim, device=device, dtype=dtype) for _ in range(2)]
-        for t in rows:
-            torch._dynamo.maybe_mark_dynamic(t, 0)
-        k.rotary_rows(*rows)
-        if shapes.vision_heads:
-            qk = [torch.randn(5, shapes.vision_heads, shapes.vision_dim, device=device, dtype=dtype) for _ in range(2)]
-            cs = [torch.randn(5, shapes.vision_dim, device=device) for _ in range(2)]  # fp32 cos, sin
-            for t in qk + cs:
-                torch._dynamo.maybe_mark_dynamic(t, 0)
-            k.rotary_vision(*qk, *cs)
+    try:
+        for fn, args in _ahead(shapes, dtype, device):
+            getattr(k, fn)(*args)
     except Exception as err:  # not an architecture these fit: the warm-up compiles what the model calls
-        log.info("fused rotary not compiled ahead (%s: %s)", type(err).__name__, err)
+        log.info("fused kernels not all compiled ahead (%s: %s)", type(err).__name__, err)
     return k
+
+
+def _ahead(shapes: Shapes, dtype: torch.dtype, device: str) -> list[tuple[str, tuple]]:
+    """The calls that compile each variant: the patched modules call the kernels on token rows, [rows, width]
+    (`_by_rows`), or [rows, heads, head dim] for the rotary ones."""
+
+    def rand(*size: int, dt: torch.dtype = dtype) -> torch.Tensor:
+        return torch.randn(*size, device=device, dtype=dt)
+
+    with torch.inference_mode(False):  # like the model's weights: tensors made outside inference mode,
+        weights = {w: torch.nn.Parameter(rand(w), requires_grad=False) for w in shapes.norm_widths}  # no gradient
+    calls: list[tuple[str, tuple]] = []
+    n = ROWS
+    for width, weight in weights.items():  # (`fuse_elementwise` takes the model's weights' gradients off)
+        calls.append(("rms", (rand(n, width), weight, shapes.eps)))
+    calls.append(("silu_mul", (rand(n, 64), rand(n, 64))))
+    qk = [rand(n, h, shapes.head_dim) for h in (shapes.heads, shapes.kv_heads)]
+    calls.append(("rotary_rows", (*qk, rand(n, shapes.head_dim), rand(n, shapes.head_dim))))
+    if shapes.vision_heads:  # q, k: views of one qkv projection
+        qk = rand(n, 3, shapes.vision_heads, shapes.vision_dim).permute(1, 0, 2, 3).unbind(0)[:2]
+        calls.append(("rotary_vision", (*qk, *(rand(n, shapes.vision_dim, dt=torch.float32) for _ in range(2)))))
+    for _, args in calls:
+        if args[0].dim() == 3:  # the rotary kernels are compiled with static sizes but for the token count
+            for t in args:
+                torch._dynamo.maybe_mark_dynamic(t, 0)
+    return calls
 
 
 def fuse_when_ready(model: Any, kernels: Future[Kernels | None]) -> Callable[[], bool]:
@@ -252,6 +287,7 @@ def fuse_elementwise(model: Any, kernels: Future[Kernels | None] | None = None) 
     if k is None:
         return 0
     t1 = time.perf_counter()
+    model.requires_grad_(False)  # as the kernels were compiled (a gradient flag is part of their guards)
     rms, silu_mul, rotary_rows, rotary_vision = k.rms, k.silu_mul, k.rotary_rows, k.rotary_vision
     n = 0
     big_mlp = 0
@@ -266,10 +302,10 @@ def fuse_elementwise(model: Any, kernels: Future[Kernels | None] | None = None) 
                                                                         rotary_vision)
             n += 1
         if kind in RMS_NORMS:
-            module.forward = lambda x, m=module: rms(x, m.weight, m.variance_epsilon)
+            module.forward = lambda x, m=module: _by_rows(rms, x, m.weight, m.variance_epsilon)
             n += 1
         elif kind in GATED_MLPS and type(module.act_fn).__name__ in ("SiLU", "SiLUActivation"):
-            module.forward = lambda x, m=module: m.down_proj(silu_mul(m.gate_proj(x), m.up_proj(x)))
+            module.forward = lambda x, m=module: m.down_proj(_by_rows(silu_mul, m.gate_proj(x), m.up_proj(x)))
             big_mlp = max(big_mlp, module.gate_proj.out_features)
             n += 1
     if n:
@@ -277,6 +313,14 @@ def fuse_elementwise(model: Any, kernels: Future[Kernels | None] | None = None) 
     log.info("fused kernels: %d modules; waited %.2f s for the compiled kernels, warm-up %.2f s", n, t1 - t0,
              time.perf_counter() - t1)
     return n
+
+
+def _by_rows(kernel: Any, x: torch.Tensor, *args: Any) -> torch.Tensor:
+    """`kernel` over token rows: x [..., width] (and a second input of its shape, or a weight) as [rows, width].
+    One compiled variant then serves a vision tower's [patches, width], a packed prefill's [1, tokens, width], a
+    decode step's [slots, 1, width] and Qwen3's query norm [slots, 1, heads, head dim] alike."""
+    rows = [a.reshape(-1, a.shape[-1]) if isinstance(a, torch.Tensor) and a.shape == x.shape else a for a in args]
+    return kernel(x.reshape(-1, x.shape[-1]), *rows).view(x.shape)
 
 
 @torch.inference_mode()
@@ -300,8 +344,8 @@ def _warm_up(model: Any, silu_mul: Any, intermediate: int) -> None:
     on_gpu = model.device.type == "cuda"
     if on_gpu and intermediate and torch.cuda.mem_get_info(model.device)[0] > 4 * rows * intermediate * 2:
         try:  # two tensors: the kernel compiled for one tensor passed twice would not serve gate and up
-            gate, up = (torch.empty(2, rows // 2 + 1, intermediate, device=model.device, dtype=model.dtype)
-                        for _ in range(2))  # [B, T, I]
+            gate, up = (torch.empty(rows, intermediate, device=model.device, dtype=model.dtype)
+                        for _ in range(2))  # [rows, I], as `_by_rows` passes them
             silu_mul(gate, up)
             del gate, up
         except torch.cuda.OutOfMemoryError:
@@ -311,7 +355,9 @@ def _warm_up(model: Any, silu_mul: Any, intermediate: int) -> None:
 
 if __name__ == "__main__":  # `_compile_apart`'s child: fill the compile cache, then mark it filled
     torch._inductor.config.emulate_precision_casts = True
-    if _compile(Shapes(**json.loads(sys.argv[1])), getattr(torch, sys.argv[2]), "cuda:0") is None:
+    fields = json.loads(sys.argv[1])
+    fields["norm_widths"] = tuple(fields["norm_widths"])
+    if _compile(Shapes(**fields), getattr(torch, sys.argv[2]), "cuda:0") is None:
         sys.exit(1)
     Path(sys.argv[3]).parent.mkdir(parents=True, exist_ok=True)
     Path(sys.argv[3]).touch()

@@ -196,7 +196,7 @@ class TransformersBackend(Backend):
             if self.engine == "continuous":  # one request per sample, unpadded, with its own images
                 dtype = getattr(torch, self.cfg.resolved_dtype(on_gpu=self.n_gpus > 0))
                 rows = split_batch(inputs, [len(r.images) for r in requests], self.image_token_id, dtype,
-                                   pin=self.n_gpus > 0, model=self.model)  # the model: once loaded
+                                   model=self.model)  # the model: once loaded
                 inputs = [Row(None, ids, r.seed, media) for (ids, media), r in zip(rows, requests)]
         else:
             templated = bool(self.tokenizer.chat_template)

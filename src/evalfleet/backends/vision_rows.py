@@ -34,11 +34,15 @@ def rope_index(model: Any, ids: torch.Tensor, types: torch.Tensor, grids: torch.
 
 
 def split_batch(inputs: Any, images_per_row: list[int], image_token_id: int | None, dtype: torch.dtype,
-                pin: bool, model: Any = None) -> list[tuple[list[int], dict]]:
+                model: Any = None) -> list[tuple[list[int], dict]]:
     """A processor's left-padded batch -> per request (unpadded token ids, media): its images' patches (in the
-    model's `dtype`, in pinned memory if `pin`, for an asynchronous copy), their grids and the token types of its
-    ids (1 for image tokens); given the loaded `model`, also its rotary positions and offset, so that the engine's
-    prefill does not compute them between decode steps (~6 % of a VLM's run, `bench/vlm_profile.py`)."""
+    model's `dtype`), their grids and the token types of its ids (1 for image tokens); given the loaded `model`,
+    also its rotary positions and offset, so that the engine's prefill does not compute them between decode steps
+    (~6 % of a VLM's run, `bench/vlm_profile.py`).
+
+    The patches stay in pageable memory: pinning each sample's (~2.4 MB at 448x448) made a fresh replica's first
+    451 samples take 11.0 s in the processor against 1.6-2.6 s in later runs, and 3.4 s then 1.1 s unpinned, while
+    the prefills took as long from pageable memory (`bench/first_job.py`, bench/RESULTS.md)."""
     mask = inputs["attention_mask"].bool()
     grids = inputs.get("image_grid_thw")
     patches = grids.prod(-1).tolist() if grids is not None else []
@@ -59,7 +63,7 @@ def split_batch(inputs: Any, images_per_row: list[int], image_token_id: int | No
             n_patches = sum(patches[image : image + n_images])
             media["image_grid_thw"] = grids[image : image + n_images]
             pixels = inputs["pixel_values"][patch : patch + n_patches].to(dtype)
-            media["pixel_values"] = pixels.pin_memory() if pin else pixels
+            media["pixel_values"] = pixels
             image, patch = image + n_images, patch + n_patches
         rows.append((ids.tolist(), media))
     return rows
