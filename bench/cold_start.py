@@ -59,16 +59,15 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench"))
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
-    from models import qwen25_vl
-
     import torch
+    from models import qwen25_vl
 
     GPU = torch.cuda.is_available()
     path = qwen25_vl(args.work, args.shape)
     for case, cache in (("cold", "a"), ("cold-idle", "b"), ("warm", "a")):
         folder = args.work / f"inductor-{cache}"
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(folder)}
-        out = subprocess.run([sys.executable, "-c", CASE, str(path), case, str(folder)], env=env,
+        out = subprocess.run([sys.executable, "-c", CASE, str(path), case, str(folder)], env=env, check=False,
                              capture_output=True, text=True, cwd=Path(__file__).parents[1])
         last = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-2000:]
         print(case, last, flush=True)

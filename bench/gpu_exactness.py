@@ -108,13 +108,13 @@ def run_variant(name: str, dtype: str, folder: Path, out: Path) -> None:
             first.append(gen.logits[0].float().cpu())
     else:
         import evalfleet.backends.transformers_backend as tb
-        from evalfleet.backends import fused
+        from evalfleet.backends import kernels
         from evalfleet.config import ModelConfig
 
         if name == "unfused":
             tb.fuse_elementwise = lambda model, kernels=None: 0
         if name == "sabotaged":
-            fused._rotate_half = lambda x: torch.cat((x[..., x.shape[-1] // 2:], -x[..., : x.shape[-1] // 2]), -1)
+            kernels.rotate_half = lambda x: torch.cat((x[..., x.shape[-1] // 2:], -x[..., : x.shape[-1] // 2]), -1)
         backend = tb.TransformersBackend(ModelConfig(path=str(folder), dtype=dtype, engine="static",
                                                      generation={"max_new_tokens": NEW_TOKENS}), 1)
         backend.load()

@@ -73,7 +73,7 @@ def test_fused_kernels_switched_in_mid_run_keep_the_answers(smollm2, reference):
 
     from transformers.models.llama import modeling_llama
 
-    from evalfleet.backends import fused
+    from evalfleet.backends import fused, kernels
 
     requests, expected = reference
     b = backend(smollm2, "continuous", new_tokens=20)
@@ -89,8 +89,8 @@ def test_fused_kernels_switched_in_mid_run_keep_the_answers(smollm2, reference):
             if switched_at is None and answers:  # mid-run: some rows done, others decoding, more waiting
                 assert len(answers) < len(requests)
                 stale = stream.engine.graphs.graphs[3] = object()  # stands for a step captured unfused
-                compiled.set_result(fused.Kernels(fused._rms_norm, fused._silu_mul, fused._rotary_rows,
-                                                  fused._rotary_vision))
+                compiled.set_result(kernels.Kernels(kernels.rms_norm, kernels.silu_mul, kernels.rotary_rows,
+                                                    kernels.rotary_vision))
                 switched_at = len(answers)
             answers.update(stream.step())
             if switched_at is not None:

@@ -1,4 +1,4 @@
-"""The fused kernels' maths (backends/fused.py) against transformers' own modules, in eager mode on the CPU: the
+"""The fused kernels' maths (backends/kernels.py) against transformers' own modules, in eager mode on the CPU: the
 GPU compiles exactly these functions, so a wrong formula shows up here, not only on a GPU."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from tiny_models import VLM_ARCHS, build_tiny_qwen2vl
 from transformers import LlamaConfig
 from transformers.models.llama import modeling_llama
 
-from evalfleet.backends.fused import _fused_rotary, _rms_norm, _rotary_rows, _silu_mul
+from evalfleet.backends.fused import _fused_rotary
+from evalfleet.backends.kernels import rms_norm, rotary_rows, silu_mul
 
 
 def config() -> LlamaConfig:
@@ -25,7 +26,7 @@ def test_rms_norm_equals_transformers_in_fp32_and_bf16():
     for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 0.0)):
         x = (torch.randn(3, 7, 64) * 3).to(dtype)
         n = norm.to(dtype)
-        ours = _rms_norm(x, n.weight, n.variance_epsilon)
+        ours = rms_norm(x, n.weight, n.variance_epsilon)
         assert ours.dtype == dtype
         torch.testing.assert_close(ours, n(x), atol=tol, rtol=tol)
 
@@ -34,7 +35,7 @@ def test_silu_gate_equals_the_mlp_of_transformers():
     torch.manual_seed(0)
     mlp = modeling_llama.LlamaMLP(config())
     x = torch.randn(2, 5, 64)
-    ours = mlp.down_proj(_silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
+    ours = mlp.down_proj(silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
     torch.testing.assert_close(ours, mlp(x), atol=1e-6, rtol=1e-6)
 
 
@@ -49,7 +50,7 @@ def test_rotary_rows_equal_apply_rotary_pos_emb_with_positions_per_row():
     q, k = q_proj.transpose(1, 2), k_proj.transpose(1, 2)
     positions = torch.stack([torch.arange(t) + offset for offset in (0, 5, 11)])  # left padding: rows differ
     cos, sin = rope(q, positions)
-    fused = _fused_rotary(modeling_llama.apply_rotary_pos_emb, _rotary_rows)
+    fused = _fused_rotary(modeling_llama.apply_rotary_pos_emb, rotary_rows)
     want = modeling_llama.apply_rotary_pos_emb(q, k, cos, sin)
     got = fused(q, k, cos, sin)
     for g, w in zip(got, want):
@@ -64,7 +65,7 @@ def test_vision_rotary_equals_transformers_on_strided_heads_in_bf16():
     """Qwen2-VL's vision rotary (q, k as strided views of one qkv projection, as its attention makes them)."""
     from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl
 
-    from evalfleet.backends.fused import _rotary_vision
+    from evalfleet.backends.kernels import rotary_vision
 
     torch.manual_seed(0)
     qkv = torch.randn(37, 3, 4, 16).to(torch.bfloat16)  # [N, 3, H, D]
@@ -72,7 +73,7 @@ def test_vision_rotary_equals_transformers_on_strided_heads_in_bf16():
     freqs = torch.randn(37, 8)
     emb = torch.cat((freqs, freqs), dim=-1)
     expected = modeling_qwen2_5_vl.apply_rotary_pos_emb_vision(q, k, emb.cos(), emb.sin())
-    ours = _rotary_vision(q, k, emb.cos(), emb.sin())
+    ours = rotary_vision(q, k, emb.cos(), emb.sin())
     for a, b in zip(ours, expected):
         assert a.dtype == torch.bfloat16
         torch.testing.assert_close(a, b, atol=0.0, rtol=0.0)
@@ -90,7 +91,7 @@ def test_a_run_compiles_no_kernel_variant_that_was_not_compiled_ahead(arch, tmp_
     from conftest import loaded_backend
     from test_continuous_vlm import requests
 
-    from evalfleet.backends import fused
+    from evalfleet.backends import fused, kernels
 
     def answers() -> list[tuple[str, int]]:  # 3 slots, refilled as rows end
         return [(g.text, g.n_tokens) for g in b.stream(3, None).run(b.prepare(requests()))]
@@ -105,7 +106,7 @@ def test_a_run_compiles_no_kernel_variant_that_was_not_compiled_ahead(arch, tmp_
     torch._dynamo.reset()
     try:
         compiled: Future = Future()
-        compiled.set_result(fused._compile(fused.Shapes.of(b.model.config), torch.float32, "cpu", backend="eager"))
+        compiled.set_result(kernels._compile(kernels.Shapes.of(b.model.config), torch.float32, "cpu", backend="eager"))
         with torch._dynamo.config.patch(error_on_recompile=True):
             assert fused.fuse_elementwise(b.model, compiled) > 0
             assert answers() == unfused
