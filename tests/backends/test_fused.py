@@ -112,3 +112,21 @@ def test_a_run_compiles_no_kernel_variant_that_was_not_compiled_ahead(arch, tmp_
             assert answers() == unfused
     finally:
         torch._dynamo.reset()
+
+
+def test_a_first_compile_on_a_machine_starts_once_the_replica_is_set_up(monkeypatch, tmp_path):
+    """A process compiling beside a replica's first forwards slowed them (bench/cold_start.py): on a machine that
+    never compiled the kernels, the compiling process waits for the backend's signal (here the process is replaced
+    by a recorder: what is tested is when it starts)."""
+    import threading
+
+    from evalfleet.backends import kernels
+
+    started = threading.Event()
+    monkeypatch.setattr(kernels, "_marker", lambda shapes, dtype: tmp_path / "never-compiled.done")
+    monkeypatch.setattr(kernels, "_compile_apart", lambda *args: started.set())
+    compiling = kernels.compile_kernels(config(), torch.float32, "cpu")
+    assert not compiling.cached
+    assert not started.wait(0.5) and not compiling.kernels.done()
+    compiling.start.set()
+    assert compiling.kernels.result(timeout=30) is None and started.is_set()

@@ -100,16 +100,25 @@ class Compiling(NamedTuple):
     kernels: Future[Kernels | None]
     cached: bool
     """Compiled before on this machine (its marker is in the compile cache): ready in about a second."""
+    start: threading.Event
+    """Not compiled before: the compiling process starts once this is set (the replica's engine is set up, or it
+    waits for the kernels), or after `START_WITHIN` seconds."""
+
+
+START_WITHIN = 120.0
+"""Seconds a compile on a machine that never compiled the kernels waits for its replica to be set up: a process
+compiling beside a replica's first forwards slowed them (`bench/cold_start.py`: the engine's set-up took 6.3 s
+with the child starting beside it, 3.8 s after it)."""
 
 
 def compile_kernels(config: Any, dtype: torch.dtype, device: str = "cuda") -> Compiling:
     """Start compiling the fused kernels for the shapes of the model `config` describes, beside the tokenizer and
     the weights (`bench/startup.py`). The result is None where compiling fails (e.g. no Triton).
 
-    Compiled before (torch.compile's cache, in evalfleet's cache folder): in a thread, about a second. Never
-    compiled here: first in a process of its own (~10 s for a 7B's kernels, which in a thread held the
-    interpreter's lock so often that the load and the first steps beside it ran ~3 x slower), then in a thread
-    from the cache that process filled."""
+    Compiled before (torch.compile's cache, in evalfleet's cache folder): in a thread, a few seconds. Never
+    compiled here: once `start` is set, first in a process of its own (~10 s for a 7B's kernels, which in a
+    thread held the interpreter's lock so often that the load and the first steps beside it ran ~3 x slower),
+    then in a thread from the cache that process filled."""
     # Round where eager rounds (each bf16/fp16 intermediate), not once at the end: the fused kernels then give
     # transformers' own numbers (bench/gpu_exactness.py: "unfused vs engine"), at no cost to a memory-bound kernel.
     torch._inductor.config.emulate_precision_casts = True
@@ -117,9 +126,12 @@ def compile_kernels(config: Any, dtype: torch.dtype, device: str = "cuda") -> Co
     marker = _marker(shapes, dtype)
     cached = marker.exists()
     future: Future[Kernels | None] = Future()
+    start = threading.Event()
 
     def work() -> None:
         try:
+            if not cached:
+                start.wait(START_WITHIN)
             kernels = _compile(shapes, dtype, device) if cached else _compile_apart(shapes, dtype, device, marker)
             future.set_result(kernels)
         except BaseException as err:  # noqa: BLE001  # the waiting side sees it
@@ -127,7 +139,7 @@ def compile_kernels(config: Any, dtype: torch.dtype, device: str = "cuda") -> Co
 
     # A daemon thread: a process that ends before the kernels are ready (a short run) does not wait for them.
     threading.Thread(target=work, name="evalfleet-compile", daemon=True).start()
-    return Compiling(future, cached)
+    return Compiling(future, cached, start)
 
 
 def _marker(shapes: Shapes, dtype: torch.dtype) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -19,7 +20,8 @@ from transformers import (
 from evalfleet.backends.attention import use_decode_attention, use_packed_vision_attention
 from evalfleet.backends.base import Backend, Generation, Prepared, Request, free_memory, is_out_of_memory
 from evalfleet.backends.continuous import ContinuousEngine, Row, TokenStream
-from evalfleet.backends.fused import compile_kernels, fuse_elementwise, fuse_when_ready
+from evalfleet.backends.fused import fuse_elementwise, fuse_when_ready
+from evalfleet.backends.kernels import compile_kernels
 from evalfleet.backends.processors import without_video_processor
 from evalfleet.backends.sampling import Sampler
 from evalfleet.backends.slot_cache import SLOT_ATTENTION
@@ -63,9 +65,10 @@ class TransformersBackend(Backend):
         trust = cfg.trust_remote_code
         config = AutoConfig.from_pretrained(cfg.path, trust_remote_code=trust)
         self.kernels, self.kernels_cached = None, False  # compiled while the tokenizer and the weights load
+        self.set_up = threading.Event()  # lets a first compile on this machine start (`kernels.compile_kernels`)
         if n_gpus and torch.cuda.is_available():
-            self.kernels, self.kernels_cached = compile_kernels(config, getattr(torch, cfg.resolved_dtype(on_gpu=True)),
-                                                                "cuda:0")
+            self.kernels, self.kernels_cached, self.set_up = compile_kernels(
+                config, getattr(torch, cfg.resolved_dtype(on_gpu=True)), "cuda:0")
         self.vision = is_vision_model(config)
         self.rope_index = has_rope_index(config)
         self.image_token_id = getattr(config, "image_token_id", None)
@@ -120,8 +123,9 @@ class TransformersBackend(Backend):
         use_decode_attention(self.model)
         if self.vision:
             use_packed_vision_attention(self.model)
-        if self.kernels is None or self.kernels_cached or self.engine == "static":  # about a second from the
-            fuse_elementwise(self.model, self.kernels)  # cache (the static engine captures its graphs once): wait
+        if self.kernels is None or self.kernels_cached or self.engine == "static":  # seconds from the cache
+            self.set_up.set()  # (the static engine captures its graphs once): wait
+            fuse_elementwise(self.model, self.kernels)
         else:  # never compiled here: no batch waits for it; the kernels are switched in between steps once compiled
             self.kernels_changed = fuse_when_ready(self.model, self.kernels)  # (now, if they are: before a capture)
             self.kernels_changed()
@@ -153,6 +157,7 @@ class TransformersBackend(Backend):
                 engine = ContinuousEngine(self.model, slots=slots, length=longest + gen.max_new_tokens,
                                           max_new_tokens=gen.max_new_tokens, eos_ids=self.eos_ids, sampler=sampler,
                                           cuda_graphs=self.n_gpus > 0)
+                self.set_up.set()  # its first steps captured: a first compile on this machine may start now
                 return TokenStream(engine, self._decode, self.kernels_changed)
             except Exception as err:
                 if not is_out_of_memory(err) or slots == 1:
@@ -225,6 +230,7 @@ class TransformersBackend(Backend):
                 self.streamed = self.stream(len(prepared.inputs), prepared)
             assert self.streamed is not None
             return self.streamed.run(prepared)
+        self.set_up.set()  # the model's first forwards are done (or about to be): a first compile may start
         self.kernels_changed()  # (the continuous engine checks between its steps)
         inputs = prepared.inputs.to(self.model.device)
         pad = self.tokenizer.pad_token_id
