@@ -37,7 +37,6 @@ VISION_ATTENTIONS = {"VisionAttention", "Qwen2_5_VLVisionAttention", "Qwen3VLVis
 """Their modules' `apply_rotary_pos_emb_vision` (q, k [N, H, D] in fp32, cast back) is Qwen2-VL's."""
 
 
-
 def _fused_rotary(original: Any, rows: Any) -> Any:
     """`apply_rotary_pos_emb(q, k, cos, sin)` computed in the projections' memory order [B, T, H, D], token rows
     flattened so that only the token count is dynamic: a kernel compiled over the transposed [B, H, T, D] views
@@ -59,7 +58,6 @@ def _fused_rotary(original: Any, rows: Any) -> Any:
     return apply_rotary_pos_emb
 
 
-
 def _fused_vision_rotary(original: Any, rows: Any) -> Any:
     def apply_rotary_pos_emb_vision(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
                                     sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,7 +69,6 @@ def _fused_vision_rotary(original: Any, rows: Any) -> Any:
 
     apply_rotary_pos_emb_vision.original = original  # type: ignore[attr-defined]
     return apply_rotary_pos_emb_vision
-
 
 
 def fuse_when_ready(model: Any, kernels: Future[Kernels | None]) -> Callable[[], bool]:

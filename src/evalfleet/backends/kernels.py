@@ -45,13 +45,11 @@ def rotary_rows(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.
     return q * c + rotate_half(q) * s, k * c + rotate_half(k) * s
 
 
-
 def rotary_vision(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Vision towers' rotary embedding: q, k [N, H, D], cos, sin [N, D], computed in fp32 and cast back."""
     c, s = cos[:, None].float(), sin[:, None].float()
     qf, kf = q.float(), k.float()
     return (qf * c + rotate_half(qf) * s).to(q.dtype), (kf * c + rotate_half(kf) * s).to(k.dtype)
-
 
 
 @dataclass
@@ -99,7 +97,7 @@ class Shapes:
 class Compiling(NamedTuple):
     kernels: Future[Kernels | None]
     cached: bool
-    """Compiled before on this machine (its marker is in the compile cache): ready in about a second."""
+    """Compiled before on this machine (its marker is in the compile cache): loaded from it in a few seconds."""
     start: threading.Event
     """Not compiled before: the compiling process starts once this is set (the replica's engine is set up, or it
     waits for the kernels), or after `START_WITHIN` seconds."""
@@ -215,7 +213,6 @@ def _ahead(shapes: Shapes, dtype: torch.dtype, device: str) -> list[tuple[str, t
             for t in args:
                 torch._dynamo.maybe_mark_dynamic(t, 0)
     return calls
-
 
 
 if __name__ == "__main__":  # `_compile_apart`'s child: fill the compile cache, then mark it filled
