@@ -2,8 +2,9 @@
 phase of a cold first run took ~7 s against 0.4 s warm. One process per case, on a VLM with Qwen2.5-VL-7B's
 layer shapes (4 text and 8 vision layers: the costs are per kernel, not per layer):
 
-  cold       a fresh compile cache: the kernels compile in a child process while the engine is set up unfused
-  cold-idle  a fresh compile cache, but the engine set up only once that child has finished
+  cold       a fresh compile cache: the engine is set up unfused (the kernels compile in a child process after it)
+  cold, modules loaded eagerly  as cold, with CUDA_MODULE_LOADING=EAGER (each library's kernels loaded at its start,
+             not at each kernel's first launch)
   warm       the cache of `cold`: the kernels come from it and the load's warm-up runs the first forwards
 
 Each prints the load's phases, the engine's set-up (`stream`) and its decode steps there (first ones, capture).
@@ -42,14 +43,19 @@ ContinuousEngine._decode_step = timed_step
 t1 = time.perf_counter()
 b = backend(sys.argv[1], "continuous", 32, 256)
 t2 = time.perf_counter()
-while sys.argv[2] == "cold-idle" and torch.cuda.is_available() and not list(Path(sys.argv[3]).glob("evalfleet-fused-*.done")):
-    time.sleep(0.2)
 t3 = time.perf_counter()
-s = b.stream(256, None)
-sync()
+if sys.argv[4] == "profile":  # where the set-up's time goes, by function (cumulative)
+    import cProfile, pstats
+    with cProfile.Profile() as prof:
+        s = b.stream(256, None)
+        sync()
+    pstats.Stats(prof).sort_stats("cumulative").print_stats(40)
+else:
+    s = b.stream(256, None)
+    sync()
 t4 = time.perf_counter()
 print(json.dumps({"imports": round(t1 - t0, 2), "load": round(t2 - t1, 2), **b.startup,
-                  "waited for the child": round(t3 - t2, 2), "stream": round(t4 - t3, 2), "decode steps": steps}))
+                  "stream": round(t4 - t3, 2), "decode steps": steps}))
 """
 
 
@@ -57,6 +63,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="7b-4l", help="tiny: a dry run on the CPU")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench"))
+    ap.add_argument("--profile", action="store_true", help="print each case's set-up profile (cProfile)")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     import torch
@@ -64,13 +71,15 @@ def main() -> None:
 
     GPU = torch.cuda.is_available()
     path = qwen25_vl(args.work, args.shape)
-    for case, cache in (("cold", "a"), ("cold-idle", "b"), ("warm", "a")):
+    for case, cache, more in (("cold", "a", {}), ("cold, modules loaded eagerly", "b", {"CUDA_MODULE_LOADING": "EAGER"}),
+                              ("warm", "a", {})):
         folder = args.work / f"inductor-{cache}"
-        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(folder)}
-        out = subprocess.run([sys.executable, "-c", CASE, str(path), case, str(folder)], env=env, check=False,
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(folder), **more}
+        out = subprocess.run([sys.executable, "-c", CASE, str(path), case, str(folder),
+                              "profile" if args.profile else "-"], env=env, check=False,
                              capture_output=True, text=True, cwd=Path(__file__).parents[1])
-        last = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-2000:]
-        print(case, last, flush=True)
+        lines = out.stdout.strip().splitlines()
+        print(case, "\n".join(lines if args.profile else lines[-1:]) if lines else out.stderr[-2000:], flush=True)
         while case == "cold" and GPU and not list(folder.glob("evalfleet-fused-*.done")):  # `warm` needs the child done
             time.sleep(0.5)
 
