@@ -65,7 +65,11 @@ class Sampler:
         return self.temperature == 0
 
     def compile(self) -> None:
-        """Fuse the threshold search's rounds into one kernel each (CUDA; left as is if compiling fails)."""
+        """Fuse the threshold search's rounds into one kernel each (CUDA; left as is if compiling fails). Only a
+        sampler that searches a threshold (top_p < 1) compiles: the first `torch.compile` of a process imports
+        inductor, ~3 s of a cold replica's engine set-up on an H200 host (`bench/cold_start.py --profile`)."""
+        if self.greedy or self.top_p >= 1:
+            return
         try:
             self.threshold = torch.compile(top_p_threshold, dynamic=True)
         except Exception:  # no compiler here: the eager search gives the same tokens
