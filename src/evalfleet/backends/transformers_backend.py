@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from typing import Any
 
 import torch
@@ -60,7 +61,8 @@ class TransformersBackend(Backend):
     """
 
     def __init__(self, cfg: ModelConfig, n_gpus: int, max_memory_per_gpu: int | None = None) -> None:
-        """Reads the config and the tokenizer (or processor): enough to `prepare`; `load` loads the weights."""
+        """Reads the config, and the tokenizer (or processor) in a thread: enough to `prepare`; `load` loads the
+        weights."""
         self.cfg, self.n_gpus, self.max_memory_per_gpu = cfg, n_gpus, max_memory_per_gpu
         trust = cfg.trust_remote_code
         config = AutoConfig.from_pretrained(cfg.path, trust_remote_code=trust)
@@ -75,14 +77,8 @@ class TransformersBackend(Backend):
         self.sliding = has_sliding_window(getattr(config, "text_config", config))
         if self.vision:
             without_video_processor()  # where torchvision cannot be imported: images only
-            self.processor = AutoProcessor.from_pretrained(cfg.path, trust_remote_code=trust)
-            self.tokenizer = self.processor.tokenizer
-        else:
-            self.processor = None
-            self.tokenizer = AutoTokenizer.from_pretrained(cfg.path, trust_remote_code=trust)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self._text: Future[tuple[Any, Any]] = Future()  # (processor, tokenizer), read in a thread: it overlaps
+        threading.Thread(target=self._load_text, name="tokenizer", daemon=True).start()  # the weights' loading
         self.engine = self._choose_engine(n_gpus)
         where = (f"CPU x{torch.get_num_threads()}" if n_gpus == 0
                  else torch.cuda.get_device_name(0) + (f" x{n_gpus}" if n_gpus > 1 else ""))
@@ -93,6 +89,22 @@ class TransformersBackend(Backend):
         self.eos_ids: set[int] = set()
         self.kernels_changed: Any = lambda: False
         """True once, when the fused kernels compiled during the load have been switched in."""
+
+    def _load_text(self) -> None:
+        try:
+            path, trust = self.cfg.path, self.cfg.trust_remote_code
+            processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust) if self.vision else None
+            tokenizer = processor.tokenizer if processor is not None else \
+                AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+            tokenizer.padding_side = "left"
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            self._text.set_result((processor, tokenizer))
+        except Exception as err:  # noqa: BLE001  # raised where the tokenizer is first used, and by `load`
+            self._text.set_exception(err)
+
+    processor = property(lambda self: self._text.result()[0], doc="The VLM's processor (None for text models).")
+    tokenizer = property(lambda self: self._text.result()[1])
 
     def load(self) -> None:
         """Load the weights (one GPU: all on it; several: accelerate's balanced device map, each GPU capped if
@@ -109,6 +121,7 @@ class TransformersBackend(Backend):
         t0 = time.perf_counter()
         model = model_cls.from_pretrained(cfg.path, dtype=dtype, device_map=device_map, max_memory=max_memory,
                                           trust_remote_code=cfg.trust_remote_code)
+        self.tokenizer  # noqa: B018  # read beside the weights; a tokenizer that failed to load raises here
         t1 = time.perf_counter()
         self.use_model(model)
         self.startup = {"weights": round(t1 - t0, 3), "kernels": round(time.perf_counter() - t1, 3)}
