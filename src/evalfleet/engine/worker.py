@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+import evalfleet.bytecode  # noqa: F401  # before torch and transformers, in the fork server and spawned workers
 from evalfleet.data.images import open_image
 from evalfleet.engine.messages import Fatal, FromWorker, Heartbeat, Ready, Results, Step, Stop, Unloaded, Work
 from evalfleet.engine.replica import limit_address_space, load_replica, setup_process
