@@ -13,7 +13,7 @@ from test_run import N_TEXT, TEXT_DATASET, alive, cli, predictions, result_count
 from evalfleet.run import run
 from evalfleet.store import Store
 
-SAMPLED = {"engine": "continuous", "batch_size": 3,
+SAMPLED = {"engine": "continuous", "batch_size": 8,
            "generation": {"max_new_tokens": 16, "temperature": 0.8, "top_p": 0.9}}
 
 
@@ -37,7 +37,7 @@ def test_two_workers_sample_the_same_answers(tmp_path, smollm2, one_worker):
     assert {r["worker"] for r in rows} == {"cpu0.0", "cpu1.0"}
     assert predictions(tmp_path / "t") == one_worker
     greedy = tmp_path / "greedy"
-    run(make_config(greedy, smollm2, TEXT_DATASET, model={"engine": "continuous", "batch_size": 3}),
+    run(make_config(greedy, smollm2, TEXT_DATASET, model={"engine": "continuous", "batch_size": 8}),
         console=quiet_console())
     assert predictions(greedy / "t") != one_worker  # sampling changed answers: the comparison above can fail
 
