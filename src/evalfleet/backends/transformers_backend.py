@@ -136,8 +136,9 @@ class TransformersBackend(Backend):
         use_decode_attention(self.model)
         if self.vision:
             use_packed_vision_attention(self.model)
-        if self.kernels is None or self.kernels_cached or self.engine == "static":  # seconds from the cache
-            self.set_up.set()  # (the static engine captures its graphs once): wait
+        if self.kernels is None or self.kernels_cached or self.engine == "static":
+            # Waited for: seconds from the cache, or a first compile, since the static engine captures its graphs once.
+            self.set_up.set()  # (a first compile waits for this event: nothing is left to overlap it with)
             fuse_elementwise(self.model, self.kernels)
         else:  # never compiled here: no batch waits for it; the kernels are switched in between steps once compiled
             self.kernels_changed = fuse_when_ready(self.model, self.kernels)  # (now, if they are: before a capture)

@@ -74,7 +74,7 @@ def prefill_inputs(model: Any, rows: list[Any], device: torch.device) -> tuple[t
     one's offset for the tokens it generates, and the forward's image inputs (none if no request has an image)."""
     media = [r.media or {} for r in rows]  # a request without media is text: token type 0 throughout
     with_images = [m for m in media if "image_grid_thw" in m]
-    extra = {k: torch.cat([m[k].to(device, non_blocking=True) for m in with_images]) for k in MEDIA_KEYS} \
+    extra = {k: torch.cat([m[k].to(device) for m in with_images]) for k in MEDIA_KEYS} \
         if with_images else {}
     if all("positions" in m for m in media):
         packed = torch.cat([m["positions"] for m in media], dim=1)[:, None].to(device)
