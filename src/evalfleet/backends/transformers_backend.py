@@ -75,8 +75,6 @@ class TransformersBackend(Backend):
         self.rope_index = has_rope_index(config)
         self.image_token_id = getattr(config, "image_token_id", None)
         self.sliding = has_sliding_window(getattr(config, "text_config", config))
-        if self.vision:
-            without_video_processor()  # where torchvision cannot be imported: images only
         self._text: Future[tuple[Any, Any]] = Future()  # (processor, tokenizer), read in a thread: it overlaps
         threading.Thread(target=self._load_text, name="tokenizer", daemon=True).start()  # the weights' loading
         self.engine = self._choose_engine(n_gpus)
@@ -93,6 +91,8 @@ class TransformersBackend(Backend):
     def _load_text(self) -> None:
         try:
             path, trust = self.cfg.path, self.cfg.trust_remote_code
+            if self.vision:  # where torchvision cannot be imported: images only (its import takes a second or so,
+                without_video_processor()  # here beside the weights)
             processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust) if self.vision else None
             tokenizer = processor.tokenizer if processor is not None else \
                 AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
