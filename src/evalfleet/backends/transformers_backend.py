@@ -91,8 +91,8 @@ class TransformersBackend(Backend):
     def _load_text(self) -> None:
         try:
             path, trust = self.cfg.path, self.cfg.trust_remote_code
-            if self.vision:  # where torchvision cannot be imported: images only (its import takes a second or so,
-                without_video_processor()  # here beside the weights)
+            if self.vision:  # where torchvision cannot be imported: images only (it imports torchvision: here,
+                without_video_processor()  # beside the weights, not before them)
             processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust) if self.vision else None
             tokenizer = processor.tokenizer if processor is not None else \
                 AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
