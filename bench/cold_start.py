@@ -7,7 +7,10 @@ layer shapes (4 text and 8 vision layers: the costs are per kernel, not per laye
              not at each kernel's first launch)
   warm       the cache of `cold`: the kernels come from it and the load's warm-up runs the first forwards
 
-Each prints the load's phases, the engine's set-up (`stream`) and its decode steps there (first ones, capture).
+Each prints a worker's phases as `engine/replica.py` times them (the imports split into what the fork server
+preloads and evalfleet's own; the backend's construction, which is the `tokenizer` phase), the load's phases, the
+engine's set-up (`stream`) and its decode steps there (first ones, capture); --profile prints where the
+construction, the load and the set-up spend their time.
 
     PYTHONPATH=src python bench/cold_start.py [--work DIR]
 """
@@ -26,9 +29,13 @@ import json, sys, time
 from pathlib import Path
 t0 = time.perf_counter()
 sys.path.insert(0, "bench")
-import torch
-from continuous_vlm import backend
+import evalfleet.bytecode  # as the fork server: its bytecode cache first
+import torch, transformers.modeling_utils  # what the fork server preloads (launcher.HEAVY)
+t1 = time.perf_counter()
+from evalfleet.backends import make_backend  # the rest, imported by a worker in its `tokenizer` phase
 from evalfleet.backends.continuous import ContinuousEngine
+from evalfleet.config import ModelConfig
+t2 = time.perf_counter()
 sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
 steps = []
 step = ContinuousEngine._decode_step
@@ -40,22 +47,29 @@ def timed_step(self, w):  # synchronised, but not inside a capture
     sync() if not capturing else None
     steps.append(round(time.perf_counter() - t, 3))
 ContinuousEngine._decode_step = timed_step
-t1 = time.perf_counter()
-b = backend(sys.argv[1], "continuous", 32, 256)
-t2 = time.perf_counter()
-t3 = time.perf_counter()
-if sys.argv[4] == "profile":  # where the set-up's time goes, by function (cumulative)
-    import cProfile, pstats
-    with cProfile.Profile() as prof:
-        s = b.stream(256, None)
+profile = sys.argv[4] == "profile"
+def timed(what, fn):  # seconds of fn(), and where they go by function (cumulative) if asked
+    t = time.perf_counter()
+    if profile:
+        import cProfile, pstats
+        with cProfile.Profile() as prof:
+            out = fn()
+            sync()
+        print(f"--- {what}")
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
+    else:
+        out = fn()
         sync()
-    pstats.Stats(prof).sort_stats("cumulative").print_stats(40)
-else:
-    s = b.stream(256, None)
-    sync()
-t4 = time.perf_counter()
-print(json.dumps({"imports": round(t1 - t0, 2), "load": round(t2 - t1, 2), **b.startup,
-                  "stream": round(t4 - t3, 2), "decode steps": steps}))
+    return out, round(time.perf_counter() - t, 2)
+if torch.cuda.is_available():
+    torch.cuda.init()
+cfg = ModelConfig(path=sys.argv[1], engine="continuous", batch_size=256, generation={"max_new_tokens": 32})
+b, init = timed("backend construction", lambda: make_backend(cfg, int(torch.cuda.is_available())))
+_, load = timed("load", b.load)
+s, stream = timed("engine set-up", lambda: b.stream(256, None))
+print(json.dumps({"torch + transformers": round(t1 - t0, 2), "evalfleet modules": round(t2 - t1, 2),
+                  "construction (tokenizer phase)": init, "load": load, **b.startup, "stream": stream,
+                  "decode steps": steps}))
 """
 
 
@@ -63,7 +77,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="7b-4l", help="tiny: a dry run on the CPU")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench"))
-    ap.add_argument("--profile", action="store_true", help="print each case's set-up profile (cProfile)")
+    ap.add_argument("--profile", action="store_true", help="print each case's profiles (cProfile)")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     import torch

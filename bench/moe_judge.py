@@ -3,7 +3,8 @@ Qwen3-VL-30B-A3B-shaped random weights (48 layers of 128 experts, 8 per token; v
 on the GPU (no disk), judging image + answer pairs -> 64 tokens, no EOS.
 
   generate     --baseline-rows pairs through `model.generate` in batches of 16 (SDPA, transformers' kernels)
-  continuous   --rows pairs through the engine (--slots slots), evalfleet's kernels
+  continuous   --rows pairs through the engine (--slots slots), evalfleet's kernels, its experts forward
+               (`backends/experts.py`) and, for comparison, transformers' `grouped_mm` experts
 
 The processor's work is done before either is timed. The issue's target: continuous >= 5 x generate.
 
@@ -116,21 +117,30 @@ def main() -> None:
                             n_gpus=int(GPU))
     c.use_model(model)
     batches = [c.prepare(reqs[i : i + 256]) for i in range(0, args.rows, 256)]
+    text_config = model.config.text_config
+    experts = text_config._experts_implementation  # evalfleet's (backends/experts.py), where it applies
+    text_config._experts_implementation = "grouped_mm"  # transformers' own, as loaded: the same GEMMs, more glue
+    theirs_s, theirs_tokens, _ = continuous(model, batches, args.slots, 64)
+    text_config._experts_implementation = experts
     cont_s, tokens, captured = continuous(model, batches, args.slots, 64)
 
     base, cont = args.baseline_rows * 64 / base_s, tokens / cont_s
     prompt = sum(len(r.ids) for p in batches for r in p.inputs) / args.rows
     print(f"\n{torch.cuda.get_device_name() if GPU else 'CPU'}, Qwen3-VL-MoE {args.shape}-shaped, "
           f"{model.config.text_config.num_hidden_layers} text layers, {params:.1f}B parameters (built in {built:.0f} s); "
-          f"prompts of {prompt:.0f} tokens; experts: {model.config.text_config._experts_implementation}; "
+          f"prompts of {prompt:.0f} tokens; "
           f"decode step {'captured as a CUDA graph' if captured else 'eager'}\n")
     print("| engine | rows | samples/s | generated tok/s |\n|---|---|---|---|")
     print(f"| transformers generate, batches of 16 | {args.baseline_rows} | {base / 64:,.1f} | {base:,.0f} |")
-    print(f"| continuous, {args.slots} slots | {args.rows} | {cont / 64:,.1f} | {cont:,.0f} |")
+    theirs = theirs_tokens / theirs_s
+    print(f"| continuous, {args.slots} slots, transformers' grouped_mm experts | {args.rows} | {theirs / 64:,.1f} | "
+          f"{theirs:,.0f} |")
+    print(f"| continuous, {args.slots} slots, {experts} experts | {args.rows} | {cont / 64:,.1f} | {cont:,.0f} |")
     print(f"\ncontinuous / generate: {cont / base:.1f}x (target >= 5)")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "moe_judge.json").write_text(json.dumps({"generate": base, "continuous": cont}))
+        (args.out / "moe_judge.json").write_text(json.dumps({"generate": base, "continuous": cont,
+                                                              "continuous, transformers' experts": theirs}))
 
 
 if __name__ == "__main__":

@@ -107,8 +107,8 @@ def test_fused_kernels_switched_in_mid_run_keep_the_answers(smollm2, reference):
 
 
 def test_moe_refilled_slots_give_one_at_a_time_answers(tmp_path):
-    """A Qwen3-MoE (Qwen3-30B-A3B's architecture, tiny): its experts (transformers' grouped kernels) in the
-    engine's prefills and decode steps."""
+    """A Qwen3-MoE (Qwen3-30B-A3B's architecture, tiny): its experts (evalfleet's forward around transformers'
+    grouped GEMMs) in the engine's prefills and decode steps give the answers of transformers' own experts."""
     from conftest import spread_answer_lengths
     from tiny_models import build_tiny_moe
 
@@ -116,9 +116,11 @@ def test_moe_refilled_slots_give_one_at_a_time_answers(tmp_path):
     requests = [Request(q, [], 0) for q in QUESTIONS]
     spread_answer_lengths(path, requests, 16)
     ref = backend(path, "generate", new_tokens=16)
+    ref.model.config._experts_implementation = "grouped_mm"  # transformers' default, as loaded
     expected = [(g.text, g.n_tokens) for r in requests for g in ref.generate(ref.prepare([r]))]
     assert len({n for _, n in expected}) > 1
     b = backend(path, "continuous", new_tokens=16)
+    assert b.model.config._experts_implementation == "evalfleet"
     for slots in (3, 10):
         assert streamed(b, requests, slots) == expected, slots
 

@@ -20,6 +20,7 @@ from transformers import (
 
 from evalfleet.backends.attention import use_decode_attention, use_packed_vision_attention
 from evalfleet.backends.base import Backend, Generation, Prepared, Request, free_memory, is_out_of_memory
+from evalfleet.backends import experts
 from evalfleet.backends.continuous import ContinuousEngine, Row, TokenStream
 from evalfleet.backends.fused import fuse_elementwise, fuse_when_ready
 from evalfleet.backends.kernels import compile_kernels
@@ -121,7 +122,7 @@ class TransformersBackend(Backend):
         t0 = time.perf_counter()
         model = model_cls.from_pretrained(cfg.path, dtype=dtype, device_map=device_map, max_memory=max_memory,
                                           trust_remote_code=cfg.trust_remote_code)
-        self.tokenizer  # noqa: B018  # read beside the weights; a tokenizer that failed to load raises here
+        self._text.result()  # the tokenizer, read beside the weights: one that failed to load raises here
         t1 = time.perf_counter()
         self.use_model(model)
         self.startup = {"weights": round(t1 - t0, 3), "kernels": round(time.perf_counter() - t1, 3)}
@@ -134,6 +135,7 @@ class TransformersBackend(Backend):
         if self.engine == "continuous":
             self.model.set_attn_implementation(SLOT_ATTENTION)
         use_decode_attention(self.model)
+        experts.use(self.model)  # MoE layers: transformers' grouped GEMMs, less glue around them
         if self.vision:
             use_packed_vision_attention(self.model)
         if self.kernels is None or self.kernels_cached or self.engine == "static":

@@ -1,0 +1,39 @@
+"""evalfleet's MoE experts forward (CPU, fp32, a real Qwen3-MoE sparse block with random weights): the outputs of
+transformers' `grouped_mm` backend bit for bit, and of its reference loop within rounding."""
+
+import pytest
+import torch
+from transformers import Qwen3MoeConfig
+from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
+
+from evalfleet.backends.experts import experts_forward, supports
+
+
+@pytest.fixture(scope="module")
+def block():
+    config = Qwen3MoeConfig(hidden_size=64, intermediate_size=128, num_attention_heads=2, num_key_value_heads=1,
+                            head_dim=32, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32)
+    torch.manual_seed(0)
+    b = Qwen3MoeSparseMoeBlock(config).eval()
+    for p in b.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    return b
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 37, 256])
+def test_the_grouped_backends_outputs(block, tokens):
+    """One token touches 2 of the 8 experts (the rest get no rows); 256 touch all of them."""
+    assert supports(block.experts)
+    x = torch.randn(tokens, 64, generator=torch.Generator().manual_seed(tokens))
+    _, weights, index = block.gate(x)
+    config = block.experts.config
+    with torch.no_grad():
+        config._experts_implementation = "grouped_mm"
+        grouped = block.experts(x, index, weights)
+        config._experts_implementation = "eager"
+        loop = block.experts(x, index, weights)
+        ours = experts_forward(block.experts, x, index, weights)
+    config._experts_implementation = "grouped_mm"
+    assert torch.equal(ours, grouped)
+    torch.testing.assert_close(ours, loop, rtol=1e-4, atol=1e-4)  # the loop sums in another order
+    assert not torch.equal(ours, torch.zeros_like(ours))
