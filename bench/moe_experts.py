@@ -26,7 +26,7 @@ from decode_widths import width_table
 from transformers import AutoTokenizer, Qwen3MoeConfig, Qwen3MoeForCausalLM
 from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
 
-from evalfleet.backends.experts import experts_forward
+from evalfleet.backends.experts import LAYOUT, experts_forward, supports
 
 GPU = torch.cuda.is_available()
 DEV, DTYPE = ("cuda", torch.bfloat16) if GPU else ("cpu", torch.float32)
@@ -98,6 +98,9 @@ def experts_table(shape: str, n_layers: int, reps: int) -> dict[int, float]:
     per_expert = 3 * hidden * inter * blocks[0].experts.gate_up_proj.element_size()
     print(f"\n{torch.cuda.get_device_name() if GPU else 'CPU'}, Qwen3-MoE {shape}-shaped sparse block: {cfg.num_experts}"
           f" experts of {per_expert / 1e6:.1f} MB, {k} per token; {n_layers} blocks in turn, {DTYPE}\n")
+    e = blocks[0].experts
+    marks = {name: getattr(e, name, "unmarked") for name in LAYOUT}
+    print(f"transformers' marks of the experts module: {marks}; evalfleet's forward applies: {supports(e)}\n")
     print("| tokens | backend | ms a layer | experts touched | weights GB/s | TFLOP/s |\n|---|---|---|---|---|---|")
     grouped: dict[int, float] = {}
     with torch.inference_mode():

@@ -41,22 +41,32 @@ def experts_forward(self: Any, hidden_states: torch.Tensor, top_k_index: torch.T
     rows = hidden_states.index_select(0, order // k)
     out = mm(rows, self.gate_up_proj.transpose(-2, -1), offs=offsets)
     gate, up = out.chunk(2, dim=-1)
-    out = mm(F.silu(gate) * up, self.down_proj.transpose(-2, -1), offs=offsets)
+    out = mm(self.act_fn(gate) * up, self.down_proj.transpose(-2, -1), offs=offsets)
     back = torch.empty_like(out).index_copy_(0, order, out)  # token order: row t * k + j is token t's j-th expert
     return (back.view(tokens, k, hidden) * top_k_weights.unsqueeze(-1)).sum(dim=1).to(hidden_states.dtype)
 
 
+LAYOUT = {"has_gate": True, "is_concatenated": True, "is_transposed": False, "has_bias": False,
+          "has_post_expert_norm": False, "_is_expert_parallel": False}
+"""The experts layout this forward computes, as transformers' `use_experts_implementation` marks its modules; a
+transformers version that does not mark one of these knows only this value of it."""
+
+
 def supports(module: Any) -> bool:
-    """Whether `module` is an experts module this forward computes exactly as transformers' `grouped_mm` backend,
-    with grouped GEMMs for its weights (on a GPU: bf16, compute capability 8.0 or later)."""
-    weight = getattr(module, "gate_up_proj", None)
-    if _grouped_mm() is None or not isinstance(weight, torch.Tensor) or weight.is_cuda and (
-            weight.dtype != torch.bfloat16 or torch.cuda.get_device_capability(weight.device) < (8, 0)):
+    """Whether `module` is a transformers experts module of `LAYOUT` (gate_up_proj [E, 2I, H], down_proj [E, H, I],
+    the default gate), which this forward computes exactly as the `grouped_mm` backend, with grouped GEMMs for its
+    weights (on a GPU: bf16, compute capability 8.0 or later)."""
+    up, down = getattr(module, "gate_up_proj", None), getattr(module, "down_proj", None)
+    if (_grouped_mm() is None or not isinstance(up, torch.Tensor) or not isinstance(down, torch.Tensor)
+            or not hasattr(module, "config") or not callable(getattr(module, "act_fn", None))):
         return False
-    return (getattr(module, "has_gate", False) and not getattr(module, "has_bias", True)
-            and not getattr(module, "is_transposed", True) and getattr(module, "is_concatenated", False)
-            and not getattr(module, "has_post_expert_norm", True) and not getattr(module, "_is_expert_parallel", True)
-            and type(module)._apply_gate.__name__ == "_default_apply_gate")
+    if up.is_cuda and (up.dtype != torch.bfloat16 or torch.cuda.get_device_capability(up.device) < (8, 0)):
+        return False
+    gate = getattr(type(module), "_apply_gate", None)
+    return (all(getattr(module, name, value) == value for name, value in LAYOUT.items())
+            and (gate is None or gate.__name__ == "_default_apply_gate")
+            and up.dim() == down.dim() == 3 and up.shape[0] == down.shape[0] == getattr(module, "num_experts", -1)
+            and up.shape[1] == 2 * down.shape[2] and up.shape[2] == down.shape[1])
 
 
 def use(model: Any) -> int:
