@@ -37,3 +37,22 @@ def test_the_grouped_backends_outputs(block, tokens):
     assert torch.equal(ours, grouped)
     torch.testing.assert_close(ours, loop, rtol=1e-4, atol=1e-4)  # the loop sums in another order
     assert not torch.equal(ours, torch.zeros_like(ours))
+
+
+def test_only_the_layout_it_computes_is_switched(block):
+    """A transformers that does not mark an attribute (5.17: no `has_post_expert_norm`, `_is_expert_parallel`)
+    knew only its default; a module marked otherwise, or with weights of another layout, keeps its own forward."""
+    experts = block.experts
+    saved = {name: experts.__dict__.pop(name) for name in ("has_post_expert_norm", "_is_expert_parallel")}
+    try:
+        assert supports(experts)
+    finally:
+        experts.__dict__.update(saved)
+    for name, other in (("has_bias", True), ("is_transposed", True), ("has_gate", False)):
+        value = getattr(experts, name)
+        setattr(experts, name, other)
+        try:
+            assert not supports(experts), name
+        finally:
+            setattr(experts, name, value)
+    assert supports(experts)
