@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -69,6 +70,11 @@ def timed(fn, reps: int, graph: bool) -> float | None:
     return (time.perf_counter() - t0) / reps
 
 
+def call_all(calls: list) -> None:
+    for call in calls:
+        call()
+
+
 def sync() -> None:
     torch.cuda.synchronize() if GPU else None
 
@@ -111,16 +117,16 @@ def experts_table(shape: str, n_layers: int, reps: int) -> dict[int, float]:
             flop = 2 * t * k * 3 * hidden * inter
             cases = [(name, True) for name in ("grouped_mm", "batched_mm") if name == "grouped_mm" or
                      t * k * per_expert < 8e9] + [("eager", False), ("grouped GEMMs alone", True), ("evalfleet", True)]
+            layers = [(b.experts, x, idx, w) for b, (w, idx) in zip(blocks, routes)]
             for name, graph in cases:
                 if name == "evalfleet":
-                    fn = lambda: [experts_forward(b.experts, x, idx, w) for b, (w, idx) in zip(blocks, routes)]  # noqa: E731
+                    calls = [partial(experts_forward, *layer) for layer in layers]
                 elif name == "grouped GEMMs alone":
-                    calls = [gemms_only(b.experts, x, idx) for b, (_, idx) in zip(blocks, routes)]
-                    fn = lambda calls=calls: [c() for c in calls]  # noqa: E731
+                    calls = [gemms_only(e, x, idx) for e, x, idx, _ in layers]
                 else:
                     cfg._experts_implementation = name
-                    fn = lambda: [b.experts(x, idx, w) for b, (w, idx) in zip(blocks, routes)]  # noqa: E731
-                s = timed(fn, reps if name != "eager" else max(2, reps // 5), graph)
+                    calls = [partial(e, x, idx, w) for e, x, idx, w in layers]
+                s = timed(partial(call_all, calls), reps if name != "eager" else max(2, reps // 5), graph)
                 cfg._experts_implementation = "grouped_mm"
                 if s is None:
                     print(f"| {t} | {name} | not capturable | | | |")
@@ -129,18 +135,19 @@ def experts_table(shape: str, n_layers: int, reps: int) -> dict[int, float]:
                 grouped.setdefault(t, ms) if name == "evalfleet" else None
                 print(f"| {t} | {name} | {ms:.3f} | {touched:.0f} | {touched * per_expert / (ms / 1e3) / 1e9:,.0f} | "
                       f"{flop / (ms / 1e3) / 1e12:.1f} |")
-    del blocks
+    blocks.clear()
     torch.cuda.empty_cache() if GPU else None
     return grouped
 
 
 def step_table(shape: str, work: Path, grouped: dict[int, float], slots: int, steps: int) -> None:
     """The continuous engine's captured decode step on a Qwen3-MoE text model built in memory, at each width."""
+    from models import tiny_vlm
+
     from evalfleet.backends.continuous import ContinuousEngine
     from evalfleet.backends.sampling import Sampler
     from evalfleet.backends.transformers_backend import TransformersBackend
     from evalfleet.config import ModelConfig
-    from models import tiny_vlm
 
     cfg = config(shape)
     folder = work / f"qwen3-moe-{shape}-config"

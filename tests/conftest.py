@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +122,24 @@ def spread_answer_lengths(path: Path, requests: list[Any], new_tokens: int) -> N
     gen = GenerationConfig.from_pretrained(path)
     gen.eos_token_id = [b.tokenizer.eos_token_id, max(sorted({t for row in rows for t in row}), key=ends)]
     gen.save_pretrained(path)
+
+
+def cli(*args: str, cwd: Path | None = None) -> tuple[int, str]:
+    """`evalfleet ARGS` run in this process by typer's runner, as a shell would see it: the exit code, and the output
+    with the traceback of an exception that escaped (its workers come from this process's fork server, which has
+    torch imported: a run starts in a second, not the ~5 s of a fresh process's imports). The tests that need a
+    driver of its own (signals, kills, status from another process, the demo in test_claims) start one."""
+    from typer.testing import CliRunner
+
+    from evalfleet.cli import app
+
+    here = Path.cwd()
+    os.chdir(cwd or here)
+    try:
+        result = CliRunner().invoke(app, list(args), prog_name="evalfleet")
+    finally:
+        os.chdir(here)
+    out = result.output
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        out += "".join(traceback.format_exception(*result.exc_info))
+    return result.exit_code, out

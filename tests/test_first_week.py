@@ -10,18 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DEMO_QUESTIONS, make_config, quiet_console
+from conftest import DEMO_QUESTIONS, cli, make_config, quiet_console
 
 from evalfleet.errors import exception_text
 
 DEMO_IMAGE = Path(__import__("easy_vqa").get_test_image_paths()[0])
 TORCHVISION_USABLE = subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True).returncode == 0
-
-
-def cli(*args: str, cwd: Path | None = None) -> tuple[int, str]:
-    proc = subprocess.run([sys.executable, "-m", "evalfleet.cli", *args], capture_output=True, text=True, timeout=300,
-                          cwd=cwd)
-    return proc.returncode, proc.stdout + proc.stderr
 
 
 def write_config(path: Path, cfg) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import DEMO_QUESTIONS, quiet_console
+from conftest import DEMO_QUESTIONS, cli, quiet_console
 
 from evalfleet.config import parse_config
 from evalfleet.errors import UserError
@@ -84,7 +84,8 @@ def test_status_from_another_process_while_the_run_writes(tmp_path, smollm2):
     finally:
         proc.kill()
     # Resumed to the end: done, nothing remaining, ETA 0.
-    subprocess.run([sys.executable, "-m", "evalfleet.cli", "run", str(path)], check=True, capture_output=True)
+    code, out = cli("run", str(path))
+    assert code == 0, out
     st = read_status(run_dir)
     assert st.state == "done" and st.rows[0].state == "done" and st.rows[0].remaining == 0 and st.eta_s == 0
     console = quiet_console()

@@ -1,12 +1,10 @@
 """CLI overrides (`--batch-size` ...) are checked against the schema; a model setting reaches every stage's model."""
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_QUESTIONS
+from conftest import DEMO_QUESTIONS, cli
 
 from evalfleet.cli import OVERRIDE_OPTIONS
 from evalfleet.config import load_config
@@ -135,12 +133,10 @@ def test_the_config_files_own_errors_are_still_reported_as_such(tmp_path):
 
 def test_cli_refuses_a_bad_batch_size_naming_the_option(tmp_path):
     path = write(tmp_path, STAGES)
-    out = subprocess.run([sys.executable, "-m", "evalfleet.cli", "run", str(path), "--batch-size", "banana",
-                          "--out", str(tmp_path / "runs")], check=False, capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 2, out.stdout + out.stderr
-    assert "error: invalid --batch-size banana: Input should be a valid integer" in out.stdout
-    assert "model.path" not in out.stdout and "Traceback" not in out.stderr
+    code, out = cli("run", str(path), "--batch-size", "banana", "--out", str(tmp_path / "runs"))
+    assert code == 2, out
+    assert "error: invalid --batch-size banana: Input should be a valid integer" in out
+    assert "model.path" not in out and "Traceback" not in out
     assert not (tmp_path / "runs").exists()
 
 
@@ -152,13 +148,11 @@ def test_cli_batch_size_runs_every_stage_at_that_size(tmp_path, smollm2):
     text = (STAGES.replace("concurrent_stages: true", "workers: 1").replace("path: /models/a", model)
             .replace("path: /models/b, dtype: float32", model).replace("data/a.jsonl", "qa.jsonl"))
     path = write(tmp_path, text)
-    out = subprocess.run([sys.executable, "-m", "evalfleet.cli", "run", str(path), "--batch-size", "2",
-                          "--show-samples", "--out", str(tmp_path / "runs")], check=False, capture_output=True,
-                         text=True, timeout=280)
-    assert out.returncode == 0, out.stdout + out.stderr
-    batches = re.findall(r"\] batch of (\d+): mean", out.stdout)  # a line per batch that has a score
-    assert len(batches) >= 3 and set(batches) == {"2"}, out.stdout  # generate: 2 batches; judge: 1 or 2
-    assert "judge: 4/4 done" in out.stdout
+    code, out = cli("run", str(path), "--batch-size", "2", "--show-samples", "--out", str(tmp_path / "runs"))
+    assert code == 0, out
+    batches = re.findall(r"\] batch of (\d+): mean", out)  # a line per batch that has a score
+    assert len(batches) >= 3 and set(batches) == {"2"}, out  # generate: 2 batches; judge: 1 or 2
+    assert "judge: 4/4 done" in out
     store = Store.open_existing(tmp_path / "runs" / "s")
     try:
         stored = store.get_meta("config")
