@@ -3,10 +3,10 @@ transformers' `grouped_mm` backend bit for bit, and of its reference loop within
 
 import pytest
 import torch
-from transformers import Qwen3MoeConfig
+from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
 
-from evalfleet.backends.experts import experts_forward, supports
+from evalfleet.backends.experts import NAME, experts_forward, supports, use
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +56,17 @@ def test_only_the_layout_it_computes_is_switched(block):
         finally:
             setattr(experts, name, value)
     assert supports(experts)
+
+
+def test_a_config_is_switched_only_if_every_experts_module_under_it_is_supported():
+    """The forward is named in the config its experts modules share: one module it cannot compute keeps them all
+    on transformers' own."""
+    config = Qwen3MoeConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                            num_attention_heads=2, num_key_value_heads=1, head_dim=32, num_experts=8,
+                            num_experts_per_tok=2, moe_intermediate_size=32)
+    model = Qwen3MoeForCausalLM(config)
+    before = model.config._experts_implementation
+    model.model.layers[1].mlp.experts.has_bias = True
+    assert use(model) == 0 and model.config._experts_implementation == before
+    model.model.layers[1].mlp.experts.has_bias = False
+    assert use(model) == 2 and model.config._experts_implementation == NAME

@@ -71,15 +71,19 @@ def supports(module: Any) -> bool:
 
 
 def use(model: Any) -> int:
-    """Run the experts modules of `model` that `supports` through `experts_forward`; how many were switched."""
+    """Run the experts modules of `model` through `experts_forward` where every experts module that shares their
+    config (which names the forward) `supports` it; how many were switched."""
     try:
         from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
     except ImportError:  # a transformers without the experts interface: its own forward stays
         return 0
-    modules = [m for m in model.modules() if supports(m)]
-    if not modules:
-        return 0
-    ALL_EXPERTS_FUNCTIONS.register(NAME, experts_forward)
-    for m in modules:
-        m.config._experts_implementation = NAME
-    return len(modules)
+    by_config: dict[int, list[Any]] = {}
+    for m in model.modules():
+        if isinstance(getattr(m, "down_proj", None), torch.Tensor) and hasattr(m, "config"):
+            by_config.setdefault(id(m.config), []).append(m)
+    switched = [group for group in by_config.values() if all(map(supports, group))]
+    if switched:
+        ALL_EXPERTS_FUNCTIONS.register(NAME, experts_forward)
+    for group in switched:
+        group[0].config._experts_implementation = NAME
+    return sum(map(len, switched))

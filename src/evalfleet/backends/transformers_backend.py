@@ -18,9 +18,9 @@ from transformers import (
     BatchEncoding,
 )
 
+from evalfleet.backends import experts
 from evalfleet.backends.attention import use_decode_attention, use_packed_vision_attention
 from evalfleet.backends.base import Backend, Generation, Prepared, Request, free_memory, is_out_of_memory
-from evalfleet.backends import experts
 from evalfleet.backends.continuous import ContinuousEngine, Row, TokenStream
 from evalfleet.backends.fused import fuse_elementwise, fuse_when_ready
 from evalfleet.backends.kernels import compile_kernels
