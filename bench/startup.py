@@ -73,6 +73,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=None, help="default: 512 (text), 451 (vlm)")
     ap.add_argument("--batch", type=int, default=None, help="the script's batch size (default: 256 text, 16 vlm)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench"))
+    ap.add_argument("--runs-only", type=int, default=0, metavar="N",
+                    help="only N `evalfleet run`s (e.g. again after a code change, on caches the full bench filled)")
     args = ap.parse_args()
     n = args.rows or (512 if args.kind == "text" else 451)
     batch = args.batch or (256 if args.kind == "text" else 16)
@@ -81,6 +83,14 @@ def main() -> None:
     rows: list[tuple[str, float, str]] = []
     breakdown: list[list[str]] = []
 
+    if args.runs_only:
+        for i in range(args.runs_only):
+            r = evalfleet(args.work, f"startup-{args.kind}", model, data, new)
+            ready = replica_ready(args.work, f"startup-{args.kind}", f"run {i + 1}", breakdown)
+            print(f"| run {i + 1} | {r['command_s']:.1f} | replica ready {ready:.1f} s; generation "
+                  f"{r['generate_s']:.1f} s |", flush=True)
+        print(markdown_rows(STARTUP_HEAD, breakdown))
+        return
     bare_s = float(wall([sys.executable, "-c", BARE, str(model), args.kind])[1].strip().splitlines()[-1])
     rows.append(("bare load (imports, CUDA init, from_pretrained)", bare_s, ""))
     for label in ("first run", "second run"):
