@@ -2,7 +2,7 @@ import pytest
 
 from evalfleet.errors import UserError
 from evalfleet.plan.memory import ModelEstimate
-from evalfleet.plan.placement import GiB, Gpu, Machine, describe, parse_bytes, plan, split_gpus
+from evalfleet.plan.placement import MAX_AUTO_BATCH, GiB, chunk_size, Gpu, Machine, describe, parse_bytes, plan, split_gpus
 
 
 def gpus(n: int, gib: float, free: float | None = None) -> list[Gpu]:
@@ -20,7 +20,18 @@ def test_model_that_fits_one_gpu_gets_one_replica_per_gpu():
     assert (p.mode, p.gpus_per_replica, len(p.workers)) == ("data_parallel", 1, 6)
     assert [w.gpus for w in p.workers] == [(str(i),) for i in range(6)]
     assert p.reasons[0] == "layout: 6 replica(s) x 1 GPU(s) = data_parallel"
-    assert 1 <= p.batch_size <= 256 and p.batch_size & (p.batch_size - 1) == 0  # a power of two
+    assert 1 <= p.batch_size <= MAX_AUTO_BATCH and p.batch_size & (p.batch_size - 1) == 0  # a power of two
+
+
+def test_an_auto_batch_of_512_slots_is_fed_in_chunks_of_256():
+    """A 7B on a 141 GB GPU gets 512 decode slots, but 451 samples still make two chunks (two workers on two GPUs),
+    and a batch size the user set is the chunk size, as before."""
+    p = plan(Machine(gpus(2, 141), 32), model(15, kv_kib_per_token=56, tokens=768))
+    assert p.batch_size == 512 == MAX_AUTO_BATCH
+    assert chunk_size(p.batch_size, auto=True) == 256
+    assert chunk_size(64, auto=True) == 64
+    assert chunk_size(512, auto=False) == 512
+    assert chunk_size(512, auto=True, configured=100) == 100
 
 
 def test_model_larger_than_one_gpu_is_sharded_in_hybrid_replicas():

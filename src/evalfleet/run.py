@@ -31,6 +31,7 @@ from evalfleet.errors import UserError
 from evalfleet.observe.progress import RunProgress
 from evalfleet.observe.runlog import log_to
 from evalfleet.observe.startup import process_age
+from evalfleet.plan.placement import chunk_size as chunk_size_for
 from evalfleet.plan.stage import make_plan, stage_gpus
 from evalfleet.preflight import (
     Datasets,
@@ -298,7 +299,7 @@ def stage_driver(
         log.info("%s: %s", stage.name, line)
 
     # Chunks of what is left, cut the same way on every run.
-    chunk_size = cfg.chunk_size or batch_size
+    chunk_size = chunk_size_for(batch_size, stage.model.batch_size == "auto", cfg.chunk_size)
     universe = streaming if streaming is not None else inputs
     finished_by_ds = {name: store.done_ids(stage.name, name) for name in {*inputs, *universe}}
     chunks: list[Chunk] = []

@@ -284,7 +284,7 @@ class RunConfig(_Strict):
     """A worker that holds work but finishes none of it for this long is stuck (in a kernel, say) and is replaced
     likewise; raise it for batches that take longer."""
     chunk_size: int | None = Field(None, ge=1)
-    """Samples handed to a worker at a time (default: the starting batch size)."""
+    """Samples handed to a worker at a time (default: the starting batch size; at most 256 where it is auto)."""
     limit: int | None = Field(None, ge=1)
     """Cap on samples per dataset, applied on top of each dataset's own limit."""
     show_samples: bool = False
