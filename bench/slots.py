@@ -17,35 +17,29 @@ workloads, each engine warmed on a quarter of its slots first), for each slot co
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
-from continuous import GPU, choose_eos, continuous, sync, text_backend
+from continuous import GPU, choose_eos, continuous, text_backend
+from decode_widths import width_table
 from throughput import dataset, evalfleet
 
-from evalfleet.backends.continuous import ContinuousEngine, Row
+from evalfleet.backends.continuous import ContinuousEngine
 from evalfleet.backends.sampling import Sampler
 from evalfleet.backends.slot_cache import SLOT_ATTENTION
 
 
 def step_ms(model, ids: list[list[int]], slots: int, steps: int = 30) -> float:
-    """ms of one captured decode step with every one of `slots` slots busy."""
+    """ms of one captured decode step with every one of `slots` slots busy (`decode_widths.width_table`, which
+    prints every width's)."""
     model.set_attn_implementation(SLOT_ATTENTION)
     engine = ContinuousEngine(model, slots=slots, length=max(map(len, ids)) + 64, max_new_tokens=64, eos_ids=set(),
                               sampler=Sampler(), cuda_graphs=GPU)
-    engine.add([Row(i, ids[i % len(ids)], i) for i in range(slots)])
-    engine._admit()
-    engine.graphs.run(slots, engine._decode_step)  # captured now
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        engine.graphs.run(slots, engine._decode_step)
-    sync()
+    ms = width_table(engine, ids, steps)[slots]
     del engine
     if GPU:
         torch.cuda.empty_cache()
-    return (time.perf_counter() - t0) / steps * 1e3
+    return ms
 
 
 def main() -> None:
