@@ -3,7 +3,8 @@ Qwen3-VL-30B-A3B-shaped random weights (48 layers of 128 experts, 8 per token; v
 on the GPU (no disk), judging image + answer pairs -> 64 tokens, no EOS.
 
   generate     --baseline-rows pairs through `model.generate` in batches of 16 (SDPA, transformers' kernels)
-  continuous   --rows pairs through the engine (--slots slots), evalfleet's kernels, its experts forward
+  continuous   --rows pairs through the engine (--slots slots: 512, what the plan gives this model on an H200
+               since 2026-12-03), evalfleet's kernels, its experts forward
                (`backends/experts.py`) and, for comparison, transformers' `grouped_mm` experts
 
 The processor's work is done before either is timed. The issue's target: continuous >= 5 x generate.
@@ -82,7 +83,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1024)
     ap.add_argument("--baseline-rows", type=int, default=128)
-    ap.add_argument("--slots", type=int, default=256)
+    ap.add_argument("--slots", type=int, default=512)
     ap.add_argument("--layers", type=int, default=None, help="text layers (default: all of the shape's)")
     ap.add_argument("--shape", default="30b-a3b")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench"))
