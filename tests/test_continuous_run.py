@@ -58,3 +58,13 @@ def test_killed_and_resumed_run_samples_the_same_answers(tmp_path, smollm2, one_
     assert second.returncode == 0, output
     assert result_count(db) == N_TEXT
     assert predictions(tmp_path / "t") == one_worker
+
+
+def test_slots_fed_from_several_chunks_sample_the_same_answers(tmp_path, smollm2, one_worker):
+    """Chunks smaller than the engine's slots (as on a GPU, where an auto batch is 512 slots in chunks of 256): the
+    engine takes rows of the two chunks the worker holds at once, and each sample's answer is still its own."""
+    cfg = make_config(tmp_path, smollm2, TEXT_DATASET, workers=1, model=SAMPLED, chunk_size=4, limit=16)
+    summary = run(cfg, console=quiet_console())
+    assert summary["datasets"]["qa"]["finished"] == 16
+    ours = predictions(tmp_path / "t")
+    assert len(ours) == 16 and ours == {i: one_worker[i] for i in ours}
