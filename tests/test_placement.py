@@ -2,7 +2,17 @@ import pytest
 
 from evalfleet.errors import UserError
 from evalfleet.plan.memory import ModelEstimate
-from evalfleet.plan.placement import MAX_AUTO_BATCH, GiB, chunk_size, Gpu, Machine, describe, parse_bytes, plan, split_gpus
+from evalfleet.plan.placement import (
+    MAX_AUTO_BATCH,
+    GiB,
+    Gpu,
+    Machine,
+    chunk_size_for,
+    describe,
+    parse_bytes,
+    plan,
+    split_gpus,
+)
 
 
 def gpus(n: int, gib: float, free: float | None = None) -> list[Gpu]:
@@ -28,10 +38,10 @@ def test_an_auto_batch_of_512_slots_is_fed_in_chunks_of_256():
     and a batch size the user set is the chunk size, as before."""
     p = plan(Machine(gpus(2, 141), 32), model(15, kv_kib_per_token=56, tokens=768))
     assert p.batch_size == 512 == MAX_AUTO_BATCH
-    assert chunk_size(p.batch_size, auto=True) == 256
-    assert chunk_size(64, auto=True) == 64
-    assert chunk_size(512, auto=False) == 512
-    assert chunk_size(512, auto=True, configured=100) == 100
+    assert chunk_size_for(p.batch_size, auto=True) == 256
+    assert chunk_size_for(64, auto=True) == 64
+    assert chunk_size_for(512, auto=False) == 512
+    assert chunk_size_for(512, auto=True, configured=100) == 100
 
 
 def test_model_larger_than_one_gpu_is_sharded_in_hybrid_replicas():

@@ -31,7 +31,7 @@ from evalfleet.errors import UserError
 from evalfleet.observe.progress import RunProgress
 from evalfleet.observe.runlog import log_to
 from evalfleet.observe.startup import process_age
-from evalfleet.plan.placement import chunk_size as chunk_size_for
+from evalfleet.plan.placement import chunk_size_for
 from evalfleet.plan.stage import make_plan, stage_gpus
 from evalfleet.preflight import (
     Datasets,
