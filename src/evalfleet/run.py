@@ -299,7 +299,8 @@ def stage_driver(
         log.info("%s: %s", stage.name, line)
 
     # Chunks of what is left, cut the same way on every run.
-    chunk_size = chunk_size_for(batch_size, stage.model.batch_size == "auto", cfg.chunk_size)
+    planned = stage.model.batch_size == "auto" and stage.model.backend != "openai"  # (openai: by its endpoints)
+    chunk_size = chunk_size_for(batch_size, planned, cfg.chunk_size)
     universe = streaming if streaming is not None else inputs
     finished_by_ds = {name: store.done_ids(stage.name, name) for name in {*inputs, *universe}}
     chunks: list[Chunk] = []

@@ -235,7 +235,8 @@ def plan(
 
 def chunk_size_for(batch_size: int, auto: bool, configured: int | None = None) -> int:
     """Samples handed to a worker at a time: as `configured`, else the batch size, at most `MAX_AUTO_CHUNK` where
-    that is `auto` (the continuous engine's slots then fill from the two chunks a worker holds)."""
+    the plan chose it from memory (`auto`; the continuous engine's slots then fill from the two chunks a worker
+    holds)."""
     return configured or (min(batch_size, MAX_AUTO_CHUNK) if auto else batch_size)
 
 
