@@ -1,5 +1,6 @@
 import pytest
 
+from evalfleet.engine.queue import make_chunks
 from evalfleet.errors import UserError
 from evalfleet.plan.memory import ModelEstimate
 from evalfleet.plan.placement import (
@@ -13,6 +14,7 @@ from evalfleet.plan.placement import (
     plan,
     split_gpus,
 )
+from evalfleet.records import Sample
 
 
 def gpus(n: int, gib: float, free: float | None = None) -> list[Gpu]:
@@ -39,6 +41,8 @@ def test_an_auto_batch_of_512_slots_is_fed_in_chunks_of_256():
     p = plan(Machine(gpus(2, 141), 32), model(15, kv_kib_per_token=56, tokens=768))
     assert p.batch_size == 512 == MAX_AUTO_BATCH
     assert chunk_size_for(p.batch_size, auto=True) == 256
+    vqa_rad = [Sample("d", f"s{i}", f"question {i}", f"question {i}") for i in range(451)]
+    assert [len(c.samples) for c in make_chunks(vqa_rad, set(), chunk_size_for(p.batch_size, auto=True))] == [256, 195]
     assert chunk_size_for(64, auto=True) == 64
     assert chunk_size_for(512, auto=False) == 512
     assert chunk_size_for(512, auto=True, configured=100) == 100
