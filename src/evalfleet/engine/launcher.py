@@ -79,8 +79,8 @@ def release(kept: list[Kept]) -> None:
     kept.clear()
 
 
-HEAVY = ("torch", "transformers.modeling_utils")
-"""What loading a transformers or diffusers model imports first (5-14 s)."""
+HEAVY = ("evalfleet.engine.preload",)
+"""What loading a transformers or diffusers model imports first (torch, transformers: 5-14 s)."""
 
 
 def worker_context(heavy: bool) -> Any:

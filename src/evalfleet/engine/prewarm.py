@@ -45,8 +45,7 @@ def prewarmed_main(conn: Connection, heavy: bool) -> None:
     beating = threading.Thread(target=heartbeat, name="heartbeat", daemon=True)
     beating.start()
     if heavy:
-        import torch  # noqa: F401
-        import transformers.modeling_utils  # noqa: F401
+        import evalfleet.engine.preload  # noqa: F401
     imported = time.time() - started
     try:
         job = conn.recv()

@@ -71,7 +71,7 @@ def load_replica(spec: WorkerSpec, model_json: str, batch_size: int, output_dir:
 
     model_cfg = ModelConfig.model_validate_json(model_json)
     if model_cfg.backend in ("transformers", "diffusers"):  # the bulk of transformers, else imported lazily
-        import transformers.modeling_utils  # noqa: F401  # in the first config read, counted as the tokenizer's
+        import evalfleet.engine.preload  # noqa: F401  # else in the first config read, counted as the tokenizer's
     phases["imports"], t = _lap(t)
     if spec.gpus and torch.cuda.is_available():
         torch.cuda.init()
