@@ -36,7 +36,8 @@ def gguf() -> Path:
 
 def start_llama(gguf: Path, port: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-                             "--port", str(port), "--model_alias", "smol", "--n_threads", "1"],
+                             "--port", str(port), "--model_alias", "smol", "--n_threads", "1",
+                             "--n_threads_batch", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

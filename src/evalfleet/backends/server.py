@@ -32,10 +32,11 @@ PRESETS = {
     "sglang": f"{sys.executable} -m sglang.launch_server --model-path {{model}} --host 127.0.0.1 --port {{port}} "
               "--tp-size {gpus} --served-model-name {name}",
     "llama.cpp": f"{sys.executable} -m llama_cpp.server --model {{model}} --host 127.0.0.1 --port {{port}} "
-                 "--model_alias {name} --n_gpu_layers {gpu_layers} --n_threads {threads}",
+                 "--model_alias {name} --n_gpu_layers {gpu_layers} --n_threads {threads} --n_threads_batch {threads}",
 }
 """Command templates; fields: model, port, gpus (GPUs of the replica), gpu_layers (-1 on GPUs, else 0),
-threads (CPU threads of the replica), name."""
+threads (CPU threads of the replica: llama.cpp's prompt threads default to every CPU of the machine, which
+oversubscribes the replica's share of them), name."""
 
 
 def free_port() -> int:
