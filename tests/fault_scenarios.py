@@ -101,7 +101,7 @@ def fresh_while_running(tmp: Path, model: Path) -> Outcome:
     under the driver anyway (an older evalfleet's --fresh, or rm -r), it stops without writing reports from the
     store it opened."""
     o = Outcome("--fresh while another driver works")
-    lab = Lab(tmp, model, n=16, workers=1)
+    lab = Lab(tmp, model, n=48, workers=1)  # still running after the second command's start (on one core, too)
     first = lab.start()
     lab.wait_results(2, first)
     rc, out = lab.cli(str(lab.config), "--fresh")

@@ -41,6 +41,7 @@ def slurm_cmd(
         opts = SlurmOptions(array or 1, gpus_per_task, cpus_per_task, mem, time_limit, partition, account,
                             signal_before)
         for line in slurm_jobs(load_config(config), config, opts, ray_nodes=ray_nodes, submit=submit):
-            console.print(f"[evalfleet] {line}", markup=False, highlight=False)
+            # soft_wrap: a path or command is never broken across lines (a log is 160 columns wide)
+            console.print(f"[evalfleet] {line}", markup=False, highlight=False, soft_wrap=True)
 
     _guard(go)
