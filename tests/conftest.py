@@ -8,6 +8,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import cpu_share  # noqa: F401  # first: under pytest-xdist, this test process's CPUs
 import pytest
 from rich.console import Console
 
