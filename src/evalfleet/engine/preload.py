@@ -12,6 +12,7 @@ find no `roc_curve`; nothing in evalfleet asks for it.)
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 SKIPPED = "transformers.generation.candidate_generator"
@@ -27,7 +28,9 @@ def import_model_libraries() -> None:
         return  # imported already (by the user's code, or scikit-learn with it): nothing left to save
     from transformers import utils
 
-    available = utils.is_sklearn_available
+    available = getattr(utils, "is_sklearn_available", None)
+    if available is None or importlib.util.find_spec(SKIPPED) is None:
+        return  # a transformers without that check or module: nothing to skip
     utils.is_sklearn_available = lambda: False  # read by the module as it is imported
     try:
         importlib.import_module(SKIPPED)
