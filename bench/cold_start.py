@@ -33,7 +33,7 @@ import evalfleet.bytecode  # as the fork server: its bytecode cache first
 import torch, transformers.modeling_utils  # what the fork server preloads (launcher.HEAVY)
 t1 = time.perf_counter()
 from evalfleet.backends import make_backend  # the rest, imported by a worker in its `tokenizer` phase
-from evalfleet.backends.continuous import ContinuousEngine
+from evalfleet.backends.transformers.engine import ContinuousEngine
 from evalfleet.config import ModelConfig
 t2 = time.perf_counter()
 sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None

@@ -24,12 +24,12 @@ import torch
 from models import chat_prompts, qwen25_text
 
 from evalfleet.backends import Request
-from evalfleet.backends.attention import ATTENTION
-from evalfleet.backends.continuous import ContinuousEngine, Row
-from evalfleet.backends.sampling import Sampler
-from evalfleet.backends.slot_cache import SLOT_ATTENTION
+from evalfleet.backends.transformers.kernels.attention import ATTENTION
+from evalfleet.backends.transformers.engine import ContinuousEngine, Row
+from evalfleet.backends.transformers.sampling import Sampler
+from evalfleet.backends.transformers.slot_cache import SLOT_ATTENTION
 from evalfleet.backends.static_decode import StaticDecoder
-from evalfleet.backends.transformers_backend import TransformersBackend
+from evalfleet.backends.transformers.backend import TransformersBackend
 from evalfleet.config import ModelConfig
 
 GPU = torch.cuda.is_available()

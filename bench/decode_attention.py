@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from evalfleet.backends.attention import grouped_decode_attention, prompt_boundaries
+from evalfleet.backends.transformers.kernels.attention import grouped_decode_attention, prompt_boundaries
 
 HEADS, KV_HEADS, DIM, LAYERS = 28, 4, 128, 28
 

@@ -5,7 +5,7 @@
      CUDA graphs: the decode step's cost is their difference / 63;
   2. the same without graphs (eager steps);
   3. torch.profiler kernel tables (GPU time) of a prefill and of eager decode steps: which kernels cost what;
-  4. 1 again with fused RMSNorm and SiLU-gate kernels (`backends/fused.py`).
+  4. 1 again with fused RMSNorm and SiLU-gate kernels (`backends/transformers/kernels/fused.py`).
 
     PYTHONPATH=src python bench/decode_profile.py [--batch 512] [--prompt 256] [--work /tmp/bench]
 """
@@ -25,7 +25,7 @@ from models import chat_prompts, qwen25_text
 
 from evalfleet.backends import Request
 from evalfleet.backends.static_decode import StaticDecoder
-from evalfleet.backends.transformers_backend import TransformersBackend
+from evalfleet.backends.transformers.backend import TransformersBackend
 from evalfleet.config import ModelConfig
 
 

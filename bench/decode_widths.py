@@ -13,8 +13,8 @@ from pathlib import Path
 
 from continuous import GPU, sync, text_backend
 
-from evalfleet.backends.continuous import ContinuousEngine, Row
-from evalfleet.backends.sampling import Sampler
+from evalfleet.backends.transformers.engine import ContinuousEngine, Row
+from evalfleet.backends.transformers.sampling import Sampler
 
 
 def width_table(engine: ContinuousEngine, ids: list[list[int]], steps: int) -> dict[int, float]:

@@ -16,8 +16,8 @@ import torch
 from continuous import continuous, static, text_backend
 from torch.profiler import ProfilerActivity, profile
 
-from evalfleet.backends.continuous import ContinuousEngine
-from evalfleet.backends.sampling import Sampler
+from evalfleet.backends.transformers.engine import ContinuousEngine
+from evalfleet.backends.transformers.sampling import Sampler
 from evalfleet.backends.static_decode import StaticDecoder
 
 SPENT: dict[str, list[float]] = defaultdict(list)

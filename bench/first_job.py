@@ -19,7 +19,7 @@ from continuous_vlm import backend, prepare, requests, sync
 from engine_profile import SPENT, timed
 from models import images, qwen25_vl
 
-from evalfleet.backends.continuous import ContinuousEngine
+from evalfleet.backends.transformers.engine import ContinuousEngine
 
 
 class Count(logging.Handler):

@@ -107,8 +107,8 @@ def run_variant(name: str, dtype: str, folder: Path, out: Path) -> None:
             tokens.append(gen.sequences[:, ids.shape[1]:].cpu())
             first.append(gen.logits[0].float().cpu())
     else:
-        import evalfleet.backends.transformers_backend as tb
-        from evalfleet.backends import kernels
+        import evalfleet.backends.transformers.backend as tb
+        from evalfleet.backends.transformers.kernels import compiled as kernels
         from evalfleet.config import ModelConfig
 
         if name == "unfused":

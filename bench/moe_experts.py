@@ -5,7 +5,7 @@
             decode widths (8-256 slots) and prefill chunks. Each transformers experts backend (`grouped_mm`,
             `batched_mm` where its copied weights fit, `eager`), the two `grouped_mm` GEMMs alone on tokens
             already sorted by expert (the floor of that backend: the rest is its routing glue), and evalfleet's
-            forward (`backends/experts.py`, the same GEMMs with less glue). CUDA graphs where
+            forward (`backends/transformers/kernels/experts.py`, the same GEMMs with less glue). CUDA graphs where
             the backend can be captured (as in the engine), --layers blocks in turn so no weights stay in L2.
   step      (--step) the captured decode step of a 48-layer Qwen3-30B-A3B-shaped text model on the continuous
             engine at each width, beside 48 x the experts' time: the experts' share of a step.
@@ -27,7 +27,7 @@ from decode_widths import width_table
 from transformers import AutoTokenizer, Qwen3MoeConfig, Qwen3MoeForCausalLM
 from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
 
-from evalfleet.backends.experts import LAYOUT, experts_forward, supports
+from evalfleet.backends.transformers.kernels.experts import LAYOUT, experts_forward, supports
 
 GPU = torch.cuda.is_available()
 DEV, DTYPE = ("cuda", torch.bfloat16) if GPU else ("cpu", torch.float32)
@@ -144,9 +144,9 @@ def step_table(shape: str, work: Path, grouped: dict[int, float], slots: int, st
     """The continuous engine's captured decode step on a Qwen3-MoE text model built in memory, at each width."""
     from models import tiny_vlm
 
-    from evalfleet.backends.continuous import ContinuousEngine
-    from evalfleet.backends.sampling import Sampler
-    from evalfleet.backends.transformers_backend import TransformersBackend
+    from evalfleet.backends.transformers.engine import ContinuousEngine
+    from evalfleet.backends.transformers.sampling import Sampler
+    from evalfleet.backends.transformers.backend import TransformersBackend
     from evalfleet.config import ModelConfig
 
     cfg = config(shape)

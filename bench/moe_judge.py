@@ -5,7 +5,7 @@ on the GPU (no disk), judging image + answer pairs -> 64 tokens, no EOS.
   generate     --baseline-rows pairs through `model.generate` in batches of 16 (SDPA, transformers' kernels)
   continuous   --rows pairs through the engine (--slots slots: 512, what the plan gives this model on an H200
                since 2026-12-03), evalfleet's kernels, its experts forward
-               (`backends/experts.py`) and, for comparison, transformers' `grouped_mm` experts
+               (`backends/transformers/kernels/experts.py`) and, for comparison, transformers' `grouped_mm` experts
 
 The processor's work is done before either is timed. The issue's target: continuous >= 5 x generate.
 
@@ -27,7 +27,7 @@ from PIL import Image
 from transformers import AutoTokenizer, Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration
 
 from evalfleet.backends import Request
-from evalfleet.backends.transformers_backend import TransformersBackend
+from evalfleet.backends.transformers.backend import TransformersBackend
 from evalfleet.config import ModelConfig
 
 GPU = torch.cuda.is_available()
@@ -119,7 +119,7 @@ def main() -> None:
     c.use_model(model)
     batches = [c.prepare(reqs[i : i + 256]) for i in range(0, args.rows, 256)]
     text_config = model.config.text_config
-    experts = text_config._experts_implementation  # evalfleet's (backends/experts.py), where it applies
+    experts = text_config._experts_implementation  # evalfleet's (backends/transformers/kernels/experts.py), where it applies
     text_config._experts_implementation = "grouped_mm"  # transformers' own, as loaded: the same GEMMs, more glue
     theirs_s, theirs_tokens, _ = continuous(model, batches, args.slots, 64)
     text_config._experts_implementation = experts

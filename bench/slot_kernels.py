@@ -74,7 +74,7 @@ def decode(slots: int, region: int, used: torch.Tensor) -> None:
 
 
 def sampler(slots: int, vocab: int) -> None:
-    from evalfleet.backends.sampling import Sampler
+    from evalfleet.backends.transformers.sampling import Sampler
 
     dev = "cuda"
     logits = torch.randn(slots, vocab, device=dev, dtype=torch.bfloat16) * 3

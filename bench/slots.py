@@ -24,9 +24,9 @@ from continuous import GPU, choose_eos, continuous, text_backend
 from decode_widths import width_table
 from throughput import dataset, evalfleet
 
-from evalfleet.backends.continuous import ContinuousEngine
-from evalfleet.backends.sampling import Sampler
-from evalfleet.backends.slot_cache import SLOT_ATTENTION
+from evalfleet.backends.transformers.engine import ContinuousEngine
+from evalfleet.backends.transformers.sampling import Sampler
+from evalfleet.backends.transformers.slot_cache import SLOT_ATTENTION
 
 
 def step_ms(model, ids: list[list[int]], slots: int, steps: int = 30) -> float:

@@ -26,7 +26,7 @@ import torch
 from continuous import GPU, continuous, sync, text_backend
 from transformers import AutoModelForCausalLM
 
-from evalfleet.backends.sampling import Sampler
+from evalfleet.backends.transformers.sampling import Sampler
 
 
 def eos_for_median(answers: list[list[int]], median: int) -> set[int]:

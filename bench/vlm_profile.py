@@ -16,8 +16,8 @@ from engine_profile import SPENT, timed
 from models import images, qwen25_vl
 from torch.profiler import ProfilerActivity, profile
 
-import evalfleet.backends.continuous as engine_module
-from evalfleet.backends.continuous import ContinuousEngine
+import evalfleet.backends.transformers.engine as engine_module
+from evalfleet.backends.transformers.engine import ContinuousEngine
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import cpu_share  # noqa: F401  # first: under pytest-xdist, this test process's
 import pytest
 from rich.console import Console
 
-from evalfleet.backends.processors import without_video_processor
+from evalfleet.backends.transformers.processors import without_video_processor
 from evalfleet.config import RunConfig, parse_config
 from evalfleet.scoring import score_output, unpack
 
@@ -82,7 +82,7 @@ def score_now(rows: list[dict[str, Any]], metrics: list[str]) -> None:
 
 def loaded_backend(path: Path, engine: str, new_tokens: int = 12, **generation: Any) -> Any:
     """A loaded TransformersBackend on the CPU in fp32 with `engine`, greedy unless `generation` says."""
-    from evalfleet.backends.transformers_backend import TransformersBackend
+    from evalfleet.backends.transformers.backend import TransformersBackend
     from evalfleet.config import ModelConfig
 
     cfg = ModelConfig(path=str(path), dtype="float32", engine=engine,
@@ -96,14 +96,23 @@ def continuous_answers(b: Any, requests: list[Any], slots: int, engine: list[Any
                        ) -> list[tuple[str, int]]:
     """All requests through a continuous stream of `slots` slots (refilled as rows end, decoding down to one slot
     wide once the queue is dry): (text, tokens) each. `engine` gets the engine appended."""
-    from evalfleet.backends.decode_graphs import decode_widths
+    from evalfleet.backends.transformers.graphs import decode_widths
 
     stream = b.stream(slots, None)
     assert stream is not None
     stream.engine.widths = decode_widths(slots, smallest=1)
     if engine is not None:
         engine.append(stream.engine)
-    return [(g.text, g.n_tokens) for g in stream.run(b.prepare(requests))]
+    return [(g.text, g.n_tokens) for g in drain(stream, b.prepare(requests))]
+
+
+def drain(stream: Any, prepared: Any) -> list[Any]:
+    """A whole prepared batch through `stream` (added, then stepped until it is idle): its Generations in order."""
+    stream.add(prepared, list(range(len(prepared.prompts))))
+    answers: dict[int, Any] = {}
+    while stream.busy:
+        answers.update(stream.step())
+    return [answers[i] for i in range(len(prepared.prompts))]
 
 
 def spread_answer_lengths(path: Path, requests: list[Any], new_tokens: int) -> None:

@@ -34,7 +34,7 @@ try:
     print("loaded without help")
 except ImportError as err:
     print("refused:", "torchvision" in str(err).lower())
-from evalfleet.backends.processors import without_video_processor
+from evalfleet.backends.transformers.processors import without_video_processor
 assert without_video_processor()
 p = AutoProcessor.from_pretrained({str(tiny_qwen2vl)!r})
 print("loaded:", type(p.image_processor).__name__)

@@ -4,8 +4,10 @@ import json
 
 from conftest import make_config, quiet_console
 
+from evalfleet.backends import stream_of
+from evalfleet.backends.batched import GROW_AFTER, BatchSizer
 from evalfleet.engine.messages import Heartbeat, Results, Stop, Work
-from evalfleet.engine.worker import GROW_AFTER, BatchSizer
+from evalfleet.engine.streaming import run_stream
 from evalfleet.run import run
 from evalfleet.store import Store
 
@@ -32,6 +34,7 @@ def test_batch_size_halves_down_to_one_and_grows_back_after_a_streak():
 
 
 def test_out_of_memory_splits_the_batch_and_a_sample_too_big_alone_is_an_error(tmp_path, smollm2):
+    """Whole batches (`backends/batched.py`): halved, prepared again, down to one sample."""
     rows = [{"id": f"s{i}", "question": "word " * 150} for i in range(32)]
     rows.append({"id": "huge", "question": "word " * 6000})
     data = tmp_path / "long.jsonl"
@@ -39,7 +42,7 @@ def test_out_of_memory_splits_the_batch_and_a_sample_too_big_alone_is_an_error(t
     # A real limit: the worker's address space may grow 400 MiB beyond the loaded model (RLIMIT_AS);
     # a batch of 32 such prompts needs more, a batch of 16 does not.
     cfg = make_config(tmp_path, smollm2, [{"name": "long", "path": str(data)}], metrics=[],  # no references
-                      model={"batch_size": 32, "generation": {"max_new_tokens": 2}},
+                      model={"batch_size": 32, "engine": "generate", "generation": {"max_new_tokens": 2}},
                       placement={"cpu_worker_headroom": "400MiB"})
     summary = run(cfg, console=quiet_console())
     assert (summary["datasets"]["long"]["finished"], summary["datasets"]["long"]["errors"]) == (33, 1)
@@ -66,7 +69,7 @@ def test_heartbeats_come_while_the_main_thread_is_busy():
     import multiprocessing as mp
     import time
 
-    from evalfleet.engine.worker import HEARTBEAT_S, WorkerLoop
+    from evalfleet.engine.worker_loop import HEARTBEAT_S, WorkerLoop
 
     driver, worker = mp.Pipe()
     loop = WorkerLoop(worker, batch_size=2)
@@ -90,21 +93,22 @@ def test_first_batch_is_prepared_before_the_model_loads_then_answered(smollm2):
     import multiprocessing as mp
     import threading
 
-    from evalfleet.backends.transformers_backend import TransformersBackend
+    from evalfleet.backends.transformers.backend import TransformersBackend
     from evalfleet.config import ModelConfig
-    from evalfleet.engine.worker import WorkerLoop
+    from evalfleet.engine.worker_loop import WorkerLoop
     from evalfleet.records import Sample
 
     driver, worker = mp.Pipe()
     samples = [Sample("d", f"q{i}", q, q) for i, q in enumerate(["What is 2 + 3?", "Name a colour.", "Say hi."])]
     driver.send(Work(0, samples, 0))
     loop = WorkerLoop(worker, batch_size=2)
-    backend = TransformersBackend(ModelConfig(path=str(smollm2), dtype="float32", generation={"max_new_tokens": 4}), 0)
+    backend = TransformersBackend(ModelConfig(path=str(smollm2), dtype="float32", engine="generate",
+                                              generation={"max_new_tokens": 4}), 0)
     first = loop.start(backend)
     ready = first.result(timeout=60)  # prepared with no model loaded
     assert backend.model is None and ready.prepared.inputs["input_ids"].shape[0] == 2
     backend.load()
-    run = threading.Thread(target=loop.run, args=(first,))
+    run = threading.Thread(target=run_stream, args=(loop, stream_of(backend, 2, None), first))
     run.start()
     answered = [results(driver) for _ in range(2)]
     driver.send(Stop())  # stop: the driver says so once every result is in
@@ -121,12 +125,13 @@ def test_next_batch_is_prepared_while_the_current_one_generates_even_if_its_chun
     import threading
     import time
 
-    from evalfleet.backends.transformers_backend import TransformersBackend
+    from evalfleet.backends.transformers.backend import TransformersBackend
     from evalfleet.config import ModelConfig
-    from evalfleet.engine.worker import WorkerLoop
+    from evalfleet.engine.worker_loop import WorkerLoop
     from evalfleet.records import Sample
 
-    backend = TransformersBackend(ModelConfig(path=str(smollm2), dtype="float32", generation={"max_new_tokens": 24}), 0)
+    backend = TransformersBackend(ModelConfig(path=str(smollm2), dtype="float32", engine="generate",
+                                              generation={"max_new_tokens": 24}), 0)
     backend.load()
     prepare, generate = backend.prepare, backend.generate
     prepared, generated, generating = {}, [], threading.Event()
@@ -145,7 +150,7 @@ def test_next_batch_is_prepared_while_the_current_one_generates_even_if_its_chun
     driver, worker = mp.Pipe()
     loop = WorkerLoop(worker, batch_size=2)
     driver.send(Work(0, [Sample("d", f"a{i}", q, q) for i, q in enumerate(["Name a colour.", "Say hi."])], 0))
-    run = threading.Thread(target=loop.run, args=(loop.start(backend),))
+    run = threading.Thread(target=run_stream, args=(loop, stream_of(backend, 2, None), loop.start(backend)))
     run.start()
     assert generating.wait(60)
     driver.send(Work(1, [Sample("d", "b0", "What is 2 + 3?", "What is 2 + 3?")], 0))
@@ -162,17 +167,18 @@ def test_a_stop_during_a_batch_lets_it_finish_and_starts_no_other(smollm2):
     import multiprocessing as mp
     import threading
 
-    from evalfleet.backends.transformers_backend import TransformersBackend
+    from evalfleet.backends.transformers.backend import TransformersBackend
     from evalfleet.config import ModelConfig
-    from evalfleet.engine.worker import WorkerLoop
+    from evalfleet.engine.worker_loop import WorkerLoop
     from evalfleet.records import Sample
 
-    backend = TransformersBackend(ModelConfig(path=str(smollm2), dtype="float32", generation={"max_new_tokens": 8}), 0)
+    backend = TransformersBackend(ModelConfig(path=str(smollm2), dtype="float32", engine="generate",
+                                              generation={"max_new_tokens": 8}), 0)
     backend.load()
     driver, worker = mp.Pipe()
     loop = WorkerLoop(worker, batch_size=2)
     driver.send(Work(0, [Sample("d", f"q{i}", f"Count to {i}.", f"Count to {i}.") for i in range(8)], 0))
-    run = threading.Thread(target=loop.run, args=(loop.start(backend),))
+    run = threading.Thread(target=run_stream, args=(loop, stream_of(backend, 2, None), loop.start(backend)))
     run.start()
     first = results(driver)
     driver.send(Stop())

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evalfleet.backends.kinds import kind
 from evalfleet.cluster.shards import in_shard, parse_shard
 from evalfleet.config import DatasetConfig, RunConfig, StageConfig, flat_settings
 from evalfleet.config.load import looks_local
@@ -171,7 +172,7 @@ def input_problems(cfg: RunConfig, data: Datasets) -> list[str]:
     not exist, datasets whose every row is an error (a field name that is in no row, a prompt template naming a
     column the rows lack), and datasets without reference answers when metrics need them. (A dataset that cannot
     be read at all is not refused here: it is recorded as failed and the others run.)"""
-    problems = [why for stage in cfg.pipeline() if stage.model.backend != "openai"  # there, the served model's name
+    problems = [why for stage in cfg.pipeline() if not kind(stage.model.backend).remote  # there, a served model's name
                 and (why := model_path_problem(stage.model.path))]
     for name in cfg.metrics:  # plug-ins import
         try:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from evalfleet.config import RunConfig, StageConfig
+from evalfleet.backends.kinds import kind
+from evalfleet.config import ModelConfig, RunConfig, StageConfig
 from evalfleet.engine.driver import StageDriver
 from evalfleet.engine.launcher import HandOver, Kept, Launcher, launcher, release
 from evalfleet.engine.loop import execute
@@ -223,7 +224,7 @@ def _same_replicas(cfg: RunConfig, a: StageConfig, a_gpus: list[int] | None, b: 
                    b_gpus: list[int] | None) -> bool:
     """Whether stage b can use stage a's loaded workers: the same weights and engine on the same GPUs, in worker
     processes of this driver."""
-    return (cfg.cluster.backend == "local" and a.model.backend != "openai" and not (a.python or b.python or cfg.python)
+    return (cfg.cluster.backend == "local" and not kind(a.model.backend).remote and not (a.python or b.python or cfg.python)
             and a.model.load_key() == b.model.load_key() and a_gpus == b_gpus)
 
 
@@ -284,22 +285,24 @@ def stage_driver(
     served = free_replicas(folder, stage.model) if cfg.cluster.backend == "serve" else []
     if served:  # warm replicas: no plan, no loading
         batch_size, workers = served[0][1].batch_size, [r.spec for _, r in served]
-        lines = [f"plan: {len(served)} served replica(s) from {folder}, batch size {batch_size}"]
+        engine = ModelConfig.model_validate_json(served[0][1].model).engine
+        lines = [f"plan: {len(served)} served replica(s) from {folder}, batch size {batch_size}, engine {engine}"]
     else:
         chosen, lines = make_plan(cfg, stage.model, plan_for, gpus=gpus, share=share)
-        batch_size, workers = chosen.batch_size, reuse or chosen.workers
+        batch_size, workers, engine = chosen.batch_size, reuse or chosen.workers, chosen.engine
         if reuse:
             lines.append(f"plan: the previous stage's {len(reuse)} replica(s) stay loaded for this one")
         if cfg.cluster.backend == "serve":
             lines.append(f"plan: no free replica of this stage's model (weights, dtype, engine) is served in {folder}; "
                          "starting its own workers")
+    stage = stage.model_copy(update={"model": stage.model.model_copy(update={"engine": engine})})  # the plan's
     plan_s = round(time.perf_counter() - t0, 3)
     for line in lines:
         note(f"{stage.name}: {line}")
         log.info("%s: %s", stage.name, line)
 
     # Chunks of what is left, cut the same way on every run.
-    planned = stage.model.batch_size == "auto" and stage.model.backend != "openai"  # (openai: by its endpoints)
+    planned = stage.model.batch_size == "auto" and not kind(stage.model.backend).remote  # (else: by its endpoints)
     chunk_size = chunk_size_for(batch_size, planned, cfg.chunk_size)
     universe = streaming if streaming is not None else inputs
     finished_by_ds = {name: store.done_ids(stage.name, name) for name in {*inputs, *universe}}

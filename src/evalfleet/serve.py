@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Callable
 
+from evalfleet.backends.kinds import kind
 from evalfleet.config import ModelConfig, RunConfig
 from evalfleet.engine.served import registered, serve_dir, serve_replica
 from evalfleet.errors import RunError, UserError
@@ -30,19 +31,18 @@ def serve(cfg: RunConfig, idle_s: float, note: Callable[[str], None], stage_name
     if index is None:
         raise UserError(f"--stage {stage_name}: no such stage (stages: {', '.join(s.name for s in stages)})")
     stage = stages[index]
-    if stage.model.backend == "openai":
+    if kind(stage.model.backend).remote:
         raise UserError(f"stage {stage.name}: an openai backend's model is served by its endpoints; nothing to load")
     data = checked_datasets(cfg)  # for the plan's batch size and memory estimate, as `evalfleet run` chooses them
     folder = serve_dir(cfg.cluster.serve_dir)
-    model_json = stage.model.model_dump_json()
-    key = stage.model.load_key()
-    if same := [r for _, r in registered(folder) if ModelConfig.model_validate_json(r.model).load_key() == key]:
+    if same := [r for _, r in registered(folder) if stage.model.served_by(ModelConfig.model_validate_json(r.model))]:
         raise UserError(f"this model is served already in {folder} (pids {', '.join(str(r.pid) for r in same)}); "
                         "`evalfleet serve --stop` stops it")
     chosen, lines = make_plan(cfg, stage.model, [s for v in data.samples.values() for s in v],
                               gpus=stage_gpus(cfg)[index])
     for line in lines:
         note(f"{stage.name}: {line}")
+    model_json = stage.model.model_copy(update={"engine": chosen.engine}).model_dump_json()  # the plan's engine
     ctx = mp.get_context("spawn")
     t0 = time.monotonic()
     procs = [ctx.Process(target=serve_replica, args=(spec, model_json, chosen.batch_size, str(folder), idle_s),

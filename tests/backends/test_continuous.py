@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from conftest import continuous_answers as streamed
+from conftest import drain
 from conftest import loaded_backend as backend
 
 from evalfleet.backends import Request
-from evalfleet.backends.sampling import Sampler, uniform
+from evalfleet.backends.transformers.sampling import Sampler, uniform
 
 QUESTIONS = [
     "What is 2 + 3?", "What is the capital of France? Answer in one word.", "Name a colour.",
@@ -55,7 +56,7 @@ def test_a_dropped_engine_is_freed_at_once(smollm2, reference):
     requests, _ = reference
     b = backend(smollm2, "continuous", new_tokens=4)
     stream = b.stream(3, None)
-    stream.run(b.prepare(requests[:4]))
+    drain(stream, b.prepare(requests[:4]))
     engine = weakref.ref(stream.engine)
     gc.disable()
     try:
@@ -73,7 +74,7 @@ def test_fused_kernels_switched_in_mid_run_keep_the_answers(smollm2, reference):
 
     from transformers.models.llama import modeling_llama
 
-    from evalfleet.backends import fused, kernels
+    from evalfleet.backends.transformers.kernels import compiled as kernels, fused
 
     requests, expected = reference
     b = backend(smollm2, "continuous", new_tokens=20)
@@ -125,7 +126,8 @@ def test_moe_refilled_slots_give_one_at_a_time_answers(tmp_path):
         assert streamed(b, requests, slots) == expected, slots
 
 
-def test_a_prompt_longer_than_the_cache_grows_it(smollm2, reference):
+def test_a_prompt_longer_than_the_cache_grows_it_while_others_decode(smollm2, reference):
+    """The slots grow in place, each keeping what it holds (no waiting for the busy slots to drain)."""
     requests, expected = reference
     long = Request(" ".join(QUESTIONS * 2), [], 0)  # ~170 tokens: past the first cache's 64 positions
     ref = backend(smollm2, "generate", new_tokens=20)
@@ -134,8 +136,9 @@ def test_a_prompt_longer_than_the_cache_grows_it(smollm2, reference):
     stream = b.stream(4, b.prepare(requests[:1]))  # sized for the first prompt only
     assert stream is not None
     before = stream.engine.length
-    assert [(g.text, g.n_tokens) for g in stream.run(b.prepare([*requests, long]))] == expected
+    assert [(g.text, g.n_tokens) for g in drain(stream, b.prepare([*requests, long]))] == expected
     assert stream.engine.length > before
+    assert any("grown" in line and "requests decoding" in line for line in stream.log), stream.log
 
 
 def test_sampled_answers_depend_on_the_sample_alone(smollm2):
@@ -183,7 +186,6 @@ def test_sliding_window_model_equals_generate(tmp_path, smollm2, arch):
     tok.save_pretrained(tmp_path)
     requests = [Request(q, [], 0) for q in QUESTIONS[:5]]
     ref = backend(tmp_path, "generate", new_tokens=10)
-    assert ref.sliding
     expected = [(g.text, g.n_tokens) for r in requests for g in ref.generate(ref.prepare([r]))]
     assert streamed(backend(tmp_path, "continuous", new_tokens=10), requests, 2) == expected
 
@@ -195,7 +197,7 @@ def test_slots_that_do_not_fit_in_memory_are_halved(smollm2):
 import resource
 from evalfleet.backends import Request
 from evalfleet.config import ModelConfig
-from evalfleet.backends.transformers_backend import TransformersBackend
+from evalfleet.backends.transformers.backend import TransformersBackend
 b = TransformersBackend(ModelConfig(path={str(smollm2)!r}, dtype="float32", engine="continuous",
                                     generation={{"max_new_tokens": 8}}), n_gpus=0)
 b.load()
@@ -204,7 +206,10 @@ with open("/proc/self/status") as f:
 resource.setrlimit(resource.RLIMIT_AS, (size + 1_500_000_000, resource.RLIM_INFINITY))
 stream = b.stream(4096, None)
 print("slots", stream.engine.slots)
-print("answer", stream.run(b.prepare([Request("Say hello.", [], 0)]))[0].text)
+stream.add(b.prepare([Request("Say hello.", [], 0)]), [0])
+while stream.busy:
+    for _, g in stream.step():
+        print("answer", g.text)
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

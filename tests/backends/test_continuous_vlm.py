@@ -6,6 +6,7 @@ import easy_vqa
 import pytest
 from PIL import Image
 from conftest import continuous_answers as streamed
+from conftest import drain
 from conftest import loaded_backend as backend
 from conftest import spread_answer_lengths
 
@@ -60,15 +61,15 @@ def test_text_rows_without_media_on_a_vlm(vlm):
     text_only = [r for r in requests() if not r.images]
     prepared = b.prepare(text_only)
     stream = b.stream(2, None)
-    expected = [(g.text, g.n_tokens) for g in stream.run(prepared)]
+    expected = [(g.text, g.n_tokens) for g in drain(stream, prepared)]
     prepared.inputs = [replace(r, media=None) for r in prepared.inputs]
-    assert [(g.text, g.n_tokens) for g in stream.run(prepared)] == expected
+    assert [(g.text, g.n_tokens) for g in drain(stream, prepared)] == expected
 
 
 def test_rotary_positions_prepared_with_the_model_or_computed_at_prefill_agree(vlm):
     """A batch prepared before the model loaded (a worker's first) has its rotary positions computed in the
     engine's prefill; later batches bring them from the prefetch thread: the answers are the same."""
-    from evalfleet.backends.transformers_backend import TransformersBackend
+    from evalfleet.backends.transformers.backend import TransformersBackend
     from evalfleet.config import ModelConfig
 
     early = TransformersBackend(ModelConfig(path=str(vlm), dtype="float32", engine="continuous",
@@ -79,4 +80,4 @@ def test_rotary_positions_prepared_with_the_model_or_computed_at_prefill_agree(v
     assert not any("positions" in r.media for r in before.inputs)
     assert all("positions" in r.media for r in after.inputs)
     stream = early.stream(3, None)
-    assert [g.text for g in stream.run(before)] == [g.text for g in stream.run(after)]
+    assert [g.text for g in drain(stream, before)] == [g.text for g in drain(stream, after)]

@@ -6,7 +6,7 @@ import torch
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
 
-from evalfleet.backends.experts import NAME, experts_forward, supports, use
+from evalfleet.backends.transformers.kernels.experts import NAME, experts_forward, supports, use
 
 
 @pytest.fixture(scope="module")

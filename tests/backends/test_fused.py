@@ -1,4 +1,4 @@
-"""The fused kernels' maths (backends/kernels.py) against transformers' own modules, in eager mode on the CPU: the
+"""The fused kernels' maths (backends/transformers/kernels/compiled.py) against transformers' own modules, in eager mode on the CPU: the
 GPU compiles exactly these functions, so a wrong formula shows up here, not only on a GPU."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from tiny_models import VLM_ARCHS, build_tiny_qwen2vl
 from transformers import LlamaConfig
 from transformers.models.llama import modeling_llama
 
-from evalfleet.backends.fused import _fused_rotary
-from evalfleet.backends.kernels import rms_norm, rotary_rows, silu_mul
+from evalfleet.backends.transformers.kernels.fused import _fused_rotary
+from evalfleet.backends.transformers.kernels.compiled import rms_norm, rotary_rows, silu_mul
 
 
 def config() -> LlamaConfig:
@@ -65,7 +65,7 @@ def test_vision_rotary_equals_transformers_on_strided_heads_in_bf16():
     """Qwen2-VL's vision rotary (q, k as strided views of one qkv projection, as its attention makes them)."""
     from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl
 
-    from evalfleet.backends.kernels import rotary_vision
+    from evalfleet.backends.transformers.kernels.compiled import rotary_vision
 
     torch.manual_seed(0)
     qkv = torch.randn(37, 3, 4, 16).to(torch.bfloat16)  # [N, 3, H, D]
@@ -91,7 +91,7 @@ def test_a_run_compiles_no_kernel_variant_that_was_not_compiled_ahead(arch, tmp_
     from conftest import loaded_backend
     from test_continuous_vlm import requests
 
-    from evalfleet.backends import fused, kernels
+    from evalfleet.backends.transformers.kernels import compiled as kernels, fused
 
     def answers() -> list[tuple[str, int]]:  # 3 slots, refilled as rows end
         return [(g.text, g.n_tokens) for g in b.stream(3, None).run(b.prepare(requests()))]
@@ -120,7 +120,7 @@ def test_a_first_compile_on_a_machine_starts_once_the_replica_is_set_up(monkeypa
     by a recorder: what is tested is when it starts)."""
     import threading
 
-    from evalfleet.backends import kernels
+    from evalfleet.backends.transformers.kernels import compiled as kernels
 
     started = threading.Event()
     monkeypatch.setattr(kernels, "_marker", lambda shapes, dtype: tmp_path / "never-compiled.done")

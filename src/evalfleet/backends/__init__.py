@@ -1,4 +1,6 @@
-"""Inference backends behind one small protocol (`backends.base`); `make_backend` picks one."""
+"""Inference backends behind one small protocol (`backends.base`); `make_backend` picks one and `stream_of` gives
+the Stream a worker runs it through. Thin adapters (`openai_backend`, `server`, `diffusers_backend`) lie beside
+the in-process engine's own folder (`transformers/`); `kinds` says what each kind needs."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from evalfleet.backends.base import (
     free_memory,
     is_out_of_memory,
 )
+
+from evalfleet.backends.batched import WholeBatches
 
 if TYPE_CHECKING:
     from evalfleet.config import ModelConfig
@@ -39,10 +43,16 @@ def make_backend(
         from evalfleet.backends.diffusers_backend import DiffusersBackend
 
         return DiffusersBackend(cfg, n_gpus, output_dir)
-    from evalfleet.backends.transformers_backend import TransformersBackend
+    from evalfleet.backends.transformers.backend import TransformersBackend
 
     return TransformersBackend(cfg, n_gpus, max_memory_per_gpu)
 
 
+def stream_of(backend: Backend, slots: int, first: Prepared | None) -> Stream:
+    """The Stream a worker runs `backend` through: its own (continuous batching over `slots` decode slots, sized for
+    prompts like `first`), else its `generate` in whole batches of `slots` requests."""
+    return backend.stream(slots, first) or WholeBatches(backend, slots)
+
+
 __all__ = ["Backend", "Generation", "Prepared", "ReplicaLost", "Request", "Stream", "free_memory",
-           "is_out_of_memory", "make_backend"]
+           "is_out_of_memory", "make_backend", "stream_of"]

@@ -1,5 +1,6 @@
-"""What every backend shares: the request and answer records, the Backend protocol with its optional
-abilities' defaults, and the errors a worker tells apart (out of memory, a lost replica)."""
+"""What every backend shares: the request and answer records, the Backend and Stream protocols (a worker runs
+every backend as a Stream: its own, or `batched.WholeBatches` over its `generate`), and the errors a worker tells
+apart (out of memory, a lost replica)."""
 
 from __future__ import annotations
 
@@ -51,17 +52,29 @@ class Prepared:
     """A batch ready for the device: tokenized, images preprocessed (CPU tensors)."""
 
     inputs: Any
-    seed: int
+    """The backend's own: the continuous engine's `Row`s, a padded batch for `generate`, an endpoint's messages."""
+    requests: list[Request]
+    """What was prepared, to prepare again in parts (a batch halved after out-of-memory)."""
     prompts: list[str]
     """The exact prompt each request was given (chat-templated text, or the messages as JSON), for the store."""
 
+    @property
+    def seed(self) -> int:
+        """The batch's seed for backends that sample a whole batch from one generator: its first request's."""
+        return self.requests[0].seed
+
 
 class Stream(Protocol):
-    """Requests in, answers out as each ends (continuous batching): the worker adds prepared batches while the
-    stream is `hungry` and calls `step` while it is `busy`."""
+    """Requests in, answers out as each ends: the worker adds prepared batches while the stream is `hungry` and
+    calls `step` while it is `busy`. The one out-of-memory rule: a stream that runs out of memory runs fewer
+    requests at once, down to one, and a request that does not fit alone is answered with an error."""
 
     busy: bool
     hungry: bool
+    batch: int
+    """Requests per prepared batch it takes now."""
+    log: list[str]
+    """Lines for the run log (a failed batch's traceback, a halving), taken by the worker."""
 
     def add(self, prepared: Prepared, keys: list[Any]) -> None:
         """Queue the requests of `prepared`, the i-th known by `keys[i]`."""
@@ -72,16 +85,16 @@ class Stream(Protocol):
 
 
 class Backend(Protocol):
-    """Answers batches of requests; one instance lives in each worker process. Backends subclass it, so the
-    optional abilities below have their defaults.
+    """Answers requests; one instance lives in each worker process. Backends subclass it, so the optional
+    abilities below have their defaults. What each kind needs of the worker is declared in `backends/kinds.py`.
 
     `prepare` is CPU work (templating, tokenizing, image preprocessing) and runs in a prefetch thread
-    while the device is busy with `generate` of the previous batch. It works from construction on, before
-    `load`, so a worker prepares its first batch while the weights load.
+    while the device is busy with the requests before. It works from construction on, before `load`, so a worker
+    prepares its first batch while the weights load.
     """
 
     label: str
-    """Where it runs, for progress lines (e.g. "NVIDIA H100 80GB HBM3 x2 [static]")."""
+    """Where it runs, for progress lines (e.g. "NVIDIA H100 80GB HBM3 x2 [generate]")."""
     on_step: Callable[[int, int], None] | None = None
     """Set by the worker: called with (step, steps) as a long generation advances (denoising), for its bar."""
     startup: dict[str, float] = {}  # noqa: RUF012 (read only; a backend assigns its own)
@@ -92,15 +105,14 @@ class Backend(Protocol):
 
     def prepare(self, requests: list[Request]) -> Prepared: ...
 
-    def generate(self, prepared: Prepared) -> list[Generation]: ...
+    def generate(self, prepared: Prepared) -> list[Generation]:
+        """A whole batch's answers, in order (backends without a stream of their own)."""
+        raise NotImplementedError
 
     def stream(self, slots: int, first: Prepared | None) -> Stream | None:
-        """A stream of `slots` requests at a time, sized for prompts like `first`, if this backend batches
-        continuously (default: None, the worker calls `generate` per batch)."""
+        """Its own stream of `slots` requests at a time, sized for prompts like `first`, if it batches continuously;
+        default None: `backends.stream_of` streams its `generate` in whole batches of `slots`."""
         return None
-
-    def warm_up(self, prepared: Prepared) -> None:
-        """Called after `load` with the first batch: one-time work for batches of its shape (default: none)."""
 
     def close(self) -> None:
         """Stop what `load` started (servers); default: nothing."""

@@ -37,11 +37,11 @@ class DiffusersBackend(Backend):
         missing = [r.name for r in requests if not r.images]
         if missing:
             raise ValueError(f"an edit needs an input image; none for {', '.join(missing)}")
-        return Prepared(requests, requests[0].seed, [r.prompt for r in requests])
+        return Prepared(None, requests, [r.prompt for r in requests])
 
     @torch.inference_mode()
     def generate(self, prepared: Prepared) -> list[Generation]:
-        requests: list[Request] = prepared.inputs
+        requests = prepared.requests
         d = self.cfg.diffusion
         kwargs: dict[str, Any] = {"num_inference_steps": d.steps, "guidance_scale": d.guidance}
         if "image_guidance_scale" in self.pipe.__call__.__code__.co_varnames:

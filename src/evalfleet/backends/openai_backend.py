@@ -56,7 +56,7 @@ class OpenAIBackend(Backend):
             batch.append(r.messages(self.cfg.system_prompt, self._content(r.prompt, urls)))
             shown.append(json.dumps(r.messages(self.cfg.system_prompt, self._content(r.prompt, ["<image>"] * len(urls))),
                                     ensure_ascii=False))
-        return Prepared(batch, requests[0].seed if requests else 0, shown)
+        return Prepared(batch, requests, shown)
 
     @staticmethod
     def _content(prompt: str, image_urls: list[str]) -> str | list[dict[str, Any]]:

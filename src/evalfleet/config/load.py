@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from evalfleet.backends.kinds import kind
 from evalfleet.config.schema import RunConfig
 from evalfleet.errors import UserError, not_utf8
 
@@ -69,7 +70,7 @@ def parse_config(data: dict[str, Any], source: str = "<dict>", base_dir: Path | 
                 ds.few_shot.path = _relative_to(base_dir, ds.few_shot.path)
         cfg.output_dir = str(_relative_to(base_dir, cfg.output_dir))
         for model in (cfg.model, *(s.model for s in cfg.stages or [])):
-            if model is not None and model.backend != "openai" and looks_local(model.path, base_dir):
+            if model is not None and not kind(model.backend).remote and looks_local(model.path, base_dir):
                 model.path = str(_relative_to(base_dir, model.path))
     return cfg
 

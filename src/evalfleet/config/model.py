@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import warnings
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -68,14 +69,17 @@ class ModelConfig(_Strict):
     """Weights dtype; `auto` is bfloat16 on GPU and float32 on CPU."""
     trust_remote_code: bool = False
     """Allow model code shipped with the checkpoint to run."""
-    engine: Literal["auto", "continuous", "generate", "static"] = "auto"
-    """Decoding loop: `continuous` (continuous batching over decode slots of a preallocated KV cache, decode step
-    replayed as a CUDA graph on GPU; text models, greedy or sampled), `static` (the same cache in whole batches;
-    greedy text models), `generate` (transformers' loop); `auto` picks continuous for text models on one GPU."""
+    engine: Literal["auto", "continuous", "generate"] = "auto"
+    """Decoder (transformers): `continuous` (continuous batching over decode slots, the decode step replayed as a
+    CUDA graph on GPU; text models and the Qwen-VL and GLM-4.1V families, greedy or sampled, on one GPU or the
+    CPU), `generate` (whole batches through transformers' `generate`); `auto`: continuous where it runs the model,
+    else generate (a replica over several GPUs, another VLM). The plan says which (`evalfleet plan`). `static` is
+    read as `continuous` (the static engine is gone)."""
     system_prompt: str | None = None
     """Optional system message put before each question."""
     batch_size: int | Literal["auto"] = "auto"
-    """Samples per batch; `auto` sizes it from GPU memory headroom (8 on CPU). Halved on out-of-memory."""
+    """Requests a replica works on at once: the continuous engine's decode slots, or the rows of a whole batch;
+    `auto` sizes it from GPU memory headroom (8 on CPU). Fewer at once on out-of-memory."""
     generation: GenerationConfig = GenerationConfig()
     """Decoding settings (transformers)."""
     diffusion: DiffusionConfig = DiffusionConfig()
@@ -91,6 +95,14 @@ class ModelConfig(_Strict):
             raise ValueError("backend server needs server.preset (vllm, sglang, llama.cpp) or server.command")
         return self
 
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _static_is_continuous(cls, v: Any) -> Any:
+        if v == "static":
+            warnings.warn("model.engine `static` is gone; `continuous` runs instead", DeprecationWarning, stacklevel=2)
+            return "continuous"
+        return v
+
     @field_validator("batch_size")
     @classmethod
     def _positive(cls, v: int | str) -> int | str:
@@ -102,6 +114,12 @@ class ModelConfig(_Strict):
         """What a loaded replica holds (backend, weights, dtype, engine, server): two settings with the same key can
         share a replica, their generation settings, system prompt and batch size aside."""
         return self.model_dump_json(include={"backend", "path", "dtype", "trust_remote_code", "engine", "server"})
+
+    def served_by(self, loaded: ModelConfig) -> bool:
+        """Whether a replica that loaded `loaded` (its engine resolved by a plan) can answer for these settings: the
+        same `load_key`, an `auto` engine taking the replica's."""
+        mine = self.model_copy(update={"engine": loaded.engine}) if self.engine == "auto" else self
+        return mine.load_key() == loaded.load_key()
 
     def resolved_dtype(self, *, on_gpu: bool) -> str:
         """`auto` is bfloat16 on GPUs and float32 on CPUs."""

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
+from evalfleet.backends.kinds import kind as backend_kind
 from evalfleet.config.model import ModelConfig, _Strict
 
 
@@ -220,7 +221,7 @@ class StageConfig(_Strict):
             raise ValueError("a judge stage needs a `prompt` template")
         if self.kind == "judge" and (why := template_problem(self.prompt or "", JUDGE_FIELDS)):
             raise ValueError(f"judge prompt: {why}")
-        if (self.kind == "edit") != (self.model.backend == "diffusers"):
+        if (self.kind == "edit") != (backend_kind(self.model.backend).output == "images"):
             raise ValueError("an edit stage takes a `diffusers` model, and only an edit stage does")
         return self
 

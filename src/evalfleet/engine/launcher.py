@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from evalfleet.config import ModelConfig
+from evalfleet.backends.kinds import kind
 from evalfleet.engine.messages import Session, Stop
 from evalfleet.engine.worker import worker_main
 from evalfleet.errors import UserError
@@ -108,7 +109,7 @@ class LocalLauncher:
 
     def start(self, spec: WorkerSpec, model_json: str, batch_size: int, output_dir: str
               ) -> tuple[WorkerProcess, Connection]:
-        ctx = worker_context(heavy=ModelConfig.model_validate_json(model_json).backend in ("transformers", "diffusers"))
+        ctx = worker_context(heavy=kind(ModelConfig.model_validate_json(model_json).backend).imports_torch)
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=in_environment, name=f"evalfleet-{spec.name}", daemon=True,
                            args=(dict(os.environ), worker_main, child, spec, model_json, batch_size, output_dir))

@@ -15,10 +15,12 @@ import time
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
+from evalfleet.backends.kinds import kind
 from evalfleet.engine.launcher import LocalLauncher, WorkerProcess, in_environment, worker_context
 from evalfleet.engine.messages import Heartbeat
 from evalfleet.engine.replica import die_with_parent
-from evalfleet.engine.worker import HEARTBEAT_S, worker_main
+from evalfleet.engine.worker import worker_main
+from evalfleet.engine.worker_loop import HEARTBEAT_S
 from evalfleet.records import WorkerSpec
 from evalfleet.stopping import ignore_stop_signals
 
@@ -123,6 +125,7 @@ def prewarm(cfg: RunConfig) -> Prewarmed | None:
     machine = probe_machine()
     on_cpu = not machine.gpus or (cfg.workers is not None and gpus is None)
     n = (cfg.workers or 1) if on_cpu else len(gpus) if gpus is not None else len(machine.gpus)
-    if stage.model.backend == "openai":
+    backend = kind(stage.model.backend)
+    if backend.remote:  # one worker sends the requests
         n = 1
-    return Prewarmed(n, heavy=stage.model.backend in ("transformers", "diffusers"))
+    return Prewarmed(n, heavy=backend.imports_torch)

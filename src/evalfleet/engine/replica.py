@@ -18,7 +18,7 @@ from evalfleet.stopping import ignore_stop_signals
 
 if TYPE_CHECKING:
     from evalfleet.backends import Backend, Stream
-    from evalfleet.engine.worker import ReadyBatch, WorkerLoop
+    from evalfleet.engine.worker_loop import ReadyBatch, WorkerLoop
 
 
 def die_with_parent() -> None:
@@ -56,9 +56,9 @@ def setup_process(spec: WorkerSpec, managed: bool) -> None:
 
 
 def load_replica(spec: WorkerSpec, model_json: str, batch_size: int, output_dir: str, loop: WorkerLoop | None
-                 ) -> tuple[Backend, Future[ReadyBatch | None] | None, Stream | None, dict[str, float]]:
+                 ) -> tuple[Backend, Future[ReadyBatch | None] | None, Stream, dict[str, float]]:
     """Import, initialise CUDA, load the model and set up its engine: (backend, the first batch being prepared by
-    `loop` while the model loaded, the backend's stream if it has one, seconds of each phase)."""
+    `loop` while the model loaded, the Stream the worker runs it through, seconds of each phase)."""
     phases: dict[str, float] = {}  # start-up, observe/startup.py
     t = time.perf_counter()
     import torch
@@ -67,10 +67,10 @@ def load_replica(spec: WorkerSpec, model_json: str, batch_size: int, output_dir:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # N workers' loading bars would garble the live view
-    from evalfleet.backends import make_backend
+    from evalfleet.backends import kinds, make_backend, stream_of
 
     model_cfg = ModelConfig.model_validate_json(model_json)
-    if model_cfg.backend in ("transformers", "diffusers"):  # the bulk of transformers, else imported lazily
+    if kinds.kind(model_cfg.backend).imports_torch:  # the bulk of transformers, else imported lazily
         import evalfleet.engine.preload  # noqa: F401  # else in the first config read, counted as the tokenizer's
     phases["imports"], t = _lap(t)
     if spec.gpus and torch.cuda.is_available():
@@ -84,8 +84,6 @@ def load_replica(spec: WorkerSpec, model_json: str, batch_size: int, output_dir:
     t = time.perf_counter()
     ready = first.result() if first is not None and first.done() and first.exception() is None else None
     prepared = ready.prepared if ready is not None else None
-    stream = backend.stream(batch_size, prepared)  # continuous batching, if the backend does it
-    if stream is None and prepared is not None:  # e.g. capture the decode step for batches of this shape now,
-        backend.warm_up(prepared)  # rather than in the first one
+    stream = stream_of(backend, batch_size, prepared)  # the engine's cache allocated, its decode step captured
     phases["graphs"], _ = _lap(t)
     return backend, first, stream, phases

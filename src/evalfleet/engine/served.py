@@ -171,7 +171,7 @@ def free_replicas(folder: Path, model: ModelConfig) -> list[tuple[Path, Replica]
     a session on one may change its generation settings, system prompt and batch size."""
     free = []
     for path, replica in registered(folder):
-        if ModelConfig.model_validate_json(replica.model).load_key() != model.load_key():
+        if not model.served_by(ModelConfig.model_validate_json(replica.model)):
             continue
         with open(path) as f:
             try:

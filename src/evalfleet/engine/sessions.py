@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 from evalfleet.config import ModelConfig
 from evalfleet.engine.messages import Fatal, Ready, Session, Step, Unloaded
+from evalfleet.engine.streaming import run_stream
+from evalfleet.engine.worker_loop import WorkerLoop
 
 if TYPE_CHECKING:
     from evalfleet.backends import Backend, Stream
@@ -25,7 +27,7 @@ class Held:
     """What a replica holds between sessions."""
 
     backend: Backend
-    stream: Stream | None
+    stream: Stream
     model_json: str
     batch_size: int
 
@@ -43,12 +45,10 @@ def serve_sessions(conn: Connection, held: Held) -> None:
 
 def session(conn: Connection, hello: Session, held: Held, served: bool = False) -> bool:
     """One session on `held`, updated for the next; whether the driver said to stay loaded after it."""
-    from evalfleet.engine.worker import WorkerLoop
-
     started = time.time()
     loop = WorkerLoop(conn, hello.batch_size)
     cfg = ModelConfig.model_validate_json(hello.model_json)
-    if cfg.load_key() != ModelConfig.model_validate_json(held.model_json).load_key():
+    if not cfg.served_by(ModelConfig.model_validate_json(held.model_json)):
         loop.send(Fatal("this replica holds other weights or engine settings than the stage's"))
         loop.close()
         return False
@@ -65,7 +65,7 @@ def session(conn: Connection, hello: Session, held: Held, served: bool = False) 
     loop.send(Ready(label, 0.0, sys.executable, started=started, phases={"attach": round(time.time() - started, 3)}))
     clean = False
     try:
-        loop.run(first, held.stream)
+        run_stream(loop, held.stream, first)
         clean = True
     except EOFError:
         pass  # the driver is gone
@@ -81,9 +81,9 @@ def session(conn: Connection, hello: Session, held: Held, served: bool = False) 
     return loop.keep
 
 
-def _again(held: Held) -> Stream | None:
+def _again(held: Held) -> Stream:
     """The backend's stream made anew (its old cache freed first)."""
-    if held.stream is None:
-        return None
-    held.stream = None
-    return held.backend.stream(held.batch_size, None)
+    from evalfleet.backends import stream_of
+
+    del held.stream
+    return stream_of(held.backend, held.batch_size, None)

@@ -1,8 +1,8 @@
-"""A worker's loop for a backend that batches continuously (`Backend.stream`): requests go in as the engine has
-room for them, answers go back as they end.
+"""A worker's one loop: requests go into its backend's Stream (`backends.stream_of`: the continuous engine, or
+whole batches through `generate`) as it has room for them, answers go back as they end.
 
-The prefetch thread prepares the next batch while the engine decodes (as for whole batches); a prepared batch
-is added whenever the engine is `hungry` and it is ready, or at once when the engine has nothing else to do.
+The prefetch thread prepares the next batch while the stream works (`worker_loop.py`); a prepared batch is added
+whenever the stream is `hungry` and it is ready, or at once when the stream has nothing else to do.
 Answers are sent grouped by chunk, every FLUSH_ROWS answers or FLUSH_S seconds, so the driver's progress, store
 and leases see them as they come without a message per sample.
 """
@@ -18,7 +18,7 @@ from evalfleet.records import Result, Sample
 
 if TYPE_CHECKING:
     from evalfleet.backends import Stream
-    from evalfleet.engine.worker import ReadyBatch, WorkerLoop
+    from evalfleet.engine.worker_loop import ReadyBatch, WorkerLoop
 
 FLUSH_ROWS = 64
 FLUSH_S = 0.5
@@ -40,6 +40,9 @@ class Outbox:
         self.count += len(results)
 
     def flush(self, force: bool = False) -> None:
+        if self.loop.stream is not None and self.loop.stream.log:  # the stream's lines for the run log
+            self.loop.log += self.loop.stream.log
+            self.loop.stream.log.clear()
         if not self.count or not (force or self.count >= FLUSH_ROWS or time.perf_counter() - self.sent >= FLUSH_S):
             return
         for chunk_id, results in self.by_chunk.items():
@@ -52,7 +55,8 @@ class Outbox:
 
 def run_stream(loop: WorkerLoop, stream: Stream, first: Future[ReadyBatch | None]) -> None:
     """Feed `stream` from the worker's chunks until the driver says stop or no chunk is left, sending answers as
-    they end."""
+    they end. (`first`: the first batch, prepared while the model loaded.)"""
+    loop.stream = stream  # the batches taken from now on are the size it takes
     owners: dict[int, tuple[int, Sample, str]] = {}  # key -> (chunk, sample, the prompt it was given)
     outbox = Outbox(loop)
     job: Future[ReadyBatch | None] | None = first

@@ -59,7 +59,11 @@ class Plan:
     mode: str
     gpus_per_replica: int
     batch_size: int
+    """Requests a replica works on at once: its decode slots (`continuous`) or the rows of a whole batch."""
     reasons: list[str] = field(default_factory=list)
+    engine: str = "auto"
+    """The replicas' decoder (`backends/kinds.py: engine_for`), named by `plan/stage.py`; `auto` where only the
+    worker can tell (a model without a local config.json)."""
 
 
 def parse_bytes(text: str) -> int:

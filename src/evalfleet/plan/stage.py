@@ -3,11 +3,14 @@ and choose the layout and batch size (`plan.placement.plan`, a pure function ove
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
+from evalfleet.backends.kinds import engine_for, kind
 from evalfleet.config import ModelConfig, RunConfig
 from evalfleet.data.images import open_image
+from evalfleet.errors import UserError
 from evalfleet.plan.memory import ModelEstimate, estimate_model, longest_prompt_tokens
 from evalfleet.plan.placement import Machine, Plan, describe, parse_bytes, plan, probe_machine, split_gpus
 from evalfleet.records import Sample
@@ -20,10 +23,11 @@ def make_plan(
 
     `gpus` replaces the run's GPUs (a stage's own set); `share` divides the CPU cores (stages at once).
     """
-    if model.backend == "openai":  # the endpoints do the work: one worker sends the requests
+    if kind(model.backend).remote:  # the endpoints do the work: one worker sends the requests
         s = model.server
         batch = model.batch_size if model.batch_size != "auto" else 2 * s.max_in_flight * len(s.urls)
         chosen = plan(Machine([], 1), None, workers=1, batch_size=batch)
+        chosen.engine = "generate"
         chosen.reasons.append(f"openai backend: {len(s.urls)} endpoint(s), up to {s.max_in_flight} requests in "
                               "flight each, from one worker")
         return chosen, [f"plan: {r}" for r in chosen.reasons]
@@ -36,10 +40,29 @@ def make_plan(
     est = _estimate(model, samples, on_gpu) if on_gpu else None
     chosen = plan(machine, est, mode=p.mode, gpus=gpus, workers=cfg.workers,
                   gpus_per_replica=p.gpus_per_replica, max_memory_per_gpu=cap, batch_size=model.batch_size)
+    chosen.engine, why = choose_engine(model, chosen.gpus_per_replica)
+    chosen.reasons.append(f"engine {chosen.engine}: {why}")
     if p.cpu_worker_headroom and chosen.mode == "cpu":
         headroom = parse_bytes(p.cpu_worker_headroom)
         chosen.workers = [replace(w, cpu_headroom=headroom) for w in chosen.workers]
     return chosen, describe(machine, est, chosen)
+
+
+def choose_engine(model: ModelConfig, gpus: int) -> tuple[str, str]:
+    """The replicas' decoder and why (`engine_for`), from the checkpoint's config.json; `auto` (the worker chooses by
+    the same rule) where there is none to read (a hub id)."""
+    try:
+        config = json.loads((Path(model.path) / "config.json").read_text())
+    except (OSError, ValueError):
+        config = None
+    if config is None and kind(model.backend).streams and model.engine == "auto":
+        return "auto", "chosen by each worker from the model's config (no local config.json to read here)"
+    config = config or {}
+    try:
+        return engine_for(model.engine, backend=model.backend, model_type=config.get("model_type"),
+                          vision="vision_config" in config, gpus=gpus)
+    except ValueError as err:
+        raise UserError(f"model {model.path}: {err}") from None
 
 
 def _estimate(model: ModelConfig, samples: list[Sample], on_gpu: bool) -> ModelEstimate | None:

@@ -21,6 +21,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 SLOT_ATTENTION = "evalfleet_slots"
+GROW_MARGIN = 1.1
+"""The device's free memory a cache's growth needs, as a multiple of what it allocates (fragmentation)."""
 FLASH_DECODE_FROM = 1024
 """Slot lengths above which decode steps use flash attention over each slot's used keys; up to it, SDPA's grouped
 mode over whole slots with a mask is faster (`bench/slot_kernels.py`: 256 slots of 768 holding 514 on average,
@@ -50,10 +52,41 @@ class SlotCache:
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.flash = flash_ok(device, dtype, self.head_dim)
-        self.decode_flash = self.flash and length > FLASH_DECODE_FROM
-        self.base = torch.arange(slots, device=device) * length  # [S] first cache index of each slot
-        self.cu_slots = (torch.arange(slots + 1, device=device) * length).to(torch.int32)
         self.cu_steps = torch.arange(slots + 1, device=device, dtype=torch.int32)
+        self._index(length)
+
+    def _index(self, length: int) -> None:
+        """What depends on the slots' length: where each slot begins, and the decode attention's kernel."""
+        self.length = length
+        device = self.cu_steps.device
+        self.decode_flash = self.flash and length > FLASH_DECODE_FROM
+        self.base = torch.arange(self.slots, device=device) * length  # [S] first cache index of each slot
+        self.cu_slots = (torch.arange(self.slots + 1, device=device) * length).to(torch.int32)
+
+    def can_grow(self, length: int) -> bool:
+        """Whether `grow(length)` fits beside what the device holds now: every layer's new positions and one layer's
+        copy at a time, with a margin (the CPU: always)."""
+        device = self.cu_steps.device
+        if device.type != "cuda":
+            return True
+        layer = self.keys[0]
+        per_position = layer[0].numel() * layer.element_size() * self.slots  # one position of every slot, one tensor
+        need = 2 * len(self.keys) * (length - self.length) * per_position + layer.numel() * layer.element_size()
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return need * GROW_MARGIN <= free + cached
+
+    def grow(self, length: int) -> None:
+        """Slots of `length` positions, each keeping the keys and values it holds; one layer at a time, so that the
+        device holds at most one layer twice."""
+        for tensors in (self.keys, self.values):
+            for i, old in enumerate(tensors):
+                new = old.new_zeros((self.slots * length, *old.shape[1:]))
+                new.view(self.slots, length, *old.shape[1:])[:, : self.length].copy_(
+                    old.view(self.slots, self.length, *old.shape[1:]))
+                tensors[i] = new
+            del old, new
+        self._index(length)
 
     def decode(self, pos: torch.Tensor) -> Pass:
         """A decode step of the first w = len(pos) slots: slot s's token is at position pos[s] (its keys and values

@@ -1,4 +1,6 @@
-"""In-process transformers backend: text causal LMs (chat template) and VLMs (AutoProcessor)."""
+"""In-process transformers backend: text causal LMs (chat template) and VLMs (AutoProcessor), decoded by the
+continuous engine (`engine.py`), or in whole batches by transformers' `generate` where the engine cannot run the
+model (`kinds.engine_for`: a replica over several GPUs, a VLM the engine does not know)."""
 
 from __future__ import annotations
 
@@ -18,17 +20,17 @@ from transformers import (
     BatchEncoding,
 )
 
-from evalfleet.backends import experts
-from evalfleet.backends.attention import use_decode_attention, use_packed_vision_attention
 from evalfleet.backends.base import Backend, Generation, Prepared, Request, free_memory, is_out_of_memory
-from evalfleet.backends.continuous import ContinuousEngine, Row, TokenStream
-from evalfleet.backends.fused import fuse_elementwise, fuse_when_ready
-from evalfleet.backends.kernels import compile_kernels
-from evalfleet.backends.processors import without_video_processor
-from evalfleet.backends.sampling import Sampler
-from evalfleet.backends.slot_cache import SLOT_ATTENTION
-from evalfleet.backends.static_decode import StaticDecoder
-from evalfleet.backends.vision_rows import has_rope_index, split_batch
+from evalfleet.backends.kinds import engine_for
+from evalfleet.backends.transformers.engine import ContinuousEngine, Row, TokenStream
+from evalfleet.backends.transformers.kernels import experts
+from evalfleet.backends.transformers.kernels.attention import use_decode_attention, use_packed_vision_attention
+from evalfleet.backends.transformers.kernels.compiled import compile_kernels
+from evalfleet.backends.transformers.kernels.fused import fuse_elementwise, fuse_when_ready
+from evalfleet.backends.transformers.processors import without_video_processor
+from evalfleet.backends.transformers.sampling import Sampler
+from evalfleet.backends.transformers.slot_cache import SLOT_ATTENTION
+from evalfleet.backends.transformers.vision import has_rope_index, split_batch
 from evalfleet.config import ModelConfig
 
 log = logging.getLogger("evalfleet")
@@ -39,14 +41,6 @@ def is_vision_model(config: Any) -> bool:
     return getattr(config, "vision_config", None) is not None
 
 
-def has_sliding_window(config: Any) -> bool:
-    """Some layers attend over a window only (Mistral v0.1, Gemma 3, Phi-3): their static cache layers are
-    rolling buffers, which the static engine's prompt writes do not handle."""
-    if types := getattr(config, "layer_types", None):
-        return any("sliding" in t for t in types)
-    return bool(getattr(config, "sliding_window", None)) and getattr(config, "use_sliding_window", True)
-
-
 def _tensors(encoding: BatchEncoding) -> BatchEncoding:
     """Token ids as torch tensors by way of numpy: `return_tensors="pt"` builds them from nested lists, a third of
     the time of tokenizing 512 prompts."""
@@ -54,11 +48,11 @@ def _tensors(encoding: BatchEncoding) -> BatchEncoding:
 
 
 class TransformersBackend(Backend):
-    """Batched generation with left padding; greedy unless the config asks for sampling.
+    """Prompts templated and tokenized, answers decoded; greedy unless the config asks for sampling.
 
-    Engines: `continuous` (continuous batching over decode slots, CUDA-graph decode step; text models), `static`
-    (whole batches over a preallocated cache; greedy text models) and `generate` (transformers' loop; VLMs,
-    replicas over several GPUs, CPU by default).
+    Its engine is the config's (the plan resolves `auto`, `plan/stage.py`; else it is chosen here by the same rule):
+    `continuous` streams requests through the engine; `generate` answers whole batches, left-padded, with
+    transformers' loop (`backends.stream_of` streams them).
     """
 
     def __init__(self, cfg: ModelConfig, n_gpus: int, max_memory_per_gpu: int | None = None) -> None:
@@ -75,16 +69,15 @@ class TransformersBackend(Backend):
         self.vision = is_vision_model(config)
         self.rope_index = has_rope_index(config)
         self.image_token_id = getattr(config, "image_token_id", None)
-        self.sliding = has_sliding_window(getattr(config, "text_config", config))
         self._text: Future[tuple[Any, Any]] = Future()  # (processor, tokenizer), read in a thread: it overlaps
         threading.Thread(target=self._load_text, name="tokenizer", daemon=True).start()  # the weights' loading
-        self.engine = self._choose_engine(n_gpus)
+        self.engine, _ = engine_for(cfg.engine, backend=cfg.backend, model_type=getattr(config, "model_type", None),
+                                    vision=self.vision, gpus=n_gpus)
+        self.continuous = self.engine == "continuous"
         where = (f"CPU x{torch.get_num_threads()}" if n_gpus == 0
                  else torch.cuda.get_device_name(0) + (f" x{n_gpus}" if n_gpus > 1 else ""))
         self.label = f"{where} [{self.engine}]"
         self.model: Any = None
-        self.decoder: StaticDecoder | None = None
-        self.streamed: TokenStream | None = None
         self.eos_ids: set[int] = set()
         self.kernels_changed: Any = lambda: False
         """True once, when the fused kernels compiled during the load have been switched in."""
@@ -132,14 +125,13 @@ class TransformersBackend(Backend):
         kernels for the engine."""
         self.model = model
         self.model.eval()
-        if self.engine == "continuous":
+        if self.continuous:
             self.model.set_attn_implementation(SLOT_ATTENTION)
         use_decode_attention(self.model)
         experts.use(self.model)  # MoE layers: transformers' grouped GEMMs, less glue around them
         if self.vision:
             use_packed_vision_attention(self.model)
-        if self.kernels is None or self.kernels_cached or self.engine == "static":
-            # Waited for: seconds from the cache, or a first compile, since the static engine captures its graphs once.
+        if self.kernels is None or self.kernels_cached:  # waited for: seconds from the cache
             self.set_up.set()  # (a first compile waits for this event: nothing is left to overlap it with)
             fuse_elementwise(self.model, self.kernels)
         else:  # never compiled here: no batch waits for it; the kernels are switched in between steps once compiled
@@ -148,19 +140,11 @@ class TransformersBackend(Backend):
         self.kernels = None
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if self.engine == "static":
-            self.decoder = StaticDecoder(self.model, cuda_graphs=self.n_gpus > 0)
-
-    def warm_up(self, prepared: Prepared) -> None:
-        """Get ready for batches shaped like `prepared` (the static engine captures its decode step now)."""
-        if self.decoder is not None:
-            rows, prompt_len = prepared.inputs["input_ids"].shape
-            self.decoder.warm_up(rows, prompt_len, self.cfg.generation.max_new_tokens, self.tokenizer.pad_token_id)
 
     def stream(self, slots: int, first: Prepared | None) -> TokenStream | None:
         """The continuous engine with `slots` decode slots, its cache sized for prompts as long as `first`'s longest
-        (it grows when a longer one comes and no slot is busy)."""
-        if self.engine != "continuous":
+        (it grows when a longer one comes); None with the `generate` engine."""
+        if not self.continuous:
             return None
         self.kernels_changed()  # compiled since the load: switched in before the engine captures its steps
         gen = self.cfg.generation
@@ -168,38 +152,24 @@ class TransformersBackend(Backend):
         sampler = Sampler(gen.temperature, gen.top_p, gen.top_k)
         if self.n_gpus:
             sampler.compile()
+        notes = []
         while True:  # a cache that does not fit: half the slots, down to one
             try:
                 engine = ContinuousEngine(self.model, slots=slots, length=longest + gen.max_new_tokens,
                                           max_new_tokens=gen.max_new_tokens, eos_ids=self.eos_ids, sampler=sampler,
                                           cuda_graphs=self.n_gpus > 0)
                 self.set_up.set()  # its first steps captured: a first compile on this machine may start now
+                engine.log += notes
                 return TokenStream(engine, self._decode, self.kernels_changed)
             except Exception as err:
                 if not is_out_of_memory(err) or slots == 1:
                     raise
             free_memory()
-            log.warning("out of memory allocating %d decode slots; trying %d", slots, slots // 2)
+            notes.append(f"out of memory allocating {slots} decode slots; trying {slots // 2}")
             slots //= 2
 
     def _decode(self, tokens: list[int]) -> Generation:
         return Generation(self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), len(tokens))
-
-    def _choose_engine(self, n_gpus: int) -> str:
-        """`auto`: the continuous engine on one GPU for text models and the VLMs it knows (`ROPE_INDEX_MODELS`),
-        `generate` otherwise."""
-        engine = self.cfg.engine
-        greedy = self.cfg.generation.temperature == 0
-        if engine == "static" and (self.vision or self.sliding or not greedy):
-            raise ValueError("engine static needs a text model without sliding-window attention and greedy "
-                             "decoding (temperature 0)")
-        fits = (not self.vision or self.rope_index) and n_gpus <= 1
-        if engine == "continuous" and not fits:
-            raise ValueError("engine continuous needs one GPU (or the CPU) and a text model or one of the VLMs "
-                             "Qwen2-VL, Qwen2.5-VL, Qwen3-VL (MoE too), GLM-4.1V")
-        if engine == "auto":
-            engine = "continuous" if fits and n_gpus == 1 else "generate"
-        return engine
 
     def prepare(self, requests: list[Request]) -> Prepared:
         """Template, tokenize and preprocess images on the CPU (runs in the worker's prefetch thread)."""
@@ -214,7 +184,7 @@ class TransformersBackend(Backend):
             ]
             images = [r.images for r in requests] if any(r.images for r in requests) else None
             inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
-            if self.engine == "continuous":  # one request per sample, unpadded, with its own images
+            if self.continuous:  # one request per sample, unpadded, with its own images
                 dtype = getattr(torch, self.cfg.resolved_dtype(on_gpu=self.n_gpus > 0))
                 rows = split_batch(inputs, [len(r.images) for r in requests], self.image_token_id, dtype,
                                    model=self.model)  # the model: once loaded
@@ -225,12 +195,12 @@ class TransformersBackend(Backend):
                                                         tokenize=False) if templated else r.plain_text(system)
                      for r in requests]
             special = {"add_special_tokens": False} if templated else {}  # the template has them
-            if self.engine == "continuous":  # no padding: each request is a list of ids, with its seed
+            if self.continuous:  # no padding: each request is a list of ids, with its seed
                 ids = self.tokenizer(texts, **special)["input_ids"]
                 inputs = [Row(None, row, r.seed) for row, r in zip(ids, requests)]
             else:
                 inputs = _tensors(self.tokenizer(texts, padding=True, return_tensors="np", **special))
-        return Prepared(inputs, requests[0].seed, texts)
+        return Prepared(inputs, requests, texts)
 
     def _n_tokens(self, row: list[int]) -> int:
         for i, tok in enumerate(row):
@@ -240,27 +210,18 @@ class TransformersBackend(Backend):
 
     @torch.inference_mode()
     def generate(self, prepared: Prepared) -> list[Generation]:
+        """A left-padded batch's answers by transformers' `generate` (the `generate` engine)."""
+        assert not self.continuous, "the continuous engine answers through `stream`"
         gen = self.cfg.generation
-        if self.engine == "continuous":  # a whole batch through the engine (its slots sized for it the first time)
-            if self.streamed is None:
-                self.streamed = self.stream(len(prepared.inputs), prepared)
-            assert self.streamed is not None
-            return self.streamed.run(prepared)
         self.set_up.set()  # the model's first forwards are done (or about to be): a first compile may start
-        self.kernels_changed()  # (the continuous engine checks between its steps)
+        self.kernels_changed()
         inputs = prepared.inputs.to(self.model.device)
-        pad = self.tokenizer.pad_token_id
-        if self.decoder is not None:
-            new_t = self.decoder.generate(inputs["input_ids"], inputs["attention_mask"],
-                                          max_new_tokens=gen.max_new_tokens, eos_ids=self.eos_ids, pad_id=pad)
+        kwargs: dict[str, Any] = {"max_new_tokens": gen.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
+        if gen.temperature > 0:
+            torch.manual_seed(prepared.seed)
+            kwargs.update(do_sample=True, temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k or None)
         else:
-            kwargs: dict[str, Any] = {"max_new_tokens": gen.max_new_tokens, "pad_token_id": pad}
-            if gen.temperature > 0:
-                torch.manual_seed(prepared.seed)
-                kwargs.update(do_sample=True, temperature=gen.temperature, top_p=gen.top_p)
-            else:
-                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-            new_t = self.model.generate(**inputs, **kwargs)[:, inputs["input_ids"].shape[1] :]
-        new = new_t.tolist()  # [batch, new_tokens]
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        new = self.model.generate(**inputs, **kwargs)[:, inputs["input_ids"].shape[1] :].tolist()  # [batch, new]
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         return [Generation(t.strip(), self._n_tokens(row)) for t, row in zip(texts, new)]

@@ -1,6 +1,6 @@
-"""Attention for batched generation (prompts: flash attention over each row's tokens, when the caller passes
-their boundaries on CUDA; one-token queries: SDPA reading each KV head once; else SDPA) and packed attention for
-vision towers (one SDPA call per image size instead of one per image or window)."""
+"""Attention for `generate`'s whole batches (one-token queries: SDPA reading each KV head once; else SDPA) and packed
+attention for vision towers (one SDPA call per image size instead of one per image or window). The continuous
+engine's own attention is `slot_cache.py`'s."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from evalfleet.backends.slot_cache import SLOT_ATTENTION
+from evalfleet.backends.transformers.slot_cache import SLOT_ATTENTION
 
 ATTENTION = "evalfleet_sdpa"
 """Name of the attention implementation registered with transformers."""
@@ -24,50 +24,19 @@ for flash-attn's varlen kernel, instead of calling SDPA once per image or window
 448x448 images on Qwen2.5-VL is ~120k attention calls per forward, each a few kernel launches."""
 
 
-def prompt_boundaries(attention_mask: torch.Tensor) -> dict[str, Any]:
-    """Keyword arguments for a forward over left-padded prompts [B, T] that let `grouped_decode_attention` run
-    flash attention (varlen) instead of SDPA with a padding mask: the boundaries of each row's padding and of its
-    tokens in the flattened [B * T] order, so that tokens attend causally within their own row and padding only
-    to padding (whose outputs nothing reads)."""
-    rows, length = attention_mask.shape
-    ends = torch.arange(rows + 1, device=attention_mask.device) * length
-    starts = ends[:-1] + (length - attention_mask.sum(-1))  # where each row's tokens begin
-    cu = torch.cat([ends, starts]).unique().to(torch.int32)  # sorted; rows without padding add no boundary
-    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": length, "max_length_k": length}
-
-
-def _varlen_prompt_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float | None,
-                             cu: torch.Tensor, max_len: int) -> torch.Tensor:
-    """Causal flash attention of packed sequences, the query heads of a group sharing their KV head (no copies,
-    unlike `repeat_kv`). query [B, H, T, D], key/value [B, Hk, T, D] -> [B, T, H, D]."""
-    b, _, t, d = query.shape
-    q, k, v = (x.transpose(1, 2).reshape(b * t, -1, d) for x in (query, key, value))  # q: a view
-    out = torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, max_len, max_len, 0.0, True, False,
-                                                  scale=scaling)[0]
-    return out.view(b, t, -1, d)
-
-
 def grouped_decode_attention(
     module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-    attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-    cu_seq_lens_q: torch.Tensor | None = None, max_length_q: int | None = None, **kwargs: Any,
+    attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None, **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """Prompts with boundaries (`prompt_boundaries`): flash attention; one-token queries (decode steps): SDPA's
-    grouped-query mode with the mask; anything else: transformers' SDPA. A prompt forward given `kv_sink` hands it
-    each layer's keys and values (`kv_sink(layer_idx, key, value)`): the static engine stores them in its cache.
+    """One-token queries (the decode steps of `generate`): SDPA's grouped-query mode with the mask; anything else:
+    transformers' SDPA.
 
     transformers' SDPA path, given a padding mask, copies the keys and values once per query group (`repeat_kv`,
     7x for Qwen2.5-7B) in every layer. For decode steps `enable_gqa` reads each KV head once: on an H100, batch
     512, 384 slots, 0.15 ms a layer, against 0.28 ms for two matmuls around an fp32 softmax
-    (`bench/decode_attention.py`); for prompts, flash attention needs no mask and skips the masked-out half.
+    (`bench/decode_attention.py`).
     """
-    sink = kwargs.pop("kv_sink", None)
-    if sink is not None and (layer_idx := getattr(module, "layer_idx", None)) is not None:
-        sink(layer_idx, key, value)  # a prompt's forward (of one token, maybe)
     if query.shape[2] != 1:
-        if (cu_seq_lens_q is not None and max_length_q == query.shape[2] == key.shape[2] and not dropout
-                and kwargs.get("sliding_window") is None and query.dtype in (torch.float16, torch.bfloat16)):
-            return _varlen_prompt_attention(query, key, value, scaling, cu_seq_lens_q, max_length_q), None
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     mask = None if attention_mask is None else attention_mask[:, :, -1:, : key.shape[2]]  # [B, 1, 1, L]

@@ -1,6 +1,6 @@
 """The fused kernels' arithmetic (RMSNorm, the gated MLP's activation, rotary embedding of text models and of
 vision towers) and its compilation: torch.compile with dynamic shapes, ahead of the batches, for every variant a
-model calls; on a machine that never compiled them, in a process of its own (`backends/fused.py` patches the
+model calls; on a machine that never compiled them, in a process of its own (`backends/transformers/kernels/fused.py` patches the
 model's modules to call them)."""
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def _compile_apart(shapes: Shapes, dtype: torch.dtype, device: str, marker: Path
     """Compile in a child process (the same GPUs and cache, one compile thread: the CPU cores stay with the run;
     it writes the marker), then here from its cache. The child is not tied to this process: one that outlives it
     still fills the cache for the next run."""
-    cmd = [sys.executable, "-m", "evalfleet.backends.kernels", json.dumps(asdict(shapes)), str(dtype).split(".")[-1],
+    cmd = [sys.executable, "-m", "evalfleet.backends.transformers.kernels.compiled", json.dumps(asdict(shapes)), str(dtype).split(".")[-1],
            str(marker)]
     code = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             env={**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": "1"}).wait()

@@ -9,7 +9,7 @@ On CUDA the decode step (forward, next-token choice, bookkeeping) is captured on
 the host learns which requests ended one step late (their flags are copied while the next step runs), so it
 never waits for the GPU between steps except to read the tokens of ended requests. Requests take the lowest free
 slots, and once the queue is dry the busy slots are moved to the front so that a step decodes only as many slots
-as are busy, rounded up to a width of `decode_widths` (`decode_graphs.py`).
+as are busy, rounded up to a width of `decode_widths` (`graphs.py`).
 
     engine = ContinuousEngine(model, slots=256, length=512, max_new_tokens=64, eos_ids={2}, sampler=Sampler())
     engine.add([Row(key, ids, seed), ...])
@@ -19,7 +19,6 @@ as are busy, rounded up to a width of `decode_widths` (`decode_graphs.py`).
 
 from __future__ import annotations
 
-import logging
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -28,12 +27,10 @@ from typing import Any
 import torch
 
 from evalfleet.backends.base import Generation, Prepared, free_memory, is_out_of_memory
-from evalfleet.backends.decode_graphs import SMALLEST_WIDTH, DecodeGraphs, decode_widths, width_for
-from evalfleet.backends.sampling import Sampler
-from evalfleet.backends.slot_cache import SlotCache
-from evalfleet.backends.vision_rows import has_rope_index, prefill_inputs
-
-log = logging.getLogger("evalfleet")
+from evalfleet.backends.transformers.graphs import SMALLEST_WIDTH, DecodeGraphs, decode_widths, width_for
+from evalfleet.backends.transformers.sampling import Sampler
+from evalfleet.backends.transformers.slot_cache import SlotCache
+from evalfleet.backends.transformers.vision import has_rope_index, prefill_inputs
 
 LENGTH_QUANTUM = 64
 """Slot lengths are rounded up to this."""
@@ -82,6 +79,8 @@ class ContinuousEngine:
         self.out = torch.zeros(slots, max_new_tokens + 1, **zeros)  # [S, W]: new tokens; a spare column for idle slots
         self.waiting: deque[Row] = deque()
         self.refused: list[Done] = []
+        self.log: list[str] = []
+        """Lines for the run log: out-of-memory halvings, the cache's growth."""
         self.keys: list[Any] = [None] * slots  # the request each slot holds
         self.free = list(range(slots))
         self.graphs: DecodeGraphs | None = None
@@ -91,10 +90,13 @@ class ContinuousEngine:
         self.cache: SlotCache
         self._allocate(length)
 
+    def _rounded(self, length: int) -> int:
+        return -(-max(length, self.max_new + 1) // LENGTH_QUANTUM) * LENGTH_QUANTUM
+
     def _allocate(self, length: int) -> None:
         """A cache of `length` positions per slot (rounded up), and the decode step captured (or run once) for it."""
         self.graphs = self.cache = None  # type: ignore[assignment]  # free the old ones first
-        self.length = -(-max(length, self.max_new + 1) // LENGTH_QUANTUM) * LENGTH_QUANTUM
+        self.length = self._rounded(length)
         self.cache = SlotCache(self.model.config, self.slots, self.length, self.model.device, self.model.dtype)
         state = [self.token, self.pos, self.n_new, self.active, self.ended]
         self.graphs = DecodeGraphs(state, self.use_graphs)
@@ -106,15 +108,26 @@ class ContinuousEngine:
         self.ended.zero_()
 
     def _fits(self, row: Row) -> bool:
-        """Whether `row` fits a slot; if not and no slot is busy, the cache grows (by half at least) to hold it."""
+        """Whether `row` fits a slot; if not, the cache grows (by half at least) to hold it: at once, the busy slots
+        keeping what they hold, where the device has room for that (`SlotCache.grow`), else once they have
+        drained."""
         need = len(row.ids) + self.max_new
         if need <= self.length:
             return True
+        length = self._rounded(max(need, self.length * 3 // 2))
         if len(self.free) < self.slots:
-            return False  # the cache grows once the busy slots have drained
+            if not self.cache.can_grow(length):
+                return False  # the cache grows once the busy slots have drained
+            self.graphs.clear()  # they point at the old cache: captured again on their next use
+            with torch.inference_mode():  # (the cache is inference tensors: allocated in inference mode)
+                self.cache.grow(length)
+            self.log.append(f"decode slots grown from {self.length} to {length} positions for a prompt of "
+                            f"{len(row.ids)} tokens, {self.slots - len(self.free)} requests decoding")
+            self.length = length
+            return True
         old = self.length
         try:
-            self._allocate(max(need, old * 3 // 2))
+            self._allocate(length)
             return True
         except Exception as err:
             if not is_out_of_memory(err):
@@ -286,7 +299,7 @@ class ContinuousEngine:
                 done.append(Done(rows[0].key, [], f"out of memory prefilling {len(rows[0].ids)} prompt tokens alone"))
                 return done
             half = len(rows) // 2
-            log.warning("out of memory prefilling %d prompts; %d now, the rest later", len(rows), half)
+            self.log.append(f"out of memory prefilling {len(rows)} prompts; {half} now, the rest later")
             self.waiting.extendleft(reversed(rows[half:]))
             rows = rows[:half]
         return done
@@ -327,9 +340,11 @@ class TokenStream:
     def __init__(self, engine: ContinuousEngine, decode: Callable[[list[int]], Generation],
                  kernels_changed: Callable[[], bool] = lambda: False) -> None:
         self.engine, self.decode, self.kernels_changed = engine, decode, kernels_changed
+        self.log = engine.log
 
     busy = property(lambda self: self.engine.busy)
     hungry = property(lambda self: self.engine.hungry)
+    batch = property(lambda self: self.engine.slots)
 
     def add(self, prepared: Prepared, keys: list[Any]) -> None:
         self.engine.add([replace(row, key=key) for key, row in zip(keys, prepared.inputs)])
@@ -338,11 +353,3 @@ class TokenStream:
         if self.kernels_changed():  # fused kernels switched in (`fused.fuse_when_ready`)
             self.engine.graphs.clear()
         return [(d.key, Generation("", 0, d.error) if d.error else self.decode(d.tokens)) for d in self.engine.step()]
-
-    def run(self, prepared: Prepared) -> list[Generation]:
-        """A whole batch's answers, in order."""
-        self.add(prepared, list(range(len(prepared.inputs))))
-        answers: dict[Any, Generation] = {}
-        while self.busy:
-            answers.update(self.step())
-        return [answers[i] for i in range(len(prepared.inputs))]

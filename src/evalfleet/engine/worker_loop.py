@@ -1,0 +1,166 @@
+"""A worker's side of the pipe, below its entry points (`worker.worker_main`, `sessions.session`): the chunks it
+receives, its heartbeat, and the CPU stage of a batch (images decoded, `Backend.prepare`) on a prefetch thread.
+The stream loop (`streaming.run_stream`) takes the prepared batches from here."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import traceback
+import zlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from evalfleet.data.images import open_image
+from evalfleet.engine.messages import FromWorker, Heartbeat, Stop, Work
+from evalfleet.records import Result, Sample
+
+if TYPE_CHECKING:
+    from evalfleet.backends import Backend, Prepared, Stream
+
+HEARTBEAT_S = 2.0
+"""Seconds between a worker's heartbeats: a worker silent for much longer is hung (stopped, or stuck holding the
+interpreter) and is replaced by its driver."""
+
+
+@dataclass
+class ReadyBatch:
+    """A batch after the CPU stage: images decoded, inputs prepared (or why that failed)."""
+
+    batch: Work
+    """Samples of one chunk to answer together."""
+    errors: list[Result]
+    """Samples whose images could not be read."""
+    samples: list[Sample]
+    """Samples going to the device."""
+    prepared: Prepared | None = None
+    failure: tuple[str, str] | None = None
+    """(message, traceback) when preparing raised."""
+
+
+def prepare_batch(backend: Backend, batch: Work) -> ReadyBatch:
+    """CPU stage of a batch: decode images and let the backend tokenize and preprocess."""
+    from evalfleet.backends import Request
+
+    ready = ReadyBatch(batch, [], [])
+    requests = []
+    for s in batch.samples:
+        try:
+            images = [open_image(ref) for ref in s.images]
+        except ValueError as err:
+            ready.errors.append(Result(s.dataset, s.id, None, str(err)))
+            continue
+        name = f"{s.dataset}/{s.id}"
+        requests.append(Request(s.prompt, images, batch.seed ^ zlib.crc32(name.encode()), name, s.context))
+        ready.samples.append(s)
+    if requests:
+        try:
+            ready.prepared = backend.prepare(requests)
+        except Exception as err:
+            ready.failure = (f"{type(err).__name__}: {err}", traceback.format_exc())
+    return ready
+
+
+class WorkerLoop:
+    """Receives chunks, cuts them into batches of the size its stream takes, and prepares the next batch on a thread
+    while the device works on the ones before (the stream loop, `streaming.run_stream`, feeds them to the backend).
+
+    A daemon thread reads the pipe as messages come (the driver's sends never wait for this worker), into
+    `inbox`; the prefetch thread takes the next batch from it, waiting for the driver if need be, and prepares
+    it while the main thread generates: the next batch is ready however late the driver's chunk arrives."""
+
+    backend: Backend
+    """Set by `start`."""
+
+    def __init__(self, conn: Connection, batch_size: int) -> None:
+        self.conn = conn
+        self.batch_size = batch_size
+        self.stream: Stream | None = None
+        """Set by the stream loop: its `batch` is the size of the batches taken from then on."""
+        self.pending: deque[Work] = deque()
+        self.log: list[str] = []  # lines for the driver's log, sent with the next results
+        self.inbox: queue.Queue[Any] = queue.Queue()
+        self.prefetch = ThreadPoolExecutor(1, thread_name_prefix="prepare")
+        self.stopping = False
+        self.keep = False
+        """The driver's stop said to stay loaded for a later stage (`Stop.keep`)."""
+        self.stop_said = threading.Event()
+        """The driver said stop. It says so at the end only once every result is in, so a batch still queued or
+        prepared then was cut short by a signal or an error: it is not started."""
+        self.preparing = threading.Lock()
+        self.sending = threading.Lock()  # the main thread's results and the heartbeat thread share the pipe
+        self.ended = threading.Event()
+        threading.Thread(target=self._receive, name="receive", daemon=True).start()
+        threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
+
+    def send(self, msg: FromWorker) -> None:
+        with self.sending:
+            self.conn.send(msg)
+
+    def _heartbeat(self) -> None:
+        while not self.ended.wait(HEARTBEAT_S):
+            try:
+                self.send(Heartbeat())
+            except (OSError, ValueError):  # the driver is gone, or the pipe closed
+                return
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                msg = self.conn.recv()
+            except (EOFError, OSError) as err:  # the driver is gone
+                self.inbox.put(EOFError(str(err)))
+                return
+            if isinstance(msg, Stop):
+                self.keep = msg.keep
+                self.stop_said.set()
+            self.inbox.put(msg)
+            if isinstance(msg, Stop):
+                return
+
+    def take(self) -> Work | None:
+        """The next batch, waiting for the driver's next chunk if none is queued; None once the driver said stop."""
+        if self.stop_said.is_set():
+            return None
+        while not self.pending:
+            if self.stopping:
+                return None
+            msg = self.inbox.get()
+            if isinstance(msg, EOFError):
+                raise msg
+            if isinstance(msg, Stop):
+                self.stopping = True
+                return None
+            self.pending.append(msg)
+        head = self.pending[0]
+        n = self.stream.batch if self.stream is not None else self.batch_size
+        if len(head.samples) > n:
+            self.pending[0] = Work(head.chunk_id, head.samples[n:], head.seed)
+        else:
+            self.pending.popleft()
+        return Work(head.chunk_id, head.samples[:n], head.seed)
+
+    def _prepare(self, batch: Work) -> ReadyBatch:
+        with self.preparing:  # tokenizers set their padding per call: one batch at a time
+            return prepare_batch(self.backend, batch)
+
+    def next_batch(self) -> Future[ReadyBatch | None]:
+        """The next batch, taken and prepared on the prefetch thread."""
+        return self.prefetch.submit(lambda: None if (b := self.take()) is None else self._prepare(b))
+
+    def start(self, backend: Backend) -> Future[ReadyBatch | None]:
+        """Prepare the first batch with `backend` on the prefetch thread (the driver sends a worker its first
+        chunk as it starts it), while the main thread loads the model."""
+        self.backend = backend
+        return self.next_batch()
+
+    def close(self) -> None:
+        """Stop the heartbeat; release a prefetch thread waiting for a chunk (the worker is ending on an error)."""
+        self.ended.set()
+        self.inbox.put(Stop())
+        self.prefetch.shutdown(wait=False, cancel_futures=True)
+
+
