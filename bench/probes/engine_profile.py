@@ -1,24 +1,27 @@
-"""Where a continuous-engine run spends its time, beside the static engine, on the uniform workload (512 prompts
-of 256 templated tokens -> 64 tokens, no EOS; Qwen2.5-7B-shaped, one GPU): calls and synchronised GPU time of
-prefills and decode steps, then the top kernels of each engine under torch.profiler.
+"""Where a continuous-engine run spends its time on the uniform workload (512 prompts of 256 templated tokens -> 64
+tokens, no EOS; Qwen2.5-7B-shaped, one GPU): calls and synchronised GPU time of prefills and decode steps, then the
+top kernels under torch.profiler. (Until 2026-12-07 it profiled the static engine beside it, RESULTS.md session 7;
+that engine is gone from src/.) `SPENT` and `timed` serve `first_job.py` and `vlm_profile.py` too.
 
-    PYTHONPATH=src python bench/engine_profile.py [--rows 512] [--slots 256] [--work DIR]
+    PYTHONPATH=src python bench/probes/engine_profile.py [--rows 512] [--slots 256] [--work DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
-from continuous import continuous, static, text_backend
 from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).parents[1]))  # bench/
+from continuous import continuous, text_backend
 
 from evalfleet.backends.transformers.engine import ContinuousEngine
 from evalfleet.backends.transformers.sampling import Sampler
-from evalfleet.backends.static_decode import StaticDecoder
 
 SPENT: dict[str, list[float]] = defaultdict(list)
 
@@ -48,28 +51,23 @@ def main() -> None:
     b, ids = text_backend(args.work, "7b", args.rows)
     print("prompt lengths", min(map(len, ids)), max(map(len, ids)))
     n = len(ids) * 64
-    for label, fn in (("continuous", lambda: continuous(b.model, ids, args.slots, 64, set(), Sampler())[0]),
-                      ("static", lambda: static(b.model, ids, args.slots, 64, set(), b.tokenizer.pad_token_id)[0])):
-        print(f"{label}: {n / fn():,.0f} tok/s unprofiled")
+
+    def run() -> float:
+        return continuous(b.model, ids, args.slots, 64, set(), Sampler())[0]
+
+    print(f"continuous: {n / run():,.0f} tok/s unprofiled")
     originals = [(c, m, timed(c, m)) for c, m in ((ContinuousEngine, "_prefill"), (ContinuousEngine, "_decode"),
-                                                  (ContinuousEngine, "_collect"), (StaticDecoder, "_prefill"),
-                                                  (StaticDecoder, "_step"))]
-    seconds = {"continuous": continuous(b.model, ids, args.slots, 64, set(), Sampler())[0],
-               "static": static(b.model, ids, args.slots, 64, set(), b.tokenizer.pad_token_id)[0]}
-    print("\n| engine | wall s (synchronised) |\n|---|---|")
-    for k, v in seconds.items():
-        print(f"| {k} | {v:.2f} |")
+                                                  (ContinuousEngine, "_collect"))]
+    print(f"\ncontinuous: wall {run():.2f} s (each call synchronised)")
     print("\n| call | count (warm-up + timed) | total s | mean ms |\n|---|---|---|---|")
     for k, v in SPENT.items():
         print(f"| {k} | {len(v)} | {sum(v):.2f} | {1000 * sum(v) / len(v):.2f} |")
     for c, m, f in originals:
         setattr(c, m, f)
-    for label, fn in (("continuous", lambda: continuous(b.model, ids, args.slots, 64, set(), Sampler())),
-                      ("static", lambda: static(b.model, ids, args.slots, 64, set(), b.tokenizer.pad_token_id))):
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            fn()
-        print(f"\n### {label}\n")
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60))
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run()
+    print("\n### continuous\n")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60))
 
 
 if __name__ == "__main__":
