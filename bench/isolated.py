@@ -4,14 +4,14 @@ attention, the experts), its figures handed back to the bench as JSON. The bench
 hidden flags, as `bench/gpu_exactness.py` does for its variants:
 
     ap = argparse.ArgumentParser()
-    isolated.add_flags(ap)
-    args = ap.parse_args()
-    if isolated.child(args, {"stock": stock_generate}):  # in the re-invoked process: run it, write its figures
+    ...
+    args = isolated.parse_args(ap, {"stock": stock_generate})
+    if args is None:  # this process was the re-invoked one: it ran the variant and wrote its figures
         return
     figures = isolated.run(__file__, "stock", job, work)  # in the bench: a dict, or {"error": ...}
 
 The script imports evalfleet only on the bench's own code path (inside its functions), never at module level:
-`child` asserts that the baseline's process holds no evalfleet module, before and after the measurement.
+`parse_args` asserts that the baseline's process holds no evalfleet module, before and after the measurement.
 """
 
 from __future__ import annotations
@@ -24,17 +24,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def add_flags(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--variant", help=argparse.SUPPRESS)
+def parse_args(ap: argparse.ArgumentParser, variants: dict[str, Callable[[dict], dict]]) -> argparse.Namespace | None:
+    """The bench's arguments; None in a process started by `run`, after it wrote the variant's figures for its job
+    where `run` reads them. Running out of GPU memory is a result there ({"error": "out of memory ..."})."""
+    ap.add_argument("--variant", choices=list(variants), help=argparse.SUPPRESS)
     ap.add_argument("--job", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--to", type=Path, help=argparse.SUPPRESS)
-
-
-def child(args: argparse.Namespace, variants: dict[str, Callable[[dict], dict]]) -> bool:
-    """In a process started by `run`: the variant's figures for its job, written where `run` reads them (True);
-    False in the bench's own process. Running out of GPU memory is a result ({"error": "out of memory ..."})."""
+    args = ap.parse_args()
     if not args.variant:
-        return False
+        return args
     assert "evalfleet" not in sys.modules, "a stock baseline's process imported evalfleet"
     import torch
 
@@ -45,7 +43,7 @@ def child(args: argparse.Namespace, variants: dict[str, Callable[[dict], dict]])
         out = {"error": f"out of memory ({str(err).splitlines()[0][:200]})"}
     assert "evalfleet" not in sys.modules, "a stock baseline imported evalfleet"
     args.to.write_text(json.dumps(out))
-    return True
+    return None
 
 
 def run(script: str | Path, variant: str, job: dict, work: Path) -> dict:

@@ -159,9 +159,8 @@ def main() -> None:
     ap.add_argument("--shape", default="30b-a3b")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench"))
     ap.add_argument("--out", type=Path, default=None)
-    isolated.add_flags(ap)
-    args = ap.parse_args()
-    if isolated.child(args, {"stock": stock_generate}):
+    args = isolated.parse_args(ap, {"stock": stock_generate})
+    if args is None:  # this process was the stock baseline's
         return
     same_rows = args.slots if args.same_batch_rows is None else args.same_batch_rows
     args.work.mkdir(parents=True, exist_ok=True)

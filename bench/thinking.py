@@ -108,9 +108,8 @@ def main() -> None:
     ap.add_argument("--shape", default="7b")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench"))
     ap.add_argument("--out", type=Path, default=None)
-    isolated.add_flags(ap)
-    args = ap.parse_args()
-    if isolated.child(args, {"stock": stock_generate}):
+    args = isolated.parse_args(ap, {"stock": stock_generate})
+    if args is None:  # this process was the stock baseline's
         return
     from continuous import GPU, continuous, text_backend  # evalfleet: in this process only, not the baseline's
 
