@@ -1,13 +1,16 @@
-"""Continuous batching against whole batches (issue 19), one GPU, Qwen2.5-7B-shaped random weights, in one process
-(the engines share the loaded model; each is warmed on a few rows before it is timed):
+"""The continuous engine on uniform, to-max and mixed-length work (issue 19), one GPU, Qwen2.5-7B-shaped random
+weights, in one process (the engines share the loaded model; each is warmed on a few rows before it is timed):
 
-  uniform    --uniform prompts of 256 templated tokens -> 64 tokens, no EOS: the continuous engine, greedy and
-             sampled (temperature 0.7, top_p 0.9), against the static engine in batches of --slots
+  uniform    --uniform prompts of 256 templated tokens -> 64 tokens, no EOS: greedy and sampled (temperature 0.7,
+             top_p 0.9)
   to max     --rows prompts of 256 tokens -> --max-new tokens, no EOS: the rate when every row runs to the max
   mixed      the same prompts, with EOS tokens chosen from the to-max answers so that ~--ending of the rows end
-             within 256 tokens: useful tokens (up to and with the EOS) per second, continuous and static
+             within 256 tokens: useful tokens (up to and with the EOS) per second, with decode steps narrowed to the
+             busy slots and with every step all slots wide
 
-The issue's targets: mixed >= 0.9 x to max (continuous), sampled >= 0.9 x greedy, uniform >= 8,000 tok/s.
+The issue's targets: mixed >= 0.9 x to max, sampled >= 0.9 x greedy, uniform >= 8,000 tok/s. (Until 2026-12-07 the
+uniform and mixed work also ran on the static engine in batches of --slots, RESULTS.md sessions 7 and 9; that
+engine is gone from src/.) Also the engine benches' shared helpers (`continuous`, `text_backend`, `width_table`).
 
     PYTHONPATH=src python bench/continuous.py [--rows 1024] [--max-new 512] [--slots 256] [--work DIR]
 """
@@ -24,12 +27,10 @@ import torch
 from models import chat_prompts, qwen25_text
 
 from evalfleet.backends import Request
-from evalfleet.backends.transformers.kernels.attention import ATTENTION
+from evalfleet.backends.transformers.backend import TransformersBackend
 from evalfleet.backends.transformers.engine import ContinuousEngine, Row
 from evalfleet.backends.transformers.sampling import Sampler
 from evalfleet.backends.transformers.slot_cache import SLOT_ATTENTION
-from evalfleet.backends.static_decode import StaticDecoder
-from evalfleet.backends.transformers.backend import TransformersBackend
 from evalfleet.config import ModelConfig
 
 GPU = torch.cuda.is_available()
@@ -70,30 +71,6 @@ def continuous(model, ids: list[list[int]], slots: int, max_new: int, eos: set[i
     return seconds, [out[i] for i in range(len(ids))]
 
 
-def static(model, ids: list[list[int]], slots: int, max_new: int, eos: set[int], pad: int) -> tuple[float, int]:
-    """Seconds and useful tokens of the static engine in batches of `slots` (left-padded; warmed on one batch)."""
-    model.set_attn_implementation(ATTENTION)
-    decoder = StaticDecoder(model, cuda_graphs=GPU)
-    useful = 0
-    for warm in (True, False):
-        sync()
-        t0 = time.perf_counter()
-        for i in range(0, slots if warm else len(ids), slots):
-            batch = ids[i : i + slots]
-            width = max(map(len, batch))
-            x = torch.tensor([[pad] * (width - len(r)) + r for r in batch], device=model.device)
-            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in batch], device=model.device)
-            new = decoder.generate(x, mask, max_new_tokens=max_new, eos_ids=eos, pad_id=pad).tolist()
-            if not warm:
-                useful += sum(next((j + 1 for j, t in enumerate(row) if t in eos), max_new) for row in new)
-        sync()
-        seconds = time.perf_counter() - t0
-    del decoder
-    if GPU:
-        torch.cuda.empty_cache()
-    return seconds, useful
-
-
 def choose_eos(answers: list[list[int]], within: int, share: float) -> set[int]:
     """Tokens that, as EOS, end about `share` of the rows within their first `within` tokens."""
     rows_with = Counter(t for a in answers for t in set(a[:within]))
@@ -117,6 +94,35 @@ def text_backend(work: Path, shape: str, rows: int) -> tuple[TransformersBackend
     return b, [r.ids for r in b.prepare([Request(t, [], 0) for t in chat_prompts(work, rows, 256)]).inputs]
 
 
+def width_table(engine: ContinuousEngine, ids: list[list[int]], steps: int) -> dict[int, float]:
+    """Fill the engine's slots with `ids` (16 rows, then the rest), print both prefills' times and the ms of a
+    decode step at each of the engine's widths (`steps` replays of its captured graph); return the latter."""
+    slots = engine.slots
+    prefill = {}
+    for n in (16, slots):  # the first fills 16 slots, the second the rest of them and then some
+        rows = [Row(i, x, i) for i, x in enumerate(ids[:n])]
+        sync()
+        t0 = time.perf_counter()
+        engine.add(rows)
+        engine._admit()
+        sync()
+        prefill[n] = time.perf_counter() - t0
+    print(f"prefill of 16 prompts {prefill[16] * 1e3:.1f} ms; of {slots - 16} more {prefill[slots] * 1e3:.1f} ms"
+          f" ({prefill[slots] * 1e3 / max(1, slots - 16):.2f} ms a prompt)\n")
+    print("| width | ms a decode step | ms a token |\n|---|---|---|")
+    out = {}
+    for w in engine.widths:
+        engine.graphs.run(w, engine._decode_step)  # captured now
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            engine.graphs.run(w, engine._decode_step)
+        sync()
+        out[w] = ms = (time.perf_counter() - t0) / steps * 1e3
+        print(f"| {w} | {ms:.2f} | {ms / w:.3f} |")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1024)
@@ -129,7 +135,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     b, ids = text_backend(args.work, args.shape, max(args.rows, args.uniform))
-    model, pad = b.model, b.tokenizer.pad_token_id
+    model = b.model
     greedy, sampled = Sampler(), Sampler(0.7, top_p=0.9)
     sampled.compile()
     rows: list[tuple[str, str, float]] = []
@@ -138,9 +144,7 @@ def main() -> None:
     n = len(uni) * 64
     s_greedy, _ = continuous(model, uni, args.slots, 64, set(), greedy)
     s_sampled, _ = continuous(model, uni, args.slots, 64, set(), sampled)
-    s_static, _ = static(model, uni, args.slots, 64, set(), pad)
-    rows += [("uniform", "continuous, greedy", n / s_greedy), ("uniform", "continuous, sampled", n / s_sampled),
-             ("uniform", "static, greedy", n / s_static)]
+    rows += [("uniform", "continuous, greedy", n / s_greedy), ("uniform", "continuous, sampled", n / s_sampled)]
 
     work = ids[: args.rows]
     s_max, answers = continuous(model, work, args.slots, args.max_new, set(), greedy)
@@ -148,12 +152,10 @@ def main() -> None:
     s_mixed, mixed = continuous(model, work, args.slots, args.max_new, eos, greedy)
     s_wide, wide = continuous(model, work, args.slots, args.max_new, eos, greedy, narrow=False)
     useful = sum(map(len, mixed))
-    s_static_mixed, useful_static = static(model, work, args.slots, args.max_new, eos, pad)
     ended = sum(1 for a in mixed if len(a) <= 256 and a[-1] in eos) / len(mixed)
     rows += [("to max", f"continuous, {args.max_new} each", len(work) * args.max_new / s_max),
              ("mixed", f"continuous ({ended:.0%} end within 256)", useful / s_mixed),
-             ("mixed", "continuous, every step all slots wide", sum(map(len, wide)) / s_wide),
-             ("mixed", "static", useful_static / s_static_mixed)]
+             ("mixed", "continuous, every step all slots wide", sum(map(len, wide)) / s_wide)]
     print(f"\n{torch.cuda.get_device_name() if GPU else 'CPU'}, {args.shape}-shaped, {args.slots} slots; EOS set of {len(eos)} tokens, "
           f"mean useful length {useful / len(work):.0f} of {args.max_new}\n")
     print("| workload | engine | tok/s |\n|---|---|---|")
@@ -162,7 +164,7 @@ def main() -> None:
     r = {e: v for _, e, v in rows}
     print(f"\nsampled / greedy {r['continuous, sampled'] / r['continuous, greedy']:.2f}; "
           f"mixed / to max {useful / s_mixed / (len(work) * args.max_new / s_max):.2f}; "
-          f"mixed continuous / static {useful / s_mixed / (useful_static / s_static_mixed):.2f}; "
+          f"narrowed / all-wide steps {useful / s_mixed / (sum(map(len, wide)) / s_wide):.2f}; "
           f"answers that differ between narrowed and all-wide steps {sum(a != b for a, b in zip(mixed, wide))} "
           f"of {len(mixed)} (bf16: a matmul's rounding may depend on its batch size)")
     if args.out:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from models import images, qwen25_vl
+from models import SUBJECTS, images, qwen25_vl
 from PIL import Image
 
 from evalfleet.backends import Request
@@ -30,7 +30,6 @@ from evalfleet.backends.transformers.backend import TransformersBackend
 from evalfleet.config import ModelConfig
 
 GPU = torch.cuda.is_available()
-SUBJECTS = ["the circle", "the background", "the largest shape", "the picture", "the top left corner"]
 
 
 def sync() -> None:

@@ -136,6 +136,10 @@ def qwen25_vl(work: Path, shape: str) -> Path:
     return folder
 
 
+SUBJECTS = ["the circle", "the background", "the largest shape", "the picture", "the top left corner"]
+"""What questions about `images` ask about."""
+
+
 def images(work: Path, n: int, size: int = 448) -> list[Path]:
     """`n` distinct PNG images of size x size (coloured shapes on noise)."""
     import random

@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from decode_widths import width_table
+from continuous import width_table
 from transformers import AutoTokenizer, Qwen3MoeConfig, Qwen3MoeForCausalLM
 from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
 

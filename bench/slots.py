@@ -20,8 +20,7 @@ import argparse
 from pathlib import Path
 
 import torch
-from continuous import GPU, choose_eos, continuous, text_backend
-from decode_widths import width_table
+from continuous import GPU, choose_eos, continuous, text_backend, width_table
 from throughput import dataset, evalfleet
 
 from evalfleet.backends.transformers.engine import ContinuousEngine
@@ -30,7 +29,7 @@ from evalfleet.backends.transformers.slot_cache import SLOT_ATTENTION
 
 
 def step_ms(model, ids: list[list[int]], slots: int, steps: int = 30) -> float:
-    """ms of one captured decode step with every one of `slots` slots busy (`decode_widths.width_table`, which
+    """ms of one captured decode step with every one of `slots` slots busy (`continuous.width_table`, which
     prints every width's)."""
     model.set_attn_implementation(SLOT_ATTENTION)
     engine = ContinuousEngine(model, slots=slots, length=max(map(len, ids)) + 64, max_new_tokens=64, eos_ids=set(),

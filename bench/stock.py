@@ -1,5 +1,6 @@
 """The baseline a researcher would write: transformers as shipped, in a process of its own, nothing of evalfleet
-imported or patched in. `bench/throughput.py` runs it.
+imported or patched in. `bench/throughput.py` and `bench/startup.py` run it; `bench/moe_judge.py`'s baselines
+template their rows with its `encode`.
 
 Reads the same JSONL file `evalfleet run` reads (`question`, and `image` for a VLM), loads the model fresh with
 `from_pretrained` (bf16 on a GPU, SDPA attention), and answers the rows in order with `generate` (greedy) in
@@ -30,6 +31,20 @@ from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, Auto
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def encode(kind: str, processor: object, tokenizer: object, part: list[dict]) -> object:
+    """Template and tokenize a batch of rows (`question`, and `image` for a VLM: decoded and preprocessed), left
+    padded, as a script would."""
+    if kind == "vlm":
+        chats = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": r["question"]}]}]
+                 for r in part]
+        texts = [processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
+        pics = [Image.open(r["image"]).convert("RGB") for r in part]
+        return processor(text=texts, images=pics, padding=True, return_tensors="pt")
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": r["question"]}], add_generation_prompt=True,
+                                           tokenize=False) for r in part]
+    return tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
 
 
 def main() -> None:
@@ -64,17 +79,7 @@ def main() -> None:
 
     def answer(part: list[dict]) -> tuple[int, int]:
         """Template, tokenize (decode and preprocess images) and generate one batch: (rows, generated tokens)."""
-        if args.kind == "vlm":
-            chats = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": r["question"]}]}]
-                     for r in part]
-            texts = [processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
-            pics = [Image.open(r["image"]).convert("RGB") for r in part]
-            inputs = processor(text=texts, images=pics, padding=True, return_tensors="pt")
-        else:
-            texts = [tokenizer.apply_chat_template([{"role": "user", "content": r["question"]}],
-                                                   add_generation_prompt=True, tokenize=False) for r in part]
-            inputs = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
-        inputs = inputs.to(model.device)
+        inputs = encode(args.kind, processor, tokenizer, part).to(model.device)
         with torch.inference_mode():
             out = model.generate(**inputs, max_new_tokens=args.new, do_sample=False, temperature=None, top_p=None,
                                  top_k=None, pad_token_id=tokenizer.pad_token_id)

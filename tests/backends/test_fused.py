@@ -82,7 +82,7 @@ def test_vision_rotary_equals_transformers_on_strided_heads_in_bf16():
 @pytest.mark.parametrize("arch", VLM_ARCHS)
 def test_a_run_compiles_no_kernel_variant_that_was_not_compiled_ahead(arch, tmp_path, monkeypatch):
     """A fresh replica's first VLM job met 9 kernel variants that were not compiled yet and spent seconds on them
-    (bench/first_job.py). Here the kernels go through torch.compile with its eager backend, whose guards, and so
+    (bench/probes/first_job.py). Here the kernels go through torch.compile with its eager backend, whose guards, and so
     whose recompiles, are the inductor backend's: after the ahead compile and the load's warm-up, a continuous run
     with slots refilled must compile nothing, and answer as unfused."""
     import sys
@@ -115,7 +115,7 @@ def test_a_run_compiles_no_kernel_variant_that_was_not_compiled_ahead(arch, tmp_
 
 
 def test_a_first_compile_on_a_machine_starts_once_the_replica_is_set_up(monkeypatch, tmp_path):
-    """A process compiling beside a replica's first forwards slowed them (bench/cold_start.py): on a machine that
+    """A process compiling beside a replica's first forwards slowed them (bench/probes/cold_start.py): on a machine that
     never compiled the kernels, the compiling process waits for the backend's signal (here the process is replaced
     by a recorder: what is tested is when it starts)."""
     import threading

@@ -4,17 +4,20 @@ answered --jobs times through one `TokenStream`, as `evalfleet serve` answers su
 the processor's seconds (timed apart), then the engine's seconds split into prefills (the vision tower inside
 them apart) and decode steps, each call synchronised, and torch.compile's recompiles during the job.
 
-    PYTHONPATH=src python bench/first_job.py [--rows 451] [--jobs 3] [--batch 64] [--work DIR]
+    PYTHONPATH=src python bench/probes/first_job.py [--rows 451] [--jobs 3] [--batch 64] [--work DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parents[1]))  # bench/
 from continuous_vlm import backend, prepare, requests, sync
 from engine_profile import SPENT, timed
 from models import images, qwen25_vl

@@ -4,7 +4,7 @@
      TORCH_LOGS=recompiles; `evalfleet status` from another process while it runs;
   2. the same run under a pseudo-terminal (`script`), for the live view's GPU lines.
 
-    PYTHONPATH=src python bench/observe_smoke.py [--prompts 2048] [--work /tmp/bench] [--out DIR]
+    PYTHONPATH=src python bench/probes/observe_smoke.py [--prompts 2048] [--work /tmp/bench] [--out DIR]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))  # bench/
 from models import chat_prompts, qwen25_text
 
 

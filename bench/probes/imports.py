@@ -9,7 +9,7 @@ fresh process timed from its start (`python -c "import torch, transformers.model
                      process compiles and writes
   cache, later       the same settings again: later processes read the bytecode
 
-    PYTHONPATH=src python bench/imports.py [--repeat 2]
+    PYTHONPATH=src python bench/probes/imports.py [--repeat 2]
 """
 
 from __future__ import annotations

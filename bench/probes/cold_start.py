@@ -12,7 +12,7 @@ preloads and evalfleet's own; the backend's construction, which is the `tokenize
 engine's set-up (`stream`) and its decode steps there (first ones, capture); --profile prints where the
 construction, the load and the set-up spend their time.
 
-    PYTHONPATH=src python bench/cold_start.py [--work DIR]
+    PYTHONPATH=src python bench/probes/cold_start.py [--work DIR]
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ CASE = """
 import json, sys, time
 from pathlib import Path
 t0 = time.perf_counter()
-sys.path.insert(0, "bench")
 import evalfleet.bytecode  # as the fork server: its bytecode cache first
 import torch, transformers.modeling_utils  # what the fork server preloads (launcher.HEAVY)
 t1 = time.perf_counter()
@@ -79,7 +78,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench"))
     ap.add_argument("--profile", action="store_true", help="print each case's profiles (cProfile)")
     args = ap.parse_args()
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).parents[1]))  # bench/
     import torch
     from models import qwen25_vl
 
@@ -91,7 +90,7 @@ def main() -> None:
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(folder), **more}
         out = subprocess.run([sys.executable, "-c", CASE, str(path), case, str(folder),
                               "profile" if args.profile else "-"], env=env, check=False,
-                             capture_output=True, text=True, cwd=Path(__file__).parents[1])
+                             capture_output=True, text=True, cwd=Path(__file__).parents[2])
         lines = out.stdout.strip().splitlines()
         print(case, "\n".join(lines if args.profile else lines[-1:]) if lines else out.stderr[-2000:], flush=True)
         while case == "cold" and GPU and not list(folder.glob("evalfleet-fused-*.done")):  # `warm` needs the child done

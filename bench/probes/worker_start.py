@@ -4,7 +4,7 @@ calls `evalfleet.run` again and again; and a two-stage pipeline whose judge is a
 clock of `run()` and, from its performance summary, the seconds from the stage's start to every replica ready
 (process start, imports and model load), and the workers' process start + imports.
 
-    PYTHONPATH=src python bench/worker_start.py [--runs 3] [--workers 2] [--rows 8]
+    PYTHONPATH=src python bench/probes/worker_start.py [--runs 3] [--workers 2] [--rows 8]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from evalfleet.assets import smollm2_path
 from evalfleet.config import parse_config
 from evalfleet.run import run
 
-QUESTIONS = Path(__file__).parents[1] / "src" / "evalfleet" / "data" / "demo_questions.jsonl"
+QUESTIONS = Path(__file__).parents[2] / "src" / "evalfleet" / "data" / "demo_questions.jsonl"
 
 
 def config(out: Path, name: str, workers: int, rows: int, judge: bool) -> dict:

@@ -1,14 +1,12 @@
-"""Attention kernels compared on the static engine's shapes (issue 4), Qwen2.5-7B-shaped (28 query heads over
-4 KV heads, head dim 128), batch 512, bf16:
-  - decode steps: one-token queries over a KV cache of L slots with a boolean padding mask. Each variant's
-    largest difference from the first (two matmuls around an fp32 softmax: evalfleet's kernel until SDPA's
-    grouped-query mode measured faster; `grouped_decode_attention` is now that mode);
-  - prompts (prefill) of T tokens, some rows left-padded: transformers' SDPA with the causal padding mask
-    (`repeat_kv` copies) against flash attention over the rows' boundaries (`prompt_boundaries`); the largest
-    difference on real tokens.
-Prints GPU time per call and per forward (x 28 layers).
+"""Decode-attention kernels compared on a whole batch's shapes (issue 4; now those of the `generate` engine),
+Qwen2.5-7B-shaped (28 query heads over 4 KV heads, head dim 128), batch 512, bf16: one-token queries over a KV cache
+of L slots with a boolean padding mask. Each variant's largest difference from the first (two matmuls around an fp32
+softmax: evalfleet's kernel until SDPA's grouped-query mode measured faster; `grouped_decode_attention` is now that
+mode). Prints GPU time per call and per forward (x 28 layers). (Until 2026-12-07 it also timed the static engine's
+flash-attention prefill, RESULTS.md session 4; that kernel went with the engine.) `gpu_ms` serves
+`slot_kernels.py` too.
 
-    PYTHONPATH=src python bench/decode_attention.py [--batch 512] [--length 384] [--prompt 258]
+    PYTHONPATH=src python bench/probes/decode_attention.py [--batch 512] [--length 384] [--used 300]
 """
 
 from __future__ import annotations
@@ -17,9 +15,8 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from evalfleet.backends.transformers.kernels.attention import grouped_decode_attention, prompt_boundaries
+from evalfleet.backends.transformers.kernels.attention import grouped_decode_attention
 
 HEADS, KV_HEADS, DIM, LAYERS = 28, 4, 128, 28
 
@@ -37,45 +34,17 @@ def gpu_ms(fn, reps: int = 50) -> float:
     return start.elapsed_time(end) / reps
 
 
-def table(variants: dict, reference: torch.Tensor, kv_bytes: int, keep: torch.Tensor | None = None) -> None:
-    """A row per variant: GPU time, K+V bandwidth, largest difference from `reference` (rows `keep` of dim 1)."""
+def table(variants: dict, reference: torch.Tensor, kv_bytes: int) -> None:
+    """A row per variant: GPU time, K+V bandwidth, largest difference from `reference`."""
     print("| kernel | ms per call | ms per forward (x28) | GB/s of K+V | max diff |\n|---|---|---|---|---|")
     for name, fn in variants.items():
         try:
             ms = gpu_ms(fn)
             out = fn().float()
-            diff = ((out - reference) if keep is None else (out - reference)[keep]).abs().max().item()
+            diff = (out - reference).abs().max().item()
             print(f"| {name} | {ms:.3f} | {ms * LAYERS:.2f} | {kv_bytes / ms / 1e6:,.0f} | {diff:.4f} |", flush=True)
         except Exception as err:  # a variant this torch cannot run: say so, measure the others
             print(f"| {name} | failed: {type(err).__name__}: {str(err)[:80]} | | | |", flush=True)
-
-
-def prompts(b: int, t: int) -> None:
-    """Prefill attention of B left-padded prompts of T tokens."""
-    dev, dt = "cuda", torch.bfloat16
-    g = torch.Generator(dev).manual_seed(1)
-    q = torch.randn(b, t, HEADS, DIM, device=dev, dtype=dt, generator=g).transpose(1, 2)  # as the projections lay out
-    k, v = (torch.randn(b, KV_HEADS, t, DIM, device=dev, dtype=dt, generator=g) for _ in range(2))  # as the cache
-    pad = torch.zeros(b, t, dtype=torch.long, device=dev)
-    pad[: b // 2, :2] = 1  # half the rows left-padded by 2 tokens
-    valid = pad == 0  # [B, T]
-    mask = torch.ones(t, t, dtype=torch.bool, device=dev).tril()[None, None] & valid[:, None, None, :]
-    mask = mask | ~valid[:, None, :, None]  # padding queries see everything (their outputs are unused)
-    boundaries = prompt_boundaries(valid.long())
-    scale = DIM**-0.5
-    module = torch.nn.Module()
-    module.num_key_value_groups, module.is_causal = HEADS // KV_HEADS, True
-
-    def sdpa() -> torch.Tensor:
-        return sdpa_attention_forward(module, q, k, v, mask, scaling=scale)[0]
-
-    def flash() -> torch.Tensor:
-        return grouped_decode_attention(module, q, k, v, mask, scaling=scale, **boundaries)[0]
-
-    print(f"\nprompts: batch {b}, {t} tokens (half the rows 2 padding tokens)")
-    table({"transformers' SDPA, causal padding mask (repeat_kv)": sdpa,
-           "flash attention over row boundaries (evalfleet)": flash},
-          sdpa().float(), 2 * k.numel() * k.element_size(), valid)
 
 
 def main() -> None:
@@ -83,7 +52,6 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--length", type=int, default=384, help="KV cache slots (prompt + new tokens, rounded up)")
     ap.add_argument("--used", type=int, default=300, help="slots holding tokens (the rest is masked)")
-    ap.add_argument("--prompt", type=int, default=258, help="prompt tokens (prefill section)")
     args = ap.parse_args()
     b, length = args.batch, args.length
     dev, dt = "cuda", torch.bfloat16
@@ -119,7 +87,6 @@ def main() -> None:
     table({"matmuls around an fp32 softmax": matmuls, "the same under torch.compile": compiled,
            "SDPA, query groups as queries": sdpa_groups_as_queries,
            "SDPA enable_gqa (evalfleet's grouped_decode_attention)": evalfleet}, reference, kv_bytes)
-    prompts(b, args.prompt)
 
 
 if __name__ == "__main__":

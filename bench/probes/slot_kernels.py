@@ -1,12 +1,12 @@
 """Kernels of the continuous-batching engine (issue 19) on its shapes, Qwen2.5-7B-shaped attention (28 query heads
 over 4 KV heads, head dim 128), bf16, one GPU:
   - decode attention over slot regions of L cache positions, each slot using part of its region: SDPA's grouped
-    mode over the whole region with a mask (the static engine's kernel) against flash attention over the used
+    mode over the whole region with a mask (`grouped_decode_attention`'s) against flash attention over the used
     keys only (`seqused_k`), plain and captured in a CUDA graph, and with a paged block table where torch has one;
   - the sampler's cost per step: temperature, top-p (a sort over the vocabulary) and a counter-based draw.
 Prints GPU time per call; figures go to bench/RESULTS.md.
 
-    PYTHONPATH=src python bench/slot_kernels.py [--slots 256] [--vocab 152064]
+    PYTHONPATH=src python bench/probes/slot_kernels.py [--slots 256] [--vocab 152064]
 """
 
 from __future__ import annotations

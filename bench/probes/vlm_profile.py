@@ -2,19 +2,22 @@
 tokens, one GPU): synchronised time of prefills (and of the vision tower and the rotary index inside them) and of
 decode steps, then the top kernels of one prefill of --slots rows under torch.profiler.
 
-    PYTHONPATH=src python bench/vlm_profile.py [--rows 1024] [--slots 256] [--work DIR]
+    PYTHONPATH=src python bench/probes/vlm_profile.py [--rows 1024] [--slots 256] [--work DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).parents[1]))  # bench/
 from continuous_vlm import backend, continuous, prepare, requests
 from engine_profile import SPENT, timed
 from models import images, qwen25_vl
-from torch.profiler import ProfilerActivity, profile
 
 import evalfleet.backends.transformers.engine as engine_module
 from evalfleet.backends.transformers.engine import ContinuousEngine

@@ -6,7 +6,7 @@ Builds two random-weight checkpoints of real architectures (no hub needed) and r
   2. a tiny Qwen2-VL on 1,000 easy-VQA test images.
 Prints the CLI output and a table of wall times; random weights make the scores meaningless.
 
-    PYTHONPATH=src python bench/gpu_smoke.py [--work /tmp/smoke]
+    PYTHONPATH=src python bench/probes/gpu_smoke.py [--work /tmp/smoke]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))  # bench/
 from models import qwen25_text, tiny_vlm
 
 
