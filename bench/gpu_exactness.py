@@ -18,10 +18,11 @@ Models (random weights, built on the GPU, saved once in fp32):
   moe    Qwen3-MoE-shaped: hidden 1024, 4 layers, heads 8/2, 128 experts, 8 per token
 
 Variants, each model and dtype; `stock` in a process of its own that imports nothing of evalfleet (`generate`, SDPA,
-transformers' own experts, left-padded batches of 16), the others in one process per dtype (the fused-off one apart):
-  float32   stock, engine, sabotage-move (the tail's moves leave the moved slots' keys and values behind),
-            sabotage-slot (decode steps write each slot's keys into its neighbour's), sabotage-graph (graphs are not
-            captured again when the cache grows or the kernels change: stale graphs)
+transformers' own experts, left-padded batches of 16), the others in processes per `GROUPS`:
+  float32   stock, engine; on the text model each sabotage in a process of its own: sabotage-move (the tail's moves
+            leave the moved slots' keys and values behind), sabotage-slot (decode steps write each slot's keys into
+            its neighbour's), sabotage-graph (graphs are not captured again when the cache grows or the kernels
+            change: stale graphs); a sabotage that crashes the engine counts as caught
   bfloat16  stock, engine, graphs-off (every step eager), flash-off (SDPA with masks instead of flash attention in
             prefills and decode steps), fused-off (transformers' elementwise forwards); and stock in batches of 7
             beside stock in batches of 16 (`stock-b7`): the bf16 noise of batch composition alone
@@ -47,11 +48,15 @@ SHAPES = {  # hidden, intermediate, layers, heads, kv heads; vision depth, hidde
     "gpu": (1024, 2816, 4, 8, 2, (4, 1280, 3420, 16), 128),
     "tiny": (128, 256, 2, 2, 1, (2, 64, 128, 2), 8),  # a dry run on the CPU
 }
-ROWS = {"gpu": {"text": 256, "vlm": 96, "moe": 256}, "tiny": {"text": 40, "vlm": 24, "moe": 40}}
+ROWS = {"gpu": {"text": 192, "vlm": 64, "moe": 192}, "tiny": {"text": 40, "vlm": 24, "moe": 40}}
 SLOTS = {"gpu": 64, "tiny": 16}
 LONGEST = {"gpu": 2000, "tiny": 300}
-VARIANTS = {"float32": ["engine", "sabotage-move", "sabotage-slot", "sabotage-graph"],
-            "bfloat16": ["engine", "graphs-off", "flash-off"]}
+GROUPS = {"float32": ["engine", "sabotage-move", "sabotage-slot", "sabotage-graph"],
+          "bfloat16": ["engine,graphs-off,flash-off", "fused-off"]}
+"""Processes of engine variants per dtype (a comma joins those run in one process). Each sabotage has a process of its
+own: a broken engine may crash it (a device-side assert ends the CUDA context), and a crash fails the check too."""
+SABOTAGED_MODELS = ("text",)
+"""Models whose engine is sabotaged: showing that the check can fail takes one."""
 
 
 def build(work: Path, model: str, shape: str) -> Path:
@@ -314,6 +319,8 @@ def run_engine(model: str, folder: Path, dtype: str, args: argparse.Namespace, n
                 setattr(owner, attr, value)
         if on_gpu:
             torch.cuda.synchronize()
+        print(f"  {model} {dtype} {name}: {time.perf_counter() - t0:.1f} s, {steps[0]} steps", file=sys.stderr,
+              flush=True)
         results[name] = {"tokens": [tokens.get(i, []) for i in range(len(rows))], "seconds": round(time.perf_counter() - t0, 2),
                          "widths": dict(sorted(engine.steps_at.items())), "moves": engine.moves,
                          "grown": sum("grown" in line for line in stream.log), "fused_at_step": list(switched),
@@ -332,6 +339,21 @@ def compare(ref: list[list[int]], got: list[list[int]]) -> dict:
             "first_divergence_min": min(first) if first else None,
             "mean_new_tokens": round(sum(len(a) for a in ref) / len(ref), 1),
             "distinct_lengths": len({len(a) for a in ref})}
+
+
+def table(report: dict) -> str:
+    lines = [f"{'model dtype':16} {'variant':15} {'rows same':>10} {'tokens':>7} {'1st div':>7} {'new':>5} "
+             f"{'lengths':>7} {'grown':>5} {'fused@':>6} {'moves':>5}  widths"]
+    for key, variants in report.items():
+        for name, r in variants.items():
+            if "crashed" in r:
+                lines.append(f"{key:16} {name:15} crashed: {r['crashed']}")
+                continue
+            lines.append(f"{key:16} {name:15} {r['rows_identical']:>10} {r['token_agreement']:7.4f} "
+                         f"{str(r['first_divergence_min']):>7} {r['mean_new_tokens']:5} {r['distinct_lengths']:7} "
+                         f"{r.get('grown', '-'):>5} {str(r.get('fused_at_step', '-')):>6} {r.get('moves', '-'):>5}  "
+                         f"{r.get('widths', '')}")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -359,39 +381,48 @@ def main() -> None:
         folder = build(args.work, model, args.shape)
         for dtype in args.dtypes.split(","):
             runs = {}
-            names = [v for v in VARIANTS[dtype] if args.device == "cuda" or v not in ("sabotage-graph", "graphs-off")]
-            groups = [",".join(names)] + (["fused-off"] if dtype == "bfloat16" else [])
-            for group in groups + ["stock"]:  # stock after the engine: the VLM's templated prompts come from it
+            groups = [g for g in GROUPS[dtype] if not g.startswith("sabotage") or model in SABOTAGED_MODELS
+                      and (args.device == "cuda" or g != "sabotage-graph")]
+            if args.device != "cuda":  # no CUDA graphs to turn off
+                groups = [g.replace(",graphs-off", "") for g in groups]
+            for group in [*groups, "stock"]:  # stock after the engine: the VLM's templated prompts come from it
                 path = args.work / f"{model}-{dtype}-{group.split(',')[0]}.json"
-                env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(args.work / f"inductor-{model}-{dtype}-{group}")}
+                # One kernel cache for a model and dtype: the engine's first process compiles on a fresh one (its
+                # fused kernels switched in mid-run); the later ones find them compiled.
+                env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(args.work / f"inductor-{model}-{dtype}")}
                 t0 = time.perf_counter()
-                subprocess.run([sys.executable, __file__, "--work", str(args.work), "--shape", args.shape,
-                                "--device", args.device, "--variant", group, "--model", model, "--dtype", dtype,
-                                "--to", str(path)], check=True, env=env)
-                runs.update(json.loads(path.read_text()))
+                proc = subprocess.run([sys.executable, __file__, "--work", str(args.work), "--shape", args.shape,
+                                       "--device", args.device, "--variant", group, "--model", model, "--dtype",
+                                       dtype, "--to", str(path)], env=env, capture_output=True, text=True)
+                if proc.returncode == 0:
+                    runs.update(json.loads(path.read_text()))
+                elif group.startswith("sabotage"):  # it crashed: caught, as a failed run is
+                    why = next((line for line in reversed(proc.stderr.splitlines()) if "Error" in line), "")
+                    runs[group] = {"crashed": f"exit {proc.returncode}: {why[:120]}"}
+                else:
+                    sys.exit(f"{model} {dtype} {group} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
                 print(f"{model} {dtype} {group}: {time.perf_counter() - t0:.1f} s", flush=True)
             stock = runs.pop("stock")
             report[f"{model} {dtype}"] = {
-                name: {**compare(stock, r if isinstance(r, list) else r["tokens"]),
-                       **({} if isinstance(r, list) else {k: v for k, v in r.items() if k != "tokens"})}
+                name: r if "crashed" in r else {**compare(stock, r if isinstance(r, list) else r["tokens"]),
+                                                **({} if isinstance(r, list) else
+                                                   {k: v for k, v in r.items() if k != "tokens"})}
                 for name, r in runs.items()}
-    print(f"\n{'model dtype':16} {'variant':15} {'rows same':>10} {'tokens':>7} {'1st div':>7} {'new':>5} "
-          f"{'lengths':>7} {'grown':>5} {'fused@':>6} {'moves':>5}  widths")
-    for key, variants in report.items():
-        for name, r in variants.items():
-            print(f"{key:16} {name:15} {r['rows_identical']:>10} {r['token_agreement']:7.4f} "
-                  f"{str(r['first_divergence_min']):>7} {r['mean_new_tokens']:5} {r['distinct_lengths']:7} "
-                  f"{r.get('grown', '-'):>5} {str(r.get('fused_at_step', '-')):>6} {r.get('moves', '-'):>5}  "
-                  f"{r.get('widths', '')}")
+            print(table({f"{model} {dtype}": report[f"{model} {dtype}"]}), flush=True)
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "gpu_exactness.json").write_text(json.dumps(report, indent=1))  # so far
+
+    def differs(r: dict) -> bool:
+        same, rows = r["rows_identical"].split("/")
+        return same != rows
+
     failures = [f"{key} {name}" for key, v in report.items() for name, r in v.items()
-                if key.endswith("float32") and name == "engine" and r["rows_identical"].split("/")[0] !=
-                r["rows_identical"].split("/")[1]]
+                if key.endswith("float32") and name == "engine" and differs(r)]
     caught = [f"{key} {name}" for key, v in report.items() for name, r in v.items()
-              if name.startswith("sabotage") and r["rows_identical"].split("/")[0] != r["rows_identical"].split("/")[1]]
+              if name.startswith("sabotage") and ("crashed" in r or differs(r))]
+    print("\n" + table(report))
     print(f"\nfloat32 engine rows not identical to stock: {failures or 'none'}")
-    print(f"sabotages caught (some row differs): {caught}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_exactness.json").write_text(json.dumps(report, indent=1))
+    print(f"sabotages caught (some row differs, or the engine crashed): {caught}")
 
 
 if __name__ == "__main__":
