@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from evalfleet.config import RunConfig
-from evalfleet.data.datasets import DatasetError, load_samples
+from evalfleet.data.datasets import DatasetError
 from evalfleet.data.images import open_image
+from evalfleet.data.load import load_samples
 from evalfleet.records import ImageRef
 from evalfleet.reporting.plots import plots
 from evalfleet.reporting.provenance import provenance_rows
