@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 from evalfleet.config import JudgeParse
+from evalfleet.records import Sample
 from evalfleet.scoring.score import JudgeScore
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
 
 
-def render_judge_prompt(template: str, row: dict[str, Any]) -> str:
-    """Fill a judge template from a stored row (question, answers, prediction, id).
+def render_judge_prompt(template: str, sample: Sample, prediction: str) -> str:
+    """Fill a judge template from the answered sample (question, answers, id) and its `prediction`.
 
     `{answer}` is the accepted answers joined by " / "; `{image}` marks where the sample's images go
     and renders as nothing (the chat template places them). Raises KeyError naming an unknown field.
     """
-    fields = {"question": row["question"], "prediction": row["prediction"], "id": row["id"],
-              "answer": " / ".join(row["answers"]), "image": "", "edited_image": ""}
+    fields = {"question": sample.question, "prediction": prediction, "id": sample.id,
+              "answer": " / ".join(sample.answers), "image": "", "edited_image": ""}
     return template.format_map(fields)
 
 
