@@ -14,7 +14,7 @@ from rich.console import Console
 
 from evalfleet.backends.transformers.processors import without_video_processor
 from evalfleet.config import RunConfig, parse_config
-from evalfleet.scoring import score_output, unpack
+from evalfleet.scoring import score_output
 
 without_video_processor()  # what evalfleet's workers do, for the tests that load VLM processors themselves
 pytest_plugins = ["require_all"]
@@ -72,12 +72,11 @@ def quiet_console() -> Console:
 
 
 def score_now(rows: list[dict[str, Any]], metrics: list[str]) -> None:
-    """Score rows as the driver does when it commits them, then unpack them as reports do."""
+    """Score rows as the driver does when it commits them (each row's `score`, as the store gives it back)."""
     for r in rows:
         ok = r["finished"] and r["error"] is None
         r["score"] = score_output(r["prediction"], r["answers"], metrics=metrics,
                                   options=r.get("metadata", {}).get("options")) if ok else None
-        unpack(r)
 
 
 def loaded_backend(path: Path, engine: str, new_tokens: int = 12, **generation: Any) -> Any:

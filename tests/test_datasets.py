@@ -8,8 +8,9 @@ import pytest
 from PIL import Image
 
 from evalfleet.config import DatasetConfig
-from evalfleet.data.datasets import DatasetError, load_samples
+from evalfleet.data.datasets import DatasetError
 from evalfleet.data.images import open_image
+from evalfleet.data.load import load_samples
 
 
 def png_bytes(color=(255, 0, 0)) -> bytes:

@@ -115,7 +115,7 @@ def test_image_paths_through_symlinks_absolute_with_image_root_and_never_by_dotd
     inside the data folder is followed; `../` out of it is refused; an absolute path is refused unless under
     `image_root`, or with `absolute_images`."""
     from evalfleet.config import parse_config
-    from evalfleet.data.datasets import load_samples
+    from evalfleet.data.load import load_samples
 
     scratch = tmp_path / "scratch" / "images"
     scratch.mkdir(parents=True)

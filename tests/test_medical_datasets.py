@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from evalfleet.config import parse_config
-from evalfleet.data.datasets import DatasetError, load_samples
+from evalfleet.data.datasets import DatasetError
 from evalfleet.data.images import open_image
+from evalfleet.data.load import load_samples
 from evalfleet.scoring.summary import question_kind
 
 

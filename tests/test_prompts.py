@@ -11,7 +11,8 @@ from conftest import make_config, quiet_console
 
 from evalfleet.backends import Request
 from evalfleet.config import DatasetConfig, parse_config
-from evalfleet.data.datasets import DatasetError, load_samples
+from evalfleet.data.datasets import DatasetError
+from evalfleet.data.load import load_samples
 from evalfleet.errors import UserError
 
 SHOTS = [{"question": "What is 1 + 1?", "answer": "2"}, {"question": "Capital of Poland?", "answer": "Warsaw"}]

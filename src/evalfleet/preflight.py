@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from evalfleet.backends.kinds import kind
+from evalfleet.bulk import bulk_objects
 from evalfleet.cluster.shards import in_shard, parse_shard
 from evalfleet.config import DatasetConfig, RunConfig, StageConfig, flat_settings
 from evalfleet.config.load import looks_local
-from evalfleet.bulk import bulk_objects
-from evalfleet.data.datasets import DatasetError, dataset_columns, load_samples
+from evalfleet.data.datasets import DatasetError, dataset_columns
+from evalfleet.data.load import load_samples
 from evalfleet.errors import UserError
 from evalfleet.records import Sample
 from evalfleet.scoring.metrics import resolve_metric

@@ -4,7 +4,10 @@ worker, comes back as a `Result`, and is stored; a `WorkerSpec` says where a rep
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from evalfleet.scoring.score import Score
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class Result:
     n_tokens: int | None = None
     prompt: str | None = None
     """The exact prompt the model was given (see `Prepared.prompts`)."""
-    score: dict[str, Any] | None = None
+    score: Score | None = None
     """Its score, computed once by the driver as it commits (`scoring.record.score_output`) and stored with it."""
 
 

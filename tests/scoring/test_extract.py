@@ -43,9 +43,9 @@ def test_scores_use_the_extracted_answer_and_count_unmatched_replies():
     rows = [{"finished": True, "error": None, "prediction": p, "answers": ["B"], "metadata": {"options": OPTIONS}}
             for p in ("The answer is (B).", "Rome", "no idea")]
     score_now(rows, ["exact_match"])
-    assert [r["extracted"] for r in rows] == ["B", "C", None]
-    assert [r["scores"]["exact_match"] for r in rows] == [1.0, 0.0, 0.0]
-    assert [r["extraction"] for r in rows] == ["choice", "choice", "unmatched"]
+    assert [r["score"].extracted for r in rows] == ["B", "C", None]
+    assert [r["score"].metrics["exact_match"] for r in rows] == [1.0, 0.0, 0.0]
+    assert [r["score"].extraction for r in rows] == ["choice", "choice", "unmatched"]
 
 
 def test_unknown_steps_and_bad_regexes_are_config_errors():

@@ -1,6 +1,7 @@
 import pytest
 
 from evalfleet.config import JudgeParse
+from evalfleet.records import Sample
 from evalfleet.scoring.judge import parse_judgement, render_judge_prompt
 
 
@@ -27,8 +28,8 @@ def test_replies_become_scores_or_recorded_parse_errors(reply, parse, score, err
 
 def test_json_reason_is_kept_and_prompt_renders_sample_fields():
     assert parse_judgement('{"score": 2, "reason": "wrong city"}', JudgeParse(kind="json")).reason == "wrong city"
-    row = {"question": "Capital of France?", "prediction": "Lyon", "id": "q1", "answers": ["Paris", "paris"]}
-    text = render_judge_prompt("{image}Q: {question} Ref: {answer} A: {prediction} ({id})", row)
+    sample = Sample("d", "q1", "Capital of France?", "Capital of France?", ["Paris", "paris"])
+    text = render_judge_prompt("{image}Q: {question} Ref: {answer} A: {prediction} ({id})", sample, "Lyon")
     assert text == "Q: Capital of France? Ref: Paris / paris A: Lyon (q1)"
     with pytest.raises(KeyError, match="colour"):
-        render_judge_prompt("{colour}", row)
+        render_judge_prompt("{colour}", sample, "Lyon")

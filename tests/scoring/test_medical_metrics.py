@@ -76,8 +76,8 @@ def test_closed_open_and_multiple_choice_come_apart_by_the_datasets_answer_type(
     ]
     assert [question_kind(r) for r in rows] == ["closed", "closed", "open", "mcq"]
     for r, pred in zip(rows, ["Heart", "no", "the left lung", "B"]):
-        r.update(finished=True, error=None, scores=score_output(pred, r["answers"], metrics=["exact_match"],
-                                                              options=r["metadata"].get("options"))["metrics"])
+        r.update(finished=True, error=None, score=score_output(pred, r["answers"], metrics=["exact_match"],
+                                                             options=r["metadata"].get("options")))
     s = summarize(rows, ["exact_match"])["exact_match"]
     assert (s["closed"], s["open"], s["mcq"], s["n_closed"], s["n_open"], s["n_mcq"]) == (0.5, 1.0, 1.0, 2, 1, 1)
 
@@ -87,7 +87,7 @@ def test_a_metric_plug_in_is_a_module_function(tmp_path, monkeypatch):
         "def mentions(prediction, answers):\n    return float(any(a.lower() in prediction.lower() for a in answers))\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     s = score_output("It is the LIVER.", ["liver"], metrics=["my_metrics:mentions", "exact_match"])
-    assert s["metrics"] == {"my_metrics:mentions": 1.0, "exact_match": 0.0}
+    assert s.metrics == {"my_metrics:mentions": 1.0, "exact_match": 0.0}
     sys.modules.pop("my_metrics", None)
     with pytest.raises(ValueError, match="metric 'my_metrics:nope': cannot import it"):
         score_output("x", ["y"], metrics=["my_metrics:nope"])

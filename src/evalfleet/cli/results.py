@@ -14,7 +14,7 @@ import typer
 from evalfleet.cli.common import _guard, app, console
 from evalfleet.config import parse_config
 from evalfleet.errors import RunError, UserError
-from evalfleet.scoring import stage_scorer
+from evalfleet.scoring import JudgeScore, Score, stage_scorer
 
 
 @app.command("status")
@@ -83,8 +83,8 @@ def show_cmd(
     sample_id: Annotated[str, typer.Argument(help="Sample id.")],
 ) -> None:
     """One sample as stored: its question, options, images and reference answers, then for each stage the exact
-    prompt its model was given (chat-templated), the reply, and how it was scored (the extracted answer and each
-    metric, or the judge's parsed score or why it could not be read)."""
+    prompt its model was given (chat-templated), the reply, and how it was scored as stored (the extracted answer
+    and each metric, or the judge's parsed score or why it could not be read)."""
 
     def go() -> None:
         with _stored(run_dir) as (store, cfg):
@@ -114,26 +114,27 @@ def show_cmd(
                 console.rule(f"{stage.name}: {'error' if row['error'] else 'reply'}", characters="-")
                 print_text(row["error"] or row["prediction"] or "(not answered yet)")
                 if row["finished"] and not row["error"] and row["prediction"] is not None:
-                    print_text(scored_line(stage_scorer(stage, cfg)(dataset, row["prediction"], row["answers"],
-                                                                    row.get("metadata") or {}), stage.kind))
+                    score = row["score"]
+                    if score is None:  # a store from before scores were kept: scored as a report would
+                        score = stage_scorer(stage, cfg)(dataset, row["prediction"], row["answers"],
+                                                         row.get("metadata") or {})
+                    print_text(scored_line(score))
 
     _guard(go, store=run_dir / "store.db")
 
 
-def scored_line(score: dict | None, kind: str) -> str:
+def scored_line(score: Score | None) -> str:
     """`extracted: 16 (answer_prefix); exact_match 1, lenient_match 1`, or a judge's `score 4 (reason)` / why not."""
-    if not score:
+    if score is None:
         return "not scored"
-    if kind == "judge":
-        if score.get("score") is None:
-            return f"judge reply not parsed: {score.get('error')}"
-        return f"judge score: {score['score']:g}" + (f" ({score['reason']})" if score.get("reason") else "")
-    if kind != "generate":
-        return ""
-    if score.get("extraction") == "truncated":
+    if isinstance(score, JudgeScore):
+        if score.score is None:
+            return f"judge reply not parsed: {score.error}"
+        return f"judge score: {score.score:g}" + (f" ({score.reason})" if score.reason else "")
+    if score.extraction == "truncated":
         return "truncated: the reply ended inside its thinking (<think> not closed); not scored"
-    metrics = ", ".join(f"{k} {v:g}" for k, v in (score.get("metrics") or {}).items())
-    return f"extracted: {score.get('extracted')!r} ({score.get('extraction')}); {metrics or 'no metrics'}"
+    metrics = ", ".join(f"{k} {v:g}" for k, v in (score.metrics or {}).items())
+    return f"extracted: {score.extracted!r} ({score.extraction}); {metrics or 'no metrics'}"
 
 
 @app.command("compare")

@@ -88,7 +88,8 @@ def plan_cmd(
     """Show the GPUs, the model's memory estimate and the chosen layout, without running anything."""
 
     def go() -> None:
-        from evalfleet.data.datasets import DatasetError, load_samples
+        from evalfleet.data.datasets import DatasetError
+        from evalfleet.data.load import load_samples
         from evalfleet.plan.stage import make_plan, stage_gpus
         from evalfleet.stages.judge import judge_plan_samples
 

@@ -1,4 +1,5 @@
-"""Datasets: files (JSONL, CSV/TSV, VLMEvalKit TSV, parquet) and built-ins become lists of Samples.
+"""Dataset files (JSONL, CSV/TSV, VLMEvalKit TSV, parquet) and the easy-vqa built-in become lists of Samples;
+`data/load.py: load_samples` chooses the reader and gives the samples their context, order and limits.
 
 A malformed row becomes a Sample carrying an error (``file:line:field: reason``) so the run goes on;
 a dataset that cannot be read at all raises ``DatasetError``.
@@ -11,7 +12,6 @@ import binascii
 import csv
 import json
 import os
-import random
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import Any
 
 from evalfleet.config import DatasetConfig
 from evalfleet.errors import UserError, not_utf8
-from evalfleet.prompts import mcq_prompt, plain_layout, user_message
+from evalfleet.prompts import mcq_prompt, user_message
 from evalfleet.records import ImageRef, Sample
 
 ID_COLUMNS = ("id", "index", "qid", "question_id")
@@ -257,7 +257,8 @@ def dataset_columns(cfg: DatasetConfig) -> list[str]:
         return []
 
 
-def _easy_vqa_samples(cfg: DatasetConfig) -> list[Sample]:
+def easy_vqa_samples(cfg: DatasetConfig) -> list[Sample]:
+    """The built-in easy-vqa dataset (`builtin: easy-vqa`), from the `easy_vqa` package's files."""
     try:
         import easy_vqa
     except ImportError:
@@ -280,65 +281,3 @@ def _easy_vqa_samples(cfg: DatasetConfig) -> list[Sample]:
         )
         for i, (q, a, img) in enumerate(zip(texts, answers, image_ids))
     ]
-
-
-def _few_shot_examples(cfg: DatasetConfig) -> list[tuple[str, str]]:
-    """(user message, answer) of each few-shot example, rendered like the dataset's questions."""
-    fs = cfg.few_shot
-    assert fs is not None
-    if fs.path is not None:
-        examples = file_samples(cfg.model_copy(update={"path": fs.path, "format": "auto"}))
-    else:
-        where = Path(f"dataset {cfg.name} few_shot.examples")
-        resolve = ImageResolver(Path.cwd(), base64_only=False)
-        examples = [sample_from_row(cfg, where, "jsonl", i, row, resolve) for i, row in enumerate(fs.examples or [], 1)]
-    examples = examples[: fs.n]
-    for ex in examples:
-        problem = ex.error
-        if not problem and ex.images:
-            problem = f"{ex.source}:{cfg.fields.image}: few-shot examples are text only"
-        if not problem and not ex.answers:
-            problem = f"{ex.source}:{cfg.fields.answer}: missing answer"
-        if problem:
-            raise DatasetError(f"dataset {cfg.name!r}: few-shot example {problem}")
-    if fs.n is not None and len(examples) < fs.n:
-        raise DatasetError(f"dataset {cfg.name!r}: few_shot.n is {fs.n} but there are only {len(examples)} examples")
-    return [(ex.prompt, ex.answers[0]) for ex in examples]
-
-
-def _add_context(cfg: DatasetConfig, samples: list[Sample]) -> None:
-    """Give each sample the dataset's system prompt and few-shot examples (as chat turns, or in its prompt)."""
-    context = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
-    turns = [{"role": role, "content": text} for example in (_few_shot_examples(cfg) if cfg.few_shot else [])
-             for role, text in zip(("user", "assistant"), example)]
-    prefix = ""
-    if cfg.few_shot is not None and not cfg.few_shot.multiturn:
-        prefix = plain_layout(turns)
-    else:
-        context += turns
-    for s in samples:
-        if not s.error:
-            s.context = context
-            s.prompt = prefix + s.prompt
-
-
-def load_samples(cfg: DatasetConfig, *, seed: int, limit: int | None = None) -> list[Sample]:
-    """All samples of one dataset after seeded shuffling and limits; raises DatasetError if unreadable."""
-    if cfg.builtin in (None, "easy-vqa"):
-        samples = _easy_vqa_samples(cfg) if cfg.builtin else file_samples(cfg)
-    else:  # the medical VQA sets, from the user's copy
-        from evalfleet.data.named import named_samples
-
-        samples = named_samples(cfg)
-    seen: dict[str, str] = {}
-    for s in samples:
-        if s.id in seen:
-            raise DatasetError(f"dataset {cfg.name!r}: duplicate sample id {s.id!r} at {s.source} (first at {seen[s.id]})")
-        seen[s.id] = s.source
-    _add_context(cfg, samples)
-    if cfg.shuffle:
-        random.Random(seed).shuffle(samples)
-    for cap in (cfg.limit, limit):
-        if cap is not None:
-            samples = samples[:cap]
-    return samples

@@ -34,6 +34,7 @@ from evalfleet.engine.messages import Session
 from evalfleet.engine.sessions import Held, session
 from evalfleet.errors import RunError
 from evalfleet.records import WorkerSpec
+from evalfleet.store.hosts import pid_alive as _alive  # a zombie replica counts as gone
 
 if TYPE_CHECKING:
     from evalfleet.engine.launcher import Launcher, WorkerProcess
@@ -64,16 +65,6 @@ class Replica:
     @property
     def spec(self) -> WorkerSpec:
         return WorkerSpec(self.name, tuple(self.gpus), self.threads)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 def register(folder: Path, replica: Replica) -> Path:

@@ -18,11 +18,13 @@ def show_results(progress: RunProgress, kind: str, metric: str, worker: str, res
         elif r.score is None:
             line = f"(not scored) | {text}"
         elif kind == "judge":
-            score = r.score["score"]
-            line = f"score {score:.2f} | {text}" if score is not None else f"unparsed ({r.score['error']}) | {text}"
+            score = r.score.score
+            line = f"score {score:.2f} | {text}" if score is not None else f"unparsed ({r.score.error}) | {text}"
             values += [score] if score is not None else []
+        elif r.score.metrics is None:
+            line = f"(truncated, not scored) | {text}"
         else:
-            value = r.score["metrics"][metric]
+            value = r.score.metrics[metric]
             line = f"{metric} {value:.2f} | {text}"
             values.append(value)
         progress.note(f"[{worker}] [{r.dataset}/{r.sample_id}] {line}")

@@ -14,7 +14,7 @@ from evalfleet.config import flat_settings, parse_config
 from evalfleet.errors import UserError
 from evalfleet.reporting.html import html_table
 from evalfleet.reporting.report import build_summary
-from evalfleet.scoring import pass_mark
+from evalfleet.scoring import metric_values, pass_mark
 from evalfleet.scoring.summary import group_value
 from evalfleet.store import Store
 
@@ -95,9 +95,10 @@ def _scores(summary: dict[str, Any], metric: str) -> dict[str, dict[str, tuple[f
     out: dict[str, dict[str, tuple[float | None, str | None]]] = {}
     for name, rows in summary["_rows"].items():
         if metric in summary["metrics"]:
-            out[name] = {r["id"]: ((r["scores"] or {}).get(metric), r["prediction"]) for r in rows}
+            out[name] = {r["id"]: ((metric_values(r) or {}).get(metric), r["prediction"]) for r in rows}
         else:
-            out[name] = {r["id"]: (r["judge"][metric]["score"], r["prediction"]) for r in rows}
+            judged = summary["_judged"][name]
+            out[name] = {r["id"]: (judged[r["id"]][metric]["score"], r["prediction"]) for r in rows}
     return out
 
 

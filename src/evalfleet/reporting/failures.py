@@ -10,15 +10,17 @@ FIRST = 5
 """Errors named per stage."""
 
 
-def stage_errors(stages: list[str], rows_by_ds: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+def stage_errors(stages: list[str], rows_by_ds: dict[str, list[dict[str, Any]]],
+                 judged: dict[str, dict[str, dict[str, dict[str, Any]]]]) -> dict[str, dict[str, Any]]:
     """Per stage: samples, errors, their rate and the first errors. The first stage's error is its row's; a
-    judge's is a request that failed (no answer to judge, a batch that failed); a reply without a score is not."""
+    judge's is a request that failed (no answer to judge, a batch that failed); a reply without a score is not.
+    `judged`: each judge's verdicts, {dataset: {sample id: {stage: verdict}}} (`report.build_summary`)."""
     out = {}
     for i, stage in enumerate(stages):
         samples, first, errors = 0, [], 0
         for dataset, rows in rows_by_ds.items():
             for row in rows:
-                entry = (row.get("judge") or {}).get(stage, {})
+                entry = judged.get(dataset, {}).get(row["id"], {}).get(stage, {})
                 # a judge's reply that holds no score is counted apart ("unparsed"), not as an error of the run
                 error = row["error"] if i == 0 else entry.get("error") if entry.get("raw") is None else None
                 samples += 1

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from evalfleet.config import RunConfig
-from evalfleet.data.datasets import DatasetError, load_samples
+from evalfleet.data.datasets import DatasetError
 from evalfleet.data.images import open_image
+from evalfleet.data.load import load_samples
 from evalfleet.records import ImageRef
 from evalfleet.reporting.plots import plots
 from evalfleet.reporting.provenance import provenance_rows
@@ -141,7 +142,7 @@ def write_html(path: Path, summary: dict[str, Any], records: list[dict[str, Any]
     """Write the self-contained report to `path`."""
 
     e = html.escape
-    public = {k: v for k, v in summary.items() if k != "_rows"}
+    public = {k: v for k, v in summary.items() if not k.startswith("_")}
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>evalfleet: {e(str(summary['run']))}</title>"
              f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>",
              f"<h1>evalfleet: {e(str(summary['run']))}</h1><h2>Results</h2>", _md_table_html(markdown_table(public))]

@@ -1,5 +1,8 @@
 """Reports from the store alone: summary.json, summary.md, per-sample predictions (JSONL, CSV, parquet), the
-HTML report (`reporting.html`); the tables are `reporting.tables`."""
+HTML report (`reporting.html`); the tables are `reporting.tables`.
+
+`build_summary` keeps, for the views that list samples, each dataset's rows as the store gives them (`_rows`,
+with their stored scores) and each judge's verdict on each sample (`_judged`) beside them."""
 
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from evalfleet.reporting.tables import (
     startup_rows,
     startup_table,
 )
-from evalfleet.scoring import scoring_key, stage_scorer, summarize, summarize_groups, unpack
+from evalfleet.scoring import answer_score, scoring_key, stage_scorer, summarize, summarize_groups
 from evalfleet.store import Store
 
 
@@ -41,7 +44,8 @@ def _stored_scores(store: Store, stage: StageConfig, cfg: RunConfig, dataset: st
     score = stage_scorer(stage, cfg)
     redo = {}
     for row in rows:
-        if row["finished"] and row["error"] is None and row["prediction"] is not None and (stale or not row["score"]):
+        if row["finished"] and row["error"] is None and row["prediction"] is not None and (
+                stale or row["score"] is None):
             row["score"] = redo[row["id"]] = score(dataset, row["prediction"], row["answers"], row["metadata"])
     if redo:
         try:
@@ -50,8 +54,10 @@ def _stored_scores(store: Store, stage: StageConfig, cfg: RunConfig, dataset: st
             pass
 
 
-def _judge(rows: list[dict[str, Any]], judge_rows: list[dict[str, Any]], stage: StageConfig) -> dict[str, Any]:
-    """Attach each sample's judgement to its row and summarise the scores of one judge stage."""
+def _judge(rows: list[dict[str, Any]], judge_rows: list[dict[str, Any]], stage: StageConfig,
+           judged: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Put each sample's verdict of one judge stage in `judged` ({sample id: {stage: verdict}}: its score,
+    reason, reply `raw` and error, as predictions/*.jsonl writes them) and summarise the stage's scores."""
     by_id = {r["id"]: r for r in judge_rows}
     scores, parse_errors, errors = [], 0, 0
     for row in rows:
@@ -59,13 +65,13 @@ def _judge(rows: list[dict[str, Any]], judge_rows: list[dict[str, Any]], stage: 
         entry: dict[str, Any] = {"score": None, "reason": None, "raw": None, "error": None}
         if jr is not None and jr["prediction"] is not None:
             j = jr["score"]
-            entry.update(score=j["score"], reason=j["reason"], raw=jr["prediction"], error=j["error"])
-            parse_errors += j["error"] is not None
-            scores += [j["score"]] if j["score"] is not None else []
+            entry.update(score=j.score, reason=j.reason, raw=jr["prediction"], error=j.error)
+            parse_errors += j.error is not None
+            scores += [j.score] if j.score is not None else []
         elif jr is not None and jr["finished"]:
             entry["error"] = jr["error"]
             errors += 1
-        row.setdefault("judge", {})[stage.name] = entry
+        judged.setdefault(row["id"], {})[stage.name] = entry
     return {
         "judged": len(scores), "parse_errors": parse_errors, "errors": errors,
         "mean": fmean(scores) if scores else None, "min": min(scores, default=None),
@@ -80,6 +86,7 @@ def build_summary(store: Store, cfg: RunConfig) -> dict[str, Any]:
     stale = {s.name: store.get_meta(f"scoring:{s.name}") != scoring_key(s, cfg) for s in stages}
     datasets: dict[str, Any] = {}
     rows_by_ds: dict[str, list[dict[str, Any]]] = {}
+    judged: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}  # {dataset: {sample id: {judge stage: verdict}}}
     for ds in store.datasets():
         if ds["status"] == "failed":
             datasets[ds["name"]] = {"status": "failed", "error": ds["error"]}
@@ -87,16 +94,14 @@ def build_summary(store: Store, cfg: RunConfig) -> dict[str, Any]:
         rows = list(store.rows(generate.name, ds["name"]))
         metrics = cfg.metrics if generate.kind == "generate" else []  # edited images have no text metrics
         _stored_scores(store, generate, cfg, ds["name"], rows, stale[generate.name])
-        for row in rows:
-            unpack(row)
         rows_by_ds[ds["name"]] = rows
         datasets[ds["name"]] = {"status": ds["status"], **summarize(rows, metrics)}
         if cfg.group_by:
             datasets[ds["name"]]["groups"] = summarize_groups(rows, metrics, cfg.group_by)
         for judge in judges:
-            judged = list(store.rows(judge.name, ds["name"]))
-            _stored_scores(store, judge, cfg, ds["name"], judged, stale[judge.name])
-            datasets[ds["name"]][judge.name] = _judge(rows, judged, judge)
+            verdicts = list(store.rows(judge.name, ds["name"]))
+            _stored_scores(store, judge, cfg, ds["name"], verdicts, stale[judge.name])
+            datasets[ds["name"]][judge.name] = _judge(rows, verdicts, judge, judged.setdefault(ds["name"], {}))
     for s in (s for s in stages if stale[s.name]):  # stored scores follow these settings now
         try:
             store.set_meta(f"scoring:{s.name}", scoring_key(s, cfg))
@@ -114,9 +119,10 @@ def build_summary(store: Store, cfg: RunConfig) -> dict[str, Any]:
         "startup": store.get_meta("startup"),
         "wall_s": (store.get_meta("state") or {}).get("wall_s"),
         "gpu_hours": round(sum((p or {}).get("gpu_hours", 0.0) for p in perf.values()), 4),
-        "errors": stage_errors([s.name for s in stages], rows_by_ds),
+        "errors": stage_errors([s.name for s in stages], rows_by_ds, judged),
         "provenance": summary_provenance(store, cfg),
         "_rows": rows_by_ds,
+        "_judged": judged,
     }
 
 
@@ -131,7 +137,7 @@ def write_report(run_dir: Path, store: Store, cfg: RunConfig, console: Console |
     if unknown:
         raise UserError(f"unknown report format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
     summary = build_summary(store, cfg)
-    public = {k: v for k, v in summary.items() if k != "_rows"}
+    public = {k: v for k, v in summary.items() if not k.startswith("_")}
     pred_dir = run_dir / "predictions"
     pred_dir.mkdir(exist_ok=True)
     if "json" in formats:
@@ -140,12 +146,14 @@ def write_report(run_dir: Path, store: Store, cfg: RunConfig, console: Console |
             with (pred_dir / f"{name}.jsonl").open("w") as f:
                 for r in rows:
                     answer = r["answers"][0] if len(r["answers"]) == 1 else r["answers"]
+                    a = answer_score(r)
                     record = {"id": r["id"], "question": r["question"], "prediction": r["prediction"],
-                              "extracted": r["extracted"], "extraction": r["extraction"], "answer": answer,
-                              "score": r["scores"], "error": r["error"], "prompt": r["rendered_prompt"],
+                              "extracted": a.extracted if a else None, "extraction": a.extraction if a else None,
+                              "answer": answer, "score": a.metrics if a else None, "error": r["error"],
+                              "prompt": r["rendered_prompt"],
                               **({"columns": c} if (c := (r.get("metadata") or {}).get("columns")) else {})}
-                    if "judge" in r:
-                        record["judge"] = r["judge"]
+                    if verdicts := summary["_judged"].get(name, {}).get(r["id"]):
+                        record["judge"] = verdicts
                     f.write(json.dumps(record) + "\n")
     if "md" in formats:
         perf = markdown_rows(PERFORMANCE_HEAD, performance_rows(public))

@@ -8,6 +8,7 @@ from typing import Any
 from rich.table import Table
 
 from evalfleet.observe.startup import RUN_PHASES, STAGE_PHASES, critical_replica
+from evalfleet.scoring import answer_score, metric_values
 
 
 def _pct(value: float | None) -> str:
@@ -127,17 +128,20 @@ def sample_records(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """One flat record per sample of every dataset: answers, scores, each judge's score/reason/error."""
     out = []
     for name, rows in summary["_rows"].items():
+        judged = summary["_judged"].get(name, {})
         for r in rows:
+            a = answer_score(r)
             rec: dict[str, Any] = {"dataset": name, "id": r["id"], "question": r["question"],
                                    "answer": " / ".join(r["answers"]), "prediction": r["prediction"],
-                                   "extracted": r["extracted"], "extraction": r["extraction"], "error": r["error"],
+                                   "extracted": a.extracted if a else None,
+                                   "extraction": a.extraction if a else None, "error": r["error"],
                                    "seconds": r["seconds"], "worker": r["worker"],
                                    "options": "\n".join(f"{k}. {v}" for k, v in
                                                         ((r.get("metadata") or {}).get("options") or {}).items()),
                                    "prompt": r.get("rendered_prompt")}
-            rec.update({m: (r["scores"] or {}).get(m) for m in summary["metrics"]})
+            rec.update({m: (metric_values(r) or {}).get(m) for m in summary["metrics"]})
             rec.update({f"column {k}": v for k, v in ((r.get("metadata") or {}).get("columns") or {}).items()})
-            for judge, j in r.get("judge", {}).items():
+            for judge, j in judged.get(r["id"], {}).items():
                 rec.update({f"{judge}_score": j["score"], f"{judge}_reason": j["reason"], f"{judge}_error": j["error"],
                             f"{judge}_raw": j["raw"]})
             out.append(rec)

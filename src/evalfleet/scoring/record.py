@@ -1,8 +1,9 @@
 """One sample's score, computed once, where its result is committed, and stored with it: every view (reports,
-compare, the HTML report, `--show-samples`) reads it from the store.
+compare, the HTML report, `evalfleet show`, `--show-samples`) reads it from the store.
 
-A `generate` stage's score is the answer extracted from the reply, how it was found, and each metric; a judge
-stage's is its parsed score, reason and parse error; an `edit` stage's outputs are images, scored by judges.
+A `generate` stage's score is an `AnswerScore`: the answer extracted from the reply, how it was found, and each
+metric; a judge stage's is a `JudgeScore`: its parsed score, reason and parse error (both in `scoring/score.py`);
+an `edit` stage's outputs are images, scored by judges.
 `scoring_key` names the settings a score depends on: when they change, stored scores are recomputed.
 """
 
@@ -17,27 +18,27 @@ from evalfleet.config import JudgeParse, RunConfig, StageConfig
 from evalfleet.scoring.extract import default_steps, extract
 from evalfleet.scoring.judge import parse_judgement
 from evalfleet.scoring.metrics import resolve_metric
+from evalfleet.scoring.score import AnswerScore, Score
 
 
 def score_output(output: str | None, answers: list[str], *, kind: str = "generate", metrics: list[str] = (),
                  steps: list[str] | None = None, options: dict[str, str] | None = None,
-                 parse: JudgeParse | None = None) -> dict[str, Any] | None:
-    """The score of one reply: for `generate`, {extracted, extraction (the step that found it, or `unmatched`),
-    metrics {name: value}} (an unmatched reply scores 0; `steps` None: the defaults for the sample, multiple
-    choice or not); for `judge`, {score, reason, error}; None for no reply or an `edit` stage."""
+                 parse: JudgeParse | None = None) -> Score | None:
+    """The score of one reply: for `generate`, an `AnswerScore` (an unmatched reply scores 0; `steps` None: the
+    defaults for the sample, multiple choice or not); for `judge`, a `JudgeScore`; None for no reply or an `edit`
+    stage."""
     if output is None or kind == "edit":
         return None
     if kind == "judge":
-        j = parse_judgement(output, parse or JudgeParse())
-        return {"score": j.score, "reason": j.reason, "error": j.error}
+        return parse_judgement(output, parse or JudgeParse())
     extracted, how = extract(output, steps or default_steps(options), options)
     if how == "truncated":  # no answer yet: not scored (nor counted as wrong), counted apart
-        return {"extracted": None, "extraction": how, "metrics": None}
+        return AnswerScore(None, how, None)
     values = {m: resolve_metric(m)(extracted, answers) if extracted is not None else 0.0 for m in metrics}
-    return {"extracted": extracted, "extraction": how, "metrics": values}
+    return AnswerScore(extracted, how, values)
 
 
-Scorer = Callable[[str, str | None, list[str], dict[str, Any]], dict[str, Any] | None]
+Scorer = Callable[[str, str | None, list[str], dict[str, Any]], Score | None]
 """`score(dataset, output, answers, sample metadata)`."""
 
 
@@ -46,7 +47,7 @@ def stage_scorer(stage: StageConfig, cfg: RunConfig) -> Scorer:
     steps = {d.name: d.extract for d in cfg.datasets}
     metrics = cfg.metrics if stage.kind == "generate" else []
 
-    def score(dataset: str, output: str | None, answers: list[str], metadata: dict[str, Any]) -> dict[str, Any] | None:
+    def score(dataset: str, output: str | None, answers: list[str], metadata: dict[str, Any]) -> Score | None:
         return score_output(output, answers, kind=stage.kind, metrics=metrics, steps=steps.get(dataset),
                             options=metadata.get("options"), parse=stage.parse)
 
@@ -65,10 +66,3 @@ def scoring_key(stage: StageConfig, cfg: RunConfig) -> str:
         cfg.metrics, {d.name: d.extract for d in cfg.datasets}]
     return hashlib.sha256(json.dumps([stage.kind, what], sort_keys=True).encode()).hexdigest()[:16]
 
-
-def unpack(row: dict[str, Any]) -> None:
-    """Give a stored row of a generate stage its `extracted`, `extraction` and `scores` from its stored score."""
-    score = row.get("score") if row["finished"] and row["error"] is None else None
-    row["extracted"] = score["extracted"] if score else None
-    row["extraction"] = score["extraction"] if score else None
-    row["scores"] = score["metrics"] if score and score["metrics"] is not None else None

@@ -1,5 +1,5 @@
 """Per-dataset summaries: each metric's mean over scored samples with its 95 % interval, split into closed, open
-and multiple-choice questions."""
+and multiple-choice questions. They read the rows of the store (`Store.rows`) and their stored scores."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from statistics import fmean, stdev
 from typing import Any
 
 from evalfleet.scoring.metrics import is_closed_question
+from evalfleet.scoring.score import AnswerScore
 
 Z95 = 1.959964
 
@@ -28,20 +29,32 @@ def interval95(values: list[float]) -> list[float] | None:
     return [max(min(values), mean - half), min(max(values), mean + half)]
 
 
+def answer_score(row: dict[str, Any]) -> AnswerScore | None:
+    """A generate stage's row's stored score; None for a sample not answered, failed or not scored."""
+    score = row.get("score")
+    return score if isinstance(score, AnswerScore) and row["finished"] and row["error"] is None else None
+
+
+def metric_values(row: dict[str, Any]) -> dict[str, float] | None:
+    """A generate stage's row's metrics, {name: value}; None unless it was answered and scored (not truncated)."""
+    return score.metrics if (score := answer_score(row)) is not None else None
+
+
 def summarize(rows: list[dict[str, Any]], metrics: list[str]) -> dict[str, Any]:
-    """Counts and metric means of one dataset's scored rows."""
-    scored = [r for r in rows if r["scores"] is not None]
+    """Counts and metric means of one dataset's rows, from their stored scores."""
+    how = [score.extraction if (score := answer_score(r)) is not None else None for r in rows]
+    scored = [(r, values) for r in rows if (values := metric_values(r)) is not None]
     out: dict[str, Any] = {
         "samples": len(rows),
         "finished": sum(r["finished"] for r in rows),
         "errors": sum(r["error"] is not None for r in rows),
         "scored": len(scored),
-        "unmatched": sum(r.get("extraction") == "unmatched" for r in rows),
-        "truncated": sum(r.get("extraction") == "truncated" for r in rows),
+        "unmatched": how.count("unmatched"),
+        "truncated": how.count("truncated"),
     }
-    kinds = [question_kind(r) for r in scored]
+    kinds = [question_kind(r) for r, _ in scored]
     for name in metrics:
-        values = [r["scores"][name] for r in scored]
+        values = [v[name] for _, v in scored]
         split = {k: [v for v, kind in zip(values, kinds) if kind == k] for k in QUESTION_KINDS}
         out[name] = {"all": fmean(values) if values else None, "ci95": interval95(values),
                      **{k: fmean(v) if v else None for k, v in split.items()},

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from evalfleet.config import StageConfig
 from evalfleet.records import ImageRef, Result, Sample
@@ -32,8 +32,7 @@ def judge_plan_samples(stage: StageConfig, answered: StageConfig, loaded: dict[s
     out = []
     for s in (s for samples in loaded.values() for s in samples if s.error is None):
         try:
-            prompt = render_judge_prompt(stage.prompt, {"question": s.question, "answers": s.answers, "id": s.id,
-                                                        "prediction": filler})
+            prompt = render_judge_prompt(stage.prompt, s, filler)
         except KeyError:
             continue
         images = s.images * (("{image}" in stage.prompt) + ("{edited_image}" in stage.prompt))
@@ -47,16 +46,15 @@ def judge_inputs(
     loaded: dict[str, list[Sample]],
     store: Store,
     cache: JudgeCache | None,
-    answers: dict[str, list[dict[str, Any]]] | None = None,
+    answers: dict[str, list[Result]] | None = None,
 ) -> tuple[dict[str, list[Sample]], set[tuple[str, str]]]:
     """Samples whose prompt is the judge template filled with the `answered` stage's answer.
 
-    `answers`: the answering stage's results just committed, by dataset (`answer_rows`), passed in memory by a
-    feed; None: every answer stored so far (a judge after its answerer, or resuming). One the answering stage
-    failed, or whose
-    template cannot be filled, gets an error result at this stage instead (once; a later run does not redo
-    it); a request judged before is answered from the cache. Returns the requests by dataset and the
-    (dataset, id) of the samples given a result here (errors and cache hits).
+    `answers`: the answering stage's results just committed, by dataset, passed in memory by a feed; None:
+    every answer stored so far (`stored_answers`: a judge after its answerer, or resuming). One the answering
+    stage failed, or whose template cannot be filled, gets an error result at this stage instead (once; a
+    later run does not redo it); a request judged before is answered from the cache. Returns the requests by
+    dataset and the (dataset, id) of the samples given a result here (errors and cache hits).
     """
     assert stage.prompt is not None
     inputs: dict[str, list[Sample]] = {}
@@ -64,23 +62,21 @@ def judge_inputs(
     for name, samples in loaded.items():
         by_id = {s.id: s for s in samples}
         judged = inputs.setdefault(name, [])
-        rows = store.rows(answered.name, name) if answers is None else answers.get(name, [])
-        for row in rows:
-            if row["id"] not in by_id or not row["finished"]:
+        for answer in stored_answers(store, answered.name, name) if answers is None else answers.get(name, []):
+            if (s := by_id.get(answer.sample_id)) is None:
                 continue
-            if row["prediction"] is None:
-                failed.append(Result(name, row["id"], None,
-                                     f"nothing to judge: {answered.name} gave no answer ({row['error']})"))
+            if answer.output is None:
+                failed.append(Result(name, s.id, None,
+                                     f"nothing to judge: {answered.name} gave no answer ({answer.error})"))
                 continue
             try:
-                prompt = render_judge_prompt(stage.prompt, row)
+                prompt = render_judge_prompt(stage.prompt, s, answer.output)
             except KeyError as err:
-                failed.append(Result(name, row["id"], None, f"judge prompt names {err}, which samples do not have"))
+                failed.append(Result(name, s.id, None, f"judge prompt names {err}, which samples do not have"))
                 continue
-            s = by_id[row["id"]]
             images = s.images if "{image}" in stage.prompt else []
             if "{edited_image}" in stage.prompt:
-                edited = store.path.parent / row["prediction"]
+                edited = store.path.parent / answer.output
                 images = images + [ImageRef(f"{edited}:edited_image", path=str(edited))]
             request = Sample(name, s.id, s.question, prompt, s.answers, images, s.source)
             request.metadata["cache_key"] = _cache_key(stage, request)  # computed once: it reads the images
@@ -90,16 +86,11 @@ def judge_inputs(
     return inputs, hits | {(r.dataset, r.sample_id) for r in failed}
 
 
-def answer_rows(by_id: dict[tuple[str, str], Sample], results: list[Result]) -> dict[str, list[dict[str, Any]]]:
-    """Results as the rows `render_judge_prompt` reads (the store's `rows` shape), by dataset, in memory;
-    `by_id`: the answered samples by (dataset, id)."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for r in results:
-        s = by_id.get((r.dataset, r.sample_id))
-        if s is not None:
-            out.setdefault(r.dataset, []).append({"id": s.id, "question": s.question, "answers": s.answers,
-                                                  "prediction": r.output, "error": r.error, "finished": True})
-    return out
+def stored_answers(store: Store, stage: str, dataset: str) -> list[Result]:
+    """The results `stage` stored for `dataset`'s samples, in load order (a sample that could not be read
+    counts as answered, with its error)."""
+    return [Result(dataset, r["id"], r["prediction"], r["error"]) for r in store.rows(stage, dataset)
+            if r["finished"]]
 
 
 def _cache_key(stage: StageConfig, sample: Sample) -> str:
@@ -150,12 +141,11 @@ class JudgeFeed:
     waiting: dict[str, list[Sample]] = field(default_factory=dict)
     """Requests not yet in a chunk, by dataset."""
 
-    def __post_init__(self) -> None:
-        self.by_id = {(s.dataset, s.id): s for samples in self.loaded.values() for s in samples}
-
     def offer(self, results: list[Result]) -> None:
         """The answering stage committed `results`: make their judge requests and pass full chunks on."""
-        answers = answer_rows(self.by_id, results)
+        answers: dict[str, list[Result]] = {}
+        for r in results:
+            answers.setdefault(r.dataset, []).append(r)
         new, settled = judge_inputs(self.stage, self.answered, self.loaded, self.store, self.cache, answers)
         for name, requests in new.items():
             self.inputs.setdefault(name, []).extend(requests)

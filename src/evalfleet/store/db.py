@@ -21,6 +21,7 @@ from typing import Any
 from evalfleet.bulk import bulk_objects
 from evalfleet.errors import UserError
 from evalfleet.records import Result, Sample
+from evalfleet.scoring.score import Score, score_from_json
 from evalfleet.store.health import StoreReplaced, connect, describe
 from evalfleet.store.hosts import pid_alive
 
@@ -168,7 +169,7 @@ class Store:
         now = time.time()
         rows = [
             (stage, r.dataset, r.sample_id, r.output, r.error, r.worker, r.seconds, r.n_tokens, now, r.prompt,
-             None if r.score is None else json.dumps(r.score))
+             None if r.score is None else r.score.to_json())
             for r in results
         ]
         with self.db:
@@ -179,12 +180,12 @@ class Store:
                                 rows)
             return self.db.total_changes - before
 
-    def set_scores(self, stage: str, dataset: str, scores: dict[str, dict[str, Any] | None]) -> None:
+    def set_scores(self, stage: str, dataset: str, scores: dict[str, Score | None]) -> None:
         """Store (or replace) the scores of results already stored: {sample id: score}."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany("UPDATE results SET score = ? WHERE stage = ? AND dataset = ? AND sample_id = ?",
-                                [(None if v is None else json.dumps(v), stage, dataset, k) for k, v in scores.items()])
+                                [(None if v is None else v.to_json(), stage, dataset, k) for k, v in scores.items()])
 
     def forget_stage(self, stage: str) -> None:
         """Drop a stage's results and settings so that it runs again (the judge cache stays)."""
@@ -215,9 +216,9 @@ class Store:
         for sql, args in parts:
             for r in self.db.execute(sql, (stage, dataset, *args)):
                 row = dict(zip(keys, r))
-                for key, empty in (("answers", "[]"), ("metadata", "{}"), ("context", "[]"), ("score", "null"),
-                                   ("images", "null")):
+                for key, empty in (("answers", "[]"), ("metadata", "{}"), ("context", "[]"), ("images", "null")):
                     row[key] = json.loads(row[key] or empty)
+                row["score"] = score_from_json(row["score"])  # a `Score` (scoring/score.py), or None
                 row["finished"] = bool(row["finished"])
                 yield row
 
