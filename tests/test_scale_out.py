@@ -217,7 +217,7 @@ def test_ray_runs_replicas_as_actors_and_replaces_a_killed_one(tmp_path, smollm2
     os.kill(pid, signal.SIGKILL)  # the actor's process, as when its node goes down
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, out
-    assert re.search(r"worker cpu0 ready on CPU x\d+ \[generate\] on \S+", out)  # workers report their node
+    assert re.search(r"worker cpu0 ready on CPU x\d+ \[continuous\] on \S+", out)  # workers report their node
     assert "worker cpu1.0 died" in out
     db = sqlite3.connect(db_path)
     answered = db.execute("SELECT COUNT(*) FROM results WHERE output IS NOT NULL AND error IS NULL").fetchone()[0]
