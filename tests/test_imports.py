@@ -129,3 +129,56 @@ def test_the_guard_finds_a_cycle_through_a_function_level_and_a_type_checking_im
     (pkg / "data/images.py").write_text("from ..data.datasets import load\n")
     assert cycles(module_graph(tmp_path)) == [
         ["evalfleet.data.datasets", "evalfleet.data.images", "evalfleet.data.named", "evalfleet.records"]]
+
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
+
+
+def layer_table(doc: Path) -> dict[str, set[str] | None]:
+    """docs/architecture.md's layer table: {top-level unit: the units it may import}, None for "(everything)". A row
+    names its units in its first column (`records.py`, `config/`), the allowed ones in its last, comma-separated
+    (a parenthesis after a name explains it)."""
+    import re
+
+    text = doc.read_text(encoding="utf-8")
+    rows = text[text.index("## Layers"):].split("\n\n", 2)[1:3]
+    table: dict[str, set[str] | None] = {}
+    for line in "\n".join(rows).splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`"):
+            continue
+        units = [u.removesuffix(".py").rstrip("/") for u in re.findall(r"`([^`]+)`", cells[0])]
+        allowed = None if cells[2] == "(everything)" else \
+            {re.sub(r"\s*\(.*?\)", "", a).strip() for a in re.sub(r"\(.*?\)", "", cells[2]).split(",")} - {""}
+        for u in units:
+            table[u.removeprefix("__init__") or "__init__"] = allowed
+    return table
+
+
+def unit_of(module: str) -> str:
+    """The top-level unit of an evalfleet module: `evalfleet.engine.worker` -> `engine`, `evalfleet` -> `__init__`."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def test_the_layer_table_allows_every_import_the_code_makes():
+    """docs/architecture.md says which layers may import which; the code keeps to it."""
+    table = layer_table(DOC)
+    edges = module_graph(SRC)
+    units = {unit_of(m) for m in edges}
+    assert units - set(table) == set(), f"units the layer table does not list: {units - set(table)}"
+    broken = sorted({(unit_of(m), unit_of(t)) for m, targets in edges.items() for t in targets
+                     if unit_of(t) != unit_of(m) and table[unit_of(m)] is not None
+                     and unit_of(t) not in table[unit_of(m)] and unit_of(t) != "__init__"})
+    assert not broken, "imports the layer table does not allow (unit -> unit): " + ", ".join(f"{a} -> {b}"
+                                                                                           for a, b in broken)
+
+
+def test_the_layer_check_finds_an_import_the_table_does_not_allow(tmp_path):
+    doc = tmp_path / "architecture.md"
+    doc.write_text("## Layers\n\nintro\n\n| folder | concern | may import |\n|---|---|---|\n"
+                   "| `records.py` | records | scoring (its type) |\n| `scoring/` | scores | records |\n"
+                   "| `cli/` | commands | (everything) |\n\nafter\n")
+    table = layer_table(doc)
+    assert table == {"records": {"scoring"}, "scoring": {"records"}, "cli": None}
+    assert "store" not in table["records"]  # records -> store would be reported
