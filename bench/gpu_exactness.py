@@ -48,7 +48,7 @@ SHAPES = {  # hidden, intermediate, layers, heads, kv heads; vision depth, hidde
     "gpu": (1024, 2816, 4, 8, 2, (4, 1280, 3420, 16), 128),
     "tiny": (128, 256, 2, 2, 1, (2, 64, 128, 2), 8),  # a dry run on the CPU
 }
-ROWS = {"gpu": {"text": 192, "vlm": 64, "moe": 192}, "tiny": {"text": 40, "vlm": 24, "moe": 40}}
+ROWS = {"gpu": {"text": 192, "vlm": 128, "moe": 192}, "tiny": {"text": 40, "vlm": 24, "moe": 40}}
 SLOTS = {"gpu": 64, "tiny": 16}
 LONGEST = {"gpu": 2000, "tiny": 300}
 GROUPS = {"float32": ["engine", "sabotage-move", "sabotage-slot", "sabotage-graph"],

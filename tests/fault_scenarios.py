@@ -221,6 +221,8 @@ def stalled_worker(tmp: Path, model: Path) -> Outcome:
     is replaced; a batch that stalls two workers is recorded as failed, and the run ends."""
     o = Outcome("a stalled worker (alive, no progress) is replaced")
     lab = Lab(tmp, model, n=2, workers=1, new_tokens=2000, stall_seconds=2)  # a batch far longer than 2 s
+    lab.cfg["model"]["engine"] = "generate"  # whole batches: neither answer ends before the other (EOS) and is stored
+    lab.write()
     rc, out = lab.cli()
     assert rc == 1 and "generate: 100.0 % of its 2 samples ended in an error" in out, out  # max_error_rate
     assert out.count("is stalled (no result for") == 2, out

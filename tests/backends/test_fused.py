@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import drain
 from tiny_models import VLM_ARCHS, build_tiny_qwen2vl
 from transformers import LlamaConfig
 from transformers.models.llama import modeling_llama
@@ -94,7 +95,7 @@ def test_a_run_compiles_no_kernel_variant_that_was_not_compiled_ahead(arch, tmp_
     from evalfleet.backends.transformers.kernels import compiled as kernels, fused
 
     def answers() -> list[tuple[str, int]]:  # 3 slots, refilled as rows end
-        return [(g.text, g.n_tokens) for g in b.stream(3, None).run(b.prepare(requests()))]
+        return [(g.text, g.n_tokens) for g in drain(b.stream(3, None), b.prepare(requests()))]
 
     path = build_tiny_qwen2vl(tmp_path / arch, arch=arch)
     b = loaded_backend(path, "continuous", 8)  # on the CPU: transformers' own forwards
