@@ -24,9 +24,9 @@ from models import SUBJECTS, images, qwen25_vl
 from PIL import Image
 
 from evalfleet.backends import Request
+from evalfleet.backends.transformers.backend import TransformersBackend
 from evalfleet.backends.transformers.engine import ContinuousEngine
 from evalfleet.backends.transformers.sampling import Sampler
-from evalfleet.backends.transformers.backend import TransformersBackend
 from evalfleet.config import ModelConfig
 
 GPU = torch.cuda.is_available()

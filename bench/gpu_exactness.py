@@ -66,8 +66,16 @@ def build(work: Path, model: str, shape: str) -> Path:
 
     import torch
     from models import tiny_vlm
-    from transformers import (AutoTokenizer, GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
-                              Qwen2Config, Qwen2ForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM)
+    from transformers import (
+        AutoTokenizer,
+        GenerationConfig,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3MoeConfig,
+        Qwen3MoeForCausalLM,
+    )
 
     folder = work / f"peaked-{model}-{shape}"
     if (folder / "config.json").exists():
@@ -188,7 +196,7 @@ def vlm_processor(folder: Path):  # -> a processor
 
 def stock_tokens(model: str, folder: Path, dtype: str, args: argparse.Namespace, batch: int) -> list[list[int]]:
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     assert not any(m.startswith("evalfleet") for m in sys.modules)
     cls = AutoModelForImageTextToText if model == "vlm" else AutoModelForCausalLM

@@ -144,9 +144,9 @@ def step_table(shape: str, work: Path, grouped: dict[int, float], slots: int, st
     """The continuous engine's captured decode step on a Qwen3-MoE text model built in memory, at each width."""
     from models import tiny_vlm
 
+    from evalfleet.backends.transformers.backend import TransformersBackend
     from evalfleet.backends.transformers.engine import ContinuousEngine
     from evalfleet.backends.transformers.sampling import Sampler
-    from evalfleet.backends.transformers.backend import TransformersBackend
     from evalfleet.config import ModelConfig
 
     cfg = config(shape)

@@ -11,8 +11,8 @@ from standin import StandInLauncher
 
 from evalfleet.engine.driver import MAX_CHUNK_ATTEMPTS, MAX_RESTARTS, StageDriver
 from evalfleet.engine.loop import execute
-from evalfleet.engine.queue import WorkQueue, make_chunks
 from evalfleet.engine.messages import PROTOCOL
+from evalfleet.engine.queue import WorkQueue, make_chunks
 from evalfleet.errors import RunError, UserError
 from evalfleet.observe.progress import RunProgress
 from evalfleet.records import Sample, WorkerSpec

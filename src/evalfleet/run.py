@@ -34,13 +34,7 @@ from evalfleet.observe.runlog import log_to
 from evalfleet.observe.startup import process_age
 from evalfleet.plan.placement import chunk_size_for
 from evalfleet.plan.stage import make_plan, stage_gpus
-from evalfleet.preflight import (
-    Datasets,
-    check_output_dir,
-    checked_datasets,
-    refusals,
-    refuse_fresh_while_live,
-)
+from evalfleet.preflight import Datasets, check_output_dir, checked_datasets, refusals, refuse_fresh_while_live
 from evalfleet.records import Sample, WorkerSpec
 from evalfleet.reporting.provenance import run_provenance
 from evalfleet.reporting.report import write_report

@@ -8,7 +8,6 @@ import weakref
 
 import pytest
 import torch
-
 from conftest import continuous_answers as streamed
 from conftest import drain
 from conftest import loaded_backend as backend
@@ -74,7 +73,8 @@ def test_fused_kernels_switched_in_mid_run_keep_the_answers(smollm2, reference):
 
     from transformers.models.llama import modeling_llama
 
-    from evalfleet.backends.transformers.kernels import compiled as kernels, fused
+    from evalfleet.backends.transformers.kernels import compiled as kernels
+    from evalfleet.backends.transformers.kernels import fused
 
     requests, expected = reference
     b = backend(smollm2, "continuous", new_tokens=20)

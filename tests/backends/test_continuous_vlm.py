@@ -4,14 +4,13 @@ offset, and greedy answers equal one-at-a-time `generate` while slots are refill
 
 import easy_vqa
 import pytest
-from PIL import Image
 from conftest import continuous_answers as streamed
-from conftest import drain
+from conftest import drain, spread_answer_lengths
 from conftest import loaded_backend as backend
-from conftest import spread_answer_lengths
+from PIL import Image
+from tiny_models import VLM_ARCHS, build_tiny_qwen2vl
 
 from evalfleet.backends import Request
-from tiny_models import VLM_ARCHS, build_tiny_qwen2vl
 
 NEW_TOKENS = 16
 

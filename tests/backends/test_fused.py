@@ -10,8 +10,8 @@ from tiny_models import VLM_ARCHS, build_tiny_qwen2vl
 from transformers import LlamaConfig
 from transformers.models.llama import modeling_llama
 
-from evalfleet.backends.transformers.kernels.fused import _fused_rotary
 from evalfleet.backends.transformers.kernels.compiled import rms_norm, rotary_rows, silu_mul
+from evalfleet.backends.transformers.kernels.fused import _fused_rotary
 
 
 def config() -> LlamaConfig:
@@ -92,7 +92,8 @@ def test_a_run_compiles_no_kernel_variant_that_was_not_compiled_ahead(arch, tmp_
     from conftest import loaded_backend
     from test_continuous_vlm import requests
 
-    from evalfleet.backends.transformers.kernels import compiled as kernels, fused
+    from evalfleet.backends.transformers.kernels import compiled as kernels
+    from evalfleet.backends.transformers.kernels import fused
 
     def answers() -> list[tuple[str, int]]:  # 3 slots, refilled as rows end
         return [(g.text, g.n_tokens) for g in drain(b.stream(3, None), b.prepare(requests()))]

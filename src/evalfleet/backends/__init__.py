@@ -16,7 +16,6 @@ from evalfleet.backends.base import (
     free_memory,
     is_out_of_memory,
 )
-
 from evalfleet.backends.batched import WholeBatches
 
 if TYPE_CHECKING:

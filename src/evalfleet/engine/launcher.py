@@ -9,12 +9,12 @@ import os
 import secrets
 import subprocess
 import time
-from multiprocessing.connection import Connection, Listener
 from collections.abc import Callable
+from multiprocessing.connection import Connection, Listener
 from typing import Any, Protocol
 
-from evalfleet.config import ModelConfig
 from evalfleet.backends.kinds import kind
+from evalfleet.config import ModelConfig
 from evalfleet.engine.messages import Session, Stop
 from evalfleet.engine.worker import worker_main
 from evalfleet.errors import UserError

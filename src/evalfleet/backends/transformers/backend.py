@@ -22,7 +22,7 @@ from transformers import (
 
 from evalfleet.backends.base import Backend, Generation, Prepared, Request, free_memory, is_out_of_memory
 from evalfleet.backends.kinds import engine_for
-from evalfleet.backends.transformers.engine import ContinuousEngine, Row, TokenStream
+from evalfleet.backends.transformers.engine import ContinuousEngine, Row
 from evalfleet.backends.transformers.kernels import experts
 from evalfleet.backends.transformers.kernels.attention import use_decode_attention, use_packed_vision_attention
 from evalfleet.backends.transformers.kernels.compiled import compile_kernels
@@ -30,6 +30,7 @@ from evalfleet.backends.transformers.kernels.fused import fuse_elementwise, fuse
 from evalfleet.backends.transformers.processors import without_video_processor
 from evalfleet.backends.transformers.sampling import Sampler
 from evalfleet.backends.transformers.slot_cache import SLOT_ATTENTION
+from evalfleet.backends.transformers.stream import TokenStream
 from evalfleet.backends.transformers.vision import has_rope_index, split_batch
 from evalfleet.config import ModelConfig
 

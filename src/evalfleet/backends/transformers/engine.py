@@ -20,13 +20,12 @@ as are busy, rounded up to a width of `decode_widths` (`graphs.py`).
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from evalfleet.backends.base import Generation, Prepared, free_memory, is_out_of_memory
+from evalfleet.backends.base import free_memory, is_out_of_memory
 from evalfleet.backends.transformers.graphs import SMALLEST_WIDTH, DecodeGraphs, decode_widths, width_for
 from evalfleet.backends.transformers.sampling import Sampler
 from evalfleet.backends.transformers.slot_cache import SlotCache
@@ -331,25 +330,3 @@ class ContinuousEngine:
             self.keys[s] = r.key
         finished = [s for s, e in zip(slots, ended.tolist()) if e]
         return self._release(finished) if finished else []
-
-
-class TokenStream:
-    """The engine as a backend's `Stream`: prepared batches are lists of `Row`s (their keys unset); `decode` turns
-    an answer's tokens into its Generation."""
-
-    def __init__(self, engine: ContinuousEngine, decode: Callable[[list[int]], Generation],
-                 kernels_changed: Callable[[], bool] = lambda: False) -> None:
-        self.engine, self.decode, self.kernels_changed = engine, decode, kernels_changed
-        self.log = engine.log
-
-    busy = property(lambda self: self.engine.busy)
-    hungry = property(lambda self: self.engine.hungry)
-    batch = property(lambda self: self.engine.slots)
-
-    def add(self, prepared: Prepared, keys: list[Any]) -> None:
-        self.engine.add([replace(row, key=key) for key, row in zip(keys, prepared.inputs)])
-
-    def step(self) -> list[tuple[Any, Generation]]:
-        if self.kernels_changed():  # fused kernels switched in (`fused.fuse_when_ready`)
-            self.engine.graphs.clear()
-        return [(d.key, Generation("", 0, d.error) if d.error else self.decode(d.tokens)) for d in self.engine.step()]
