@@ -65,7 +65,8 @@ def moe(work: Path, n: int, shape: str) -> tuple[Path, Path, int]:
         cfg = Qwen3MoeConfig(hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
                              num_attention_heads=heads, num_key_value_heads=min(4, heads), head_dim=128,
                              num_experts=experts, num_experts_per_tok=8 if experts > 8 else 2,
-                             moe_intermediate_size=768 if shape == "7b" else 32, decoder_sparse_step=1, vocab_size=151936,
+                             moe_intermediate_size=768 if shape == "7b" else 32, decoder_sparse_step=1,
+                             vocab_size=151936,
                              tie_word_embeddings=False, max_position_embeddings=32768, rope_theta=1e6,
                              eos_token_id=None, bos_token_id=None, pad_token_id=tok.pad_token_id)
         _save_random(Qwen3MoeForCausalLM, cfg, tok, folder)

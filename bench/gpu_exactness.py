@@ -329,7 +329,8 @@ def run_engine(model: str, folder: Path, dtype: str, args: argparse.Namespace, n
             torch.cuda.synchronize()
         print(f"  {model} {dtype} {name}: {time.perf_counter() - t0:.1f} s, {steps[0]} steps", file=sys.stderr,
               flush=True)
-        results[name] = {"tokens": [tokens.get(i, []) for i in range(len(rows))], "seconds": round(time.perf_counter() - t0, 2),
+        results[name] = {"tokens": [tokens.get(i, []) for i in range(len(rows))],
+                         "seconds": round(time.perf_counter() - t0, 2),
                          "widths": dict(sorted(engine.steps_at.items())), "moves": engine.moves,
                          "grown": sum("grown" in line for line in stream.log), "fused_at_step": list(switched),
                          "graphs": engine.use_graphs and engine.graphs.enabled}

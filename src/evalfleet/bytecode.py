@@ -4,7 +4,7 @@ their sources again in every process.
 Some images ship site-packages without `__pycache__` and set `PYTHONDONTWRITEBYTECODE=1` (a common Dockerfile line;
 the H200 hosts of bench/ are such). There every process compiles torch's and transformers' ~3,000 modules from
 source as it imports them: on the CPU machine `import torch, transformers.modeling_utils` takes 24.8-26.5 s so,
-against 8.6-8.9 s from this cache (`bench/imports.py`, bench/RESULTS.md); a replica's start pays it first.
+against 8.6-8.9 s from this cache (`bench/probes/imports.py`, bench/RESULTS.md); a replica's start pays it first.
 
 Importing this module turns the cache on for the process, when torch's package folder has no `__pycache__` (so
 Python would compile it) and no prefix is set already: `sys.pycache_prefix` points at `<cache>/bytecode` and writing

@@ -218,7 +218,8 @@ def _same_replicas(cfg: RunConfig, a: StageConfig, a_gpus: list[int] | None, b: 
                    b_gpus: list[int] | None) -> bool:
     """Whether stage b can use stage a's loaded workers: the same weights and engine on the same GPUs, in worker
     processes of this driver."""
-    return (cfg.cluster.backend == "local" and not kind(a.model.backend).remote and not (a.python or b.python or cfg.python)
+    return (cfg.cluster.backend == "local" and not kind(a.model.backend).remote
+            and not (a.python or b.python or cfg.python)
             and a.model.load_key() == b.model.load_key() and a_gpus == b_gpus)
 
 

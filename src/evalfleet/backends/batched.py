@@ -61,7 +61,8 @@ class WholeBatches:
         requests = prepared.requests
         n = self.sizer.size
         if len(requests) > n:  # larger than what fits now (prepared before a halving)
-            return [g for i in range(0, len(requests), n) for g in self._answer(self.backend.prepare(requests[i : i + n]))]
+            parts = [requests[i : i + n] for i in range(0, len(requests), n)]
+            return [g for part in parts for g in self._answer(self.backend.prepare(part))]
         try:
             gens = self.backend.generate(prepared)
             self.sizer.succeeded()

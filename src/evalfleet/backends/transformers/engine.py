@@ -262,7 +262,7 @@ class ContinuousEngine:
         """Waiting requests for every free slot, prefilled together. No cap on their tokens: the plan sized the slots
         so that a whole batch of the longest prompts fits one forward, and a prefill out of memory is halved. (A cap
         of 65,536 tokens cut a refill of 256 prompts of 258 tokens into 254 + 2: the last two then decoded alone for
-        64 steps, -12 % on the uniform benchmark, `bench/engine_profile.py`.)"""
+        64 steps, -12 % on the uniform benchmark, `bench/probes/engine_profile.py`.)"""
         rows: list[Row] = []
         while self.waiting and len(rows) < len(self.free):
             row = self.waiting[0]

@@ -42,7 +42,7 @@ TOP_P_ROUNDS = 24
 def top_p_threshold(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """The largest t [S, 1] (to within max(p) / 2^TOP_P_ROUNDS) such that the tokens of probability >= t hold at
     least `top_p` of the mass: the nucleus without sorting the vocabulary (a sort of 256 x 152k cost 3.4 ms a step
-    on an H200, `bench/slot_kernels.py`)."""
+    on an H200, `bench/probes/slot_kernels.py`)."""
     lo = torch.zeros_like(probs[:, :1])
     hi = probs.amax(-1, keepdim=True)
     for _ in range(TOP_P_ROUNDS):
@@ -67,7 +67,7 @@ class Sampler:
     def compile(self) -> None:
         """Fuse the threshold search's rounds into one kernel each (CUDA; left as is if compiling fails). Only a
         sampler that searches a threshold (top_p < 1) compiles: the first `torch.compile` of a process imports
-        inductor, ~3 s of a cold replica's engine set-up on an H200 host (`bench/cold_start.py --profile`)."""
+        inductor, ~3 s of a cold replica's engine set-up on an H200 host (`bench/probes/cold_start.py --profile`)."""
         if self.greedy or self.top_p >= 1:
             return
         try:

@@ -25,7 +25,7 @@ GROW_MARGIN = 1.1
 """The device's free memory a cache's growth needs, as a multiple of what it allocates (fragmentation)."""
 FLASH_DECODE_FROM = 1024
 """Slot lengths above which decode steps use flash attention over each slot's used keys; up to it, SDPA's grouped
-mode over whole slots with a mask is faster (`bench/slot_kernels.py`: 256 slots of 768 holding 514 on average,
+mode over whole slots with a mask is faster (`bench/probes/slot_kernels.py`: 256 slots of 768 holding 514 on average,
 0.110 ms a layer against 0.145; of 4,352 holding 1,040, 0.52 ms against 0.32)."""
 
 

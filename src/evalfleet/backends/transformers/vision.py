@@ -38,11 +38,11 @@ def split_batch(inputs: Any, images_per_row: list[int], image_token_id: int | No
     """A processor's left-padded batch -> per request (unpadded token ids, media): its images' patches (in the
     model's `dtype`), their grids and the token types of its ids (1 for image tokens); given the loaded `model`,
     also its rotary positions and offset, so that the engine's prefill does not compute them between decode steps
-    (~6 % of a VLM's run, `bench/vlm_profile.py`).
+    (~6 % of a VLM's run, `bench/probes/vlm_profile.py`).
 
     The patches stay in pageable memory: pinning each sample's (~2.4 MB at 448x448) made a fresh replica's first
     451 samples take 11.0 s in the processor against 1.6-2.6 s in later runs, and 3.4 s then 1.1 s unpinned, while
-    the prefills took as long from pageable memory (`bench/first_job.py`, bench/RESULTS.md)."""
+    the prefills took as long from pageable memory (`bench/probes/first_job.py`, bench/RESULTS.md)."""
     mask = inputs["attention_mask"].bool()
     grids = inputs.get("image_grid_thw")
     patches = grids.prod(-1).tolist() if grids is not None else []

@@ -34,7 +34,7 @@ def grouped_decode_attention(
     transformers' SDPA path, given a padding mask, copies the keys and values once per query group (`repeat_kv`,
     7x for Qwen2.5-7B) in every layer. For decode steps `enable_gqa` reads each KV head once: on an H100, batch
     512, 384 slots, 0.15 ms a layer, against 0.28 ms for two matmuls around an fp32 softmax
-    (`bench/decode_attention.py`).
+    (`bench/probes/decode_attention.py`).
     """
     if query.shape[2] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,

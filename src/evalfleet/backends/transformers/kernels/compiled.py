@@ -1,7 +1,7 @@
 """The fused kernels' arithmetic (RMSNorm, the gated MLP's activation, rotary embedding of text models and of
 vision towers) and its compilation: torch.compile with dynamic shapes, ahead of the batches, for every variant a
-model calls; on a machine that never compiled them, in a process of its own (`backends/transformers/kernels/fused.py` patches the
-model's modules to call them)."""
+model calls; on a machine that never compiled them, in a process of its own (`kernels/fused.py` patches the model's
+modules to call them)."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ class Compiling(NamedTuple):
 
 START_WITHIN = 120.0
 """Seconds a compile on a machine that never compiled the kernels waits for its replica to be set up: a process
-compiling beside a replica's first forwards slowed them (`bench/cold_start.py`: the engine's set-up took 6.3 s
+compiling beside a replica's first forwards slowed them (`bench/probes/cold_start.py`: the engine's set-up took 6.3 s
 with the child starting beside it, 3.8 s after it)."""
 
 
@@ -118,7 +118,8 @@ def compile_kernels(config: Any, dtype: torch.dtype, device: str = "cuda") -> Co
     thread held the interpreter's lock so often that the load and the first steps beside it ran ~3 x slower),
     then in a thread from the cache that process filled."""
     # Round where eager rounds (each bf16/fp16 intermediate), not once at the end: the fused kernels then give
-    # transformers' own numbers (bench/gpu_exactness.py: "unfused vs engine"), at no cost to a memory-bound kernel.
+    # transformers' own numbers (bench/gpu_exactness.py: fused-off beside the engine), at no cost to a memory-bound
+    # kernel.
     torch._inductor.config.emulate_precision_casts = True
     shapes = Shapes.of(config)
     marker = _marker(shapes, dtype)
@@ -163,13 +164,13 @@ ROWS = 5
 """The row count each kernel is compiled for ahead: one variant serves every count but 1, which torch.compile
 specialises. A decode step one slot wide (an engine of one slot: others decode at least `SMALLEST_WIDTH` wide) or
 a one-token prompt compiles it when met: every variant compiled ahead is loaded from the cache at every start (9
-variants and the warm-up took 6.7 s of a VLM's start, `bench/cold_start.py`)."""
+variants and the warm-up took 6.7 s of a VLM's start, `bench/probes/cold_start.py`)."""
 
 
 @torch.inference_mode()  # as batches run: without autograd
 def _compile(shapes: Shapes, dtype: torch.dtype, device: str, backend: str = "inductor") -> Kernels | None:
     """The kernels, compiled ahead for every variant a model of `shapes` calls (`_ahead`): a first batch that met
-    a variant not compiled yet spent seconds compiling it (`bench/first_job.py`: 9 variants, 5 s of a VLM's first
+    a variant not compiled yet spent seconds compiling it (`bench/probes/first_job.py`: 9 variants, 5 s of a VLM's first
     451 samples)."""
     k = Kernels(torch.compile(rms_norm, dynamic=True, backend=backend),
                 torch.compile(silu_mul, dynamic=True, backend=backend),
