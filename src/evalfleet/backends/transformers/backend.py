@@ -31,7 +31,7 @@ from evalfleet.backends.transformers.processors import without_video_processor
 from evalfleet.backends.transformers.sampling import Sampler
 from evalfleet.backends.transformers.slot_cache import SLOT_ATTENTION
 from evalfleet.backends.transformers.stream import TokenStream
-from evalfleet.backends.transformers.vision import has_rope_index, split_batch
+from evalfleet.backends.transformers.vision import split_batch
 from evalfleet.config import ModelConfig
 
 log = logging.getLogger("evalfleet")
@@ -68,7 +68,6 @@ class TransformersBackend(Backend):
             self.kernels, self.kernels_cached, self.set_up = compile_kernels(
                 config, getattr(torch, cfg.resolved_dtype(on_gpu=True)), "cuda:0")
         self.vision = is_vision_model(config)
-        self.rope_index = has_rope_index(config)
         self.image_token_id = getattr(config, "image_token_id", None)
         self._text: Future[tuple[Any, Any]] = Future()  # (processor, tokenizer), read in a thread: it overlaps
         threading.Thread(target=self._load_text, name="tokenizer", daemon=True).start()  # the weights' loading

@@ -14,17 +14,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from evalfleet.backends.kinds import ENGINE_VLMS
+
 MEDIA_KEYS = ("pixel_values", "image_grid_thw")
 """Per-image inputs a prefill concatenates over its requests (in request order, as the image tokens are)."""
 
 
-ROPE_INDEX_MODELS = frozenset({"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "glm4v_moe"})
-"""VLMs (`config.model_type`) the engine runs: their processors and `get_rope_index` share one interface."""
-
-
 def has_rope_index(config: Any) -> bool:
     """Whether the model places image tokens with 3-D rotary positions (`get_rope_index`)."""
-    return getattr(config, "model_type", None) in ROPE_INDEX_MODELS
+    return getattr(config, "model_type", None) in ENGINE_VLMS
 
 
 def rope_index(model: Any, ids: torch.Tensor, types: torch.Tensor, grids: torch.Tensor | None,
