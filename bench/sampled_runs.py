@@ -2,14 +2,16 @@
 with two, and across a run killed mid-way and resumed.
 
 A random-weight Qwen2-shaped model whose vocabulary is the tests' tiny tokenizer's (its answers decode to words),
-400 questions of 20-200 words, temperature 0.8, top-p 0.9, 32 new tokens, on the default engine:
-  one      one driver, one worker
-  two      two workers: on a GPU two drivers started together on the same run folder (each plans the one GPU,
-           the store's leases share the work); on a CPU `--workers 2`
-  killed   one driver, SIGKILLed with its process group once a quarter of the answers are stored, then the same
-           command again (it resumes)
-  greedy   temperature 0, to show that sampling happened
-Every run's answers are compared by sample id with `one`'s.
+questions of 20-200 words (400 on a CPU, 2,000 on a GPU), temperature 0.8, top-p 0.9, new tokens 32 on a CPU,
+128 on a GPU (so that a run lasts long enough to be killed mid-way and to be shared), on the default engine:
+  one          one driver, one worker
+  greedy       temperature 0, to show that sampling happened
+  two          (CPU only) one driver, `workers: 2`
+  two-drivers  two drivers started together on the same run folder, each with one worker (on a GPU, both on
+               the one GPU): the store's leases share the work; the answers each worker stored are listed
+  killed       one driver, SIGKILLed with its process group once a quarter of the answers are stored, then the
+               same command again (it resumes); a kill that came after the run ended is said, not counted
+Every run's answers are compared by sample id with `one`'s; each phase is printed and saved as it ends.
 
     python bench/sampled_runs.py [--device cuda|cpu] [--dtype float32] [--work DIR] [--out DIR]
 """
@@ -32,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from models import tiny_vlm
 
 ROWS = 400
+GPU_ROWS = 2000
 
 
 def build(work: Path) -> Path:
@@ -53,14 +56,14 @@ def build(work: Path) -> Path:
     return folder
 
 
-def config(work: Path, name: str, model: Path, data: Path, dtype: str, temperature: float, cpu_workers: int | None
-           ) -> Path:
+def config(work: Path, name: str, model: Path, data: Path, args: argparse.Namespace, temperature: float,
+           workers: int | None) -> Path:
     cfg = {"name": name, "output_dir": str(work / "runs"), "progress_every": 10**6, "metrics": ["exact_match"],
-           "seed": 7, "model": {"path": str(model), "dtype": dtype,
-                                "generation": {"max_new_tokens": 32, "temperature": temperature, "top_p": 0.9}},
+           "seed": 7, "model": {"path": str(model), "dtype": args.dtype,
+                                "generation": {"max_new_tokens": args.new, "temperature": temperature, "top_p": 0.9}},
            "datasets": [{"name": "d", "path": str(data)}]}
-    if cpu_workers:
-        cfg["workers"] = cpu_workers
+    if workers:
+        cfg["workers"] = workers
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -83,17 +86,40 @@ def stored(work: Path, name: str) -> int:
         return 0
 
 
+def done_by_worker(work: Path, name: str) -> dict[str, int]:
+    """Answers each worker stored, by its row in the workers table (stage/worker@host:driver-pid)."""
+    with sqlite3.connect(work / "runs" / name / "store.db") as db:
+        return dict(db.execute("SELECT id, done FROM workers ORDER BY rowid"))
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> None:
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise SystemExit(f"`evalfleet run` did not end within {timeout:.0f} s")
+    if proc.returncode:
+        raise SystemExit(f"`evalfleet run` exit {proc.returncode}: {err.decode()[-2000:]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--work", type=Path, default=Path("/tmp/sampled"))
     ap.add_argument("--out", type=Path, default=Path("."))
-    ap.add_argument("--rows", type=int, default=ROWS)
+    ap.add_argument("--rows", type=int, default=None, help=f"default: {ROWS} (cpu), {GPU_ROWS} (cuda)")
+    ap.add_argument("--new", type=int, default=None, help="new tokens a row (default: 32 on a CPU, 128 on a GPU, "
+                                                          "so that a GPU run lasts long enough to be killed)")
+    ap.add_argument("--timeout", type=float, default=300, help="seconds one `evalfleet run` may take")
     args = ap.parse_args()
+    cpu = args.device == "cpu"
+    args.rows = args.rows or (ROWS if cpu else GPU_ROWS)
+    args.new = args.new or (32 if cpu else 128)
     args.work.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     model = build(args.work)
-    data = args.work / "prompts.jsonl"
+    data = args.work / f"prompts-{args.rows}.jsonl"
     if not data.exists():
         import random
 
@@ -102,49 +128,59 @@ def main() -> None:
         texts = [" ".join(rng.choice(words) for _ in range(rng.randrange(20, 200))) + "?" for _ in range(args.rows)]
         data.write_text("".join(json.dumps({"id": f"s{i}", "question": t, "answer": "x"}) + "\n"
                                 for i, t in enumerate(texts)))
-    cpu = args.device == "cpu"
-    runs: dict[str, dict] = {}
+    workers = 1 if cpu else None  # a GPU: one worker on its one GPU
+    runs: dict[str, dict] = {"device": args.device, "dtype": args.dtype, "rows": args.rows, "new": args.new}
 
-    def plain(name: str, temperature: float = 0.8, workers: int | None = 1) -> Path:
-        path = config(args.work, name, model, data, args.dtype, temperature, workers if cpu else None)
+    def report(name: str) -> None:
+        if name != "one":
+            one, got = answers(args.work, "one"), answers(args.work, name)
+            runs[name]["identical to one"] = f"{sum(got.get(k) == v for k, v in one.items())}/{len(one)}"
+        print(f"{name}: {runs[name]}", flush=True)
+        (args.out / "sampled_runs.json").write_text(json.dumps(runs, indent=1))
+
+    def plain(name: str, temperature: float = 0.8, n_workers: int | None = workers) -> None:
+        path = config(args.work, name, model, data, args, temperature, n_workers)
         t0 = time.perf_counter()
-        subprocess.run(command(path, "--fresh"), check=True, capture_output=True)
-        runs[name] = {"seconds": round(time.perf_counter() - t0, 1)}
-        return path
+        finish(subprocess.Popen(command(path, "--fresh"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True), args.timeout)
+        runs[name] = {"seconds": round(time.perf_counter() - t0, 1), "workers": done_by_worker(args.work, name)}
+        report(name)
 
     plain("one")
     plain("greedy", temperature=0.0)
     if cpu:
-        plain("two", workers=2)
-    else:  # two drivers on one run folder, each with its own worker on the GPU
-        path = config(args.work, "two", model, data, args.dtype, 0.8, None)
-        t0 = time.perf_counter()
-        procs = [subprocess.Popen(command(path, "--fresh"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)]
-        time.sleep(1.0)  # the first one has made the run folder and its store
-        procs.append(subprocess.Popen(command(path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-        codes = [p.wait() for p in procs]
-        assert codes == [0, 0], [p.stderr.read()[-2000:] for p in procs]
-        runs["two"] = {"seconds": round(time.perf_counter() - t0, 1)}
-        with sqlite3.connect(args.work / "runs" / "two" / "store.db") as db:
-            runs["two"]["workers"] = sorted({w for (w,) in db.execute("SELECT DISTINCT worker FROM results")})
-    path = config(args.work, "killed", model, data, args.dtype, 0.8, 1 if cpu else None)
+        plain("two", n_workers=2)
+    # Two drivers on one run folder, each with its own worker (on a GPU, both on the one GPU): the store's leases
+    # share the work between them.
+    path = config(args.work, "two-drivers", model, data, args, 0.8, workers)
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(command(path, "--fresh"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              start_new_session=True)]
+    time.sleep(1.0)  # the first one has made the run folder and its store
+    procs.append(subprocess.Popen(command(path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  start_new_session=True))
+    for p in procs:
+        finish(p, args.timeout)
+    runs["two-drivers"] = {"seconds": round(time.perf_counter() - t0, 1),
+                           "workers": done_by_worker(args.work, "two-drivers")}
+    report("two-drivers")
+    path = config(args.work, "killed", model, data, args, 0.8, workers)
     proc = subprocess.Popen(command(path, "--fresh"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    while stored(args.work, "killed") < args.rows // 4 and proc.poll() is None:
-        time.sleep(0.2)
+    deadline = time.monotonic() + args.timeout
+    while stored(args.work, "killed") < args.rows // 4 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     at_kill = stored(args.work, "killed")
     t0 = time.perf_counter()
-    subprocess.run(command(path), check=True, capture_output=True)
-    runs["killed"] = {"stored when killed": at_kill, "resume, s": round(time.perf_counter() - t0, 1)}
-    one = answers(args.work, "one")
-    for name in ("two", "killed", "greedy"):
-        got = answers(args.work, name)
-        runs[name]["identical to one"] = f"{sum(got.get(k) == v for k, v in one.items())}/{len(one)}"
-    print(json.dumps({"device": args.device, "dtype": args.dtype, "rows": args.rows, **runs}, indent=1))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sampled_runs.json").write_text(json.dumps(runs, indent=1))
+    finish(subprocess.Popen(command(path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True), args.timeout)
+    runs["killed"] = {"stored when killed": at_kill, "resume, s": round(time.perf_counter() - t0, 1),
+                      "killed mid-run": 0 < at_kill < args.rows}
+    report("killed")
+    shared = sum(1 for n in runs["two-drivers"]["workers"].values() if n) > 1
+    print(f"\ntwo drivers both stored answers: {shared}; the kill came mid-run: {runs['killed']['killed mid-run']}")
 
 
 if __name__ == "__main__":

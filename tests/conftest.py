@@ -79,12 +79,13 @@ def score_now(rows: list[dict[str, Any]], metrics: list[str]) -> None:
                                   options=r.get("metadata", {}).get("options")) if ok else None
 
 
-def loaded_backend(path: Path, engine: str, new_tokens: int = 12, **generation: Any) -> Any:
+def loaded_backend(path: Path, engine: str, new_tokens: int = 12, share_prefixes: bool = True,
+                   **generation: Any) -> Any:
     """A loaded TransformersBackend on the CPU in fp32 with `engine`, greedy unless `generation` says."""
     from evalfleet.backends.transformers.backend import TransformersBackend
     from evalfleet.config import ModelConfig
 
-    cfg = ModelConfig(path=str(path), dtype="float32", engine=engine,
+    cfg = ModelConfig(path=str(path), dtype="float32", engine=engine, share_prefixes=share_prefixes,
                       generation={"max_new_tokens": new_tokens, **generation})
     b = TransformersBackend(cfg, n_gpus=0)
     b.load()

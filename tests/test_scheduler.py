@@ -70,3 +70,25 @@ def test_an_open_queue_takes_more_chunks_and_finishes_only_once_closed():
     assert not q.finished and q.assign("a").id == 3
     q.finish_samples("a", 3, {"s1", "s2"})
     assert q.finished
+
+
+def test_samples_of_one_picture_share_a_chunk_in_any_order():
+    from evalfleet.records import ImageRef
+
+    pics = ["a.png", "b.png", "c.png"]
+    ss = [Sample("d", f"s{i}", "q", "x" * (7 - i % 7), images=[ImageRef(f"row {i}", path=pics[i % 3])])
+          for i in range(12)]
+    ss.append(Sample("d", "e", "q", "x", images=[ImageRef("row e", data=b"png bytes")]))
+    chunks = make_chunks(ss, set(), 5)
+    by_chunk = [[s.images[0].path for s in c.samples] for c in chunks]
+    assert all(len(c.samples) <= 5 for c in chunks)
+    assert all(sum(p in c for c in by_chunk) == 1 for p in pics), by_chunk  # each picture's 4 samples in one chunk
+    seen = [s.images[0].path for c in chunks for s in c.samples]
+    assert all(seen.count(p) == 4 and seen[seen.index(p) : seen.index(p) + 4] == [p] * 4 for p in pics)
+    assert make_chunks(list(reversed(ss)), set(), 5)[0].samples == chunks[0].samples  # not the file's order
+    # Resuming cuts the same chunks.
+    done = {s.id for s in chunks[1].samples}
+    assert [c.samples for c in make_chunks(ss, done, 5)] == [c.samples for i, c in enumerate(chunks) if i != 1]
+    # More samples of one picture than a chunk holds: cut into full chunks.
+    many = [Sample("d", f"m{i}", "q", "x", images=[ImageRef("r", path="a.png")]) for i in range(11)]
+    assert [len(c.samples) for c in make_chunks(many, set(), 5)] == [5, 5, 1]

@@ -75,6 +75,10 @@ class ModelConfig(_Strict):
     CPU), `generate` (whole batches through transformers' `generate`); `auto`: continuous where it runs the model,
     else generate (a replica over several GPUs, another VLM). The plan says which (`evalfleet plan`). `static` is
     read as `continuous` (the static engine is gone)."""
+    share_prefixes: bool = True
+    """The continuous engine: a prompt that begins as one held in a slot (the same system prompt and few-shot
+    turns, the same image before another question) copies that prefix's keys and values and prefills only the
+    rest; an image in a copied prefix is not encoded again. Greedy answers are the same either way."""
     system_prompt: str | None = None
     """Optional system message put before each question."""
     batch_size: int | Literal["auto"] = "auto"

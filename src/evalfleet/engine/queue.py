@@ -1,12 +1,15 @@
 """The dynamic work queue: pure bookkeeping of chunks, with no processes or I/O (testable alone).
 
 Chunks are cut from the full, length-sorted sample list of each dataset, so a chunk (and so the batch
-the model sees) is the same whatever the number of workers and however often the run was resumed.
+the model sees) is the same whatever the number of workers and however often the run was resumed. Samples that
+show the same pictures stay together, in one chunk where they fit: one worker then holds the picture's prefix and
+encodes it once (issue 37).
 Whichever worker is free takes the next chunk; a dead worker's unfinished samples go back to the front.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -23,15 +26,35 @@ class Chunk:
     """How many workers died while holding this chunk."""
 
 
+def picture_key(sample: Sample) -> tuple[str, ...]:
+    """The pictures a sample shows, by file path or by the hash of their embedded bytes (no file is read here: the
+    engine matches prompts by the pictures' content in any case)."""
+    return tuple(ref.path if ref.path is not None else hashlib.blake2b(ref.data or b"", digest_size=16).hexdigest()
+                 for ref in sample.images)
+
+
 def make_chunks(samples: list[Sample], done: set[str], chunk_size: int, start_id: int = 0) -> list[Chunk]:
-    """Cut one dataset into chunks of similar prompt length, leaving out finished samples.
+    """Cut one dataset into chunks of similar prompt length, leaving out finished samples. The samples of one
+    picture (`picture_key`) come together, ordered among the others by their shortest prompt, and a chunk ends
+    before a picture's samples that would not fit in it (more than a chunk's worth are cut into chunks of their
+    own). Text samples are one group: plain length order.
 
     Cutting happens before finished samples are removed, so resumed chunks match the original ones.
     """
-    ordered = sorted(samples, key=lambda s: (len(s.prompt), s.id))
+    groups: dict[tuple[str, ...], list[Sample]] = {}
+    for s in sorted(samples, key=lambda s: (len(s.prompt), s.id)):
+        groups.setdefault(picture_key(s), []).append(s)
+    parts: list[list[Sample]] = [[]]
+    for group in groups.values():
+        if parts[-1] and len(parts[-1]) + len(group) > chunk_size:
+            parts.append([])
+        for s in group:
+            if len(parts[-1]) == chunk_size:
+                parts.append([])
+            parts[-1].append(s)
     chunks = []
-    for i in range(0, len(ordered), chunk_size):
-        todo = [s for s in ordered[i : i + chunk_size] if s.id not in done and s.error is None]
+    for part in parts:
+        todo = [s for s in part if s.id not in done and s.error is None]
         if todo:
             chunks.append(Chunk(start_id + len(chunks), todo))
     return chunks

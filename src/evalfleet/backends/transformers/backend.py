@@ -27,6 +27,7 @@ from evalfleet.backends.transformers.kernels import experts
 from evalfleet.backends.transformers.kernels.attention import use_decode_attention, use_packed_vision_attention
 from evalfleet.backends.transformers.kernels.compiled import compile_kernels
 from evalfleet.backends.transformers.kernels.fused import fuse_elementwise, fuse_when_ready
+from evalfleet.backends.transformers.prefix import prompt_blocks
 from evalfleet.backends.transformers.processors import without_video_processor
 from evalfleet.backends.transformers.sampling import Sampler
 from evalfleet.backends.transformers.slot_cache import SLOT_ATTENTION
@@ -157,7 +158,7 @@ class TransformersBackend(Backend):
             try:
                 engine = ContinuousEngine(self.model, slots=slots, length=longest + gen.max_new_tokens,
                                           max_new_tokens=gen.max_new_tokens, eos_ids=self.eos_ids, sampler=sampler,
-                                          cuda_graphs=self.n_gpus > 0)
+                                          cuda_graphs=self.n_gpus > 0, share_prefixes=self.cfg.share_prefixes)
                 self.set_up.set()  # its first steps captured: a first compile on this machine may start now
                 engine.log += notes
                 return TokenStream(engine, self._decode, self.kernels_changed)
@@ -188,7 +189,8 @@ class TransformersBackend(Backend):
                 dtype = getattr(torch, self.cfg.resolved_dtype(on_gpu=self.n_gpus > 0))
                 rows = split_batch(inputs, [len(r.images) for r in requests], self.image_token_id, dtype,
                                    model=self.model)  # the model: once loaded
-                inputs = [Row(None, ids, r.seed, media) for (ids, media), r in zip(rows, requests)]
+                inputs = [Row(None, ids, r.seed, media, images, self._blocks(ids, images))
+                          for (ids, media, images), r in zip(rows, requests)]
         else:
             templated = bool(self.tokenizer.chat_template)
             texts = [self.tokenizer.apply_chat_template(r.messages(system, r.prompt), add_generation_prompt=True,
@@ -197,10 +199,15 @@ class TransformersBackend(Backend):
             special = {"add_special_tokens": False} if templated else {}  # the template has them
             if self.continuous:  # no padding: each request is a list of ids, with its seed
                 ids = self.tokenizer(texts, **special)["input_ids"]
-                inputs = [Row(None, row, r.seed) for row, r in zip(ids, requests)]
+                inputs = [Row(None, row, r.seed, blocks=self._blocks(row, [])) for row, r in zip(ids, requests)]
             else:
                 inputs = _tensors(self.tokenizer(texts, padding=True, return_tensors="np", **special))
         return Prepared(inputs, requests, texts)
+
+    def _blocks(self, ids: list[int], images: list[tuple[int, int, bytes]]) -> list[bytes]:
+        """The prompt's block hashes, by which the engine finds a held prefix (`prefix.py`); none when sharing is
+        off."""
+        return prompt_blocks(ids, images) if self.cfg.share_prefixes else []
 
     def _n_tokens(self, row: list[int]) -> int:
         for i, tok in enumerate(row):

@@ -20,13 +20,14 @@ as are busy, rounded up to a width of `decode_widths` (`graphs.py`).
 from __future__ import annotations
 
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from evalfleet.backends.base import free_memory, is_out_of_memory
 from evalfleet.backends.transformers.graphs import SMALLEST_WIDTH, DecodeGraphs, decode_widths, width_for
+from evalfleet.backends.transformers.prefix import PrefixIndex, reusable
 from evalfleet.backends.transformers.sampling import Sampler
 from evalfleet.backends.transformers.slot_cache import SlotCache
 from evalfleet.backends.transformers.vision import has_rope_index, prefill_inputs
@@ -37,12 +38,15 @@ LENGTH_QUANTUM = 64
 @dataclass
 class Row:
     """A request: the caller's key, its prompt's token ids, its sampling seed; for a VLM its images and token types
-    (`vision_rows.split_batch`)."""
+    (`vision.split_batch`). `images`: each image's first and end token and content hash; `blocks`: the prompt's
+    block hashes, by which a prompt that begins as a held one copies that prefix (`prefix.py`)."""
 
     key: Any
     ids: list[int]
     seed: int
     media: dict[str, Any] | None = None
+    images: list[tuple[int, int, bytes]] = field(default_factory=list)
+    blocks: list[bytes] = field(default_factory=list)
 
 
 @dataclass
@@ -56,8 +60,13 @@ class Done:
 
 class ContinuousEngine:
     def __init__(self, model: Any, *, slots: int, length: int, max_new_tokens: int, eos_ids: set[int],
-                 sampler: Sampler, cuda_graphs: bool, smallest_width: int = SMALLEST_WIDTH) -> None:
+                 sampler: Sampler, cuda_graphs: bool, smallest_width: int = SMALLEST_WIDTH,
+                 share_prefixes: bool = True) -> None:
         self.model, self.sampler, self.max_new = model, sampler, max_new_tokens
+        self.prefixes = PrefixIndex(slots) if share_prefixes else None
+        """Which slots hold which prompt prefixes (`prefix.py`); None: every prompt is prefilled whole."""
+        self.counts: Counter[str] = Counter()
+        """Prompt tokens, those copied from a held prefix, images in prompts and images encoded."""
         self.slots = slots
         self.widths = decode_widths(slots, smallest_width)
         self.width = slots
@@ -95,6 +104,8 @@ class ContinuousEngine:
     def _allocate(self, length: int) -> None:
         """A cache of `length` positions per slot (rounded up), and the decode step captured (or run once) for it."""
         self.graphs = self.cache = None  # type: ignore[assignment]  # free the old ones first
+        if self.prefixes is not None:  # a new cache holds no prompt
+            self.prefixes.clear()
         self.length = self._rounded(length)
         self.cache = SlotCache(self.model.config, self.slots, self.length, self.model.device, self.model.dtype)
         state = [self.token, self.pos, self.n_new, self.active, self.ended]
@@ -211,6 +222,8 @@ class ContinuousEngine:
             return
         s, d = (torch.tensor(x, device=self.out.device) for x in (src, dst))
         self.cache.move(s, d)
+        if self.prefixes is not None:
+            self.prefixes.move(src, dst)
         for t in (self.token, self.pos, self.n_new, self.seeds, self.delta, self.active, self.out):
             t[d] = t[s]
         self.active[s] = False
@@ -278,7 +291,9 @@ class ContinuousEngine:
 
     @torch.inference_mode()
     def _admit(self) -> list[Done]:
-        """Prefill waiting requests into free slots; their first tokens come from the prompts' last logits."""
+        """Prefill waiting requests into free slots; their first tokens come from the prompts' last logits. Requests
+        that share a prefix not yet held with an earlier one of the same admission are prefilled in a second pass,
+        after it (`_passes`)."""
         rows = []
         for row in self._take():
             if row.ids:
@@ -286,41 +301,83 @@ class ContinuousEngine:
             else:
                 self.refused.append(Done(row.key, [], "empty prompt"))
         done, self.refused = self.refused, []
+        passes = self._passes(rows) if rows else []
+        for i, group in enumerate(passes):
+            ended, left = self._prefill_halving(group)
+            done += ended
+            if left:  # out of memory: the rest waits, and the later passes, which copy from this one's prompts
+                self.waiting.extendleft(reversed(left + [r for g in passes[i + 1 :] for r in g]))
+                break
+        return done
+
+    def _passes(self, rows: list[Row]) -> list[list[Row]]:
+        """The admission in one pass, or two: a request whose prompt shares more with one prefilled in this
+        admission than with any held waits for the second pass, and copies that prefix then."""
+        if self.prefixes is None:
+            return [rows]
+        first, later = [], []
+        pending = PrefixIndex(len(rows))  # the first pass's prompts
+        for r in rows:
+            _, held = self.prefixes.lookup(r.ids, r.images, r.blocks)
+            _, here = pending.lookup(r.ids, r.images, r.blocks)
+            if reusable(here, len(r.ids), r.images) > reusable(held, len(r.ids), r.images):
+                later.append(r)
+            else:
+                pending.hold(len(first), r.ids, r.images, r.blocks)
+                first.append(r)
+        return [first, later] if later else [first]
+
+    def _prefill_halving(self, rows: list[Row]) -> tuple[list[Done], list[Row]]:
+        """Prefill `rows`, halved while out of memory; returns the ended requests and the rows left for later."""
+        left: list[Row] = []
         while rows:
             try:
-                done += self._prefill(rows)
-                return done
+                return self._prefill(rows), left
             except Exception as err:
                 if not is_out_of_memory(err):
                     raise
             free_memory()
             if len(rows) == 1:
-                done.append(Done(rows[0].key, [], f"out of memory prefilling {len(rows[0].ids)} prompt tokens alone"))
-                return done
+                return [Done(rows[0].key, [], f"out of memory prefilling {len(rows[0].ids)} prompt tokens alone")], left
             half = len(rows) // 2
             self.log.append(f"out of memory prefilling {len(rows)} prompts; {half} now, the rest later")
-            self.waiting.extendleft(reversed(rows[half:]))
-            rows = rows[:half]
-        return done
+            rows, left = rows[:half], rows[half:] + left
+        return [], left
+
+    def _copy_prefixes(self, rows: list[Row], slots: list[int]) -> list[int]:
+        """Copy into `slots` the longest held prefix of each request's prompt; returns each one's copied tokens."""
+        past = [0] * len(rows)
+        if self.prefixes is None:
+            return past
+        found = [self.prefixes.lookup(r.ids, r.images, r.blocks) for r in rows]
+        for s in slots:  # overwritten from here on (a failed prefill leaves them half written)
+            self.prefixes.forget(s)
+        past = [reusable(n, len(r.ids), r.images) if src is not None else 0 for r, (src, n) in zip(rows, found)]
+        copies = [(src, dst, n) for (src, _), dst, n in zip(found, slots, past) if n]
+        if copies:
+            src, dst, counts = (list(x) for x in zip(*copies))
+            self.cache.copy(src, dst, counts)
+        return past
 
     def _prefill(self, rows: list[Row]) -> list[Done]:
         dev = self.out.device
         slots = self.free[: len(rows)]
-        lengths = [len(r.ids) for r in rows]
-        ids = torch.tensor([t for r in rows for t in r.ids], device=dev)
-        slot_pass = self.cache.prefill(slots, lengths)
+        past = self._copy_prefixes(rows, slots)
+        lengths = [len(r.ids) - n for r, n in zip(rows, past)]
+        ids = torch.tensor([t for r, n in zip(rows, past) for t in r.ids[n:]], device=dev)
+        slot_pass = self.cache.prefill(slots, lengths, past)
         last = slot_pass.cu_q[1:].long() - 1
         index = torch.tensor(slots, device=dev)
-        positions, media = slot_pass.positions[None], {}
+        positions, media, encoded = slot_pass.positions[None], {}, 0
         if self.mrope:
-            positions, deltas, media = prefill_inputs(self.model, rows, dev)
+            positions, deltas, media, encoded = prefill_inputs(self.model, rows, dev, past)
             self.delta[index] = torch.tensor(deltas, device=dev)
         logits = self._forward(ids[None], positions, slot_pass, last, **media)[0]  # [n, V]
         seeds = torch.tensor([r.seed & ((1 << 63) - 1) for r in rows], device=dev)
         first = self.sampler(logits, seeds, torch.zeros_like(seeds))
         ended = self._is_eos(first) | (self.max_new <= 1)
         self.token[index] = first
-        self.pos[index] = torch.tensor(lengths, device=dev)
+        self.pos[index] = torch.tensor([len(r.ids) for r in rows], device=dev)
         self.n_new[index] = 1
         self.seeds[index] = seeds
         self.out[index, 0] = first
@@ -328,5 +385,10 @@ class ContinuousEngine:
         del self.free[: len(rows)]
         for s, r in zip(slots, rows):
             self.keys[s] = r.key
+            if self.prefixes is not None:
+                self.prefixes.hold(s, r.ids, r.images, r.blocks)
+        self.counts.update(prompt_tokens=sum(len(r.ids) for r in rows), shared_tokens=sum(past),
+                           images=sum(len((r.media or {}).get("image_grid_thw", ())) for r in rows),
+                           images_encoded=encoded)
         finished = [s for s, e in zip(slots, ended.tolist()) if e]
         return self._release(finished) if finished else []

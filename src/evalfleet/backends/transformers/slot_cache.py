@@ -104,8 +104,23 @@ class SlotCache:
             slots = cache.view(self.slots, self.length, *cache.shape[1:])
             slots.index_copy_(0, dst, slots.index_select(0, src))
 
-    def prefill(self, slots: list[int], lengths: list[int]) -> Pass:
-        """New prompts for `slots`, their tokens packed in this order."""
+    def copy(self, src: list[int], dst: list[int], counts: list[int]) -> None:
+        """Slot dst[i] takes the first counts[i] keys and values of slot src[i], in every layer (a shared prefix,
+        `prefix.py`). Everything is read before anything is written: a source may be another copy's destination."""
+        dev = self.base.device
+        n = torch.tensor(counts, device=dev)
+        offset = torch.arange(int(n.sum()), device=dev) - torch.repeat_interleave(F.pad(n.cumsum(0), (1, 0))[:-1], n)
+        read = torch.repeat_interleave(self.base[torch.tensor(src, device=dev)], n) + offset
+        write = torch.repeat_interleave(self.base[torch.tensor(dst, device=dev)], n) + offset
+        for cache in (*self.keys, *self.values):
+            cache.index_copy_(0, write, cache.index_select(0, read))
+
+    def prefill(self, slots: list[int], lengths: list[int], past: list[int] | None = None) -> Pass:
+        """New prompts for `slots`, their tokens packed in this order; `past`: how many of each slot's first
+        positions already hold its prompt's keys and values (a copied prefix): those tokens are not in the pass,
+        and the others attend over them too."""
+        if past is not None and any(past):
+            return self._prefill_after(slots, lengths, past)
         dev = self.base.device
         lens = torch.tensor(lengths, device=dev)
         cu = F.pad(lens.cumsum(0), (1, 0)).to(torch.int32)
@@ -118,6 +133,27 @@ class SlotCache:
             mask = ((seq[:, None] == seq[None]) & (flat[None] <= flat[:, None]))[None, None]  # [1, 1, N, N]: causal
             # within each prompt
         return Pass(self, write, cu, max(lengths), None, mask, pos)
+
+    def _prefill_after(self, slots: list[int], lengths: list[int], past: list[int]) -> Pass:
+        """A prefill whose prompts continue copied prefixes: each token attends over its slot's first positions up
+        to its own (read back from the cache, packed: `Pass.gather`)."""
+        dev = self.base.device
+        lens, held = torch.tensor(lengths, device=dev), torch.tensor(past, device=dev)
+        total = lens + held
+        cu = F.pad(lens.cumsum(0), (1, 0)).to(torch.int32)
+        cu_k = F.pad(total.cumsum(0), (1, 0)).to(torch.int32)
+        base = self.base[torch.tensor(slots, device=dev)]
+        pos = (torch.arange(int(lens.sum()), device=dev) - torch.repeat_interleave(cu[:-1].long(), lens)
+               + torch.repeat_interleave(held, lens))
+        key_pos = torch.arange(int(total.sum()), device=dev) - torch.repeat_interleave(cu_k[:-1].long(), total)
+        mask = None
+        if not self.flash:
+            seq_q = torch.repeat_interleave(torch.arange(len(lengths), device=dev), lens)
+            seq_k = torch.repeat_interleave(torch.arange(len(lengths), device=dev), total)
+            mask = (seq_q[:, None] == seq_k[None]) & (key_pos[None] <= pos[:, None])  # [N, Nk]
+        return Pass(self, torch.repeat_interleave(base, lens) + pos, cu, max(lengths), None, mask, pos,
+                    gather=torch.repeat_interleave(base, total) + key_pos, cu_k=cu_k, max_k=int(total.max()),
+                    key_positions=key_pos)
 
 
 @dataclass
@@ -135,6 +171,12 @@ class Pass:
     """The SDPA mask when flash attention does not apply."""
     positions: torch.Tensor
     """[N] position of each token within its sequence (sliding windows)."""
+    gather: torch.Tensor | None = None
+    """A prefill after copied prefixes: [Nk] cache index of every key its tokens attend over, packed by sequence
+    (boundaries `cu_k`, positions `key_positions`)."""
+    cu_k: torch.Tensor | None = None
+    max_k: int = 0
+    key_positions: torch.Tensor | None = None
 
     def attend(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float | None,
                window: int | None) -> torch.Tensor:
@@ -155,6 +197,8 @@ class Pass:
                 q, keys, values, self.cu_q, c.cu_slots[: len(q) + 1], 1, c.length, 0.0, False, False, scale=scaling,
                 window_size_left=left, window_size_right=right, seqused_k=self.used)[0]
             return out[:, None]
+        if self.gather is not None:
+            return self._attend_after(keys, values, query, q, scaling, window)
         if not decode and c.flash:
             out = torch.ops.aten._flash_attention_forward(
                 q, k, v, self.cu_q, self.cu_q, self.max_q, self.max_q, 0.0, True, False, scale=scaling,
@@ -172,6 +216,25 @@ class Pass:
             mask = mask & (self.positions[None, None, None] > self.positions[None, None, :, None] - window)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=True)
         return out.transpose(1, 2)
+
+    def _attend_after(self, keys: torch.Tensor, values: torch.Tensor, query: torch.Tensor, q: torch.Tensor,
+                      scaling: float | None, window: int | None) -> torch.Tensor:
+        """Prompt tokens after copied prefixes, over their slots' keys up to their own (the causal mask aligned at
+        the end of each sequence: flash attention's rule when keys outnumber queries)."""
+        assert self.gather is not None and self.cu_k is not None and self.key_positions is not None
+        kk, vv = keys.index_select(0, self.gather), values.index_select(0, self.gather)  # [Nk, Hk, D]
+        if self.cache.flash:
+            left, right = (None, None) if window is None else (window - 1, 0)
+            out = torch.ops.aten._flash_attention_forward(
+                q, kk, vv, self.cu_q, self.cu_k, self.max_q, self.max_k, 0.0, True, False, scale=scaling,
+                window_size_left=left, window_size_right=right)[0]
+            return out[None]
+        mask = self.mask
+        if window is not None:
+            mask = mask & (self.key_positions[None] > self.positions[:, None] - window)
+        out = F.scaled_dot_product_attention(query, kk.transpose(0, 1)[None], vv.transpose(0, 1)[None],
+                                             attn_mask=mask[None, None], scale=scaling, enable_gqa=True)
+        return out.transpose(1, 2)  # [1, N, H, D]
 
 
 def slot_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from evalfleet.backends.kinds import ENGINE_VLMS
+from evalfleet.backends.transformers.prefix import image_key
 
 MEDIA_KEYS = ("pixel_values", "image_grid_thw")
 """Per-image inputs a prefill concatenates over its requests (in request order, as the image tokens are)."""
@@ -31,12 +32,26 @@ def rope_index(model: Any, ids: torch.Tensor, types: torch.Tensor, grids: torch.
     return getattr(model, "model", model).get_rope_index(ids, types, image_grid_thw=grids, attention_mask=mask)
 
 
+def image_spans(types: torch.Tensor) -> list[tuple[int, int]]:
+    """(first, end) of each run of image tokens (token type 1) in one request's ids: one run per image."""
+    flags = (types == 1).int().tolist()
+    spans, start = [], None
+    for i, f in enumerate([*flags, 0]):
+        if f and start is None:
+            start = i
+        elif not f and start is not None:
+            spans.append((start, i))
+            start = None
+    return spans
+
+
 def split_batch(inputs: Any, images_per_row: list[int], image_token_id: int | None, dtype: torch.dtype,
-                model: Any = None) -> list[tuple[list[int], dict]]:
-    """A processor's left-padded batch -> per request (unpadded token ids, media): its images' patches (in the
-    model's `dtype`), their grids and the token types of its ids (1 for image tokens); given the loaded `model`,
-    also its rotary positions and offset, so that the engine's prefill does not compute them between decode steps
-    (~6 % of a VLM's run, `bench/probes/vlm_profile.py`).
+                model: Any = None) -> list[tuple[list[int], dict, list[tuple[int, int, bytes]]]]:
+    """A processor's left-padded batch -> per request (unpadded token ids, media, images): its images' patches (in
+    the model's `dtype`), their grids and the token types of its ids (1 for image tokens); given the loaded
+    `model`, also its rotary positions and offset, so that the engine's prefill does not compute them between
+    decode steps (~6 % of a VLM's run, `bench/probes/vlm_profile.py`). `images`: the first and end token of each
+    image and the hash of its content (`prefix.image_key`), by which prompts that share a picture share its keys.
 
     The patches stay in pageable memory: pinning each sample's (~2.4 MB at 448x448) made a fresh replica's first
     451 samples take 11.0 s in the processor against 1.6-2.6 s in later runs, and 3.4 s then 1.1 s unpinned, while
@@ -50,39 +65,70 @@ def split_batch(inputs: Any, images_per_row: list[int], image_token_id: int | No
     positions = deltas = None
     if model is not None:
         positions, deltas = rope_index(model, inputs["input_ids"], types, grids, inputs["attention_mask"])
-    rows: list[tuple[list[int], dict]] = []
+    rows: list[tuple[list[int], dict, list[tuple[int, int, bytes]]]] = []
     image = patch = 0
     for i, n_images in enumerate(images_per_row):
         ids = inputs["input_ids"][i][mask[i]]
         media: dict[str, Any] = {"mm_token_type_ids": types[i][mask[i]]}
         if positions is not None and deltas is not None:
             media["positions"], media["delta"] = positions[:, i, mask[i]], int(deltas[i])
+        keys: list[bytes] = []
         if n_images:
             n_patches = sum(patches[image : image + n_images])
             media["image_grid_thw"] = grids[image : image + n_images]
-            pixels = inputs["pixel_values"][patch : patch + n_patches].to(dtype)
-            media["pixel_values"] = pixels
+            pixels = inputs["pixel_values"][patch : patch + n_patches]
+            at = 0
+            for grid, n in zip(grids[image : image + n_images], patches[image : image + n_images]):
+                keys.append(image_key(pixels[at : at + n], grid))
+                at += n
+            media["pixel_values"] = pixels.to(dtype)
             image, patch = image + n_images, patch + n_patches
-        rows.append((ids.tolist(), media))
+        spans = image_spans(media["mm_token_type_ids"])
+        images = [(a, b, k) for (a, b), k in zip(spans, keys)] if len(spans) == len(keys) else []
+        rows.append((ids.tolist(), media, images))
     return rows
 
 
-def prefill_inputs(model: Any, rows: list[Any], device: torch.device) -> tuple[torch.Tensor, list[int], dict]:
-    """For requests packed into one row: their rotary positions [3, 1, N] (as prepared, or computed now), each
-    one's offset for the tokens it generates, and the forward's image inputs (none if no request has an image)."""
+def after_prefix(media: dict[str, Any], images: list[tuple[int, int, bytes]], past: int) -> dict[str, Any]:
+    """A request's media for the tokens after its first `past` (copied from a held prefix): the images whose
+    tokens come later (`prefix.reusable` never cuts through one), their grids, token types and positions."""
+    out = dict(media)
+    if "mm_token_type_ids" in media:
+        out["mm_token_type_ids"] = media["mm_token_type_ids"][past:]
+    if "positions" in media:
+        out["positions"] = media["positions"][:, past:]
+    if "image_grid_thw" in media:
+        grids = media["image_grid_thw"]
+        keep = [i for i, (first, _, _) in enumerate(images) if first >= past]
+        patches = grids.prod(-1).tolist()
+        starts = [sum(patches[:i]) for i in range(len(patches))]
+        if not keep:
+            del out["image_grid_thw"], out["pixel_values"]
+        elif len(keep) < len(patches):
+            out["image_grid_thw"] = grids[keep]
+            out["pixel_values"] = torch.cat([media["pixel_values"][starts[i] : starts[i] + patches[i]] for i in keep])
+    return out
+
+
+def prefill_inputs(model: Any, rows: list[Any], device: torch.device, past: list[int]
+                   ) -> tuple[torch.Tensor, list[int], dict, int]:
+    """For requests packed into one row, each after its first `past` tokens (a copied prefix): their rotary
+    positions [3, 1, N] (as prepared, or computed now over whole prompts), each one's offset for the tokens it
+    generates, the forward's image inputs (none if no request has an image left to encode) and how many images
+    those are."""
     media = [r.media or {} for r in rows]  # a request without media is text: token type 0 throughout
+    if not all("positions" in m for m in media):
+        length = max(len(r.ids) for r in rows)
+        ids = torch.stack([F.pad(torch.tensor(r.ids), (length - len(r.ids), 0)) for r in rows])
+        types = torch.stack([F.pad(m.get("mm_token_type_ids", torch.zeros(len(r.ids))).int(), (length - len(r.ids), 0))
+                             for r, m in zip(rows, media)])
+        mask = torch.stack([F.pad(torch.ones(len(r.ids), dtype=torch.long), (length - len(r.ids), 0)) for r in rows])
+        grids = [m["image_grid_thw"] for m in media if "image_grid_thw" in m]
+        positions, deltas = rope_index(model, ids, types, torch.cat(grids) if grids else None, mask)
+        media = [{**m, "positions": positions[:, i, mask[i].bool()], "delta": int(deltas[i])}
+                 for i, m in enumerate(media)]
+    media = [after_prefix(m, r.images, n) if n else m for m, r, n in zip(media, rows, past)]
     with_images = [m for m in media if "image_grid_thw" in m]
-    extra = {k: torch.cat([m[k].to(device) for m in with_images]) for k in MEDIA_KEYS} \
-        if with_images else {}
-    if all("positions" in m for m in media):
-        packed = torch.cat([m["positions"] for m in media], dim=1)[:, None].to(device)
-        return packed, [m["delta"] for m in media], extra
-    length = max(len(r.ids) for r in rows)
-    ids = torch.stack([F.pad(torch.tensor(r.ids), (length - len(r.ids), 0)) for r in rows])
-    types = torch.stack([F.pad(m.get("mm_token_type_ids", torch.zeros(len(r.ids))).int(), (length - len(r.ids), 0))
-                         for r, m in zip(rows, media)])
-    mask = torch.stack([F.pad(torch.ones(len(r.ids), dtype=torch.long), (length - len(r.ids), 0)) for r in rows])
-    grids = torch.cat([m["image_grid_thw"] for m in with_images]) if with_images else None
-    positions, deltas = rope_index(model, ids, types, grids, mask)
-    packed = positions[:, mask.bool()][:, None].to(device)  # [3, 1, N], the requests' tokens in order
-    return packed, deltas.flatten().tolist(), extra
+    extra = {k: torch.cat([m[k].to(device) for m in with_images]) for k in MEDIA_KEYS} if with_images else {}
+    packed = torch.cat([m["positions"] for m in media], dim=1)[:, None].to(device)  # [3, 1, N]
+    return packed, [m["delta"] for m in media], extra, sum(len(m["image_grid_thw"]) for m in with_images)

@@ -1,0 +1,121 @@
+"""Shared prompt prefixes on the continuous engine (issue 37): a request whose prompt begins as another's did (the
+same system prompt and few-shot turns, the same picture before a new question) copies that prefix's keys and values
+from the slot that holds them and prefills only the rest of its prompt; a picture in a copied prefix does not go
+through the vision tower again.
+
+A prompt is cut into blocks of `BLOCK` tokens. Each full block has a hash chained over everything before it: its
+token ids and the content hash of every image whose tokens it holds. Image tokens are one placeholder id repeated,
+so without the content two pictures of one size would give the same prompt (the bug of vllm#20261, where one
+image's keys served another). A slot holding a prompt registers its blocks (`PrefixIndex.hold`); a later prompt
+looks its blocks up, longest first, and reuses up to the last block found, cut back so that it never splits an
+image from its tokens and never takes the whole prompt (the last token's logits start the answer: `reusable`).
+
+The keys and values stay in the slots that computed them (no second pool of memory): a slot's prompt stays valid
+after its request ends, until a new prompt is prefilled into it (`forget`), and moves with it (`move`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+
+import torch
+
+BLOCK = 16
+"""Tokens a block: the granularity at which prompts are matched."""
+
+
+def image_key(pixels: torch.Tensor, grid: torch.Tensor) -> bytes:
+    """The content hash of one preprocessed image: its patches (what the vision tower sees) and its grid."""
+    data = pixels.detach().contiguous().cpu()
+    if data.dtype == torch.bfloat16:  # numpy has no bfloat16: hash the same bytes as int16
+        data = data.view(torch.int16)
+    digest = hashlib.blake2b(data.numpy().tobytes(), digest_size=16)
+    digest.update(array("q", grid.flatten().tolist()).tobytes())
+    return digest.digest()
+
+
+def prompt_blocks(ids: list[int], images: list[tuple[int, int, bytes]]) -> list[bytes]:
+    """The chained hash of each full block of `ids`; `images`: (first token, end token, content hash) of each
+    image's tokens."""
+    out: list[bytes] = []
+    chain = b""
+    for start in range(0, len(ids) - BLOCK + 1, BLOCK):
+        end = start + BLOCK
+        digest = hashlib.blake2b(chain, digest_size=16)
+        digest.update(array("q", ids[start:end]).tobytes())
+        for first, stop, key in images:
+            if first < end and stop > start:
+                digest.update(key + array("q", (first,)).tobytes())
+        chain = digest.digest()
+        out.append(chain)
+    return out
+
+
+def reusable(found: int, length: int, images: list[tuple[int, int, bytes]]) -> int:
+    """How many of a prompt's `length` tokens may be copied when its first `found` match a held prefix: not all of
+    them (one is left to prefill), and not part of an image (the cut moves back to the image's first token)."""
+    cut = min(found, length - 1)
+    for first, stop, _ in images:
+        if first < cut < stop:
+            cut = first
+    return cut if cut >= BLOCK else 0
+
+
+Images = list[tuple[int, int, bytes]]
+"""(first token, end token, content hash) of each image of a prompt."""
+
+
+class PrefixIndex:
+    """Which slots hold which prompts: block hash -> slots whose first tokens match it, and each slot's prompt."""
+
+    def __init__(self, slots: int) -> None:
+        self.where: dict[bytes, dict[int, None]] = {}
+        self.held: list[tuple[list[int], Images, list[bytes]]] = [([], [], []) for _ in range(slots)]
+
+    def lookup(self, ids: list[int], images: Images, blocks: list[bytes]) -> tuple[int | None, int]:
+        """(a slot holding the longest matching prefix, how many first tokens match); (None, 0) if none. Blocks
+        find the slot; the match then runs on token by token past the last whole block, as far as the tokens, and
+        the pictures behind image tokens, are the same."""
+        for k in range(len(blocks) - 1, -1, -1):
+            slots = self.where.get(blocks[k])
+            if slots:
+                slot = next(reversed(slots))
+                return slot, self._extend(ids, images, slot, (k + 1) * BLOCK)
+        return None, 0
+
+    def _extend(self, ids: list[int], images: Images, slot: int, n: int) -> int:
+        held_ids, held_images, _ = self.held[slot]
+        end, limit = n, min(len(ids), len(held_ids))
+        while end < limit and ids[end] == held_ids[end]:
+            end += 1
+        same = set(held_images)
+        for image in images:
+            if image[0] < end and image[1] > n and image not in same:
+                end = max(image[0], n)  # another picture behind the same placeholder tokens
+        return end
+
+    def hold(self, slot: int, ids: list[int], images: Images, blocks: list[bytes]) -> None:
+        """`slot` now holds this prompt (what it held before is gone)."""
+        self.forget(slot)
+        self.held[slot] = (ids, images, blocks)
+        for b in blocks:
+            self.where.setdefault(b, {})[slot] = None
+
+    def forget(self, slot: int) -> None:
+        for b in self.held[slot][2]:
+            slots = self.where.get(b)
+            if slots is not None:
+                slots.pop(slot, None)
+                if not slots:
+                    del self.where[b]
+        self.held[slot] = ([], [], [])
+
+    def move(self, src: list[int], dst: list[int]) -> None:
+        """Slots `dst` took the keys and values of `src` (which still hold their copies until overwritten)."""
+        for s, d in zip(src, dst):
+            self.hold(d, *self.held[s])
+
+    def clear(self) -> None:
+        self.where.clear()
+        self.held = [([], [], []) for _ in self.held]
