@@ -141,7 +141,9 @@ def changed_settings(before: dict[str, Any] | None, stage: StageConfig, seed: in
     `before` (a run config as JSON), so that a refusal names what changed."""
     if not before:
         return []
-    old_stages = before.get("stages") or [{"name": "generate", "kind": "generate", "model": before.get("model")}]
+    shorthand = StageConfig.model_construct(name="generate", kind="generate").model_dump(mode="json", exclude={"model"})
+    old_stages = before.get("stages") or [{**shorthand, "model": before.get("model")}]  # `model:`, with the defaults
+    # a stage has (its judge parsing), as `RunConfig.pipeline` makes it: only what changed is named
     old = next((s for s in old_stages if s.get("name") == stage.name), None)
     if old is None:
         return []
