@@ -352,8 +352,8 @@ def test_compare_covers_every_metric_shows_setting_changes_and_fails_without_sha
 
 def test_html_thumbnails_name_the_image_file_not_its_folders(tmp_path):
     """Issue 38, item 8: a thumbnail's alt text (the zoomed image's caption) carried the absolute path."""
-    from evalfleet.reporting.html import _thumb
     from evalfleet.records import ImageRef
+    from evalfleet.reporting.html import _thumb
 
     for full in (True, False):
         tag = _thumb(ImageRef(f"{tmp_path / 'qa.jsonl'}:1:image", path=str(DEMO_IMAGE)), full=full)
@@ -364,8 +364,8 @@ def test_html_thumbnails_name_the_image_file_not_its_folders(tmp_path):
 
 def test_compare_to_a_pipe_keeps_each_markdown_row_on_one_line(tmp_path, smollm2):
     """Issue 38, item 8: `compare` piped to a file wrapped its markdown tables at 160 columns."""
-    name = "a-dataset-whose-name-is-long-enough-to-make-a-row-of-the-comparison-wider-than-one-hundred-and-sixty-" \
-           "columns"
+    name = ("a-dataset-whose-name-is-long-enough-to-make-a-row-of-the-comparison-wider-than-one-hundred-and-sixty-"
+            "columns")
     for run, tokens in (("a", 2), ("b", 3)):
         cfg = make_config(tmp_path / "runs", smollm2, [{"name": name, "path": str(DEMO_QUESTIONS), "limit": 2}],
                           name=run, model={"generation": {"max_new_tokens": tokens}})
