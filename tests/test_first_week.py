@@ -189,7 +189,7 @@ def test_cli_conventions_help_version_no_flags_set_validate_and_init(tmp_path, s
     cfg = write_config(tmp_path / "eval.yaml", make_config(tmp_path / "runs", smollm2, [
         {"name": "qa", "path": str(DEMO_QUESTIONS)}]))
     code, out = cli("validate", str(cfg), "--set", "limit=3", "--set", "datasets.0.limit=2")
-    assert code == 2 and "--set datasets.0.limit" in out  # a list index is not a dotted setting
+    assert code == 0 and "qa 2 samples (0 with errors)" in out, out  # a dataset by its index (issue 38, item 2)
     code, out = cli("validate", str(cfg), "--set", "limit=3", "--set", "model.generation.max_new_tokens=7")
     assert code == 0 and "valid" in out and "qa 3 samples (0 with errors)" in out, out
     code, out = cli("validate", str(cfg), "--set", "model.generation.temperature=hot")
@@ -348,3 +348,31 @@ def test_compare_covers_every_metric_shows_setting_changes_and_fails_without_sha
     assert "compare: lenient_match" in page and "compare: exact_match" in page and "max_new_tokens: 8 -&gt; 3" in page
     code, out = cli("compare", str(a), str(c))
     assert code == 1 and "share no sample" in out and "datasets in only one run: other, qa" in out
+
+
+def test_html_thumbnails_name_the_image_file_not_its_folders(tmp_path):
+    """Issue 38, item 8: a thumbnail's alt text (the zoomed image's caption) carried the absolute path."""
+    from evalfleet.records import ImageRef
+    from evalfleet.reporting.html import _thumb
+
+    for full in (True, False):
+        tag = _thumb(ImageRef(f"{tmp_path / 'qa.jsonl'}:1:image", path=str(DEMO_IMAGE)), full=full)
+        assert f'alt="{DEMO_IMAGE.name}"' in tag and f'alt="{DEMO_IMAGE}' not in tag, tag
+    tag = _thumb(ImageRef(f"{tmp_path / 'qa.jsonl'}:3:image", data=DEMO_IMAGE.read_bytes()), full=True)
+    assert 'alt="qa.jsonl:3:image"' in tag and str(tmp_path) not in tag, tag
+
+
+def test_compare_to_a_pipe_keeps_each_markdown_row_on_one_line(tmp_path, smollm2):
+    """Issue 38, item 8: `compare` piped to a file wrapped its markdown tables at 160 columns."""
+    name = ("a-dataset-whose-name-is-long-enough-to-make-a-row-of-the-comparison-wider-than-one-hundred-and-sixty-"
+            "columns")
+    for run, tokens in (("a", 2), ("b", 3)):
+        cfg = make_config(tmp_path / "runs", smollm2, [{"name": name, "path": str(DEMO_QUESTIONS), "limit": 2}],
+                          name=run, model={"generation": {"max_new_tokens": tokens}})
+        assert cli("run", str(write_config(tmp_path / f"{run}.yaml", cfg)))[0] == 0
+    code, out = cli("compare", str(tmp_path / "runs" / "a"), str(tmp_path / "runs" / "b"),
+                    "--out", str(tmp_path / "cmp.md"))
+    assert code == 0, out
+    text = (tmp_path / "cmp.md").read_text()
+    assert max(len(line) for line in text.splitlines()) > 160
+    assert out.startswith(text), out  # what was printed is the markdown, line for line

@@ -263,3 +263,26 @@ def test_compare_breaks_down_by_group_by(tmp_path, tiny_qwen2vl):
     assert [(d.dataset, d.paired) for d in c.datasets] == [("rad", 6), ("rad answer_type=closed", 3),
                                                             ("rad answer_type=open", 3)]
     assert c.shared_samples == 6
+
+
+def test_a_dataset_without_a_group_by_column_gets_no_dash_group(tmp_path):
+    """Issue 38, item 8: VQA-RAD has no `modality`; grouped by it beside SLAKE, it got a meaningless `modality=-`
+    row. The rows come from a real store, as the report reads them."""
+    from dataclasses import replace
+
+    from evalfleet.scoring.summary import summarize_groups
+    from evalfleet.store import Store
+
+    copies = three_copies(tmp_path, 2)
+    store = Store(tmp_path / "store.db")
+    try:
+        groups = {}
+        for name in ("vqa-rad", "slake"):
+            samples = load(tmp_path, builtin=name, root=str(copies[name]))
+            store.put_samples([replace(s, dataset=name) for s in samples])
+            rows = list(store.rows("generate", name))
+            groups[name] = summarize_groups(rows, ["exact_match"], ["answer_type", "modality"])
+    finally:
+        store.close()
+    assert {c: sorted(v) for c, v in groups["slake"].items()} == {"answer_type": ["open"], "modality": ["CT"]}
+    assert {c: sorted(v) for c, v in groups["vqa-rad"].items()} == {"answer_type": ["closed", "open"]}

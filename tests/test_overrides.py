@@ -128,7 +128,7 @@ def test_the_config_files_own_errors_are_still_reported_as_such(tmp_path):
     path = write(tmp_path, STAGES.replace("batch_size: 4", "batch_size: 4, beams: 2"))
     with pytest.raises(UserError) as err:
         load_config(path, {"model.batch_size": "8"}, OVERRIDE_OPTIONS)
-    assert str(err.value) == f"invalid config {path}:\n  stages.0.model.beams: unknown key"
+    assert str(err.value) == f"invalid config {path}:\n  stages.generate.model.beams: unknown key"  # by its name
 
 
 def test_cli_refuses_a_bad_batch_size_naming_the_option(tmp_path):
@@ -159,3 +159,90 @@ def test_cli_batch_size_runs_every_stage_at_that_size(tmp_path, smollm2):
     finally:
         store.close()
     assert [s["model"]["batch_size"] for s in stored["stages"]] == [2, 2] and stored["model"] is None
+
+
+# Issue 38, item 2: every setting from the command line. A dataset or a stage is addressed by its name or index; a
+# setting right after `datasets` or `stages` is set in each; a key that addresses nothing is refused in one line.
+TWO_DATASETS = STAGES.replace("  - {name: a, path: data/a.jsonl}\n",
+                              "  - {name: a, path: data/a.jsonl}\n  - {name: b.v2, path: data/b.jsonl, lang: zh}\n")
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("datasets.limit", 2, [2, 2]),  # every dataset
+    ("datasets.a.limit", 3, [3, None]),  # by name
+    ("datasets.b.v2.limit", 4, [None, 4]),  # a name with a dot
+    ("datasets.1.limit", 5, [None, 5]),  # by index
+])
+def test_a_dataset_setting_is_set_by_name_index_or_in_every_dataset(tmp_path, key, value, expected):
+    cfg = load_config(write(tmp_path, TWO_DATASETS), {key: value})
+    assert [d.limit for d in cfg.datasets] == expected
+    assert [d.name for d in cfg.datasets] == ["a", "b.v2"]
+
+
+def test_any_dataset_setting_reaches_the_dataset(tmp_path):
+    cfg = load_config(write(tmp_path, TWO_DATASETS), {"datasets.b.v2.lang": "en", "datasets.instruction": "Be brief.",
+                                                      "datasets.0.fields.question": "q", "datasets.a.shuffle": True})
+    a, b = cfg.datasets
+    assert (a.lang, b.lang, a.instruction, b.instruction) == ("en", "en", "Be brief.", "Be brief.")
+    assert (a.fields.question, b.fields.question, a.shuffle, b.shuffle) == ("q", "question", True, False)
+    assert (a.path, b.path) == (str(tmp_path / "data/a.jsonl"), str(tmp_path / "data/b.jsonl"))  # the rest as it was
+
+
+def test_a_stage_setting_is_set_by_name_or_index(tmp_path):
+    path = write(tmp_path, STAGES)
+    cfg = load_config(path, {"stages.judge.model.dtype": "bfloat16", "stages.0.model.generation.max_new_tokens": 3})
+    assert [s.model.dtype for s in cfg.stages] == ["auto", "bfloat16"]
+    assert [s.model.generation.max_new_tokens for s in cfg.stages] == [3, 6]
+    cfg = load_config(path, {"stages.judge.prompt": "Grade {prediction}: 0 to 10."})
+    assert cfg.stages[1].prompt == "Grade {prediction}: 0 to 10."
+
+
+@pytest.mark.parametrize(("key", "why"), [
+    ("datasets.c.limit", ("no dataset `c` in `datasets` (its names: a, b.v2; or an index, 0 to 1; or a setting of "
+                          "every dataset: name, path, ")),
+    ("datasets.2.limit", "no dataset 2 in `datasets`, which has 2 (its names: a, b.v2; or an index, 0 to 1)"),
+    ("datasets.a.nope", "no setting `nope` in `datasets.a` (its settings: name, path, "),
+    ("datasets.0.limit.x", "`datasets.a.limit` is a single setting, it has no `x`"),
+    ("stages.grader.prompt", "no stage `grader` in `stages` (its names: generate, judge; or an index, 0 to 1; "),
+])
+def test_a_key_that_addresses_nothing_is_refused_naming_it(tmp_path, key, why):
+    with pytest.raises(UserError) as err:
+        load_config(write(tmp_path, TWO_DATASETS), {key: 1})
+    msg = str(err.value)
+    assert msg.startswith(f"--set {key}: `{key}` is not a config setting: {why}") and "\n" not in msg, msg
+
+
+def test_a_bad_dataset_value_names_the_option(tmp_path):
+    with pytest.raises(UserError) as err:
+        load_config(write(tmp_path, TWO_DATASETS), {"datasets.a.limit": 0})
+    assert str(err.value) == "invalid --set datasets.a.limit=0: Input should be greater than or equal to 1"
+
+
+def test_cli_validate_applies_a_dataset_limit(tmp_path):
+    """The issue's command: `--set datasets.limit=2` was accepted and ignored; now each dataset keeps 2 rows."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "qa.jsonl").write_text(DEMO_QUESTIONS.read_text())
+    path = write(tmp_path, f"name: v\nmodel: {{path: {tmp_path / 'model'}}}\n"
+                           "datasets:\n  - {name: qa, path: qa.jsonl}\n  - {name: qa2, path: qa.jsonl}\n")
+    code, out = cli("validate", str(path), "--set", "datasets.limit=2", "--set", "datasets.qa2.limit=3")
+    assert code == 0, out
+    assert "qa 2 samples (0 with errors), qa2 3 samples" in out, out
+    code, out = cli("validate", str(path), "--set", "datasets.qa3.limit=2")
+    assert code == 2 and "error: --set datasets.qa3.limit: `datasets.qa3.limit` is not a config setting: no dataset " \
+        "`qa3` in `datasets` (its names: qa, qa2;" in out, out
+
+
+def test_yaml_errors_name_the_file(tmp_path):
+    path = write(tmp_path, "name: x\nmodel: {path: a\n  b: [\n")
+    with pytest.raises(UserError) as err:
+        load_config(path)
+    assert f'in "{path}", line 2' in str(err.value) and "<unicode string>" not in str(err.value)
+
+
+def test_the_config_files_errors_name_a_dataset_and_a_stage_by_name(tmp_path):
+    text = TWO_DATASETS.replace("lang: zh", "lang: zh, limit: 0").replace("dtype: float32", "dtype: float32, x: 1")
+    with pytest.raises(UserError) as err:
+        load_config(write(tmp_path, text))
+    lines = str(err.value).splitlines()[1:]
+    assert lines == ["  stages.judge.model.x: unknown key",
+                     "  datasets.b.v2.limit: Input should be greater than or equal to 1"], lines

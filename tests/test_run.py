@@ -168,6 +168,19 @@ def test_fresh_starts_over_and_other_settings_are_refused(tmp_path, smollm2):
     assert summary["datasets"]["qa"]["finished"] == 2
 
 
+def test_a_settings_refusal_names_only_what_changed(tmp_path):
+    """Issue 38, item 8: a `model:` config's stored settings were compared with a stage's, and the judge parsing a
+    stage has (`parse.kind: None -> 'number'`, ...) was named as changed beside the setting that was."""
+    from evalfleet.preflight import changed_settings
+
+    before = make_config(tmp_path, tmp_path, [{**TEXT_DATASET[0]}], limit=2)
+    after = make_config(tmp_path, tmp_path, [{**TEXT_DATASET[0]}], limit=2, model={"generation": {"max_new_tokens": 5}})
+    assert changed_settings(before.model_dump(mode="json"), after.pipeline()[0], 0) == [
+        "model.generation.max_new_tokens: 16 -> 5"]
+    assert changed_settings(before.model_dump(mode="json"), after.pipeline()[0], 1) == [
+        "model.generation.max_new_tokens: 16 -> 5", "seed: 0 -> 1"]
+
+
 def test_cli_names_missing_model_path_and_unloadable_model(tmp_path, smollm2):
     cfg = write_yaml(tmp_path, smollm2, workers=1)
     text = cfg.read_text().replace(str(smollm2), str(tmp_path / "no-such-model"))

@@ -141,7 +141,9 @@ def changed_settings(before: dict[str, Any] | None, stage: StageConfig, seed: in
     `before` (a run config as JSON), so that a refusal names what changed."""
     if not before:
         return []
-    old_stages = before.get("stages") or [{"name": "generate", "kind": "generate", "model": before.get("model")}]
+    shorthand = StageConfig.model_construct(name="generate", kind="generate").model_dump(mode="json", exclude={"model"})
+    old_stages = before.get("stages") or [{**shorthand, "model": before.get("model")}]  # `model:`, with the defaults
+    # a stage has (its judge parsing), as `RunConfig.pipeline` makes it: only what changed is named
     old = next((s for s in old_stages if s.get("name") == stage.name), None)
     if old is None:
         return []
@@ -158,6 +160,46 @@ def model_path_problem(path: str) -> str | None:
     return None
 
 
+HUB_TIMEOUT_S = 3.0
+"""How long the hub may take to answer before a model that is only there is refused."""
+
+
+def hub_model_problem(path: str) -> str | None:
+    """Why a hub id (`org/name`, not a local folder) cannot be loaded here, found in seconds, not after the
+    minute of retries a load spends: it is neither in the local Hugging Face cache nor reachable (the hub does
+    not answer within `HUB_TIMEOUT_S`, or `HF_HUB_OFFLINE` is set)."""
+    from huggingface_hub import constants
+
+    snapshots = Path(constants.HF_HUB_CACHE) / f"models--{path.replace('/', '--')}" / "snapshots"
+    if snapshots.is_dir() and any(snapshots.iterdir()):
+        return None  # downloaded before (a load still asks the hub for updates, unless HF_HUB_OFFLINE=1)
+    fix = (f"download it where there is a network (`hf download {path}`, into {constants.HF_HUB_CACHE} or "
+           "HF_HUB_CACHE) or give the path of a local folder")
+    if constants.HF_HUB_OFFLINE:
+        return f"model {path}: a hub id that is not in the local Hugging Face cache, and HF_HUB_OFFLINE is set; {fix}"
+    why = _unreachable(constants.ENDPOINT)
+    if why is not None:
+        return (f"model {path}: a hub id that is not in the local Hugging Face cache, and the hub cannot be reached "
+                f"({constants.ENDPOINT}: {why}); {fix}")
+    return None
+
+
+def _unreachable(url: str) -> str | None:
+    """Why `url` does not answer within `HUB_TIMEOUT_S` (through the proxies the environment names), or None when it
+    answers, with any status."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=HUB_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        return f"no answer within {HUB_TIMEOUT_S:g} s" if isinstance(reason, TimeoutError) else str(reason)
+    return None
+
+
 def checked_datasets(cfg: RunConfig) -> Datasets:
     """The run's datasets, read; every input problem at once (`input_problems`) as a UserError, before anything is
     loaded, deleted or written."""
@@ -170,11 +212,14 @@ def checked_datasets(cfg: RunConfig) -> Datasets:
 
 def input_problems(cfg: RunConfig, data: Datasets) -> list[str]:
     """Everything wrong with the run's inputs that shows before a model loads, all at once: model paths that do
-    not exist, datasets whose every row is an error (a field name that is in no row, a prompt template naming a
-    column the rows lack), and datasets without reference answers when metrics need them. (A dataset that cannot
-    be read at all is not refused here: it is recorded as failed and the others run.)"""
-    problems = [why for stage in cfg.pipeline() if not kind(stage.model.backend).remote  # there, a served model's name
-                and (why := model_path_problem(stage.model.path))]
+    not exist, hub ids neither downloaded nor reachable, datasets whose every row is an error (a field name that is
+    in no row, a prompt template naming a column the rows lack), datasets without reference answers when metrics
+    need them, and `group_by` columns that no row keeps. (A dataset that cannot be read at all is not refused here:
+    it is recorded as failed and the others run.)"""
+    paths = dict.fromkeys(stage.model.path for stage in cfg.pipeline()
+                          if not kind(stage.model.backend).remote)  # there, a served model's name
+    problems = [why for path in paths if (why := model_path_problem(path))]
+    problems += [why for path in paths if not looks_local(path, Path.cwd()) and (why := hub_model_problem(path))]
     for name in cfg.metrics:  # plug-ins import
         try:
             resolve_metric(name)
@@ -194,7 +239,41 @@ def input_problems(cfg: RunConfig, data: Datasets) -> list[str]:
             problems.append(f"{where}: no row has a reference answer in the column `{ds.fields.answer}` "
                             f"(fields.answer), and the metrics ({', '.join(cfg.metrics)}) need one"
                             + _columns_hint(ds) + "; or set `metrics: []` to generate without scoring")
+    problems += [why for column in cfg.group_by if (why := _group_by_problem(cfg, data, column))]
     return problems
+
+
+def _group_by_problem(cfg: RunConfig, data: Datasets, column: str) -> str | None:
+    """Why grouping by `column` would give every dataset one `-` group: no row of any dataset keeps it (a file
+    dataset keeps the columns its `columns:` lists; a named dataset its release's own)."""
+    if column in ("answer_type", "question_kind") or any(
+            (s.metadata.get("columns") or {}).get(column) not in (None, "") for ss in data.samples.values() for s in ss):
+        return None
+    have = [ds.name for ds in cfg.datasets if ds.path and column not in ds.columns and column in dataset_columns(ds)]
+    fix = (f"add it to the `columns:` of {', '.join(have)}, whose rows have it" if have else
+           "name a column of the rows in a dataset's `columns:` (or answer_type)")
+    return f"group_by `{column}`: no row of any dataset keeps that column, it would group nothing; {fix}"
+
+
+ROWS_NAMED = 3
+"""How many of a dataset's rows with errors `row_errors` names."""
+
+
+def row_errors(cfg: RunConfig, data: Datasets) -> list[str]:
+    """A dataset's rows that are errors (a missing image, an empty question), the first `ROWS_NAMED` named by id,
+    file, line and field; and whether they pass `max_error_rate` (the run would then exit 1 once done)."""
+    lines = []
+    for name, samples in data.samples.items():
+        bad = [s for s in samples if s.error]
+        if not bad:
+            continue
+        rate = len(bad) / len(samples)
+        verdict = (f"more than max_error_rate ({100 * cfg.max_error_rate:g} %): the run would exit 1 once done"
+                   if rate > cfg.max_error_rate else f"within max_error_rate ({100 * cfg.max_error_rate:g} %)")
+        lines.append(f"dataset {name}: {len(bad)} of its {len(samples)} rows are errors, not answered ({verdict})"
+                     + (f"; the first {ROWS_NAMED}:" if len(bad) > ROWS_NAMED else ":"))
+        lines += [f"  row {s.id}: {s.error}" for s in bad[:ROWS_NAMED]]
+    return lines
 
 
 def _columns_hint(ds: DatasetConfig) -> str:

@@ -91,3 +91,28 @@ def test_a_metric_plug_in_is_a_module_function(tmp_path, monkeypatch):
     sys.modules.pop("my_metrics", None)
     with pytest.raises(ValueError, match="metric 'my_metrics:nope': cannot import it"):
         score_output("x", ["y"], metrics=["my_metrics:nope"])
+
+
+# Issue 38, item 7: Chinese answers (SLAKE's `lang: zh`) are tokenised by character, as CMRC 2018's F1 does;
+# the expected values are worked by hand. "肝脏和肾脏" is 5 tokens 肝 脏 和 肾 脏; "肝脏" is 2.
+CJK_CASES = [  # (prediction, reference, token_recall, token_f1, bleu1)
+    # shared 肝 脏 = 2; recall 2/2; precision 2/5; F1 2(.4)(1)/1.4 = 4/7; BLEU-1 2/5 (no brevity penalty)
+    ("肝脏和肾脏", "肝脏", 1.0, 4 / 7, 0.4),
+    # recall 2/5, precision 1, F1 4/7; BLEU-1 (2/2) exp(1 - 5/2)
+    ("肝脏", "肝脏和肾脏", 0.4, 4 / 7, 0.22313016014842982),
+    # Chinese punctuation is dropped, as ASCII's is
+    ("肝脏。", "肝脏", 1.0, 1.0, 1.0),
+    # mixed: ct 扫 描 显 示 肝 脏 (7 tokens) against ct: recall 1, precision 1/7, F1 2/8 = 0.25; BLEU-1 1/7
+    ("CT扫描显示肝脏", "CT", 1.0, 0.25, 1 / 7),
+    # mixed with spaces and a comma: 左 肺 left lung (4) against 左 肺 (2): recall 1, precision 1/2, F1 2/3
+    ("左肺, left lung", "左肺", 1.0, 2 / 3, 0.5),
+    # 肾 脏 脏 against 右 肾: only 肾 shared: recall 1/2, precision 1/3, F1 (1/3)/(5/6) = 0.4; BLEU-1 1/3
+    ("肾脏脏", "右肾", 0.5, 0.4, 1 / 3),
+]
+
+
+@pytest.mark.parametrize(("prediction", "reference", "recall", "f1", "bleu"), CJK_CASES)
+def test_chinese_is_tokenised_by_character(prediction, reference, recall, f1, bleu):
+    assert METRICS["token_recall"](prediction, [reference]) == pytest.approx(recall)
+    assert METRICS["token_f1"](prediction, [reference]) == pytest.approx(f1)
+    assert METRICS["bleu1"](prediction, [reference]) == pytest.approx(bleu)

@@ -96,7 +96,9 @@ LimitOpt = Annotated[int | None, typer.Option("--limit", help="At most N samples
 FreshOpt = Annotated[bool, typer.Option("--fresh/--no-fresh", help="Delete earlier results of this run and start "
                                                                     "over.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Any setting, KEY=VALUE with a dotted key, e.g. "
-                                                              "model.generation.max_new_tokens=64 (repeatable).")]
+                                                              "model.generation.max_new_tokens=64, datasets.NAME.limit=10 "
+                                                              "(a dataset or stage by name or index; datasets.limit=10: "
+                                                              "every dataset) (repeatable).")]
 MaxMemOpt = Annotated[str | None, typer.Option("--max-memory-per-gpu", help="Cap per GPU, e.g. 10GiB.")]
 ModeOpt = Annotated[str | None, typer.Option("--mode", help="auto, single, data_parallel, model_parallel, hybrid.")]
 LogOpt = Annotated[Path | None, typer.Option("--log-file", help="Full log (default: RUN_DIR/run.log).")]

@@ -156,7 +156,7 @@ def compare_cmd(
             raise UserError(f"--out {out}: give a .md or .html file")
         results = compare_all(run_a, run_b, metrics=[metric] if metric else None, seed=seed)
         text = "\n".join(to_markdown(r) for r in results) + "\n" + settings_markdown(results[0])
-        console.print(text, markup=False, highlight=False)
+        console.print(text, markup=False, highlight=False, soft_wrap=True)  # a table row is never broken in two
         if out is not None:
             out.write_text(text if out.suffix == ".md" else to_html(results))
             console.print(f"[evalfleet] written {out}", markup=False, highlight=False)

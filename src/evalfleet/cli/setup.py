@@ -73,7 +73,7 @@ def validate_cmd(
 
     def go() -> None:
         from evalfleet.config import OVERRIDE_OPTIONS, load_config
-        from evalfleet.preflight import input_problems, read_datasets
+        from evalfleet.preflight import input_problems, read_datasets, row_errors
 
         cfg = load_config(config, set_overrides(sets), OVERRIDE_OPTIONS)
         data = read_datasets(cfg)
@@ -85,5 +85,7 @@ def validate_cmd(
         stages = " -> ".join(f"{s.name} ({s.kind}, {s.model.path})" for s in cfg.pipeline())
         console.print(f"{config}: valid. Stages: {stages}. Datasets: {counts}. Results would go to {cfg.run_dir}",
                       markup=False, highlight=False)
+        for line in row_errors(cfg, data):  # what the run would say of them
+            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
 
     _guard(go)

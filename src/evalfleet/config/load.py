@@ -6,29 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from evalfleet.backends.kinds import kind
+from evalfleet.config.overrides import apply_overrides, override_errors, shown_loc
 from evalfleet.config.schema import RunConfig
 from evalfleet.errors import UserError, not_utf8
-
-OVERRIDE_KEYS = {"show_samples": "show_samples", "workers": "workers", "batch_size": "model.batch_size", "limit": "limit",
-                 "seed": "seed", "out": "output_dir", "mode": "placement.mode", "max_memory_per_gpu": "placement.max_memory_per_gpu"}
-"""CLI option (parameter name) -> the config key it sets; a `model.` key sets every stage's model."""
-OVERRIDE_OPTIONS = {key: "--" + name.replace("_", "-") for name, key in OVERRIDE_KEYS.items()} | {
-    "gpus": "--gpus", "shard": "--shard", "cluster.backend": "--ray", "cluster.address": "--ray-address"}
-"""Config key -> the CLI option that set it, named in the errors of its value."""
-
-
-def option_overrides(*, gpus: str | None = None, **options: Any) -> dict[str, Any]:
-    """CLI options as dotted config keys; unset options are left out."""
-    out: dict[str, Any] = {OVERRIDE_KEYS[k]: v for k, v in options.items() if v is not None}
-    if gpus is not None:
-        try:
-            out["gpus"] = [int(g) for g in gpus.split(",") if g.strip()]
-        except ValueError:
-            raise UserError(f"--gpus expects comma-separated integers, got {gpus!r}") from None
-    return out
 
 
 def flat_settings(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -42,10 +25,11 @@ def flat_settings(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _format_errors(source: str, err: ValidationError) -> str:
+def _format_errors(source: str, err: ValidationError, data: dict[str, Any]) -> str:
+    """A line per problem, naming its key as `--set` addresses it (a dataset or stage by its name)."""
     lines = [f"invalid config {source}:"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        key = shown_loc(e["loc"], data) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -60,7 +44,7 @@ def parse_config(data: dict[str, Any], source: str = "<dict>", base_dir: Path | 
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as err:
-        raise UserError(_format_errors(source, err)) from None
+        raise UserError(_format_errors(source, err, data)) from None
     if base_dir is not None:  # paths in a config file are relative to its folder, wherever the command runs
         for ds in cfg.datasets:
             ds.path = _relative_to(base_dir, ds.path)
@@ -92,89 +76,6 @@ def looks_local(path: str, base_dir: Path) -> bool:
             or (base_dir / p.parts[0]).is_dir())
 
 
-def _section(annotation: Any) -> type[BaseModel] | None:
-    """The settings model a field holds (`PlacementConfig`, `ModelConfig | None`), or None for a plain value."""
-    from typing import get_args
-
-    for t in (annotation, *get_args(annotation)):
-        if isinstance(t, type) and issubclass(t, BaseModel):
-            return t
-    return None
-
-
-def _unknown_key(key: str) -> str | None:
-    """Why the dotted `key` names no setting of the schema, or None when it names one."""
-    section: type[BaseModel] | None = RunConfig
-    parts = key.split(".")
-    for i, part in enumerate(parts):
-        where = f"`{'.'.join(parts[:i])}`" if i else "the top level"
-        if section is None:
-            return f"{where} is a single setting, it has no `{part}`"
-        if part not in section.model_fields:
-            return f"no setting `{part}` in {where} (its settings: {', '.join(section.model_fields)})"
-        section = _section(section.model_fields[part].annotation)
-    return None
-
-
-def _override_label(key: str, value: Any, options: dict[str, str]) -> str:
-    """`--batch-size banana` for a CLI option, `--set model.batch_size=banana` otherwise."""
-    shown = ",".join(map(str, value)) if isinstance(value, list) else str(value)
-    return f"{options[key]} {shown}" if key in options else f"--set {key}={shown}"
-
-
-def apply_overrides(data: dict[str, Any], overrides: dict[str, Any],
-                    options: dict[str, str] | None = None) -> dict[str, list[tuple[str | int, ...]]]:
-    """Set CLI overrides (dotted keys, e.g. `placement.mode`) in a raw config mapping, in place.
-
-    A `model.` key is a model setting: it is set in every model the config has, the single `model` or each
-    stage's `model` under `stages`. A key that names no setting of the schema is refused, naming the option
-    (`options`: dotted key -> CLI option). Returns where each override landed, for `_override_errors`."""
-    options = options or {}
-    landed: dict[str, list[tuple[str | int, ...]]] = {}
-    for key, value in overrides.items():
-        why = _unknown_key(key)
-        if why is not None:
-            label = options.get(key, f"--set {key}")
-            raise UserError(f"{label}: `{key}` is not a config setting: {why}")
-        parts: tuple[str, ...] = tuple(key.split("."))
-        if parts[0] == "model":
-            targets: list[tuple[str | int, ...]] = [parts] if isinstance(data.get("model"), dict) else []
-            stages = data.get("stages")
-            if isinstance(stages, list):
-                targets += [("stages", i, *parts) for i, stage in enumerate(stages)
-                            if isinstance(stage, dict) and isinstance(stage.get("model"), dict)]
-        else:
-            targets = [parts]
-        landed[key] = []
-        for target in targets:
-            node: Any = data
-            for step in target[:-1]:  # str steps: mappings (made when missing); int steps: a stage in `stages`
-                node = node.setdefault(step, {}) if isinstance(step, str) else node[step]
-                if not isinstance(node, dict) and step != "stages":
-                    break  # the file gives a value where the schema has a section: validation names that key
-            else:
-                node[target[-1]] = value
-                landed[key].append(target)
-    return landed
-
-
-def _override_errors(data: dict[str, Any], overrides: dict[str, Any], landed: dict[str, list[tuple[str | int, ...]]],
-                    options: dict[str, str] | None = None) -> str | None:
-    """The schema's complaints about the overridden values, a line per option naming it, or None if none."""
-    try:
-        RunConfig.model_validate(data)
-    except ValidationError as err:
-        problems = err.errors()
-    else:
-        return None
-    lines = []
-    for key, targets in landed.items():
-        msgs = dict.fromkeys(e["msg"] for e in problems for t in targets if tuple(e["loc"][:len(t)]) == t)
-        if msgs:  # every stage's copy says the same: one line
-            lines.append(f"invalid {_override_label(key, overrides[key], options or {})}: {'; '.join(msgs)}")
-    return "\n".join(lines) or None
-
-
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
                 options: dict[str, str] | None = None) -> RunConfig:
     """Read a YAML config file and apply CLI overrides (dotted keys, e.g. `model.batch_size`; see
@@ -183,7 +84,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        with path.open(encoding="utf-8") as f:  # a stream has a name: YAML's errors name the file
+            data = yaml.safe_load(f) or {}
     except UnicodeDecodeError:
         raise UserError(not_utf8(path, "config")) from None
     except yaml.YAMLError as err:
@@ -194,7 +96,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
     try:
         return parse_config(data, source=str(path), base_dir=path.parent.resolve())
     except UserError:
-        bad = _override_errors(data, overrides or {}, landed, options)
+        bad = override_errors(data, overrides or {}, landed, options)
         if bad is None:
             raise
         raise UserError(bad) from None

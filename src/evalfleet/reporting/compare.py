@@ -15,7 +15,7 @@ from evalfleet.errors import UserError
 from evalfleet.reporting.html import html_table
 from evalfleet.reporting.report import build_summary
 from evalfleet.scoring import metric_values, pass_mark
-from evalfleet.scoring.summary import group_value
+from evalfleet.scoring.summary import group_rows
 from evalfleet.store import Store
 
 BOOTSTRAP = 10_000
@@ -165,13 +165,8 @@ def compare_all(run_a: Path, run_b: Path, *, metrics: list[str] | None = None, s
 
 def _groups(rows: list[dict[str, Any]], columns: list[str]) -> list[tuple[str, set[str]]]:
     """("answer_type=closed", its sample ids), ... for each `group_by` column's values, in order."""
-    out = []
-    for column in columns:
-        ids_by_value: dict[str, set[str]] = {}
-        for r in rows:
-            ids_by_value.setdefault(group_value(r, column), set()).add(r["id"])
-        out += [(f"{column}={value}", ids) for value, ids in sorted(ids_by_value.items())]
-    return out
+    return [(f"{column}={value}", {r["id"] for r in group}) for column in columns
+            for value, group in group_rows(rows, column).items()]
 
 
 def _compare(sa: dict[str, Any], sb: dict[str, Any], cfg_a: Any, metric: str, seed: int, diff: list[str],

@@ -93,7 +93,8 @@ def _thumb(ref: ImageRef, full: bool) -> str:
         return ""
     big = _jpeg(img, FULL_PX) if full else None
     img.thumbnail((THUMB_PX, THUMB_PX))
-    tag = (f'<img class="thumb" alt="{html.escape(ref.where)}" src="data:image/jpeg;base64,{_jpeg(img, THUMB_PX)}"'
+    alt = Path(ref.path).name if ref.path else Path(ref.where).name  # `1.png`, `data.jsonl:3:image`: no folders
+    tag = (f'<img class="thumb" alt="{html.escape(alt)}" src="data:image/jpeg;base64,{_jpeg(img, THUMB_PX)}"'
            + (f' data-full="data:image/jpeg;base64,{big}"' if big else "") + ">")
     return tag if big or ref.path is None else f'<a href="{html.escape(Path(ref.path).as_uri())}">{tag}</a>'
 

@@ -6,6 +6,7 @@ import importlib
 import math
 import re
 import string
+import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
@@ -24,6 +25,9 @@ class Metric(Protocol):
 
 
 METRICS: dict[str, Metric] = {}
+METRICS_VERSION = 2
+"""Bumped when a built-in metric's definition changes (2: Chinese text tokenised by character), so that stored
+scores are computed again (`record.py: scoring_key`)."""
 
 
 def metric(name: str) -> Callable[[Metric], Metric]:
@@ -91,14 +95,34 @@ def lenient_match(prediction: str, answers: list[str]) -> float:
 
 
 # Medical VQA (PathVQA, SLAKE, VQA-RAD papers: LLaVA-Med, MedEvalKit). Tokens are the words of `normalize`
-# (lower case, punctuation and articles dropped); the best accepted answer counts.
-def _tokens(text: str) -> list[str]:
-    return normalize(text).split()
+# (lower case, punctuation and articles dropped), Chinese and Japanese text a character each (`tokens`); the best
+# accepted answer counts.
+_CJK = re.compile(r"([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f])")
+"""Han characters (CJK unified ideographs, extensions A to G, compatibility ideographs) and Japanese kana."""
+
+
+def tokens(text: str) -> list[str]:
+    """The tokens the token metrics count: the words of `normalize`, with every Chinese character (and Japanese
+    kana) a token of its own, and punctuation (ASCII, and Unicode's: `，。、？`) dropped. "肝脏和肾脏" is
+    肝 脏 和 肾 脏; "CT扫描" is ct 扫 描.
+
+    Chinese is written without spaces, so splitting on spaces makes a whole answer one token and any difference
+    in wording scores 0. This follows the character-level convention of Chinese reading-comprehension F1: CMRC
+    2018's evaluation script (`mixed_segmentation`: each Chinese character a token, runs of other characters kept
+    as words, punctuation removed), which CLUE uses, rather than a word segmenter (LongBench's `qa_f1_zh_score`
+    uses jieba): characters need no dictionary, give the same tokens on every machine, and do not depend on a
+    segmenter's version or its handling of medical terms. Korean is written with spaces and keeps its words."""
+    out: list[str] = []
+    for word in normalize(text).split():
+        for part in _CJK.split(word):
+            kept = "".join(" " if unicodedata.category(c).startswith("P") else c for c in part)
+            out += kept.split()
+    return out
 
 
 def _overlap(prediction: str, answer: str) -> tuple[int, int, int]:
     """(shared tokens, clipped by count; prediction tokens; answer tokens)."""
-    pred, ref = Counter(_tokens(prediction)), Counter(_tokens(answer))
+    pred, ref = Counter(tokens(prediction)), Counter(tokens(answer))
     return sum((pred & ref).values()), sum(pred.values()), sum(ref.values())
 
 

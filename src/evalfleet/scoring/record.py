@@ -17,7 +17,7 @@ from typing import Any
 from evalfleet.config import JudgeParse, RunConfig, StageConfig
 from evalfleet.scoring.extract import default_steps, extract
 from evalfleet.scoring.judge import parse_judgement
-from evalfleet.scoring.metrics import resolve_metric
+from evalfleet.scoring.metrics import METRICS_VERSION, resolve_metric
 from evalfleet.scoring.score import AnswerScore, Score
 
 
@@ -60,9 +60,9 @@ def pass_mark(parse: JudgeParse | None = None) -> float:
 
 
 def scoring_key(stage: StageConfig, cfg: RunConfig) -> str:
-    """What a stage's stored scores depend on: the metrics and each dataset's extraction steps, or the judge's
-    parsing."""
+    """What a stage's stored scores depend on: the metrics (and the built-ins' version) and each dataset's extraction
+    steps, or the judge's parsing."""
     what: Any = stage.parse.model_dump() if stage.kind == "judge" else [
-        cfg.metrics, {d.name: d.extract for d in cfg.datasets}]
+        cfg.metrics, {d.name: d.extract for d in cfg.datasets}, METRICS_VERSION]
     return hashlib.sha256(json.dumps([stage.kind, what], sort_keys=True).encode()).hexdigest()[:16]
 

@@ -87,13 +87,17 @@ def group_value(row: dict[str, Any], column: str) -> str:
     return "-" if value in (None, "") else str(value)
 
 
+def group_rows(rows: list[dict[str, Any]], column: str) -> dict[str, list[dict[str, Any]]]:
+    """The rows by their value of a `group_by` column, in the values' order; none at all where no row has the column
+    (a dataset without it, such as VQA-RAD beside SLAKE's `modality`, gets no lone `-` group)."""
+    by_value: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_value.setdefault(group_value(r, column), []).append(r)
+    return {} if set(by_value) <= {"-"} else dict(sorted(by_value.items()))
+
+
 def summarize_groups(rows: list[dict[str, Any]], metrics: list[str], group_by: list[str]
                      ) -> dict[str, dict[str, dict[str, Any]]]:
-    """{column: {value: summary of the rows with that value}} for each `group_by` column."""
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for column in group_by:
-        by_value: dict[str, list[dict[str, Any]]] = {}
-        for r in rows:
-            by_value.setdefault(group_value(r, column), []).append(r)
-        out[column] = {value: summarize(group, metrics) for value, group in sorted(by_value.items())}
-    return out
+    """{column: {value: summary of the rows with that value}} for each `group_by` column the rows have."""
+    return {column: {value: summarize(group, metrics) for value, group in groups.items()}
+            for column in group_by if (groups := group_rows(rows, column))}
