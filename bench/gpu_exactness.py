@@ -7,6 +7,8 @@ scaled 30x, so each step's winner stands ~10 logit units clear of the next while
 and one of the 16 is the EOS token, so rows end at different steps and slots are refilled. Kernels that compute the
 same function agree on every token; a broken engine does not.
 
+Text and MoE prompts come in groups of four that share their first 60 %, and each VLM picture is asked three
+questions: the engine copies held prefixes (issue 37) as it does by default.
 The workload of each model: prompts of ~20 to ~2,000 tokens (log-normal, median ~150), added shortest first to an
 engine whose cache starts at `max_new_tokens` positions, so that it grows while other rows decode; 64 decode slots,
 so the tail narrows through widths 64, 32, 16 and 8; up to 64 new tokens.
@@ -22,9 +24,11 @@ transformers' own experts, left-padded batches of 16), the others in processes p
   float32   stock, engine; on the text model each sabotage in a process of its own: sabotage-move (the tail's moves
             leave the moved slots' keys and values behind), sabotage-slot (decode steps write each slot's keys into
             its neighbour's), sabotage-graph (graphs are not captured again when the cache grows or the kernels
-            change: stale graphs); a sabotage that crashes the engine counts as caught
+            change: stale graphs), sabotage-prefix (a copied prefix misses its last position); a sabotage that
+            crashes the engine counts as caught
   bfloat16  stock, engine, graphs-off (every step eager), flash-off (SDPA with masks instead of flash attention in
-            prefills and decode steps), fused-off (transformers' elementwise forwards); and stock in batches of 7
+            prefills and decode steps), fused-off (transformers' elementwise forwards), share-off (every prompt
+            prefilled whole, no prefix copied); and stock in batches of 7
             beside stock in batches of 16 (`stock-b7`): the bf16 noise of batch composition alone
 The check: float32 engine == stock on every row; every sabotage must fail it.
 
@@ -51,8 +55,8 @@ SHAPES = {  # hidden, intermediate, layers, heads, kv heads; vision depth, hidde
 ROWS = {"gpu": {"text": 192, "vlm": 128, "moe": 192}, "tiny": {"text": 40, "vlm": 24, "moe": 40}}
 SLOTS = {"gpu": 64, "tiny": 16}
 LONGEST = {"gpu": 2000, "tiny": 300}
-GROUPS = {"float32": ["engine", "sabotage-move", "sabotage-slot", "sabotage-graph"],
-          "bfloat16": ["engine,graphs-off,flash-off", "fused-off"]}
+GROUPS = {"float32": ["engine", "sabotage-move", "sabotage-slot", "sabotage-graph", "sabotage-prefix"],
+          "bfloat16": ["engine,graphs-off,flash-off,share-off", "fused-off"]}
 """Processes of engine variants per dtype (a comma joins those run in one process). Each sabotage has a process of its
 own: a broken engine may crash it (a device-side assert ends the CUDA context), and a crash fails the check too."""
 SABOTAGED_MODELS = ("text",)
@@ -131,11 +135,17 @@ def lengths(n: int, longest: int, seed: int) -> list[int]:
 
 
 def token_rows(n: int, longest: int) -> list[list[int]]:
-    """Text prompts as token ids (random, from the ids no special token uses)."""
+    """Text prompts as token ids (random, from the ids no special token uses). Rows come in groups of four whose
+    first 60 % are one group prefix's (of different lengths, so the engine copies part of a held prompt: issue 37)."""
     import random
 
     rng = random.Random(2)
-    return [[rng.randrange(1000, 150000) for _ in range(k)] for k in lengths(n, longest, 3)]
+    groups = [[rng.randrange(1000, 150000) for _ in range(longest)] for _ in range(-(-n // 4))]
+    rows = []
+    for i, k in enumerate(lengths(n, longest, 3)):
+        shared = k * 6 // 10
+        rows.append(groups[i // 4][:shared] + [rng.randrange(1000, 150000) for _ in range(k - shared)])
+    return rows
 
 
 def vlm_requests(work: Path, n: int, longest: int) -> list[tuple[str, Path]]:
@@ -150,7 +160,8 @@ def vlm_requests(work: Path, n: int, longest: int) -> list[tuple[str, Path]]:
     pictures = {s: images(work, n, s) for s in sizes}
     out = []
     for i, k in enumerate(lengths(n, longest, 5)):
-        out.append((" ".join(rng.choice(words) for _ in range(max(5, k // 2))) + "?", pictures[sizes[i % 4]][i]))
+        # each picture asked three questions (the engine encodes it once and copies its prefix: issue 37)
+        out.append((" ".join(rng.choice(words) for _ in range(max(5, k // 2))) + "?", pictures[sizes[i % 4]][i // 3]))
     return out
 
 
@@ -241,6 +252,7 @@ def run_engine(model: str, folder: Path, dtype: str, args: argparse.Namespace, n
     from evalfleet.backends.transformers import engine as te
     from evalfleet.backends.transformers import graphs, slot_cache
     from evalfleet.backends.transformers.engine import Row
+    from evalfleet.backends.transformers.prefix import prompt_blocks
     from evalfleet.config import ModelConfig
 
     if names == ["fused-off"]:  # transformers' own elementwise forwards, from the start and throughout
@@ -275,7 +287,8 @@ def run_engine(model: str, folder: Path, dtype: str, args: argparse.Namespace, n
         (args.work / f"prompts-{model}-{args.shape}.json").write_text(json.dumps(prepared.prompts))
         rows = prepared.inputs
     else:
-        rows = [Row(None, ids, 0) for ids in token_rows(ROWS[args.shape][model], LONGEST[args.shape])]
+        rows = [Row(None, ids, 0, blocks=prompt_blocks(ids, []))
+                for ids in token_rows(ROWS[args.shape][model], LONGEST[args.shape])]
     order = sorted(range(len(rows)), key=lambda i: len(rows[i].ids))  # shortest first: the cache grows mid-run
     results = {}
     for name in names:
@@ -300,6 +313,12 @@ def run_engine(model: str, folder: Path, dtype: str, args: argparse.Namespace, n
             patch(graphs.DecodeGraphs, "clear", lambda self: None)
         if name == "flash-off":  # SDPA with masks for prompts and decode steps, as in fp32
             patch(slot_cache, "flash_ok", lambda *a: False)
+        if name == "sabotage-prefix":  # a copied prefix's last position is not copied (stale keys and values)
+            original_copy = slot_cache.SlotCache.copy
+            patch(slot_cache.SlotCache, "copy", lambda self, src, dst, counts: original_copy(
+                self, src, dst, [n - 1 for n in counts]))
+        if name == "share-off":  # every prompt prefilled whole
+            patch(backend.cfg, "share_prefixes", False)
         stream = stream_of(backend, SLOTS[args.shape], None)
         engine = stream.engine
         if name == "graphs-off":

@@ -97,7 +97,8 @@ def evalfleet(work: Path, name: str, model: Path, data: Path, new: int, *options
             "tokens": perf["generated_tokens"], "errors": summary["datasets"]["d"]["errors"],
             "batch": int(plan[-1]) if plan else None, "replicas": len(perf["workers"]),
             "samples_per_s": perf["samples_per_s"], "tok_per_s": perf["generated_tokens_per_s"],
-            "command_samples_per_s": n / command_s, "command_tok_per_s": perf["generated_tokens"] / command_s}
+            "command_samples_per_s": n / command_s, "command_tok_per_s": perf["generated_tokens"] / command_s,
+            "prefill": perf.get("prefill")}
 
 
 def one_round(args: argparse.Namespace, model: Path, data: Path, new: int, n: int, index: int) -> dict:

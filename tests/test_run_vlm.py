@@ -72,4 +72,10 @@ def test_qwen25_vl_on_easy_vqa_with_two_workers_on_either_engine(tmp_path, tiny_
         summary = run(cfg, console=quiet_console())
         assert (summary["datasets"]["ev"]["finished"], summary["datasets"]["ev"]["errors"]) == (8, 0)
         answers[engine] = predictions(tmp_path / engine / "t", "ev")
+        if engine == "continuous":  # easy-vqa's first 8 questions are about one picture: the summary says what
+            prefill = summary["performance"]["generate"]["prefill"]  # sharing it saved (issue 37)
+            assert prefill["images"] == 8 and 1 <= prefill["images_encoded"] <= 2, prefill  # once per worker at most
+            assert 0 < prefill["shared_tokens"] < prefill["prompt_tokens"], prefill
+            md = (tmp_path / engine / "t" / "summary.md").read_text()
+            assert f"images encoded {prefill['images_encoded']} of 8" in md and "prefill saved" in md, md
     assert answers["continuous"] == answers["generate"]

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from conftest import make_config, quiet_console
 
 from evalfleet.backends import stream_of
@@ -242,3 +243,23 @@ def test_forked_workers_get_the_environment_the_driver_has_now(tmp_path, monkeyp
         proc.start()
         proc.join()
         assert out.read_text().strip() == want
+
+
+def test_a_picture_asked_many_questions_is_decoded_once(tmp_path):
+    """The worker's prefetch keeps the pictures it decoded last: the samples of one picture come together."""
+    from PIL import Image
+
+    from evalfleet.engine.worker_loop import DecodedImages
+    from evalfleet.records import ImageRef
+
+    paths = []
+    for i, colour in enumerate(["red", "blue"]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (8, 8), colour).save(paths[-1])
+    decoded = DecodedImages(keep=1)
+    first = decoded.open(ImageRef("row 1", path=str(paths[0])))
+    assert decoded.open(ImageRef("row 2", path=str(paths[0]))) is first and decoded.decoded == 1
+    assert decoded.open(ImageRef("row 3", path=str(paths[1]))).getpixel((0, 0)) == (0, 0, 255)
+    assert decoded.open(ImageRef("row 4", path=str(paths[0]))) is not first and decoded.decoded == 3  # (keep 1)
+    with pytest.raises(ValueError, match="row 5: unreadable"):
+        decoded.open(ImageRef("row 5", data=b"not a png"))

@@ -4,6 +4,7 @@ apart (out of memory, a lost replica)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -75,6 +76,9 @@ class Stream(Protocol):
     """Requests per prepared batch it takes now."""
     log: list[str]
     """Lines for the run log (a failed batch's traceback, a halving), taken by the worker."""
+    counts: Counter[str]
+    """What its prefills did since the worker last took them: prompt tokens, those copied from a held prefix
+    (`shared_tokens`), images, those encoded, prefill seconds (the continuous engine; empty for whole batches)."""
 
     def add(self, prepared: Prepared, keys: list[Any]) -> None:
         """Queue the requests of `prepared`, the i-th known by `keys[i]`."""

@@ -11,7 +11,7 @@ traceback in `log`; a lost replica (`ReplicaLost`) ends the worker.
 from __future__ import annotations
 
 import traceback
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 from evalfleet.backends.base import Backend, Generation, Prepared, ReplicaLost, free_memory, is_out_of_memory
@@ -45,6 +45,7 @@ class WholeBatches:
         self.sizer = BatchSizer(rows)
         self.queue: deque[tuple[Prepared, list[Any]]] = deque()
         self.log: list[str] = []
+        self.counts: Counter[str] = Counter()  # whole batches share no prefix
 
     busy = property(lambda self: bool(self.queue))
     hungry = property(lambda self: not self.queue)

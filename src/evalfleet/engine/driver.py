@@ -205,7 +205,7 @@ class StageDriver:
                 r.score = self.score(r.dataset, r.output, s.answers, s.metadata)
         self.queue.finish_samples(w.spec.name, msg.chunk_id, {r.sample_id for r in msg.results})
         w.busy_s += sum(r.seconds or 0.0 for r in msg.results)
-        self.perf.answered(msg.results)
+        self.perf.answered(msg.results, msg.counts)
         self.buffer += msg.results
         if self.cfg.show_samples:
             show_results(self.progress, self.stage.kind, self.cfg.metrics[0], w.spec.name, msg.results)

@@ -65,6 +65,8 @@ class Results:
     results: list[Result]
     log: list[str] = field(default_factory=list)
     """Lines for the driver's log (failed batches' tracebacks, out-of-memory halvings)."""
+    counts: dict[str, float] = field(default_factory=dict)
+    """The worker's prefills since its last results (`Stream.counts`): prompt tokens, shared, images, encoded."""
 
 
 @dataclass(frozen=True)

@@ -45,9 +45,14 @@ class Outbox:
             self.loop.stream.log.clear()
         if not self.count or not (force or self.count >= FLUSH_ROWS or time.perf_counter() - self.sent >= FLUSH_S):
             return
+        counts = {}
+        if self.loop.stream is not None:  # what its prefills did meanwhile, sent once
+            counts = dict(self.loop.stream.counts)
+            self.loop.stream.counts.clear()
         for chunk_id, results in self.by_chunk.items():
-            self.loop.send(Results(chunk_id, results, self.loop.log[:]))
+            self.loop.send(Results(chunk_id, results, self.loop.log[:], counts))
             self.loop.log.clear()
+            counts = {}
         self.by_chunk.clear()
         self.count = 0
         self.sent = time.perf_counter()

@@ -8,7 +8,7 @@ import queue
 import threading
 import traceback
 import zlib
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from evalfleet.data.images import open_image
 from evalfleet.engine.messages import FromWorker, Heartbeat, Stop, Work
-from evalfleet.records import Result, Sample
+from evalfleet.records import ImageRef, Result, Sample
 
 if TYPE_CHECKING:
     from evalfleet.backends import Backend, Prepared, Stream
@@ -41,15 +41,39 @@ class ReadyBatch:
     """(message, traceback) when preparing raised."""
 
 
-def prepare_batch(backend: Backend, batch: Work) -> ReadyBatch:
-    """CPU stage of a batch: decode images and let the backend tokenize and preprocess."""
+class DecodedImages:
+    """The pictures a worker decoded last, by file path or embedded bytes: the samples of one picture come together
+    (`queue.make_chunks`), so a picture asked eleven questions is read and decoded once. Bounded; a picture that
+    could not be read is not kept (each sample's error names its own row)."""
+
+    def __init__(self, keep: int = 64) -> None:
+        self.keep = keep
+        self.images: OrderedDict[tuple[str | None, bytes | None], Any] = OrderedDict()
+        self.decoded = 0
+
+    def open(self, ref: ImageRef) -> Any:
+        key = (ref.path, ref.data)
+        if key in self.images:
+            self.images.move_to_end(key)
+            return self.images[key]
+        image = self.images[key] = open_image(ref)
+        self.decoded += 1
+        if len(self.images) > self.keep:
+            self.images.popitem(last=False)
+        return image
+
+
+def prepare_batch(backend: Backend, batch: Work, decoded: DecodedImages | None = None) -> ReadyBatch:
+    """CPU stage of a batch: decode images (through `decoded`, if given) and let the backend tokenize and
+    preprocess."""
     from evalfleet.backends import Request
 
     ready = ReadyBatch(batch, [], [])
     requests = []
+    decode = decoded.open if decoded is not None else open_image
     for s in batch.samples:
         try:
-            images = [open_image(ref) for ref in s.images]
+            images = [decode(ref) for ref in s.images]
         except ValueError as err:
             ready.errors.append(Result(s.dataset, s.id, None, str(err)))
             continue
@@ -84,6 +108,7 @@ class WorkerLoop:
         self.log: list[str] = []  # lines for the driver's log, sent with the next results
         self.inbox: queue.Queue[Any] = queue.Queue()
         self.prefetch = ThreadPoolExecutor(1, thread_name_prefix="prepare")
+        self.decoded = DecodedImages()
         self.stopping = False
         self.keep = False
         """The driver's stop said to stay loaded for a later stage (`Stop.keep`)."""
@@ -145,7 +170,7 @@ class WorkerLoop:
 
     def _prepare(self, batch: Work) -> ReadyBatch:
         with self.preparing:  # tokenizers set their padding per call: one batch at a time
-            return prepare_batch(self.backend, batch)
+            return prepare_batch(self.backend, batch, self.decoded)
 
     def next_batch(self) -> Future[ReadyBatch | None]:
         """The next batch, taken and prepared on the prefetch thread."""

@@ -38,11 +38,16 @@ class Performance:
                 f"included); model load per replica: {each} s\n"
                 + startup_line(critical_replica(self.data["startup"]["workers"])))
 
-    def answered(self, results: list[Result]) -> None:
+    def answered(self, results: list[Result], counts: dict[str, float] | None = None) -> None:
+        """Results came, and what the worker's prefills did meanwhile (`Stream.counts`)."""
         if results and "first result" not in self.data["startup"]:
             self.data["startup"]["first result"] = round(time.monotonic() - self.t_spawn, 2)
         self.data["samples"] += len(results)
         self.data["generated_tokens"] += sum(r.n_tokens or 0 for r in results)
+        if counts:
+            prefill = self.data.setdefault("prefill", {})
+            for k, v in counts.items():
+                prefill[k] = round(prefill.get(k, 0) + v, 3)
 
     def generation_done(self) -> None:
         """Every sample has a result: throughput from the moment every replica was loaded."""
@@ -69,3 +74,18 @@ class Performance:
             return None
         self.data["unload_wall_s"] = round(time.monotonic() - t_stop, 3)
         return f"{len(self.data['unload_s'])} replica(s) unloaded in {self.data['unload_wall_s']:.2f} s wall"
+
+
+def reuse_line(prefill: dict[str, float] | None) -> str:
+    """What sharing prefixes saved (issue 37): images encoded of those in prompts, prompt tokens copied instead of
+    prefilled, and the prefill seconds that saved, estimated at the stage's own prefill seconds a prefilled token."""
+    if not prefill or not prefill.get("prompt_tokens"):
+        return "-"
+    shared, total = prefill.get("shared_tokens", 0), prefill["prompt_tokens"]
+    parts = []
+    if prefill.get("images"):
+        parts.append(f"images encoded {int(prefill.get('images_encoded', 0)):,} of {int(prefill['images']):,}")
+    parts.append(f"prompt tokens shared {int(shared):,} of {int(total):,} ({shared / total:.0%})")
+    if shared and total > shared and prefill.get("prefill_s"):
+        parts.append(f"~{prefill['prefill_s'] / (total - shared) * shared:.1f} s prefill saved")
+    return "; ".join(parts)

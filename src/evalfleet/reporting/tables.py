@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
+from evalfleet.observe.performance import reuse_line
 from evalfleet.observe.startup import RUN_PHASES, STAGE_PHASES, critical_replica
 from evalfleet.scoring import answer_score, metric_values
 
@@ -80,11 +81,13 @@ def performance_rows(summary: dict[str, Any]) -> list[list[str]]:
         busy = ", ".join(f"{w.split('.')[0]} {u['busy_fraction']:.0%}" for w, u in p.get("workers", {}).items()
                          if u.get("busy_fraction") is not None)
         out.append([stage] + [str(p.get(k, "-")) for k in ("wall_s", "load_wall_s", "unload_wall_s", "samples_per_s",
-                                                           "generated_tokens_per_s", "gpu_hours")] + [busy or "-"])
+                                                           "generated_tokens_per_s", "gpu_hours")]
+                   + [busy or "-", reuse_line(p.get("prefill"))])
     return out
 
 
-PERFORMANCE_HEAD = ["stage", "wall s", "load s", "unload s", "samples/s", "tokens/s", "GPU-hours", "busy"]
+PERFORMANCE_HEAD = ["stage", "wall s", "load s", "unload s", "samples/s", "tokens/s", "GPU-hours", "busy",
+                    "shared prefixes"]
 
 
 def startup_rows(summary: dict[str, Any]) -> list[list[str]]:
@@ -118,7 +121,7 @@ def performance_table(summary: dict[str, Any]) -> Table:
     wall = f"{summary['wall_s']:.1f} s" if summary.get("wall_s") else "-"
     table = Table(title=f"performance: run wall {wall}, {summary['gpu_hours']:.3f} GPU-hours", title_justify="left")
     for col in PERFORMANCE_HEAD:
-        table.add_column(col, justify="left" if col in ("stage", "busy") else "right")
+        table.add_column(col, justify="left" if col in ("stage", "busy", "shared prefixes") else "right")
     for row in performance_rows(summary):
         table.add_row(*row)
     return table

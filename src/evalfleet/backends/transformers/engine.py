@@ -19,6 +19,7 @@ as are busy, rounded up to a width of `decode_widths` (`graphs.py`).
 
 from __future__ import annotations
 
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,14 +119,14 @@ class ContinuousEngine:
         self.ended.zero_()
 
     def _fits(self, row: Row) -> bool:
-        """Whether `row` fits a slot; if not, the cache grows (by half at least) to hold it: at once, the busy slots
-        keeping what they hold, where the device has room for that (`SlotCache.grow`), else once they have
+        """Whether `row` fits a slot; if not, the cache grows (by half at least) to hold it: at once, the slots
+        keeping what they hold, where the device has room for that (`SlotCache.grow`), else once the busy ones have
         drained."""
         need = len(row.ids) + self.max_new
         if need <= self.length:
             return True
         length = self._rounded(max(need, self.length * 3 // 2))
-        if len(self.free) < self.slots:
+        if len(self.free) < self.slots or self.cache.can_grow(length):  # (in place, the prompts held stay held)
             if not self.cache.can_grow(length):
                 return False  # the cache grows once the busy slots have drained
             self.graphs.clear()  # they point at the old cache: captured again on their next use
@@ -360,6 +361,9 @@ class ContinuousEngine:
         return past
 
     def _prefill(self, rows: list[Row]) -> list[Done]:
+        """One forward over the rows' prompts after their copied prefixes; their first tokens. Timed to the host's
+        read of which rows ended at once (which waits for the GPU)."""
+        t0 = time.perf_counter()
         dev = self.out.device
         slots = self.free[: len(rows)]
         past = self._copy_prefixes(rows, slots)
@@ -391,4 +395,5 @@ class ContinuousEngine:
                            images=sum(len((r.media or {}).get("image_grid_thw", ())) for r in rows),
                            images_encoded=encoded)
         finished = [s for s, e in zip(slots, ended.tolist()) if e]
+        self.counts["prefill_s"] += time.perf_counter() - t0
         return self._release(finished) if finished else []

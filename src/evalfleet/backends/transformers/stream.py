@@ -19,6 +19,7 @@ class TokenStream:
                  kernels_changed: Callable[[], bool] = lambda: False) -> None:
         self.engine, self.decode, self.kernels_changed = engine, decode, kernels_changed
         self.log = engine.log
+        self.counts = engine.counts
 
     busy = property(lambda self: self.engine.busy)
     hungry = property(lambda self: self.engine.hungry)
