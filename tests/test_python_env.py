@@ -42,7 +42,7 @@ def test_a_stage_runs_its_workers_under_the_python_it_names(tmp_path, smollm2):
                             check=True).stdout.strip()
     assert prefix != sys.prefix and Path(prefix) == tmp_path / "env"
     found = subprocess.run([python, "-c", "import evalfleet; print(evalfleet.__file__)"], capture_output=True,
-                           text=True).stdout.strip()
+                           text=True, check=False).stdout.strip()
     assert found == evalfleet.__file__, f"the environment imports evalfleet from {found or 'nowhere'}"
     answers = {}
     for name, env in (("own", None), ("env", str(python))):

@@ -37,7 +37,7 @@ def test_scripts_test_with_named_files_skips_the_llama_cpp_build_unless_they_nee
     for files, extra in ((["tests/test_config.py"], ".[test-core]"), (["tests/test_servers.py::test_x"], ".[test]")):
         log.unlink(missing_ok=True)
         proc = subprocess.run(["bash", "scripts/test", *files, "-x"], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=120)
+                              text=True, timeout=120, check=False)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         calls = log.read_text().splitlines()
         assert f"-m pip install -q -e {extra}" in calls, calls
@@ -49,7 +49,7 @@ def test_the_demo_does_not_count_its_install_as_the_drivers_start(tmp_path, smol
     wrapper, _ = python_recording_pip(tmp_path, pip_seconds=8)  # setup calls pip twice: 16 s of "install"
     proc = subprocess.run(["bash", "scripts/demo", "--limit", "1", "--workers", "1", "--out", str(tmp_path / "runs")],
                           cwd=ROOT, env={**os.environ, "PYTHON": str(wrapper)}, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     startup = json.loads((tmp_path / "runs" / "demo" / "summary.json").read_text())["startup"]
     assert startup["driver start"] < 8, startup
@@ -57,7 +57,7 @@ def test_the_demo_does_not_count_its_install_as_the_drivers_start(tmp_path, smol
 
 def test_scripts_tiny_vlm_builds_a_vlm_transformers_loads(tmp_path):
     proc = subprocess.run(["bash", "scripts/tiny-vlm", str(tmp_path / "vlm"), "qwen2_5_vl"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     from transformers import AutoConfig, AutoTokenizer
 
@@ -65,10 +65,10 @@ def test_scripts_tiny_vlm_builds_a_vlm_transformers_loads(tmp_path):
     assert config.model_type == "qwen2_5_vl" and config.vision_config is not None
     assert "<|image_pad|>" in AutoTokenizer.from_pretrained(tmp_path / "vlm").get_vocab()
     bad = subprocess.run(["bash", "scripts/tiny-vlm", str(tmp_path / "x"), "llama"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300)
+                         text=True, timeout=300, check=False)
     assert bad.returncode != 0 and "ARCH must be one of" in bad.stderr
 
 
 def test_the_readmes_virtual_environment_is_not_seen_by_git():
-    proc = subprocess.run(["git", "check-ignore", "-q", ".venv/bin/python"], cwd=ROOT)
+    proc = subprocess.run(["git", "check-ignore", "-q", ".venv/bin/python"], cwd=ROOT, check=False)
     assert proc.returncode == 0, ".venv/ (the README's virtual environment) is not in .gitignore"

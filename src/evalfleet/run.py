@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import socket
+import sqlite3
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from evalfleet.engine.loop import execute
 from evalfleet.engine.prewarm import prewarm
 from evalfleet.engine.queue import Chunk, WorkQueue, make_chunks
 from evalfleet.engine.served import ServedLauncher, free_replicas, serve_dir
-from evalfleet.errors import UserError
+from evalfleet.errors import RunError, UserError
 from evalfleet.observe.progress import RunProgress
 from evalfleet.observe.runlog import log_to
 from evalfleet.observe.startup import process_age
@@ -143,7 +144,7 @@ def _unused(path: Path, judge_cache: bool = False) -> bool:
         return True
     try:
         opened = JudgeCache(path) if judge_cache else Store(path)
-    except Exception:  # damaged or unreadable: not ours to delete
+    except (UserError, RunError, sqlite3.Error, OSError):  # damaged or unreadable: not ours to delete
         return False
     try:
         return opened.empty() if isinstance(opened, JudgeCache) else opened.unused()
