@@ -339,6 +339,31 @@ def failing_filesystem(tmp: Path, model: Path, resume: bool = False) -> Outcome:
         mount.close()
 
 
+def read_only_run_folder(tmp: Path, model: Path) -> Outcome:
+    """The run folder turns read-only mid-run (`chattr +i`: no new file in it, even for root; the store's files,
+    open already, stay writable): every result is stored, and the report that cannot be written is one line naming
+    the folder, after the scores, with exit 1."""
+    o = Outcome("run folder read-only mid-run: results stored, one line for the report")
+    mount = Mount(tmp / "disk", kind="ext4", size_mb=16)
+    try:
+        lab = Lab(tmp, model, n=8, workers=1, out=mount.path)
+        proc = lab.start(prefix=mount.prefix)
+        wait_for(lambda: _count_inside(mount, lab) >= 1, 240, "a result")
+        mount.sh(f"chattr +i {lab.run_dir}")
+        rc, out = lab.finish(proc, timeout=240)
+        assert rc == 1 and f"cannot write the report in {lab.run_dir}" in out, f"exit {rc}:\n{out}"
+        assert "lenient_match" in out, f"no scores on the console:\n{out}"
+        no_traceback(out)
+        stored = _count_inside(mount, lab)
+        assert stored == lab.n, f"{stored} of {lab.n} results stored"
+        mount.sh(f"chattr -i {lab.run_dir}")
+        o.lost = 0
+        o.notes.append(f"all {stored} results stored; exit 1 with one line naming the folder, after the tables")
+        return o
+    finally:
+        mount.close()
+
+
 def _count_inside(mount: Mount, lab: Lab) -> int:
     q = f"import sqlite3; print(sqlite3.connect('{lab.db}').execute('SELECT COUNT(*) FROM results').fetchone()[0])"
     try:
@@ -359,6 +384,32 @@ def _resume_inside(o: Outcome, mount: Mount, lab: Lab) -> str:
     assert o.lost == 0, f"{o.lost} lost"
     o.notes.append("resume s: the whole resuming command (the store is seen only inside the mount namespace)")
     return out
+
+
+def driver_killed_mid_batch(tmp: Path, model: Path) -> Outcome:
+    """Only the driver is SIGKILLed while its workers (forked from the fork server, not its children) are in the
+    middle of long batches: they die with it within a second or two, not when their batch ends."""
+    o = Outcome("driver SIGKILLed mid-batch: its workers die with it")
+    lab = Lab(tmp, model, n=16, workers=2, batch=4, new_tokens=400)  # batches of ~10 s or more on CPU
+    lab.cfg["model"]["engine"] = "generate"  # whole batches: no result comes back before the batch ends
+    lab.write()
+    proc = lab.start()
+    wait_for(lambda: len(lab.worker_pids("running")) == 2, 240, "both workers loaded")
+    time.sleep(1)  # each holds a chunk now, its batch started
+    workers = lab.worker_pids()
+    assert lab.results() == 0, "a batch ended before the kill: the scenario proves nothing"
+    t0 = time.monotonic()
+    proc.kill()
+    proc.wait()
+    try:
+        wait_for(lambda: not any(alive(p) for p in workers), 2, "the workers to die with their driver")
+    finally:
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    o.stop_s = round(time.monotonic() - t0, 2)
+    o.notes.append(f"both workers gone {o.stop_s} s after the driver's SIGKILL, mid-batch")
+    return o
 
 
 def every_worker_dies(tmp: Path, model: Path) -> Outcome:
@@ -382,5 +433,6 @@ def every_worker_dies(tmp: Path, model: Path) -> Outcome:
 
 
 FIXES: list[Scenario] = [sigterm, sigint_ignored, slurm_requeue, fresh_while_running, refused_run_changes_nothing,
-                         status_two_drivers, hung_worker, stalled_worker, bad_files, disk_full, failing_filesystem, every_worker_dies]
-"""The scenarios of issue 16's fixes (tests/test_faults.py runs each)."""
+                         status_two_drivers, hung_worker, stalled_worker, bad_files, disk_full, failing_filesystem, every_worker_dies,
+                         driver_killed_mid_batch, read_only_run_folder]
+"""The scenarios of issue 16's fixes and issue 38's (tests/test_faults.py runs each)."""

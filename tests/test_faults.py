@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from fault_scenarios import FIXES, bad_files, disk_full, failing_filesystem
+from fault_scenarios import FIXES, bad_files, disk_full, failing_filesystem, read_only_run_folder
 
-NEEDS_ROOT = {bad_files, disk_full, failing_filesystem}
+NEEDS_ROOT = {bad_files, disk_full, failing_filesystem, read_only_run_folder}
 """They mount a small filesystem in a private mount namespace (CI runs as root; EVALFLEET_REQUIRE_ALL makes a
 skip there a failure)."""
 

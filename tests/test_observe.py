@@ -280,3 +280,35 @@ def test_mcnemar_and_bootstrap_statistics():
     b[:50] = 0  # B is right on 150 more samples: diff 0.75
     low, high = paired_bootstrap(a, b, seed=0)
     assert low < 0.75 < high and high - low < 0.2
+
+
+DRIVER_KILLED_EARLY = """
+import os, signal, sys, time
+from evalfleet.records import Result, Sample
+from evalfleet.store import Store
+store = Store(__import__("pathlib").Path(sys.argv[1]))
+store.set_meta("config", __import__("json").loads(sys.argv[2]))
+store.set_meta("state", {"pid": os.getpid(), "host": __import__("socket").gethostname(), "started": time.time(),
+                         "state": "running"})
+store.driver_state("host:1:ab", "running")  # as `evalfleet run` registers, then stores before its first heartbeat
+store.put_samples([Sample("qa", f"s{i}", "q", "p", ["a"]) for i in range(4)])
+store.set_dataset("qa", "running", 4)
+store.add_results("generate", [Result("qa", f"s{i}", "a") for i in range(3)])
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_status_of_a_driver_killed_before_its_first_heartbeat_claims_no_duration_or_rate(tmp_path, smollm2):
+    """Issue 38, item 9c: status said "took 0s; 144631 samples/s" of such a run."""
+    cfg = parse_config(smol_config(tmp_path, smollm2, "early", questions(tmp_path, 4)))
+    run_dir = tmp_path / "runs" / "early"
+    run_dir.mkdir(parents=True)
+    proc = subprocess.run([sys.executable, "-c", DRIVER_KILLED_EARLY, str(run_dir / "store.db"),
+                           json.dumps(cfg.model_dump(mode="json"))], capture_output=True, text=True, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    st = read_status(run_dir)
+    assert st.state == "stopped" and st.rate is None and not st.end_known, st
+    console = quiet_console()
+    console.print(status_view(st))
+    head = console.file.getvalue().splitlines()[0]
+    assert "killed before its first heartbeat" in head and "samples/s" not in head and "took" not in head, head

@@ -4,6 +4,7 @@ run: a real virtual environment, a real SmolLM2 run whose worker reports the int
 from __future__ import annotations
 
 import json
+import site
 import subprocess
 import sys
 import venv
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import DEMO_QUESTIONS, make_config, quiet_console
 
+import evalfleet
 from evalfleet.errors import UserError
 from evalfleet.run import run
 
@@ -19,8 +21,17 @@ DATASET = [{"name": "qa", "path": str(DEMO_QUESTIONS), "prompt": "{question} Ans
 
 
 def make_env(folder: Path, *, system_site_packages: bool) -> Path:
+    """A new virtual environment; with `system_site_packages` it sees this Python's packages. Run from a virtual
+    environment (the README's `.venv`), a venv's "system" packages are the base Python's, without evalfleet or
+    torch: a .pth file then adds this environment's site-packages (and runs their .pth files: editable installs)."""
     venv.EnvBuilder(system_site_packages=system_site_packages, with_pip=False).create(folder)
-    return folder / "bin" / "python"
+    python = folder / "bin" / "python"
+    if system_site_packages and sys.prefix != sys.base_prefix:
+        purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+        (Path(purelib) / "outer-environment.pth").write_text(
+            "".join(f"import site; site.addsitedir({p!r})\n" for p in site.getsitepackages()))
+    return python
 
 
 def test_a_stage_runs_its_workers_under_the_python_it_names(tmp_path, smollm2):
@@ -30,6 +41,9 @@ def test_a_stage_runs_its_workers_under_the_python_it_names(tmp_path, smollm2):
     prefix = subprocess.run([python, "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True,
                             check=True).stdout.strip()
     assert prefix != sys.prefix and Path(prefix) == tmp_path / "env"
+    found = subprocess.run([python, "-c", "import evalfleet; print(evalfleet.__file__)"], capture_output=True,
+                           text=True, check=False).stdout.strip()
+    assert found == evalfleet.__file__, f"the environment imports evalfleet from {found or 'nowhere'}"
     answers = {}
     for name, env in (("own", None), ("env", str(python))):
         cfg = make_config(tmp_path / name, smollm2, DATASET, limit=4,

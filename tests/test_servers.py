@@ -24,7 +24,7 @@ from evalfleet.backends.server import free_port
 from evalfleet.config import parse_config
 from evalfleet.run import run
 
-require("llama_cpp.server", "bash scripts/setup --test builds llama-cpp-python[server]")
+require("llama_cpp.server", "bash scripts/test tests/test_servers.py builds llama-cpp-python[server] once")
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from evalfleet.config import DatasetConfig, RunConfig, StageConfig, flat_setting
 from evalfleet.config.load import looks_local
 from evalfleet.data.datasets import DatasetError, dataset_columns
 from evalfleet.data.load import load_samples
-from evalfleet.errors import UserError
+from evalfleet.errors import RunError, UserError
 from evalfleet.records import Sample
 from evalfleet.scoring.metrics import resolve_metric
 from evalfleet.store import Store, StoreDamaged, pid_alive
@@ -202,11 +202,15 @@ def _unreachable(url: str) -> str | None:
 
 def checked_datasets(cfg: RunConfig) -> Datasets:
     """The run's datasets, read; every input problem at once (`input_problems`) as a UserError, before anything is
-    loaded, deleted or written."""
+    loaded, deleted or written; a RunError (exit 1, as for a dataset that fails in a run of several) when not one
+    dataset could be read."""
     data = read_datasets(cfg)
     if problems := input_problems(cfg, data):
         also = [f"dataset {name} cannot be read: {why}" for name, why in data.failed.items()]
         raise UserError("nothing was run; fix these first:\n  " + "\n  ".join(problems + also))
+    if not data.samples:  # nothing to run: refused before the run folder is made (or touched)
+        raise RunError("nothing was run: no dataset could be read:\n  "
+                       + "\n  ".join(f"{name}: {why}" for name, why in data.failed.items()))
     return data
 
 

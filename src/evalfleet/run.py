@@ -7,11 +7,14 @@ workers, the event loop), `stages` (a judge's inputs), `store`, `reporting`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
 import shutil
 import socket
+import sqlite3
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,12 +31,12 @@ from evalfleet.engine.loop import execute
 from evalfleet.engine.prewarm import prewarm
 from evalfleet.engine.queue import Chunk, WorkQueue, make_chunks
 from evalfleet.engine.served import ServedLauncher, free_replicas, serve_dir
-from evalfleet.errors import UserError
+from evalfleet.errors import RunError, UserError
 from evalfleet.observe.progress import RunProgress
 from evalfleet.observe.runlog import log_to
 from evalfleet.observe.startup import process_age
 from evalfleet.plan.placement import chunk_size_for
-from evalfleet.plan.stage import make_plan, stage_gpus
+from evalfleet.plan.stage import check_gpus, make_plan, stage_gpus
 from evalfleet.preflight import Datasets, check_output_dir, checked_datasets, refusals, refuse_fresh_while_live
 from evalfleet.records import Sample, WorkerSpec
 from evalfleet.reporting.provenance import run_provenance
@@ -65,6 +68,7 @@ def run(
     run_dir = cfg.run_dir
     check_output_dir(run_dir)
     startup = {"driver start": round(process_age(), 3)}  # interpreter, imports, config: before this line
+    check_gpus(cfg)  # GPUs that are not there: refused before anything is written
     with stop_on_signals():
         prewarmed = prewarm(cfg)  # the first stage's workers import while the datasets are read and checked
         try:
@@ -74,19 +78,78 @@ def run(
             if fresh and run_dir.exists():
                 refuse_fresh_while_live(run_dir, cfg.lease_seconds)
                 shutil.rmtree(run_dir)
-            handler = log_to(log_file or run_dir / "run.log")
+            made = Made.before(cfg)
+            log_path = log_file or run_dir / "run.log"
+            handler = log_to(log_path)
+            stored = False
             try:
                 with store_errors(run_dir / "store.db"):
-                    return _run(cfg, run_dir, data, startup, retry_errors, redo or [], console, prewarmed)
+                    summary = _run(cfg, run_dir, data, startup, retry_errors, redo or [], console, prewarmed)
+                stored = True
+                return summary
             except Exception:
                 log.exception("the run stopped on this error")  # the console shows the message, the log the traceback
                 raise
             finally:
                 log.removeHandler(handler)
                 handler.close()
+                if not stored and (kept := made.discard_if_unused(log_path)) is not None:
+                    printer(console)(f"nothing was stored: {run_dir}, made by this run, is removed again"
+                                     + (f"; its log is {kept}" if kept != log_path else ""))
         finally:
             if prewarmed is not None:
                 prewarmed.close()  # the processes the plan did not need
+
+
+@dataclass
+class Made:
+    """What a run is about to make: its folder and the folders above it that do not exist yet, and the judge cache.
+    A run that stores nothing (refused by a worker that cannot load its model, stopped while loading) removes them
+    again, so that nothing is left for `status` to list."""
+
+    run_dir: Path
+    folders: list[Path]
+    """The run folder and the folders above it that do not exist yet (none when the run folder exists)."""
+    cache: Path | None
+    """The judge cache, if it does not exist yet."""
+
+    @classmethod
+    def before(cls, cfg: RunConfig) -> Made:
+        cache = cfg.judge_cache_path
+        folders = [p for p in (cfg.run_dir, *cfg.run_dir.parents) if not p.exists()]
+        return cls(cfg.run_dir, folders, cache if cache is not None and not cache.exists() else None)
+
+    def discard_if_unused(self, log_path: Path) -> Path | None:
+        """Remove what this run made if it stored nothing and no other driver came: the new path of the log (moved
+        out of the run folder to the temporary folder), or None where nothing was removed."""
+        if not self.folders or not _unused(self.run_dir / "store.db"):
+            return None
+        if log_path.is_relative_to(self.run_dir) and log_path.exists():
+            kept = Path(tempfile.gettempdir()) / f"evalfleet-{self.run_dir.name}-{os.getpid()}.log"
+            shutil.move(log_path, kept)
+            log_path = kept
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        for folder in self.folders[1:]:  # the run folder's parents made for it, unless another run uses them now
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if self.cache is not None and self.cache.exists() and _unused(self.cache, judge_cache=True):
+            for path in (self.cache, *(self.cache.with_name(self.cache.name + end) for end in ("-wal", "-shm"))):
+                path.unlink(missing_ok=True)
+        return log_path
+
+
+def _unused(path: Path, judge_cache: bool = False) -> bool:
+    """Whether the store (or judge cache) at `path` holds nothing of a run: absent, or without results and drivers."""
+    if not path.exists():
+        return True
+    try:
+        opened = JudgeCache(path) if judge_cache else Store(path)
+    except (UserError, RunError, sqlite3.Error, OSError):  # damaged or unreadable: not ours to delete
+        return False
+    try:
+        return opened.empty() if isinstance(opened, JudgeCache) else opened.unused()
+    finally:
+        opened.close()
 
 
 def _run(cfg: RunConfig, run_dir: Path, data: Datasets, startup: dict[str, float], retry_errors: bool,
@@ -129,7 +192,8 @@ def _run(cfg: RunConfig, run_dir: Path, data: Datasets, startup: dict[str, float
         for s in samples:
             if s.error:
                 log.warning("sample %s/%s: %s", name, s.id, s.error)
-    cache = JudgeCache(path) if (path := cfg.judge_cache_path) is not None else None
+    judges = any(stage.kind == "judge" for stage in stages)
+    cache = JudgeCache(path) if (path := cfg.judge_cache_path) is not None and judges else None
     if fs := network_filesystem(run_dir):
         note(f"{run_dir} is on a network filesystem ({fs}): SQLite can share it only between processes of one "
              "host. To run on several nodes, use shards (--shard i/N or `evalfleet slurm`) and `evalfleet merge`.")
@@ -153,6 +217,9 @@ def _run(cfg: RunConfig, run_dir: Path, data: Datasets, startup: dict[str, float
                else f"failed: {type(err).__name__}: {err}")
         if not redo and quietly(store.forget_driver_if_idle, owner):  # it stored nothing: the run stays as it was
             quietly(store.restore_run_record, record)
+            quietly(store.close)
+            if cache is not None:
+                cache.close()
             raise
         quietly(store.driver_state, owner, why)
         quietly(store.set_meta, "state", {**state, "state": why, "ended": time.time(),

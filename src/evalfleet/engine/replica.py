@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import ctypes
+import multiprocessing as mp
 import os
 import resource
+import select
 import signal
+import threading
 import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
@@ -22,13 +25,37 @@ if TYPE_CHECKING:
 
 
 def die_with_parent() -> None:
-    """Ask Linux to kill this process when the driver dies (even by SIGKILL)."""
+    """End this process when the driver dies (even by SIGKILL): Linux kills it when its parent dies
+    (PR_SET_PDEATHSIG), and a process forked from multiprocessing's fork server, whose parent is that server,
+    watches the driver itself (`watch_driver`)."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass  # not Linux: the worker exits on its next pipe read instead
     if os.getppid() == 1:
         os._exit(1)
+    driver = mp.parent_process()  # the process that started this one through the fork server
+    if driver is not None and driver.pid is not None and driver.pid != os.getppid():
+        watch_driver(driver.pid)
+
+
+def watch_driver(pid: int) -> None:
+    """Kill this process as soon as process `pid` ends, from a thread waiting on its pidfd. A worker forked from
+    the fork server is not the driver's child: the server outlives a SIGKILLed driver (every process forked from it
+    holds the server's "alive" pipe open), and so would the worker, until its batch ended and its pipe to the driver
+    failed (9-15 s on CPU), holding its GPU's memory while a resume starts."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(1)  # gone already
+    except (OSError, AttributeError):
+        return  # no pidfd (not Linux, Linux < 5.3): the worker exits on its next pipe write instead
+
+    def wait() -> None:
+        select.select([fd], [], [])
+        os.kill(os.getpid(), signal.SIGKILL)  # as PR_SET_PDEATHSIG would
+
+    threading.Thread(target=wait, name="evalfleet-driver-watch", daemon=True).start()
 
 
 def limit_address_space(headroom: int) -> None:

@@ -142,6 +142,12 @@ def _fit_k(est: ModelEstimate, usable: int, n: int) -> int | None:
     return next((k for k in range(1, n + 1) if k * usable >= need), None)
 
 
+def refuse_unseen_gpus(machine: Machine, gpus: list[int]) -> None:
+    """A UserError naming the GPU indices in `gpus` that `machine` does not have."""
+    if bad := [g for g in gpus if not 0 <= g < len(machine.gpus)]:
+        raise UserError(f"--gpus {','.join(map(str, bad))}: only {len(machine.gpus)} GPU(s) are visible")
+
+
 def plan(
     machine: Machine,
     est: ModelEstimate | None,
@@ -169,9 +175,7 @@ def plan(
         return Plan(specs, "cpu", 0, bs, [f"{n} CPU worker(s) x {threads} thread(s): {why}",
                                           f"batch size {bs}" + (" (CPU default)" if batch_size == "auto" else "")])
     chosen = list(range(len(machine.gpus))) if gpus is None else gpus
-    bad = [g for g in chosen if not 0 <= g < len(machine.gpus)]
-    if bad:
-        raise UserError(f"--gpus {','.join(map(str, bad))}: only {len(machine.gpus)} GPU(s) are visible")
+    refuse_unseen_gpus(machine, chosen)
     pool = [machine.gpus[g] for g in chosen]
     if mode == "single":
         pool = pool[:1]

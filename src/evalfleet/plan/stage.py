@@ -12,7 +12,16 @@ from evalfleet.config import ModelConfig, RunConfig
 from evalfleet.data.images import open_image
 from evalfleet.errors import UserError
 from evalfleet.plan.memory import ModelEstimate, estimate_model, longest_prompt_tokens
-from evalfleet.plan.placement import Machine, Plan, describe, parse_bytes, plan, probe_machine, split_gpus
+from evalfleet.plan.placement import (
+    Machine,
+    Plan,
+    describe,
+    parse_bytes,
+    plan,
+    probe_machine,
+    refuse_unseen_gpus,
+    split_gpus,
+)
 from evalfleet.records import Sample
 
 
@@ -106,3 +115,13 @@ def stage_gpus(cfg: RunConfig) -> list[list[int] | None]:
         return [None] * len(stages)  # CPU: every stage gets its workers, sharing the cores
     return split_gpus(cfg.gpus if cfg.gpus is not None else list(range(n)), [s.gpus for s in stages],
                       [s.name for s in stages])
+
+
+def check_gpus(cfg: RunConfig) -> None:
+    """Refuse GPUs the run asks for (`--gpus`, a stage's `gpus`) that are not visible, and stages that cannot get
+    disjoint GPU sets, before anything is written (the plan of each stage would refuse them later)."""
+    stage_gpus(cfg)
+    asked = sorted({g for s in cfg.pipeline() if not kind(s.model.backend).remote
+                    for g in (s.gpus if s.gpus is not None else cfg.gpus) or []})
+    if asked:
+        refuse_unseen_gpus(_machine(cfg), asked)

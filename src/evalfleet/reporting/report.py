@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from evalfleet.config import RunConfig, StageConfig
-from evalfleet.errors import UserError
+from evalfleet.errors import RunError, UserError
 from evalfleet.reporting.failures import error_lines, stage_errors
 from evalfleet.reporting.provenance import summary_provenance
 from evalfleet.reporting.tables import (
@@ -132,12 +132,40 @@ FORMATS = ("json", "md", "csv", "parquet", "html")
 def write_report(run_dir: Path, store: Store, cfg: RunConfig, console: Console | None = None,
                  formats: tuple[str, ...] = ("json", "md")) -> dict[str, Any]:
     """Write the report in `formats` (json: summary.json + predictions/<dataset>.jsonl; md: summary.md; csv:
-    predictions/<dataset>.csv; parquet: predictions.parquet; html: report.html); print the tables."""
+    predictions/<dataset>.csv; parquet: predictions.parquet; html: report.html); print the tables. A file that
+    cannot be written (a read-only folder, a full disk) is a RunError of one line, raised after the tables."""
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise UserError(f"unknown report format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
     summary = build_summary(store, cfg)
     public = {k: v for k, v in summary.items() if not k.startswith("_")}
+    try:
+        _write_files(run_dir, summary, public, store, cfg, formats)
+        unwritten = None
+    except OSError as err:  # a folder turned read-only, a full disk: the results are in the store all the same
+        unwritten = err
+    if console is not None:
+        console.print(console_table(public))
+        console.print(performance_table(public))
+        if rows := startup_rows(public):
+            console.print(startup_table(rows))
+        for line in error_lines(public["errors"]):
+            console.print(line, markup=False, highlight=False)
+        if truncated := public["overall"].get("truncated"):
+            console.print(f"{truncated} answer(s) ended inside their thinking (<think> not closed): counted as "
+                          "truncated, not scored; raise max_new_tokens to let them finish", markup=False,
+                          highlight=False)
+    if unwritten is not None:
+        raise RunError(f"cannot write the report in {run_dir}: {unwritten.strerror or unwritten}"
+                       + (f" ({unwritten.filename})" if unwritten.filename else "")
+                       + f"; every result is in its store: `evalfleet report {run_dir}` writes it once the folder "
+                       "is writable")
+    return public
+
+
+def _write_files(run_dir: Path, summary: dict[str, Any], public: dict[str, Any], store: Store, cfg: RunConfig,
+                 formats: tuple[str, ...]) -> None:
+    """The report's files in `formats` (see `write_report`); `public`: the summary without its rows."""
     pred_dir = run_dir / "predictions"
     pred_dir.mkdir(exist_ok=True)
     if "json" in formats:
@@ -179,15 +207,3 @@ def write_report(run_dir: Path, store: Store, cfg: RunConfig, console: Console |
         from evalfleet.reporting.html import write_html
 
         write_html(run_dir / "report.html", summary, records, store, cfg)
-    if console is not None:
-        console.print(console_table(public))
-        console.print(performance_table(public))
-        if rows := startup_rows(public):
-            console.print(startup_table(rows))
-        for line in error_lines(public["errors"]):
-            console.print(line, markup=False, highlight=False)
-        if truncated := public["overall"].get("truncated"):
-            console.print(f"{truncated} answer(s) ended inside their thinking (<think> not closed): counted as "
-                          "truncated, not scored; raise max_new_tokens to let them finish", markup=False,
-                          highlight=False)
-    return public

@@ -21,6 +21,8 @@ from evalfleet.store import Store, pid_alive
 
 RATE_WINDOW_S = 60.0
 """Recent throughput (for the ETA) counts results stored in this many last seconds."""
+MIN_RATE_SPAN_S = 1.0
+"""No rate is shown over a shorter span: a few results over a few milliseconds are no throughput."""
 STALE_S = 120.0
 """A running worker whose heartbeat is older than this is shown as silent; a driver on another host whose
 heartbeat is older than this is taken as gone."""
@@ -59,11 +61,14 @@ class RunStatus:
     workers: list[dict[str, Any]]
     drivers: list[dict[str, Any]]
     """The `evalfleet run` processes that worked on this run, each with its own state."""
-    rate: float
+    rate: float | None
     """Samples per second, all stages together: over the last RATE_WINDOW_S seconds while the run is running,
-    else over its last driver's whole span (a finished run's figures do not decay as time passes)."""
+    else over its last driver's whole span (a finished run's figures do not decay as time passes); None where that
+    span is shorter than a second or unknown (a driver killed before its first heartbeat)."""
     ended: float | None = None
     """When the run stopped running (None while it runs)."""
+    end_known: bool = True
+    """False when the last driver was killed: `ended` is then its last heartbeat, a lower bound."""
 
     @property
     def elapsed_s(self) -> float | None:
@@ -74,7 +79,7 @@ class RunStatus:
         remaining = sum(r.remaining for r in self.rows if r.state != "failed")
         if not remaining:
             return 0.0
-        return remaining / self.rate if self.rate > 0 and self.state == "running" else None
+        return remaining / self.rate if self.rate and self.state == "running" else None
 
 
 def _driver_alive(state: dict[str, Any]) -> bool | None:
@@ -146,18 +151,35 @@ def read_status(run_dir: Path, now: float | None = None) -> RunStatus:
         span = (ended - started if ended is not None else min(RATE_WINDOW_S, now - started)) if started \
             else RATE_WINDOW_S
         return RunStatus(cfg.name, state, started, rows, workers, drivers,
-                         recent_results / span if span > 0 else 0.0, ended)
+                         recent_results / span if span >= MIN_RATE_SPAN_S else None, ended,
+                         end_known=ended is None or meta.get("ended") is not None)
     finally:
         store.close()
+
+
+def _timing(st: RunStatus) -> str:
+    """`elapsed 1m02s; 3.10 samples/s over the last 60 s`, `took 5m; ... over the run`, or for a run whose last driver
+    was killed `took at least ...; at most ...` (its end is known only from its last heartbeat), and no figure where
+    the span is unknown (killed before its first heartbeat)."""
+    elapsed = duration(st.elapsed_s) if st.elapsed_s is not None else "-"
+    window = f"the last {RATE_WINDOW_S:.0f} s" if st.ended is None else "the run"
+    if st.ended is None:
+        took = f"elapsed {elapsed}"
+    elif st.end_known:
+        took = f"took {elapsed}"
+    elif st.rate is None:
+        return "its last driver was killed before its first heartbeat: how long it ran and its rate are unknown"
+    else:
+        took = f"took at least {elapsed}"
+    if st.rate is None:
+        return f"{took}; samples/s not known yet"
+    return f"{took}; {'' if st.end_known else 'at most '}{st.rate:.2f} samples/s over {window}"
 
 
 def status_view(st: RunStatus) -> Group:
     """Tables of a run's status: stages x datasets, then workers."""
     eta = st.eta_s
-    elapsed = duration(st.elapsed_s) if st.elapsed_s is not None else "-"
-    window = f"the last {RATE_WINDOW_S:.0f} s" if st.ended is None else "the run"
-    head = (f"run {st.name}: {st.state}; {'elapsed' if st.ended is None else 'took'} {elapsed}; {st.rate:.2f} "
-            f"samples/s over {window}; ETA {duration(eta) if eta is not None else '?'}")
+    head = f"run {st.name}: {st.state}; {_timing(st)}; ETA {duration(eta) if eta is not None else '?'}"
     stages = Table(title=head, title_justify="left")
     for col in ("stage", "dataset", "current", "expected", "remaining", "completion %", "errors", "state"):
         stages.add_column(col, justify="left" if col in ("stage", "dataset", "state") else "right")

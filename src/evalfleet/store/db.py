@@ -96,6 +96,11 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
+    def unused(self) -> bool:
+        """Whether no result is stored and no driver is recorded (one that failed to start forgot its rows)."""
+        return not any(self.db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
+                       for table in ("results", "drivers", "workers"))
+
     # -- run identity -------------------------------------------------------------------------
     def get_meta(self, key: str) -> Any:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

@@ -30,5 +30,8 @@ class JudgeCache:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany("INSERT OR IGNORE INTO judge_cache VALUES (?, ?)", entries)
 
+    def empty(self) -> bool:
+        return self.db.execute("SELECT 1 FROM judge_cache LIMIT 1").fetchone() is None
+
     def close(self) -> None:
         self.db.close()
