@@ -100,6 +100,21 @@ def test_cpu_workers_and_description():
     assert any(line.startswith("plan: batch size") for line in lines)
 
 
+def test_cpu_default_is_a_worker_a_core_within_memory():
+    """Issue 38, item 1: one single-thread worker a core (up to CPU_WORKERS_MAX), fewer where memory holds fewer
+    copies of the weights; `workers` wins."""
+    from evalfleet.plan.placement import CPU_WORKER_OVERHEAD, CPU_WORKERS_MAX
+
+    layout = [(w.name, w.threads) for w in plan(Machine([], 2, 24 * GiB), model(0.5)).workers]
+    assert layout == [("cpu0", 1), ("cpu1", 1)]
+    assert len(plan(Machine([], 64, 512 * GiB), model(0.5)).workers) == CPU_WORKERS_MAX
+    assert [w.threads for w in plan(Machine([], 16, None), None).workers] == [2] * 8  # no estimate: no memory cap
+    tight = plan(Machine([], 16, 3 * (15 * GiB + CPU_WORKER_OVERHEAD)), model(15))
+    assert (len(tight.workers), tight.workers[0].threads) == (2, 8) and "available memory" in tight.reasons[0]
+    assert len(plan(Machine([], 16, 1 * GiB), model(15)).workers) == 1  # at least one
+    assert len(plan(Machine([], 16, 512 * GiB), model(15), workers=3).workers) == 3
+
+
 def test_parse_bytes():
     assert parse_bytes("10GiB") == 10 * GiB and parse_bytes("20GB") == 20 * 10**9 and parse_bytes("512") == 512
     with pytest.raises(UserError, match="cannot read 'lots'"):

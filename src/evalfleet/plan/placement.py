@@ -30,6 +30,12 @@ MAX_AUTO_CHUNK = 256
 """An auto batch size's chunks (samples handed to a worker at a time, and so the largest whole batch the static
 and `generate` engines see) are at most this: chunks of 512 would leave a dataset of 451 samples to one worker."""
 CPU_BATCH = 8
+CPU_WORKERS_MAX = 8
+"""CPU workers at most, however many cores: each holds its own copy of the weights and reads it every step, and
+beyond a few workers memory bandwidth, not cores, bounds a decode step (an estimate: not measured above 2 cores)."""
+CPU_WORKER_OVERHEAD = 700 * 2**20
+"""Memory of a CPU worker beside its weights: the interpreter, torch, transformers, activations and the KV cache of
+its slots (~0.6 GiB measured with SmolLM2-135M and 8 slots)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,8 @@ class Machine:
 
     gpus: list[Gpu]
     cpus: int
+    memory_bytes: int | None = None
+    """The host's available memory (CPU workers each hold the weights); None where unknown."""
 
 
 @dataclass
@@ -90,14 +98,14 @@ def probe_machine() -> Machine:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     wanted = None if visible is None else [v.strip() for v in visible.split(",") if v.strip()]
     if wanted is not None and (not wanted or wanted[0] == "-1"):
-        return Machine([], cpus)
+        return Machine([], cpus, available_memory())
     try:
         import pynvml
 
         pynvml.nvmlInit()
     except Exception:  # no NVML: ask torch (this initialises CUDA in the driver) if a GPU device exists at all
         if not any(Path(dev).exists() for dev in GPU_DEVICE_FILES):
-            return Machine([], cpus)  # a CPU machine: importing torch to learn that costs ~2 s of start-up
+            return Machine([], cpus, available_memory())  # a CPU machine: importing torch to learn that costs ~2 s
         return Machine(_torch_gpus(wanted), cpus)
     try:
         count = pynvml.nvmlDeviceGetCount()
@@ -142,6 +150,31 @@ def _fit_k(est: ModelEstimate, usable: int, n: int) -> int | None:
     return next((k for k in range(1, n + 1) if k * usable >= need), None)
 
 
+def cpu_workers(machine: Machine, est: ModelEstimate | None) -> tuple[int, str]:
+    """How many CPU workers by default, and why: one a core (up to CPU_WORKERS_MAX), fewer where memory holds fewer
+    copies of the weights. One thread a worker is the layout that stays fast when another process takes a core: a
+    worker's torch threads wait for each other at every operation, so one descheduled thread stalls them all
+    (`bench/cpu_layout.py`, bench/RESULTS.md: on 2 cores beside a busy process, 1 worker x 2 threads took several
+    times as long as 2 x 1; quiet, 2 x 1 was faster too)."""
+    n = min(machine.cpus, CPU_WORKERS_MAX)
+    why = f"one a core (at most {CPU_WORKERS_MAX})"
+    if est is not None and machine.memory_bytes:
+        fit = max(1, int(machine.memory_bytes * 0.8) // (est.weight_bytes + CPU_WORKER_OVERHEAD))
+        if fit < n:
+            n, why = fit, f"as many as {gib(machine.memory_bytes)} of available memory holds with " \
+                          f"{gib(est.weight_bytes)} of weights each"
+    return n, why
+
+
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo (Linux); None elsewhere."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
 def refuse_unseen_gpus(machine: Machine, gpus: list[int]) -> None:
     """A UserError naming the GPU indices in `gpus` that `machine` does not have."""
     if bad := [g for g in gpus if not 0 <= g < len(machine.gpus)]:
@@ -167,11 +200,11 @@ def plan(
     """
     # CPU: `workers` processes sharing the cores (setting `workers` without `gpus` forces this).
     if gpus is None and (workers is not None or not machine.gpus):
-        n = workers or 1
+        n, why = (workers, "--workers given") if workers else cpu_workers(machine, est)
         threads = max(1, machine.cpus // n)
         bs = CPU_BATCH if batch_size == "auto" else batch_size
         specs = [WorkerSpec(f"cpu{i}", (), threads) for i in range(n)]
-        why = "no GPU visible" if not machine.gpus else "--workers given without --gpus"
+        why += "; no GPU visible" if not machine.gpus else " without --gpus"
         return Plan(specs, "cpu", 0, bs, [f"{n} CPU worker(s) x {threads} thread(s): {why}",
                                           f"batch size {bs}" + (" (CPU default)" if batch_size == "auto" else "")])
     chosen = list(range(len(machine.gpus))) if gpus is None else gpus
@@ -256,8 +289,9 @@ def describe(machine: Machine, est: ModelEstimate | None, chosen: Plan) -> list[
         lines.append(f"model: {est.params / 1e9:.2f} B parameters ({est.source}) in {est.dtype} = "
                      f"{gib(est.weight_bytes)} of weights; KV cache {est.kv_bytes_per_token / 1024:.0f} KiB/token")
         image = f", {est.image_tokens} image tokens per image" if est.image_tokens else ""
-        lines.append(f"samples: up to ~{est.tokens_per_sample} tokens each (prompt + generated{image}); "
-                     f"activations ~{gib(est.activation_bytes_per_sample)} per sample")
+        if est.tokens_per_sample:  # (on a CPU only the weights are estimated)
+            lines.append(f"samples: up to ~{est.tokens_per_sample} tokens each (prompt + generated{image}); "
+                         f"activations ~{gib(est.activation_bytes_per_sample)} per sample")
     lines += [f"plan: {r}" for r in chosen.reasons]
     lines += [f"worker {w.name}: " + (f"GPUs {','.join(w.gpus)}" if w.gpus else f"CPU, {w.threads} thread(s)")
               for w in chosen.workers]

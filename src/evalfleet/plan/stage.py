@@ -46,7 +46,7 @@ def make_plan(
     p = cfg.placement
     cap = parse_bytes(p.max_memory_per_gpu) if p.max_memory_per_gpu else None
     on_gpu = bool(machine.gpus) and not (cfg.workers is not None and gpus is None)
-    est = _estimate(model, samples, on_gpu) if on_gpu else None
+    est = _estimate(model, samples, on_gpu) if on_gpu else _weights(model) if cfg.workers is None else None
     chosen = plan(machine, est, mode=p.mode, gpus=gpus, workers=cfg.workers,
                   gpus_per_replica=p.gpus_per_replica, max_memory_per_gpu=cap, batch_size=model.batch_size)
     chosen.engine, why = choose_engine(model, chosen.gpus_per_replica)
@@ -72,6 +72,17 @@ def choose_engine(model: ModelConfig, gpus: int) -> tuple[str, str]:
                           vision="vision_config" in config, gpus=gpus)
     except ValueError as err:
         raise UserError(f"model {model.path}: {err}") from None
+
+
+def _weights(model: ModelConfig) -> ModelEstimate | None:
+    """On a CPU: the weights' size, for how many workers memory holds (no prompt is tokenized)."""
+    if not (Path(model.path) / "config.json").is_file():
+        return None
+    try:
+        return estimate_model(model.path, dtype=model.resolved_dtype(on_gpu=False), max_new_tokens=0, prompt_tokens=0,
+                              image_sizes=[], images_per_sample=0)
+    except (KeyError, TypeError, ValueError, UserError):  # a config this estimate does not know: no memory cap
+        return None
 
 
 def _estimate(model: ModelConfig, samples: list[Sample], on_gpu: bool) -> ModelEstimate | None:
