@@ -312,3 +312,13 @@ def test_status_of_a_driver_killed_before_its_first_heartbeat_claims_no_duration
     console.print(status_view(st))
     head = console.file.getvalue().splitlines()[0]
     assert "killed before its first heartbeat" in head and "samples/s" not in head and "took" not in head, head
+
+
+def test_the_performance_line_of_shared_prefixes():
+    from evalfleet.observe.performance import reuse_line
+
+    assert reuse_line(None) == "-"
+    assert reuse_line({"prompt_tokens": 100, "shared_tokens": 0, "prefills_unshared": 3}).startswith("off")
+    line = reuse_line({"prompt_tokens": 1000, "shared_tokens": 750, "images": 22, "images_encoded": 2,
+                       "prefill_s": 2.0, "prefills_unshared": 0})
+    assert line == "images encoded 2 of 22; prompt tokens shared 750 of 1,000 (75%); ~6.0 s prefill saved"

@@ -84,6 +84,28 @@ def test_a_picture_asked_many_questions_is_encoded_once(vlm):
         assert counts["images_encoded"] < counts["images"] and counts["shared_tokens"] > 0, (slots, counts)
 
 
+def test_a_picture_is_preprocessed_once_into_the_same_inputs(vlm):
+    """The processor's image processor keeps each picture's patches (issue 37): a batch of 8 pictures, 4 of them
+    distinct objects, is preprocessed 4 times, into the inputs the processor makes without the cache."""
+    import torch
+
+    b = backend(vlm, "continuous", 8)
+    cached = b.processor.image_processor
+    prepared = b.prepare(vlm_requests())
+    assert cached.processed == 4
+    assert b.prepare(vlm_requests()[:4]).inputs[0].ids == prepared.inputs[0].ids and cached.processed == 5  # (new a)
+    b.processor.image_processor = cached.inner
+    try:
+        plain = b.prepare(vlm_requests())
+    finally:
+        b.processor.image_processor = cached
+    for got, want in zip(prepared.inputs, plain.inputs):
+        assert got.ids == want.ids and got.images == want.images
+        for key in ("pixel_values", "image_grid_thw", "mm_token_type_ids"):
+            assert (key in got.media) == (key in want.media) and (key not in got.media
+                                                                  or torch.equal(got.media[key], want.media[key]))
+
+
 def test_prefix_cuts_and_the_index():
     ids = list(range(100))
     image = (20, 60, b"a" * 16)

@@ -80,7 +80,9 @@ def reuse_line(prefill: dict[str, float] | None) -> str:
     """What sharing prefixes saved (issue 37): images encoded of those in prompts, prompt tokens copied instead of
     prefilled, and the prefill seconds that saved, estimated at the stage's own prefill seconds a prefilled token."""
     if not prefill or not prefill.get("prompt_tokens"):
-        return "-"
+        return "-"  # whole batches (`generate`, diffusers, endpoints): nothing is shared
+    if prefill.get("prefills_unshared"):
+        return "off (model.share_prefixes: false)"
     shared, total = prefill.get("shared_tokens", 0), prefill["prompt_tokens"]
     parts = []
     if prefill.get("images"):

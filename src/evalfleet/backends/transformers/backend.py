@@ -28,7 +28,7 @@ from evalfleet.backends.transformers.kernels.attention import use_decode_attenti
 from evalfleet.backends.transformers.kernels.compiled import compile_kernels
 from evalfleet.backends.transformers.kernels.fused import fuse_elementwise, fuse_when_ready
 from evalfleet.backends.transformers.prefix import prompt_blocks
-from evalfleet.backends.transformers.processors import without_video_processor
+from evalfleet.backends.transformers.processors import CachedImageProcessor, without_video_processor
 from evalfleet.backends.transformers.sampling import Sampler
 from evalfleet.backends.transformers.slot_cache import SLOT_ATTENTION
 from evalfleet.backends.transformers.stream import TokenStream
@@ -89,6 +89,8 @@ class TransformersBackend(Backend):
             if self.vision:  # where torchvision cannot be imported: images only (it imports torchvision: here,
                 without_video_processor()  # beside the weights, not before them)
             processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust) if self.vision else None
+            if processor is not None and getattr(processor, "image_processor", None) is not None:
+                processor.image_processor = CachedImageProcessor(processor.image_processor)
             tokenizer = processor.tokenizer if processor is not None else \
                 AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
             tokenizer.padding_side = "left"

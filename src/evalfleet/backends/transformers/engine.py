@@ -392,6 +392,7 @@ class ContinuousEngine:
             if self.prefixes is not None:
                 self.prefixes.hold(s, r.ids, r.images, r.blocks)
         self.counts.update(prompt_tokens=sum(len(r.ids) for r in rows), shared_tokens=sum(past),
+                           prefills_unshared=int(self.prefixes is None),
                            images=sum(len((r.media or {}).get("image_grid_thw", ())) for r in rows),
                            images_encoded=encoded)
         finished = [s for s, e in zip(slots, ended.tolist()) if e]

@@ -54,3 +54,52 @@ def without_video_processor() -> bool:
     log.info("%s: VLM processors load without their video part (images only)", why)
     return True
 
+
+
+class CachedImageProcessor:
+    """A VLM processor's image processor that preprocesses each picture once (issue 37): the samples of one picture
+    come together (`queue.make_chunks`) and a worker decodes it to one image object (`worker_loop.DecodedImages`),
+    so its patches and grid are kept by that object's identity (the object itself held, so its id is not reused),
+    up to `keep_bytes` of patches. Outputs other than `pixel_values` and `image_grid_thw` (processors this does not
+    know) go through uncached. Everything else is the wrapped processor's."""
+
+    def __init__(self, inner: Any, keep_bytes: int = 512 * 2**20) -> None:
+        self.inner, self.keep_bytes = inner, keep_bytes
+        self.kept: dict[int, tuple[Any, Any, Any]] = {}  # id(image) -> (image, patches, grid), oldest first
+        self.held = 0
+        self.processed = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __call__(self, images: Any = None, *args: Any, **kwargs: Any) -> Any:
+        import torch
+        from transformers import BatchFeature
+
+        flat = [x for row in images for x in (row if isinstance(row, list | tuple) else [row])] \
+            if isinstance(images, list | tuple) else [images]
+        found = {id(x): self.kept.pop(id(x)) for x in flat if id(x) in self.kept}  # (put back below: most recent)
+        for key, entry in found.items():
+            self.kept[key] = entry
+        new = list({id(x): x for x in flat if id(x) not in found}.values())
+        if new:
+            out = self.inner(new, *args, **kwargs)
+            pixels, grids = out.get("pixel_values"), out.get("image_grid_thw")
+            if set(out.keys()) - {"pixel_values", "image_grid_thw"} or not isinstance(pixels, torch.Tensor):
+                return self.inner(images, *args, **kwargs)  # a processor this cache does not know
+            self.processed += len(new)
+            at = 0
+            for image, grid in zip(new, grids):
+                n = int(grid.prod())
+                found[id(image)] = (image, pixels[at : at + n].clone(), grid)  # (not a view holding the batch)
+                self._keep(*found[id(image)])
+                at += n
+        return BatchFeature({"pixel_values": torch.cat([found[id(x)][1] for x in flat]),
+                             "image_grid_thw": torch.stack([found[id(x)][2] for x in flat])})
+
+    def _keep(self, image: Any, patches: Any, grid: Any) -> None:
+        self.kept[id(image)] = (image, patches, grid)
+        self.held += patches.numel() * patches.element_size()
+        while self.held > self.keep_bytes and len(self.kept) > 1:
+            _, old, _ = self.kept.pop(next(iter(self.kept)))
+            self.held -= old.numel() * old.element_size()
