@@ -84,7 +84,7 @@ def test_a_judge_prompt_with_an_unknown_placeholder_is_refused_at_once(tmp_path,
                        "prompt": "Question: {question}\nReference: {reference}\nAnswer: {prediction}"}]}
     (tmp_path / "eval.yaml").write_text(yaml.safe_dump(cfg))
     code, out = cli("run", str(tmp_path / "eval.yaml"))
-    assert code == 2 and "stages.1: Value error, judge prompt: unknown placeholder {reference}" in out, out
+    assert code == 2 and "stages.judge: Value error, judge prompt: unknown placeholder {reference}" in out, out
     assert "known: {question}, {answer}" in out and not (tmp_path / "runs").exists()
 
 

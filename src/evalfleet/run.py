@@ -407,5 +407,6 @@ def record_samples(store: Store, data: Datasets) -> None:
 
 
 def printer(console: Console) -> Callable[[str], None]:
-    """Driver messages: one plain line each, prefixed, with no rich markup read from user text."""
-    return lambda text: console.print(f"[evalfleet] {text}", markup=False, highlight=False)
+    """Driver messages: one plain line each, prefixed, with no rich markup read from user text, not wrapped by rich
+    (a path in them stays whole, to be copied; a terminal wraps it for the eye)."""
+    return lambda text: console.print(f"[evalfleet] {text}", markup=False, highlight=False, soft_wrap=True)
