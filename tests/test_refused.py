@@ -5,6 +5,8 @@ existing run folder byte for byte as it was (issue 38, item 4). Real CLI, real S
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -69,3 +71,26 @@ def test_a_refused_run_leaves_an_existing_run_folder_byte_identical(tmp_path, sm
     rc, out = cli("run", str(gone))
     assert rc == 1 and "no dataset could be read" in out, out
     assert files(tmp_path / "runs") == before, "a run without readable data changed the run folder"
+
+
+def test_an_existing_run_whose_model_no_longer_loads_is_left_byte_identical(tmp_path, smollm2):
+    """The run's model breaks between two runs (a checkpoint overwritten): the second run's worker cannot load it,
+    nothing is stored, and the run folder is put back byte for byte (`store/snapshot.py`)."""
+    model = tmp_path / "model"
+    model.mkdir()
+    for f in smollm2.iterdir():
+        (model / f.name).symlink_to(f)
+    config = write_config(tmp_path, model, DEMO_QUESTIONS)
+    # The first run in a process of its own, as a user's would be (a driver's workers are known by its pid).
+    first = subprocess.run([sys.executable, "-m", "evalfleet.cli", "run", str(config), "--limit", "2"],
+                           capture_output=True, text=True, check=False)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = files(tmp_path / "runs")
+    (model / "config.json").unlink()
+    (model / "config.json").write_text('{"architectures": ["Broken"]}')
+    rc, out = cli("run", str(config), "--limit", "4")
+    assert rc == 2 and "could not load the model" in out and "is as it was before this run" in out, out
+    assert files(tmp_path / "runs") == before, "the failed resume changed the run folder"
+    kept = Path(" ".join(out.split()).split("this run's log is ", 1)[1].split()[0])
+    assert "could not load the model" in kept.read_text()
+    kept.unlink()

@@ -45,6 +45,7 @@ from evalfleet.scoring import scoring_key
 from evalfleet.stages.judge import JudgeFeed, close_all, fill_cache, judge_inputs, judge_plan_samples, offer_all
 from evalfleet.stopping import Stopped, stop_on_signals
 from evalfleet.store import JudgeCache, Store, network_filesystem, quietly, store_errors
+from evalfleet.store.snapshot import Snapshot
 
 log = logging.getLogger("evalfleet")
 
@@ -79,15 +80,17 @@ def run(
                 refuse_fresh_while_live(run_dir, cfg.lease_seconds)
                 shutil.rmtree(run_dir)
             made = Made.before(cfg)
+            snapshot = Snapshot.before(run_dir) if not made.folders and not redo else None
             log_path = log_file or run_dir / "run.log"
             handler = log_to(log_path)
-            stored = False
+            stored, idle = False, False
             try:
                 with store_errors(run_dir / "store.db"):
                     summary = _run(cfg, run_dir, data, startup, retry_errors, redo or [], console, prewarmed)
                 stored = True
                 return summary
-            except Exception:
+            except Exception as err:
+                idle = getattr(err, "stored_nothing", False)
                 log.exception("the run stopped on this error")  # the console shows the message, the log the traceback
                 raise
             finally:
@@ -96,6 +99,11 @@ def run(
                 if not stored and (kept := made.discard_if_unused(log_path)) is not None:
                     printer(console)(f"nothing was stored: {run_dir}, made by this run, is removed again"
                                      + (f"; its log is {kept}" if kept != log_path else ""))
+                elif idle and snapshot is not None and (kept := snapshot.restore(log_path)) is not None:
+                    printer(console)(f"nothing was stored: {run_dir} is as it was before this run; this run's log "
+                                     f"is {kept}")
+                if snapshot is not None:
+                    snapshot.drop()
         finally:
             if prewarmed is not None:
                 prewarmed.close()  # the processes the plan did not need
@@ -220,6 +228,8 @@ def _run(cfg: RunConfig, run_dir: Path, data: Datasets, startup: dict[str, float
             quietly(store.close)
             if cache is not None:
                 cache.close()
+            if isinstance(err, Exception):  # `run` puts the folder back byte for byte (`store/snapshot.py`)
+                err.stored_nothing = True  # type: ignore[attr-defined]
             raise
         quietly(store.driver_state, owner, why)
         quietly(store.set_meta, "state", {**state, "state": why, "ended": time.time(),
