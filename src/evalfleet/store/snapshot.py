@@ -1,10 +1,12 @@
 """An existing run folder's store and log as they were before a driver started on it (issue 38, item 4): a driver
 that stores nothing (its model fails to load, say) puts the folder back byte for byte. The store is copied only up
-to `LIMIT` bytes (a resume should not copy a large store each time); above that the driver's own rows are taken
-out again (`Store.restore_run_record`) and the files' bytes may differ."""
+to `LIMIT` bytes (a resume should not copy a large store each time) and only while no other driver is recorded
+as running on it; otherwise the driver's own rows are taken out again (`Store.restore_run_record`) and the files'
+bytes may differ."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -41,7 +43,11 @@ class Snapshot:
                 copies[name] = folder / name
                 shutil.copy2(path, copies[name])
         log = run_dir / "run.log"
-        return cls(run_dir, copies, log.stat().st_size if log.exists() else None, folder, _rows(files["store.db"]))
+        snapshot = cls(run_dir, copies, log.stat().st_size if log.exists() else None, folder, _rows(files["store.db"]))
+        if _running(files["store.db"]):  # another driver may be writing: its work is not put back
+            snapshot.drop()
+            return None
+        return snapshot
 
     def restore(self, log_path: Path) -> Path | None:
         """Put the store files back and cut run.log to its old size (this driver's lines go to a log in the
@@ -74,8 +80,17 @@ class Snapshot:
 
 def _rows(path: Path) -> tuple[int, int]:
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+        with contextlib.closing(sqlite3.connect(path, timeout=5)) as db:  # (read-write: the last connection to
             return (db.execute("SELECT count(*) FROM results").fetchone()[0],
-                    db.execute("SELECT count(*) FROM drivers").fetchone()[0])
+                    db.execute("SELECT count(*) FROM drivers").fetchone()[0])  # close removes -wal and -shm)
     except sqlite3.Error:
         return (-1, -1)
+
+
+def _running(path: Path) -> bool:
+    """Whether a driver is recorded as running on the store (or it cannot be read)."""
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=5)) as db:
+            return db.execute("SELECT count(*) FROM drivers WHERE state = 'running'").fetchone()[0] > 0
+    except sqlite3.Error:
+        return True
