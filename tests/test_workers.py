@@ -263,3 +263,10 @@ def test_a_picture_asked_many_questions_is_decoded_once(tmp_path):
     assert decoded.open(ImageRef("row 4", path=str(paths[0]))) is not first and decoded.decoded == 3  # (keep 1)
     with pytest.raises(ValueError, match="row 5: unreadable"):
         decoded.open(ImageRef("row 5", data=b"not a png"))
+    # Each decoded picture names its source (the engine's key for it: no hash of its patches per sample).
+    from evalfleet.records import SOURCE_KEY
+
+    keys = [decoded.open(ImageRef("r", path=str(p))).info[SOURCE_KEY] for p in paths]
+    assert keys[0] != keys[1] and decoded.open(ImageRef("r", path=str(paths[0]))).info[SOURCE_KEY] == keys[0]
+    Image.new("RGB", (16, 16), "green").save(paths[0])  # rewritten: another source
+    assert DecodedImages().open(ImageRef("r", path=str(paths[0]))).info[SOURCE_KEY] != keys[0]

@@ -10,6 +10,11 @@ if TYPE_CHECKING:
     from evalfleet.scoring.score import Score
 
 
+SOURCE_KEY = "evalfleet_source"
+"""A decoded image's `info` entry naming its source (`data/images.py: source_key`): the engine's key for the picture
+then, instead of a hash of its patches for every sample that shows it."""
+
+
 @dataclass(frozen=True)
 class ImageRef:
     """An image by file path or by encoded bytes; `where` locates it for error messages. Decoded by

@@ -94,6 +94,11 @@ def test_a_picture_is_preprocessed_once_into_the_same_inputs(vlm):
     prepared = b.prepare(vlm_requests())
     assert cached.processed == 4
     assert b.prepare(vlm_requests()[:4]).inputs[0].ids == prepared.inputs[0].ids and cached.processed == 5  # (new a)
+    from evalfleet.records import SOURCE_KEY  # a picture that names its source is keyed by it (not hashed)
+
+    named = vlm_requests()
+    named[0].images[0].info[SOURCE_KEY] = b"s" * 16
+    assert b.prepare(named[:1]).inputs[0].images[0][2] == b"s" * 16
     b.processor.image_processor = cached.inner
     try:
         plain = b.prepare(vlm_requests())

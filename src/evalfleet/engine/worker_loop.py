@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from evalfleet.data.images import open_image
+from evalfleet.data.images import open_image, source_key
 from evalfleet.engine.messages import FromWorker, Heartbeat, Stop, Work
-from evalfleet.records import ImageRef, Result, Sample
+from evalfleet.records import SOURCE_KEY, ImageRef, Result, Sample
 
 if TYPE_CHECKING:
     from evalfleet.backends import Backend, Prepared, Stream
@@ -57,6 +57,7 @@ class DecodedImages:
             self.images.move_to_end(key)
             return self.images[key]
         image = self.images[key] = open_image(ref)
+        image.info[SOURCE_KEY] = source_key(ref)
         self.decoded += 1
         if len(self.images) > self.keep:
             self.images.popitem(last=False)

@@ -34,6 +34,7 @@ from evalfleet.backends.transformers.slot_cache import SLOT_ATTENTION
 from evalfleet.backends.transformers.stream import TokenStream
 from evalfleet.backends.transformers.vision import split_batch
 from evalfleet.config import ModelConfig
+from evalfleet.records import SOURCE_KEY
 
 log = logging.getLogger("evalfleet")
 
@@ -189,8 +190,9 @@ class TransformersBackend(Backend):
             inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
             if self.continuous:  # one request per sample, unpadded, with its own images
                 dtype = getattr(torch, self.cfg.resolved_dtype(on_gpu=self.n_gpus > 0))
+                known = [getattr(i, "info", {}).get(SOURCE_KEY) for r in requests for i in r.images]
                 rows = split_batch(inputs, [len(r.images) for r in requests], self.image_token_id, dtype,
-                                   model=self.model)  # the model: once loaded
+                                   model=self.model, known=known)  # the model: once loaded
                 inputs = [Row(None, ids, r.seed, media, images, self._blocks(ids, images))
                           for (ids, media, images), r in zip(rows, requests)]
         else:
