@@ -9,8 +9,9 @@ answer has max_new_tokens):
   distinct  451 pictures x 1 question -> 32: nothing to share (must be no slower)
   text      1,024 questions behind one ~1,000-token system prompt of worked examples -> 16
 Pictures are 448x448 (256 image tokens), or with `--varied` of sizes from 256 to 1,024 px.
-Per run: the command's seconds, the generation phase, samples a second, and from the summary's performance what the
-prefills did (images encoded, prompt tokens shared, prefill seconds).
+Per run: the command's seconds, the generation phase, samples a second, the GPU's mean utilisation over the
+generation phase (nvidia-smi), and from the summary's performance what the prefills did (images encoded, prompt
+tokens shared, prefill seconds).
 
     python bench/reuse.py [--workloads slake,pathvqa,vqarad,distinct,text] [--rounds 1] [--varied]
         [--shape 7b|tiny] [--scale 1.0]
@@ -21,7 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
+import subprocess
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -65,11 +70,25 @@ def text(work: Path, shape: str, scale: float) -> tuple[Path, Path, int, str]:
 
 
 def run(work: Path, name: str, built: tuple, share: bool) -> dict:
+    """One `evalfleet run`; on a GPU also its mean utilisation over the generation phase (nvidia-smi every 0.2 s)."""
     model, data, new, *system = built
     options = ["--set", f"model.share_prefixes={str(share).lower()}"]
     if system:  # the shared system prompt, as a YAML (JSON) string
         options += ["--set", f"model.system_prompt={json.dumps(system[0])}"]
-    return evalfleet(work, f"{name}-{'on' if share else 'off'}", model, data, new, *options)
+    smi = None
+    if shutil.which("nvidia-smi"):
+        smi = subprocess.Popen(["nvidia-smi", "--query-gpu=timestamp,utilization.gpu", "--format=csv,noheader,nounits",
+                                "-lms", "200", "-i", "0"], stdout=subprocess.PIPE, text=True)
+    t0 = time.time()
+    r = evalfleet(work, f"{name}-{'on' if share else 'off'}", model, data, new, *options)
+    if smi is not None:
+        smi.terminate()
+        begin, end = t0 + r["start_s"], t0 + r["start_s"] + r["generate_s"]
+        samples = [line.split(", ") for line in smi.communicate()[0].splitlines() if ", " in line]
+        busy = [float(u) for stamp, u in samples
+                if begin <= datetime.strptime(stamp, "%Y/%m/%d %H:%M:%S.%f").timestamp() <= end]
+        r["gpu_busy"] = round(sum(busy) / len(busy), 1) if busy else None
+    return r
 
 
 def ratio(off: float | None, on: float | None) -> str:
@@ -99,7 +118,8 @@ def main() -> None:
                 pair["on" if share else "off"] = r
                 p = r.get("prefill") or {}
                 print(f"{name} {'on ' if share else 'off'}: command {r['command_s']:.1f} s, generation "
-                      f"{r['generate_s']:.2f} s, {r['samples_per_s']:.1f} samples/s, images encoded "
+                      f"{r['generate_s']:.2f} s, GPU busy {r.get('gpu_busy', '-')} %, "
+                      f"{r['samples_per_s']:.1f} samples/s, images encoded "
                       f"{p.get('images_encoded', '-')}/{p.get('images', '-')}, tokens shared "
                       f"{p.get('shared_tokens', 0):.0f}/{p.get('prompt_tokens', 0):.0f}, prefill "
                       f"{p.get('prefill_s', 0):.2f} s, errors {r['errors']}", flush=True)

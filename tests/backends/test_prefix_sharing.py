@@ -44,8 +44,8 @@ def test_few_shot_prompts_prefill_their_shared_turns_once(smollm2):
 
 def vlm_requests() -> list[Request]:
     """One picture asked five questions (one twice), one question over two other pictures of the same size (noise,
-    black, white: pictures that change this random model's answer), the first picture at another size, and a text
-    question."""
+    black, white: pictures that change this random model's answer; the black one is asked a second question too),
+    the first picture at another size, and a text question."""
     questions, _, _ = easy_vqa.get_test_questions()
     a = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     b, c = Image.new("RGB", (64, 64), (0, 0, 0)), Image.new("RGB", (64, 64), (255, 255, 255))
@@ -54,7 +54,7 @@ def vlm_requests() -> list[Request]:
         *[Request(q, [a], seed=k) for k, q in enumerate(questions[:4])],
         Request(questions[0], [b], seed=4), Request(questions[0], [c], seed=5),
         Request(questions[0], [a.resize((112, 112))], seed=6), Request(questions[5], [], seed=7),
-        Request(questions[0], [a], seed=8),
+        Request(questions[0], [a], seed=8), Request(questions[1], [b], seed=9),
     ]
     for r in out:
         r.context = system
@@ -69,18 +69,18 @@ def vlm(request, tmp_path_factory):
 def test_a_picture_asked_many_questions_is_encoded_once(vlm):
     requests = vlm_requests()
     unshared = backend(vlm, "continuous", 8, share_prefixes=False)
-    expected = streamed(unshared, requests, 9)
+    expected = streamed(unshared, requests, 10)
     # The test has teeth where other pictures change the answer to the same question: a match blind to the pictures'
     # content would then change answers. So for the Qwen models; this random GLM-4.1V answers the three alike.
     assert len({expected[0], expected[4], expected[5]}) > 1 or vlm.name == "glm4v", expected
     shared = backend(vlm, "continuous", 8)
-    for slots in (9, 2):
+    for slots in (10, 2):
         engines: list = []
         assert streamed(shared, requests, slots, engines) == expected, slots
         counts = engines[0].counts
-        assert counts["images"] == 8, counts
-        if slots == 9:  # one admission: each distinct picture (and size) through the vision tower once
-            assert counts["images_encoded"] == 4, counts
+        assert counts["images"] == 9, counts
+        if slots == 10:  # one admission: each distinct picture (and size) through the vision tower once (the black
+            assert counts["images_encoded"] == 4, counts  # one's first question prefilled first, for its second)
         assert counts["images_encoded"] < counts["images"] and counts["shared_tokens"] > 0, (slots, counts)
 
 

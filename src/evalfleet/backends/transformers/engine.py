@@ -28,7 +28,7 @@ import torch
 
 from evalfleet.backends.base import free_memory, is_out_of_memory
 from evalfleet.backends.transformers.graphs import SMALLEST_WIDTH, DecodeGraphs, decode_widths, width_for
-from evalfleet.backends.transformers.prefix import PrefixIndex, reusable
+from evalfleet.backends.transformers.prefix import BLOCK, PrefixIndex, reusable
 from evalfleet.backends.transformers.sampling import Sampler
 from evalfleet.backends.transformers.slot_cache import SlotCache
 from evalfleet.backends.transformers.vision import has_rope_index, prefill_inputs
@@ -312,21 +312,31 @@ class ContinuousEngine:
         return done
 
     def _passes(self, rows: list[Row]) -> list[list[Row]]:
-        """The admission in one pass, or two: a request whose prompt shares more with one prefilled in this
-        admission than with any held waits for the second pass, and copies that prefix then."""
-        if self.prefixes is None:
+        """The admission in one pass, or two. A request waits for the second pass, and copies then, when an earlier
+        request of the admission shares more of its prompt than any held prompt does and no later one shares a block
+        or a picture more:
+        so of eleven questions about a picture the first is prefilled whole and the others copy its prefix, while
+        the first question about the next picture (which shares only the system prompt with them) is prefilled in
+        the first pass, for its own picture's questions to copy."""
+        if self.prefixes is None or len(rows) < 2:
             return [rows]
-        first, later = [], []
-        pending = PrefixIndex(len(rows))  # the first pass's prompts
-        for r in rows:
+        earlier, later = self._matches(rows), self._matches(rows[::-1])[::-1]
+        first, second = [], []
+        for r, m, n in zip(rows, earlier, later):
             _, held = self.prefixes.lookup(r.ids, r.images, r.blocks)
-            _, here = pending.lookup(r.ids, r.images, r.blocks)
-            if reusable(here, len(r.ids), r.images) > reusable(held, len(r.ids), r.images):
-                later.append(r)
-            else:
-                pending.hold(len(first), r.ids, r.images, r.blocks)
-                first.append(r)
-        return [first, later] if later else [first]
+            deeper = n >= m + BLOCK or any(m <= a and b <= n for a, b, _ in r.images)  # a later one shares a block
+            follows = m > reusable(held, len(r.ids), r.images) and not deeper  # or a picture more: this one leads
+            (second if follows else first).append(r)
+        return [first, second] if second else [first]
+
+    @staticmethod
+    def _matches(rows: list[Row]) -> list[int]:
+        """For each request, how much of its prompt one before it in `rows` shares (as `reusable` counts)."""
+        seen, out = PrefixIndex(len(rows)), []
+        for i, r in enumerate(rows):
+            out.append(reusable(seen.lookup(r.ids, r.images, r.blocks)[1], len(r.ids), r.images))
+            seen.hold(i, r.ids, r.images, r.blocks)
+        return out
 
     def _prefill_halving(self, rows: list[Row]) -> tuple[list[Done], list[Row]]:
         """Prefill `rows`, halved while out of memory; returns the ended requests and the rows left for later."""

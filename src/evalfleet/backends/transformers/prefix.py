@@ -23,6 +23,8 @@ import torch
 
 BLOCK = 16
 """Tokens a block: the granularity at which prompts are matched."""
+CANDIDATES = 16
+"""Slots holding a prompt's longest matching block that are followed past it, token by token (the latest)."""
 
 
 def image_key(pixels: torch.Tensor, grid: torch.Tensor) -> bytes:
@@ -79,9 +81,12 @@ class PrefixIndex:
         the pictures behind image tokens, are the same."""
         for k in range(len(blocks) - 1, -1, -1):
             slots = self.where.get(blocks[k])
-            if slots:
-                slot = next(reversed(slots))
-                return slot, self._extend(ids, images, slot, (k + 1) * BLOCK)
+            if slots:  # of the slots that hold it (the CANDIDATES latest), the one whose match runs on furthest
+                best, end = None, -1
+                for slot in list(slots)[-CANDIDATES:]:  # (a tie goes to the latest)
+                    if (n := self._extend(ids, images, slot, (k + 1) * BLOCK)) >= end:
+                        best, end = slot, n
+                return best, end
         return None, 0
 
     def _extend(self, ids: list[int], images: Images, slot: int, n: int) -> int:
