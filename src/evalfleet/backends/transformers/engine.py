@@ -28,7 +28,7 @@ import torch
 
 from evalfleet.backends.base import free_memory, is_out_of_memory
 from evalfleet.backends.transformers.graphs import SMALLEST_WIDTH, DecodeGraphs, decode_widths, width_for
-from evalfleet.backends.transformers.prefix import BLOCK, PrefixIndex, reusable
+from evalfleet.backends.transformers.prefix import PrefixIndex, admission_passes
 from evalfleet.backends.transformers.sampling import Sampler
 from evalfleet.backends.transformers.slot_cache import SlotCache
 from evalfleet.backends.transformers.vision import has_rope_index, prefill_inputs
@@ -126,9 +126,7 @@ class ContinuousEngine:
         if need <= self.length:
             return True
         length = self._rounded(max(need, self.length * 3 // 2))
-        if len(self.free) < self.slots or self.cache.can_grow(length):  # (in place, the prompts held stay held)
-            if not self.cache.can_grow(length):
-                return False  # the cache grows once the busy slots have drained
+        if self.cache.can_grow(length):  # in place: the prompts held stay held
             self.graphs.clear()  # they point at the old cache: captured again on their next use
             with torch.inference_mode():  # (the cache is inference tensors: allocated in inference mode)
                 self.cache.grow(length)
@@ -136,6 +134,8 @@ class ContinuousEngine:
                             f"{len(row.ids)} tokens, {self.slots - len(self.free)} requests decoding")
             self.length = length
             return True
+        if len(self.free) < self.slots:
+            return False  # the cache grows once the busy slots have drained
         old = self.length
         try:
             self._allocate(length)
@@ -294,7 +294,7 @@ class ContinuousEngine:
     def _admit(self) -> list[Done]:
         """Prefill waiting requests into free slots; their first tokens come from the prompts' last logits. Requests
         that share a prefix not yet held with an earlier one of the same admission are prefilled in a second pass,
-        after it (`_passes`)."""
+        after it (`prefix.admission_passes`)."""
         rows = []
         for row in self._take():
             if row.ids:
@@ -302,7 +302,7 @@ class ContinuousEngine:
             else:
                 self.refused.append(Done(row.key, [], "empty prompt"))
         done, self.refused = self.refused, []
-        passes = self._passes(rows) if rows else []
+        passes = ([rows] if self.prefixes is None else admission_passes(rows, self.prefixes)) if rows else []
         for i, group in enumerate(passes):
             ended, left = self._prefill_halving(group)
             done += ended
@@ -310,33 +310,6 @@ class ContinuousEngine:
                 self.waiting.extendleft(reversed(left + [r for g in passes[i + 1 :] for r in g]))
                 break
         return done
-
-    def _passes(self, rows: list[Row]) -> list[list[Row]]:
-        """The admission in one pass, or two. A request waits for the second pass, and copies then, when an earlier
-        request of the admission shares more of its prompt than any held prompt does and no later one shares a block
-        or a picture more:
-        so of eleven questions about a picture the first is prefilled whole and the others copy its prefix, while
-        the first question about the next picture (which shares only the system prompt with them) is prefilled in
-        the first pass, for its own picture's questions to copy."""
-        if self.prefixes is None or len(rows) < 2:
-            return [rows]
-        earlier, later = self._matches(rows), self._matches(rows[::-1])[::-1]
-        first, second = [], []
-        for r, m, n in zip(rows, earlier, later):
-            _, held = self.prefixes.lookup(r.ids, r.images, r.blocks)
-            deeper = n >= m + BLOCK or any(m <= a and b <= n for a, b, _ in r.images)  # a later one shares a block
-            follows = m > reusable(held, len(r.ids), r.images) and not deeper  # or a picture more: this one leads
-            (second if follows else first).append(r)
-        return [first, second] if second else [first]
-
-    @staticmethod
-    def _matches(rows: list[Row]) -> list[int]:
-        """For each request, how much of its prompt one before it in `rows` shares (as `reusable` counts)."""
-        seen, out = PrefixIndex(len(rows)), []
-        for i, r in enumerate(rows):
-            out.append(reusable(seen.lookup(r.ids, r.images, r.blocks)[1], len(r.ids), r.images))
-            seen.hold(i, r.ids, r.images, r.blocks)
-        return out
 
     def _prefill_halving(self, rows: list[Row]) -> tuple[list[Done], list[Row]]:
         """Prefill `rows`, halved while out of memory; returns the ended requests and the rows left for later."""
@@ -360,11 +333,11 @@ class ContinuousEngine:
         past = [0] * len(rows)
         if self.prefixes is None:
             return past
-        found = [self.prefixes.lookup(r.ids, r.images, r.blocks) for r in rows]
+        found = [self.prefixes.copyable(r) for r in rows]
         for s in slots:  # overwritten from here on (a failed prefill leaves them half written)
             self.prefixes.forget(s)
-        past = [reusable(n, len(r.ids), r.images) if src is not None else 0 for r, (src, n) in zip(rows, found)]
-        copies = [(src, dst, n) for (src, _), dst, n in zip(found, slots, past) if n]
+        past = [n for _, n in found]
+        copies = [(src, dst, n) for (src, n), dst in zip(found, slots) if n]
         if copies:
             src, dst, counts = (list(x) for x in zip(*copies))
             self.cache.copy(src, dst, counts)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from array import array
+from typing import Protocol, TypeVar
 
 import torch
 
@@ -68,6 +69,17 @@ Images = list[tuple[int, int, bytes]]
 """(first token, end token, content hash) of each image of a prompt."""
 
 
+class Prompt(Protocol):
+    """What matching needs of a request (the engine's `Row`)."""
+
+    ids: list[int]
+    images: Images
+    blocks: list[bytes]
+
+
+P = TypeVar("P", bound=Prompt)
+
+
 class PrefixIndex:
     """Which slots hold which prompts: block hash -> slots whose first tokens match it, and each slot's prompt."""
 
@@ -88,6 +100,12 @@ class PrefixIndex:
                         best, end = slot, n
                 return best, end
         return None, 0
+
+    def copyable(self, prompt: Prompt) -> tuple[int | None, int]:
+        """(the slot to copy from, how many of `prompt`'s first tokens to copy: `lookup`'s match as `reusable`
+        cuts it)."""
+        slot, found = self.lookup(prompt.ids, prompt.images, prompt.blocks)
+        return slot, reusable(found, len(prompt.ids), prompt.images)
 
     def _extend(self, ids: list[int], images: Images, slot: int, n: int) -> int:
         held_ids, held_images, _ = self.held[slot]
@@ -124,3 +142,29 @@ class PrefixIndex:
     def clear(self) -> None:
         self.where.clear()
         self.held = [([], [], []) for _ in self.held]
+
+
+def admission_passes(rows: list[P], held: PrefixIndex) -> list[list[P]]:
+    """An admission in one pass, or two. A request waits for the second pass, and copies then, when an earlier
+    request of the admission shares more of its prompt than any `held` prompt does and no later one shares a block
+    or a picture more: so of eleven questions about a picture the first is prefilled whole and the others copy its
+    prefix, while the first question about the next picture (which shares only the system prompt with them) is
+    prefilled in the first pass, for its own picture's questions to copy."""
+    if len(rows) < 2:
+        return [rows]
+    earlier, later = _matches(rows), _matches(rows[::-1])[::-1]
+    first, second = [], []
+    for r, m, n in zip(rows, earlier, later):
+        deeper = n >= m + BLOCK or any(m <= a and b <= n for a, b, _ in r.images)  # a later one shares a block
+        follows = m > held.copyable(r)[1] and not deeper  # or a picture more: this one leads
+        (second if follows else first).append(r)
+    return [first, second] if second else [first]
+
+
+def _matches(rows: list[P]) -> list[int]:
+    """For each request, how much of its prompt one before it in `rows` shares (as `reusable` counts)."""
+    seen, out = PrefixIndex(len(rows)), []
+    for i, r in enumerate(rows):
+        out.append(seen.copyable(r)[1])
+        seen.hold(i, r.ids, r.images, r.blocks)
+    return out
