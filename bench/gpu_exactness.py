@@ -55,7 +55,7 @@ SHAPES = {  # hidden, intermediate, layers, heads, kv heads; vision depth, hidde
 ROWS = {"gpu": {"text": 192, "vlm": 128, "moe": 192}, "tiny": {"text": 40, "vlm": 24, "moe": 40}}
 SLOTS = {"gpu": 64, "tiny": 16}
 LONGEST = {"gpu": 2000, "tiny": 300}
-GROUPS = {"float32": ["engine", "sabotage-move", "sabotage-slot", "sabotage-graph", "sabotage-prefix"],
+GROUPS = {"float32": ["engine,share-off", "sabotage-move", "sabotage-slot", "sabotage-graph", "sabotage-prefix"],
           "bfloat16": ["engine,graphs-off,flash-off,share-off", "fused-off"]}
 """Processes of engine variants per dtype (a comma joins those run in one process). Each sabotage has a process of its
 own: a broken engine may crash it (a device-side assert ends the CUDA context), and a crash fails the check too."""
@@ -168,9 +168,10 @@ def vlm_requests(work: Path, n: int, longest: int) -> list[tuple[str, Path]]:
 def run_stock(model: str, folder: Path, dtype: str, args: argparse.Namespace) -> dict:
     """Transformers as shipped, nothing of evalfleet imported: `generate` over left-padded batches of 16 (and, in
     bf16, of 7: the noise of batch composition alone)."""
-    out = {"stock": stock_tokens(model, folder, dtype, args, 16)}
+    tokens, gaps = stock_tokens(model, folder, dtype, args, 16)
+    out = {"stock": tokens, "stock-gaps": gaps}
     if dtype != "float32":
-        out["stock-b7"] = stock_tokens(model, folder, dtype, args, 7)
+        out["stock-b7"] = stock_tokens(model, folder, dtype, args, 7)[0]
     return out
 
 
@@ -205,7 +206,10 @@ def vlm_processor(folder: Path):  # -> a processor
     return process
 
 
-def stock_tokens(model: str, folder: Path, dtype: str, args: argparse.Namespace, batch: int) -> list[list[int]]:
+def stock_tokens(model: str, folder: Path, dtype: str, args: argparse.Namespace,
+                 batch: int) -> tuple[list[list[int]], list[list[float]]]:
+    """Stock's token ids per row, and at each of its steps the gap between its two largest logits (how close a
+    tie it broke: a row that another engine answers differently at a step where this gap is ~1e-6 met a tie)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
@@ -214,8 +218,17 @@ def stock_tokens(model: str, folder: Path, dtype: str, args: argparse.Namespace,
     m = cls.from_pretrained(folder, dtype=getattr(torch, dtype), device_map=args.device).eval()
     eos, pad = m.generation_config.eos_token_id, m.generation_config.pad_token_id
     gen = {"max_new_tokens": NEW_TOKENS, "do_sample": False, "temperature": None, "top_p": None, "top_k": None,
-           "eos_token_id": eos, "pad_token_id": pad}
+           "eos_token_id": eos, "pad_token_id": pad, "output_logits": True, "return_dict_in_generate": True}
     out: list[list[int]] = []
+    gaps: list[list[float]] = []
+
+    def generate(**inputs) -> list[list[int]]:
+        with torch.inference_mode():
+            r = m.generate(**inputs, **gen)
+        top2 = torch.stack([step.float().topk(2, dim=-1).values for step in r.logits], 1)  # [rows, steps, 2]
+        gaps.extend((top2[..., 0] - top2[..., 1]).tolist())
+        return r.sequences[:, inputs["input_ids"].shape[1]:].tolist()
+
     if model == "vlm":
         from PIL import Image
 
@@ -228,9 +241,7 @@ def stock_tokens(model: str, folder: Path, dtype: str, args: argparse.Namespace,
         for text, imgs in batches:
             inputs = proc(text=text, images=imgs, padding=True, return_tensors="pt").to(args.device)
             inputs["pixel_values"] = inputs["pixel_values"].to(getattr(torch, dtype))
-            with torch.inference_mode():
-                seqs = m.generate(**inputs, **gen)[:, inputs["input_ids"].shape[1]:]
-            out += seqs.tolist()
+            out += generate(**inputs)
     else:
         rows = token_rows(ROWS[args.shape][model], LONGEST[args.shape])
         for i in range(0, len(rows), batch):
@@ -238,9 +249,8 @@ def stock_tokens(model: str, folder: Path, dtype: str, args: argparse.Namespace,
             t = max(len(r) for r in part)
             ids = torch.tensor([[pad] * (t - len(r)) + r for r in part], device=args.device)
             mask = torch.tensor([[0] * (t - len(r)) + [1] * len(r) for r in part], device=args.device)
-            with torch.inference_mode():
-                out += m.generate(input_ids=ids, attention_mask=mask, **gen)[:, t:].tolist()
-    return [row[: row.index(eos) + 1] if eos in row else row for row in out]
+            out += generate(input_ids=ids, attention_mask=mask)
+    return [row[: row.index(eos) + 1] if eos in row else row for row in out], gaps
 
 
 def run_engine(model: str, folder: Path, dtype: str, args: argparse.Namespace, names: list[str]) -> dict:
@@ -357,21 +367,26 @@ def run_engine(model: str, folder: Path, dtype: str, args: argparse.Namespace, n
     return results
 
 
-def compare(ref: list[list[int]], got: list[list[int]]) -> dict:
+def compare(ref: list[list[int]], got: list[list[int]], gaps: list[list[float]] | None = None) -> dict:
+    """Row and token agreement of `got` with `ref` (stock); with stock's top-2 logit gaps, the largest gap at a
+    diverging row's first differing step: ~1e-6 in fp32 says every divergence broke a tie another way."""
     same = [a == b for a, b in zip(ref, got)]
-    first = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-             for a, b, s in zip(ref, got, same) if not s]
+    diverging = [(k, next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))))
+                 for k, (a, b, s) in enumerate(zip(ref, got, same)) if not s]
+    first = [i for _, i in diverging]
+    at = [gaps[k][i] for k, i in diverging if gaps and i < len(gaps[k])]
     total = sum(max(len(a), len(b)) for a, b in zip(ref, got))
     agree = sum(sum(x == y for x, y in zip(a, b)) for a, b in zip(ref, got))
     return {"rows_identical": f"{sum(same)}/{len(same)}", "token_agreement": round(agree / total, 4),
             "first_divergence_min": min(first) if first else None,
             "mean_new_tokens": round(sum(len(a) for a in ref) / len(ref), 1),
-            "distinct_lengths": len({len(a) for a in ref})}
+            "distinct_lengths": len({len(a) for a in ref}),
+            "stock_gap_at_divergence_max": float(f"{max(at):.3g}") if at else None}
 
 
 def table(report: dict) -> str:
     lines = [f"{'model dtype':16} {'variant':15} {'rows same':>10} {'tokens':>7} {'1st div':>7} {'new':>5} "
-             f"{'lengths':>7} {'grown':>5} {'fused@':>6} {'moves':>5}  widths"]
+             f"{'lengths':>7} {'grown':>5} {'fused@':>6} {'moves':>5} {'gap@div':>8}  widths"]
     for key, variants in report.items():
         for name, r in variants.items():
             if "crashed" in r:
@@ -379,8 +394,8 @@ def table(report: dict) -> str:
                 continue
             lines.append(f"{key:16} {name:15} {r['rows_identical']:>10} {r['token_agreement']:7.4f} "
                          f"{str(r['first_divergence_min']):>7} {r['mean_new_tokens']:5} {r['distinct_lengths']:7} "
-                         f"{r.get('grown', '-'):>5} {str(r.get('fused_at_step', '-')):>6} {r.get('moves', '-'):>5}  "
-                         f"{r.get('widths', '')}")
+                         f"{r.get('grown', '-'):>5} {str(r.get('fused_at_step', '-')):>6} {r.get('moves', '-'):>5} "
+                         f"{str(r.get('stock_gap_at_divergence_max', '-')):>8}  {r.get('widths', '')}")
     return "\n".join(lines)
 
 
@@ -430,9 +445,9 @@ def main() -> None:
                 else:
                     sys.exit(f"{model} {dtype} {group} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
                 print(f"{model} {dtype} {group}: {time.perf_counter() - t0:.1f} s", flush=True)
-            stock = runs.pop("stock")
+            stock, gaps = runs.pop("stock"), runs.pop("stock-gaps")
             report[f"{model} {dtype}"] = {
-                name: r if "crashed" in r else {**compare(stock, r if isinstance(r, list) else r["tokens"]),
+                name: r if "crashed" in r else {**compare(stock, r if isinstance(r, list) else r["tokens"], gaps),
                                                 **({} if isinstance(r, list) else
                                                    {k: v for k, v in r.items() if k != "tokens"})}
                 for name, r in runs.items()}
