@@ -161,7 +161,8 @@ def vlm_requests(work: Path, n: int, longest: int) -> list[tuple[str, Path]]:
     out = []
     for i, k in enumerate(lengths(n, longest, 5)):
         # each picture asked three questions (the engine encodes it once and copies its prefix: issue 37)
-        out.append((" ".join(rng.choice(words) for _ in range(max(5, k // 2))) + "?", pictures[sizes[i % 4]][i // 3]))
+        question = " ".join(rng.choice(words) for _ in range(max(5, k // 2))) + "?"
+        out.append((question, pictures[sizes[i // 3 % 4]][i // 3]))
     return out
 
 
@@ -299,7 +300,13 @@ def run_engine(model: str, folder: Path, dtype: str, args: argparse.Namespace, n
     else:
         rows = [Row(None, ids, 0, blocks=prompt_blocks(ids, []))
                 for ids in token_rows(ROWS[args.shape][model], LONGEST[args.shape])]
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i].ids))  # shortest first: the cache grows mid-run
+    # Shortest first, so that the cache grows mid-run; a picture's three questions together (by their shortest),
+    # as the worker's queue hands them over (`engine/queue.make_chunks`), so that the later ones copy its prefix.
+    group = (lambda i: i // 3) if model == "vlm" else (lambda i: i)
+    shortest: dict[int, int] = {}
+    for i, r in enumerate(rows):
+        shortest[group(i)] = min(shortest.get(group(i), len(r.ids)), len(r.ids))
+    order = sorted(range(len(rows)), key=lambda i: (shortest[group(i)], group(i), len(rows[i].ids)))
     results = {}
     for name in names:
         patches = []
@@ -362,7 +369,9 @@ def run_engine(model: str, folder: Path, dtype: str, args: argparse.Namespace, n
                          "seconds": round(time.perf_counter() - t0, 2),
                          "widths": dict(sorted(engine.steps_at.items())), "moves": engine.moves,
                          "grown": sum("grown" in line for line in stream.log), "fused_at_step": list(switched),
-                         "graphs": engine.use_graphs and engine.graphs.enabled}
+                         "graphs": engine.use_graphs and engine.graphs.enabled,
+                         "shared": f"{engine.counts['shared_tokens']}/{engine.counts['prompt_tokens']}",
+                         "encoded": f"{engine.counts['images_encoded']}/{engine.counts['images']}"}
         del stream, engine
     return results
 
@@ -386,7 +395,8 @@ def compare(ref: list[list[int]], got: list[list[int]], gaps: list[list[float]] 
 
 def table(report: dict) -> str:
     lines = [f"{'model dtype':16} {'variant':15} {'rows same':>10} {'tokens':>7} {'1st div':>7} {'new':>5} "
-             f"{'lengths':>7} {'grown':>5} {'fused@':>6} {'moves':>5} {'gap@div':>8}  widths"]
+             f"{'lengths':>7} {'grown':>5} {'fused@':>6} {'moves':>5} {'gap@div':>8} {'tokens shared':>15} "
+             f"{'encoded':>8}  widths"]
     for key, variants in report.items():
         for name, r in variants.items():
             if "crashed" in r:
@@ -395,7 +405,9 @@ def table(report: dict) -> str:
             lines.append(f"{key:16} {name:15} {r['rows_identical']:>10} {r['token_agreement']:7.4f} "
                          f"{str(r['first_divergence_min']):>7} {r['mean_new_tokens']:5} {r['distinct_lengths']:7} "
                          f"{r.get('grown', '-'):>5} {str(r.get('fused_at_step', '-')):>6} {r.get('moves', '-'):>5} "
-                         f"{str(r.get('stock_gap_at_divergence_max', '-')):>8}  {r.get('widths', '')}")
+                         f"{str(r.get('stock_gap_at_divergence_max', '-')):>8} {r.get('shared', '-'):>15} "
+                         f"{r.get('encoded', '-'):>8}  "
+                         f"{r.get('widths', '')}")
     return "\n".join(lines)
 
 
