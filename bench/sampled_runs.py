@@ -5,6 +5,8 @@ A random-weight Qwen2-shaped model whose vocabulary is the tests' tiny tokenizer
 questions of 20-200 words (400 on a CPU, 2,000 on a GPU), temperature 0.8, top-p 0.9, new tokens 32 on a CPU,
 128 on a GPU (so that a run lasts long enough to be killed mid-way and to be shared), on the default engine:
   one          one driver, one worker
+  again        `one` once more: what differs here is the run-to-run noise of floating point (which rows share a
+               forward, a decode width or a copied prefix depends on timing), not the number of workers
   greedy       temperature 0, to show that sampling happened
   two          (CPU only) one driver, `workers: 2`
   two-drivers  two drivers started together on the same run folder, each with one worker (on a GPU, both on
@@ -147,6 +149,7 @@ def main() -> None:
         report(name)
 
     plain("one")
+    plain("again")
     plain("greedy", temperature=0.0)
     if cpu:
         plain("two", n_workers=2)
