@@ -270,3 +270,43 @@ def test_a_picture_asked_many_questions_is_decoded_once(tmp_path):
     assert keys[0] != keys[1] and decoded.open(ImageRef("r", path=str(paths[0]))).info[SOURCE_KEY] == keys[0]
     Image.new("RGB", (16, 16), "green").save(paths[0])  # rewritten: another source
     assert DecodedImages().open(ImageRef("r", path=str(paths[0]))).info[SOURCE_KEY] != keys[0]
+
+
+def test_a_batchs_new_pictures_are_decoded_in_threads(tmp_path):
+    """With threads, a batch's new pictures are decoded at once, each once however many samples ask about it and
+    however few the worker keeps; an unreadable one fails only its own samples, with their rows."""
+    from PIL import Image
+
+    from evalfleet.engine.messages import Work
+    from evalfleet.engine.worker_loop import DecodedImages
+    from evalfleet.records import SOURCE_KEY, ImageRef, Sample
+
+    colours = ["red", "blue", "green"]
+    for i, colour in enumerate(colours):
+        Image.new("RGB", (8, 8), colour).save(tmp_path / f"{i}.png")
+    refs = [ImageRef(f"row {k}", path=str(tmp_path / f"{k % 3}.png")) for k in range(6)]
+    refs.insert(3, ImageRef("row bad", data=b"not a png"))
+    decoded = DecodedImages(keep=1, threads=2)
+    opener = decoded.batch(refs)
+    opened = []
+    for ref in refs:
+        if ref.data is not None:
+            with pytest.raises(ValueError, match="row bad: unreadable"):
+                opener(ref)
+            continue
+        opened.append(opener(ref))
+    assert decoded.decoded == 3 and [im.getpixel((0, 0)) for im in opened[:3]] == [(255, 0, 0), (0, 0, 255),
+                                                                                  (0, 128, 0)]
+    assert opened[0] is opened[3] and opened[1] is opened[4] and all(SOURCE_KEY in im.info for im in opened)
+    # Through a worker's CPU stage: the bad picture's sample gets its error, the others go on (a text backend
+    # reads no pictures, so the count shows the decoding).
+    from evalfleet.engine.worker_loop import prepare_batch
+
+    class Echo:  # the CPU stage's only use of the backend here: `prepare`
+        def prepare(self, requests):
+            return requests
+
+    samples = [Sample("d", str(k), "q", "q", ["a"], [ref]) for k, ref in enumerate(refs)]
+    ready = prepare_batch(Echo(), Work(0, samples, 0), DecodedImages(threads=2))  # type: ignore[arg-type]
+    assert [e.sample_id for e in ready.errors] == ["3"] and "row bad" in ready.errors[0].error
+    assert len(ready.samples) == 6

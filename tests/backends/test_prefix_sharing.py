@@ -99,16 +99,23 @@ def test_a_picture_is_preprocessed_once_into_the_same_inputs(vlm):
     named = vlm_requests()
     named[0].images[0].info[SOURCE_KEY] = b"s" * 16
     assert b.prepare(named[:1]).inputs[0].images[0][2] == b"s" * 16
-    b.processor.image_processor = cached.inner
+    from evalfleet.backends.transformers.processors import CachedImageProcessor
+
+    threaded = CachedImageProcessor(cached.inner, compact=True, dtype=cached.dtype, threads=3)  # a GPU worker's
+    b.processor.image_processor = threaded  # (its new pictures preprocessed three at once)
     try:
+        in_threads = b.prepare(vlm_requests())
+        b.processor.image_processor = cached.inner
         plain = b.prepare(vlm_requests())
     finally:
         b.processor.image_processor = cached
-    for got, want in zip(prepared.inputs, plain.inputs):
-        assert got.ids == want.ids and got.images == want.images
-        for key in ("pixel_values", "image_grid_thw", "mm_token_type_ids"):
-            assert (key in got.media) == (key in want.media) and (key not in got.media
-                                                                  or torch.equal(got.media[key], want.media[key]))
+    assert threaded.processed == 4
+    for inputs in (prepared.inputs, in_threads.inputs):
+        for got, want in zip(inputs, plain.inputs):
+            assert got.ids == want.ids and got.images == want.images
+            for key in ("pixel_values", "image_grid_thw", "mm_token_type_ids"):
+                assert (key in got.media) == (key in want.media) and (key not in got.media
+                                                                      or torch.equal(got.media[key], want.media[key]))
 
 
 def test_prefix_cuts_and_the_index():

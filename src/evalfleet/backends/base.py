@@ -101,6 +101,9 @@ class Backend(Protocol):
     """Where it runs, for progress lines (e.g. "NVIDIA H100 80GB HBM3 x2 [generate]")."""
     on_step: Callable[[int, int], None] | None = None
     """Set by the worker: called with (step, steps) as a long generation advances (denoising), for its bar."""
+    picture_threads: int = 1
+    """Threads that decode and preprocess a batch's new pictures beside the device's work (a GPU backend: its
+    worker's share of the host's cores, up to 8; on a CPU the cores are the model's)."""
     startup: dict[str, float] = {}  # noqa: RUF012 (read only; a backend assigns its own)
     """Set by `load`: seconds of its phases (`weights`, `kernels`) for the start-up summary; empty if unknown."""
 

@@ -9,6 +9,7 @@ import threading
 import traceback
 import zlib
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -44,24 +45,64 @@ class ReadyBatch:
 class DecodedImages:
     """The pictures a worker decoded last, by file path or embedded bytes: the samples of one picture come together
     (`queue.make_chunks`), so a picture asked eleven questions is read and decoded once. Bounded; a picture that
-    could not be read is not kept (each sample's error names its own row)."""
+    could not be read is not kept (each sample's error names its own row). `threads` > 1: a batch's new pictures
+    are decoded that many at once (`batch`)."""
 
-    def __init__(self, keep: int = 64) -> None:
+    def __init__(self, keep: int = 64, threads: int = 1) -> None:
         self.keep = keep
         self.images: OrderedDict[tuple[str | None, bytes | None], Any] = OrderedDict()
         self.decoded = 0
+        self.threads = threads
+        self.pool: ThreadPoolExecutor | None = None
 
     def open(self, ref: ImageRef) -> Any:
         key = (ref.path, ref.data)
         if key in self.images:
             self.images.move_to_end(key)
             return self.images[key]
-        image = self.images[key] = open_image(ref)
-        image.info[SOURCE_KEY] = source_key(ref)
+        image = self.images[key] = self._decode(ref)
         self.decoded += 1
         if len(self.images) > self.keep:
             self.images.popitem(last=False)
         return image
+
+    @staticmethod
+    def _decode(ref: ImageRef) -> Any:
+        image = open_image(ref)
+        image.info[SOURCE_KEY] = source_key(ref)
+        return image
+
+    def batch(self, refs: list[ImageRef]) -> Callable[[ImageRef], Any]:
+        """A batch's opener: its pictures not kept yet decoded in `threads` threads first (their errors raised
+        when a sample opens them), each later `open` of the batch finding them, however many there are."""
+        new = list({(r.path, r.data): r for r in refs if (r.path, r.data) not in self.images}.values())
+        if self.threads <= 1 or len(new) < 2:
+            return self.open
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="decode")
+
+        def attempt(ref: ImageRef) -> Any:
+            try:
+                return self._decode(ref)
+            except ValueError as err:
+                return err
+
+        ready = dict(zip(((r.path, r.data) for r in new), self.pool.map(attempt, new)))
+        self.decoded += sum(not isinstance(v, ValueError) for v in ready.values())
+
+        def open_(ref: ImageRef) -> Any:
+            got = ready.get((ref.path, ref.data))
+            if isinstance(got, ValueError):
+                raise got
+            if got is None:
+                return self.open(ref)
+            self.images[(ref.path, ref.data)] = got  # kept as `open` keeps it (most recent last)
+            self.images.move_to_end((ref.path, ref.data))
+            if len(self.images) > self.keep:
+                self.images.popitem(last=False)
+            return got
+
+        return open_
 
 
 def prepare_batch(backend: Backend, batch: Work, decoded: DecodedImages | None = None) -> ReadyBatch:
@@ -71,7 +112,7 @@ def prepare_batch(backend: Backend, batch: Work, decoded: DecodedImages | None =
 
     ready = ReadyBatch(batch, [], [])
     requests = []
-    decode = decoded.open if decoded is not None else open_image
+    decode = decoded.batch([ref for s in batch.samples for ref in s.images]) if decoded is not None else open_image
     for s in batch.samples:
         try:
             images = [decode(ref) for ref in s.images]
@@ -181,6 +222,7 @@ class WorkerLoop:
         """Prepare the first batch with `backend` on the prefetch thread (the driver sends a worker its first
         chunk as it starts it), while the main thread loads the model."""
         self.backend = backend
+        self.decoded.threads = backend.picture_threads
         return self.next_batch()
 
     def close(self) -> None:

@@ -70,6 +70,7 @@ class TransformersBackend(Backend):
             self.kernels, self.kernels_cached, self.set_up = compile_kernels(
                 config, getattr(torch, cfg.resolved_dtype(on_gpu=True)), "cuda:0")
         self.vision = is_vision_model(config)
+        self.picture_threads = min(8, torch.get_num_threads()) if n_gpus else 1
         self.image_token_id = getattr(config, "image_token_id", None)
         self._text: Future[tuple[Any, Any]] = Future()  # (processor, tokenizer), read in a thread: it overlaps
         threading.Thread(target=self._load_text, name="tokenizer", daemon=True).start()  # the weights' loading
@@ -91,7 +92,9 @@ class TransformersBackend(Backend):
                 without_video_processor()  # beside the weights, not before them)
             processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust) if self.vision else None
             if processor is not None and getattr(processor, "image_processor", None) is not None:
-                processor.image_processor = CachedImageProcessor(processor.image_processor)
+                processor.image_processor = CachedImageProcessor(  # (compact: the engine takes each request's
+                    processor.image_processor, compact=self.continuous, dtype=self._dtype(),  # patches from it)
+                    threads=self.picture_threads)
             tokenizer = processor.tokenizer if processor is not None else \
                 AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
             tokenizer.padding_side = "left"
@@ -189,10 +192,11 @@ class TransformersBackend(Backend):
             images = [r.images for r in requests] if any(r.images for r in requests) else None
             inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
             if self.continuous:  # one request per sample, unpadded, with its own images
-                dtype = getattr(torch, self.cfg.resolved_dtype(on_gpu=self.n_gpus > 0))
                 known = [getattr(i, "info", {}).get(SOURCE_KEY) for r in requests for i in r.images]
-                rows = split_batch(inputs, [len(r.images) for r in requests], self.image_token_id, dtype,
-                                   model=self.model, known=known)  # the model: once loaded
+                cached = self.processor.image_processor
+                pictures = cached.pictures() if images and isinstance(cached, CachedImageProcessor) else None
+                rows = split_batch(inputs, [len(r.images) for r in requests], self.image_token_id, self._dtype(),
+                                   model=self.model, known=known, pictures=pictures)  # the model: once loaded
                 inputs = [Row(None, ids, r.seed, media, images, self._blocks(ids, images))
                           for (ids, media, images), r in zip(rows, requests)]
         else:
@@ -207,6 +211,9 @@ class TransformersBackend(Backend):
             else:
                 inputs = _tensors(self.tokenizer(texts, padding=True, return_tensors="np", **special))
         return Prepared(inputs, requests, texts)
+
+    def _dtype(self) -> torch.dtype:
+        return getattr(torch, self.cfg.resolved_dtype(on_gpu=self.n_gpus > 0))
 
     def _blocks(self, ids: list[int], images: list[tuple[int, int, bytes]]) -> list[bytes]:
         """The prompt's block hashes, by which the engine finds a held prefix (`prefix.py`); none when sharing is

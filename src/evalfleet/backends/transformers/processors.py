@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 log = logging.getLogger("evalfleet")
@@ -61,41 +63,57 @@ class CachedImageProcessor:
     come together (`queue.make_chunks`) and a worker decodes it to one image object (`worker_loop.DecodedImages`),
     so its patches and grid are kept by that object's identity (the object itself held, so its id is not reused),
     up to `keep_bytes` of patches. Outputs other than `pixel_values` and `image_grid_thw` (processors this does not
-    know) go through uncached. Everything else is the wrapped processor's."""
+    know) go through uncached. Everything else is the wrapped processor's.
 
-    def __init__(self, inner: Any, keep_bytes: int = 512 * 2**20) -> None:
-        self.inner, self.keep_bytes = inner, keep_bytes
+    `compact` (the continuous engine's requests): the call's `pixel_values` are empty and `pictures()` gives each
+    image its kept patches (in `dtype`): the engine takes a sample's patches from there, not from a batch of every
+    sample's copies (concatenating 128 copies of a 448x448 picture's patches and cutting them apart again took ~3
+    of the 6 ms a sample spent in `prepare` on 2 cores, `bench/probes/prepare_profile.py`). `threads` > 1: a call's
+    new pictures are preprocessed that many at once."""
+
+    def __init__(self, inner: Any, keep_bytes: int = 512 * 2**20, compact: bool = False, dtype: Any = None,
+                 threads: int = 1) -> None:
+        self.inner, self.keep_bytes, self.compact, self.dtype = inner, keep_bytes, compact, dtype
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="pictures") if threads > 1 else None
+        self.threads = threads
         self.kept: dict[int, tuple[Any, Any, Any]] = {}  # id(image) -> (image, patches, grid), oldest first
         self.held = 0
         self.processed = 0
+        self._last = threading.local()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+    def pictures(self) -> list[Any] | None:
+        """Each image's patches in this thread's last call, in order (None: that call went to the inner processor
+        uncached)."""
+        return getattr(self._last, "patches", None)
 
     def __call__(self, images: Any = None, *args: Any, **kwargs: Any) -> Any:
         import torch
         from transformers import BatchFeature
 
+        self._last.patches = None
         flat = [x for row in images for x in (row if isinstance(row, list | tuple) else [row])] \
             if isinstance(images, list | tuple) else [images]
         found = {id(x): self.kept.pop(id(x)) for x in flat if id(x) in self.kept}  # (put back below: most recent)
         for key, entry in found.items():
             self.kept[key] = entry
         new = list({id(x): x for x in flat if id(x) not in found}.values())
-        if new:
-            out = self.inner(new, *args, **kwargs)
+        # Each new picture on its own (its patches are then a whole tensor: kept without a copy), up to `threads`
+        # at once (PIL and numpy let go of the interpreter meanwhile).
+        outs = list(self.pool.map(lambda x: self.inner([x], *args, **kwargs), new)) if self.pool and len(new) > 1 \
+            else [self.inner([x], *args, **kwargs) for x in new]
+        for image, out in zip(new, outs):
             pixels, grids = out.get("pixel_values"), out.get("image_grid_thw")
             if set(out.keys()) - {"pixel_values", "image_grid_thw"} or not isinstance(pixels, torch.Tensor):
                 return self.inner(images, *args, **kwargs)  # a processor this cache does not know
-            self.processed += len(new)
-            at = 0
-            for image, grid in zip(new, grids):
-                n = int(grid.prod())
-                found[id(image)] = (image, pixels[at : at + n].clone(), grid)  # (not a view holding the batch)
-                self._keep(*found[id(image)])
-                at += n
-        return BatchFeature({"pixel_values": torch.cat([found[id(x)][1] for x in flat]),
-                             "image_grid_thw": torch.stack([found[id(x)][2] for x in flat])})
+            self.processed += 1
+            found[id(image)] = (image, pixels.to(self.dtype) if self.dtype is not None else pixels, grids[0])
+            self._keep(*found[id(image)])
+        self._last.patches = [found[id(x)][1] for x in flat]
+        pixels = torch.empty(0) if self.compact else torch.cat([found[id(x)][1] for x in flat])
+        return BatchFeature({"pixel_values": pixels, "image_grid_thw": torch.stack([found[id(x)][2] for x in flat])})
 
     def _keep(self, image: Any, patches: Any, grid: Any) -> None:
         self.kept[id(image)] = (image, patches, grid)
