@@ -109,13 +109,14 @@ class PrefixIndex:
 
     def _extend(self, ids: list[int], images: Images, slot: int, n: int) -> int:
         held_ids, held_images, _ = self.held[slot]
-        end, limit = n, min(len(ids), len(held_ids))
+        limit = min(len(ids), len(held_ids))
+        same = set(held_images)
+        for image in images:  # another picture behind the same placeholder tokens: the match stops where it begins
+            if image[1] > n and image not in same:  # (not walked through: 256 equal ids each, for every candidate)
+                limit = min(limit, max(image[0], n))
+        end = n
         while end < limit and ids[end] == held_ids[end]:
             end += 1
-        same = set(held_images)
-        for image in images:
-            if image[0] < end and image[1] > n and image not in same:
-                end = max(image[0], n)  # another picture behind the same placeholder tokens
         return end
 
     def hold(self, slot: int, ids: list[int], images: Images, blocks: list[bytes]) -> None:
