@@ -18,7 +18,7 @@ from evalfleet.bulk import bulk_objects
 from evalfleet.cluster.shards import in_shard, parse_shard
 from evalfleet.config import DatasetConfig, RunConfig, StageConfig, flat_settings
 from evalfleet.config.load import looks_local
-from evalfleet.data.datasets import DatasetError, dataset_columns
+from evalfleet.data.datasets import DatasetError, dataset_columns, media_problems
 from evalfleet.data.load import load_samples
 from evalfleet.errors import RunError, UserError
 from evalfleet.records import Sample
@@ -216,7 +216,8 @@ def checked_datasets(cfg: RunConfig) -> Datasets:
 
 def input_problems(cfg: RunConfig, data: Datasets) -> list[str]:
     """Everything wrong with the run's inputs that shows before a model loads, all at once: model paths that do
-    not exist, hub ids neither downloaded nor reachable, datasets whose every row is an error (a field name that is
+    not exist, hub ids neither downloaded nor reachable, columns of pictures or video that no setting reads (the
+    rows would run without them), datasets whose every row is an error (a field name that is
     in no row, a prompt template naming a column the rows lack), datasets without reference answers when metrics
     need them, and `group_by` columns that no row keeps. (A dataset that cannot be read at all is not refused here:
     it is recorded as failed and the others run.)"""
@@ -234,6 +235,7 @@ def input_problems(cfg: RunConfig, data: Datasets) -> list[str]:
         samples = data.samples.get(ds.name)
         if not samples:
             continue
+        problems += media_problems(ds)
         errors = [s.error for s in samples if s.error]
         where = f"dataset {ds.name}" + (f" ({ds.path})" if ds.path else "")
         if len(errors) == len(samples):

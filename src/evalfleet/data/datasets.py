@@ -14,10 +14,12 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from evalfleet.config import DatasetConfig
+from evalfleet.data.media import HEAD_ROWS, unmapped_media
 from evalfleet.errors import UserError, not_utf8
 from evalfleet.prompts import mcq_prompt, user_message
 from evalfleet.records import ImageRef, Sample
@@ -244,6 +246,50 @@ def file_samples(cfg: DatasetConfig) -> list[Sample]:
         else:
             samples.append(sample_from_row(cfg, src, fmt, lineno, row, resolve))
     return samples
+
+
+def media_problems(cfg: DatasetConfig) -> list[str]:
+    """A file dataset's columns that hold pictures or video its `fields` do not read (`media.unmapped_media`), each
+    with the setting that fixes it: such rows would run as text-only prompts, in silence. [] where the file cannot
+    be read (its own error says so)."""
+    if cfg.path is None or not Path(cfg.path).is_file():
+        return []
+    path = Path(cfg.path)
+    try:
+        fmt = _detect_format(path, cfg.format)
+        head = list(islice(_parquet_head(path) if fmt == "parquet" else FORMATS[fmt](path), HEAD_ROWS))
+    except (OSError, UnicodeDecodeError, csv.Error, DatasetError):
+        return []
+    f = cfg.fields
+    mapped = {c for c in (f.id, f.question, f.answer, f.image) if c}
+    root = Path(cfg.image_root) if cfg.image_root else path.parent
+    image_read = bool(f.image) and any(isinstance(r, dict) and r.get(f.image) not in (None, "") for _, r in head)
+    out = []
+    for m in unmapped_media(head, mapped, set(cfg.columns), root):
+        where = (f"dataset {cfg.name} ({path}): column `{m.column}` holds {'video' if m.kind == 'video' else 'pictures'}"
+                 f" (from line {m.first}, in {m.rows} of the first {min(len(head), HEAD_ROWS)} rows) that no setting "
+                 "reads: the model would answer those rows without them")
+        if m.kind == "video":
+            fix = "evalfleet does not read video yet; list it in `columns:` to run the rows without it"
+        elif image_read:
+            fix = (f"a row's pictures come from one column (`fields.image: {f.image}`): put them in one list column, "
+                   f"or list `{m.column}` in `columns:` to run without them")
+        else:
+            fix = (f"set `fields.image: {m.column}` (a path, bytes, base64 or a list of them), or list it in "
+                   "`columns:` to run without them")
+        out.append(f"{where}; {fix}")
+    return out
+
+
+def _parquet_head(path: Path) -> Iterator[Row]:
+    """A parquet file's first rows, without reading the whole table."""
+    import pyarrow.parquet as pq
+
+    try:
+        batch = next(pq.ParquetFile(path).iter_batches(batch_size=HEAD_ROWS), None)
+    except Exception as err:
+        raise DatasetError(f"{path}: cannot read parquet ({err})") from None
+    yield from enumerate(batch.to_pylist() if batch is not None else [], 1)
 
 
 def dataset_columns(cfg: DatasetConfig) -> list[str]:
