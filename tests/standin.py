@@ -10,7 +10,7 @@ import sys
 from multiprocessing.connection import Connection
 from typing import Any
 
-from evalfleet.engine.messages import PROTOCOL, Ready, Results, Stop, Unloaded, Work
+from evalfleet.engine.messages import PROTOCOL, GivenBack, Ready, Results, Stop, TakeBack, Unloaded, Work
 from evalfleet.records import Result, WorkerSpec
 
 
@@ -25,6 +25,9 @@ def standin_main(conn: Connection, behaviour: dict[str, Any], started: int) -> N
         if isinstance(msg, Stop):
             conn.send(Unloaded(0.0))
             return
+        if isinstance(msg, TakeBack):  # it answers each chunk as it comes: nothing is left unstarted
+            conn.send(GivenBack(msg.chunk_id, []))
+            continue
         assert isinstance(msg, Work)
         if behaviour.get("die_on") in {s.id for s in msg.samples}:
             os._exit(3)

@@ -48,8 +48,8 @@ def test_early_workers_leave_scarce_chunks_to_workers_still_loading():
         q.register(w)
     assert q.assign("a") is not None and q.assign("a") is None  # 3 pending, 3 workers without a chunk
     assert q.assign("b") is not None and q.assign("b") is None
-    assert q.assign("c") is not None and q.assign("d") is not None
-    assert q.assign("a") is None  # nothing left
+    c, d = q.assign("c"), q.assign("d")  # 4 then 3 left for 4 workers: a share of 1 each
+    assert [len(c.samples), len(d.samples)] == [1, 1] and q.remaining() == 8
     big = WorkQueue.of(make_chunks(samples(20), set(), 2), max_in_flight=2)  # 10 chunks, 2 workers
     big.register("a")
     big.register("b")
@@ -92,3 +92,43 @@ def test_samples_of_one_picture_share_a_chunk_in_any_order():
     # More samples of one picture than a chunk holds: cut into full chunks.
     many = [Sample("d", f"m{i}", "q", "x", images=[ImageRef("r", path="a.png")]) for i in range(11)]
     assert [len(c.samples) for c in make_chunks(many, set(), 5)] == [5, 5, 1]
+
+
+def test_chunks_shrink_to_a_share_of_what_is_left_as_the_queue_runs_dry():
+    """Guided self-scheduling (issue 40): a chunk larger than a worker's share of the pending samples is cut, the
+    rest put back at the front; the cut keeps a picture's samples together where it can."""
+    q = WorkQueue.of(make_chunks(samples(1000), set(), 256))  # 256, 256, 256, 232
+    for w in "ab":
+        q.register(w)
+    sizes = []
+    while (c := q.assign("a" if len(sizes) % 2 == 0 else "b")) is not None or q.pending:
+        if c is None:  # both hold two: one of them finishes its oldest
+            w = "a" if q.held["a"] else "b"
+            done = q.held[w][0]
+            q.finish_samples(w, done.id, {s.id for s in done.samples})
+            continue
+        sizes.append(len(c.samples))
+    assert sum(sizes) == 1000 and q.remaining() == sum(len(c.samples) for h in q.held.values() for c in h)
+    assert sizes[:2] == [256, 256] and sizes[-1] <= 2, sizes  # whole chunks while plenty is left; tiny at the end
+    assert max(sizes[2:]) <= 244 and max(sizes[-4:]) <= 8, sizes  # (without the cut: 256, 256, 256, 232)
+    from evalfleet.records import ImageRef  # 3 pictures x 10 questions: the cut falls between two pictures
+
+    ss = [Sample("d", f"p{i}", "q", "x", images=[ImageRef("r", path=f"{i // 10}.png")]) for i in range(30)]
+    q = WorkQueue.of(make_chunks(ss, set(), 30))
+    for w in "ab":
+        q.register(w)
+    first = q.assign("a")  # a share of 15: cut back to the boundary at 10
+    assert [s.id for s in first.samples] == [f"p{i}" for i in range(10)] and len(q.pending[0].samples) == 20
+
+
+def test_samples_given_back_go_to_the_front_for_an_idle_worker():
+    q = WorkQueue.of(make_chunks(samples(6), set(), 6))
+    q.register("a")
+    c = q.assign("a")
+    q.take_back("a", c.id, {"s4", "s5"})  # a gave back two it had not started
+    assert [s.id for s in q.held["a"][0].samples] == [s.id for s in c.samples] and len(c.samples) == 4
+    back, rest = q.assign("b"), q.assign("b")  # (a share of what is pending each: one and one)
+    assert {s.id for c in (back, rest) for s in c.samples} == {"s4", "s5"} and c.id not in (back.id, rest.id)
+    assert q.remaining() == 6
+    q.take_back("b", back.id, {s.id for s in back.samples})  # all of a chunk: it is no longer held
+    assert q.held["b"] == [rest] and len(q.pending) == 1

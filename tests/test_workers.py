@@ -310,3 +310,35 @@ def test_a_batchs_new_pictures_are_decoded_in_threads(tmp_path):
     ready = prepare_batch(Echo(), Work(0, samples, 0), DecodedImages(threads=2))  # type: ignore[arg-type]
     assert [e.sample_id for e in ready.errors] == ["3"] and "row bad" in ready.errors[0].error
     assert len(ready.samples) == 6
+
+
+def test_a_worker_gives_back_the_later_half_of_what_it_has_not_started():
+    """`TakeBack` (issue 40): the worker's pipe thread answers at once with the later half of the chunk's samples not
+    yet taken into a batch, which it then never takes; a chunk it has taken whole gives nothing back."""
+    from multiprocessing import Pipe
+
+    from evalfleet.engine.messages import GivenBack, Stop, TakeBack, Work
+    from evalfleet.engine.worker_loop import WorkerLoop
+    from evalfleet.records import Sample
+
+    driver, worker = Pipe()
+    loop = WorkerLoop(worker, batch_size=2)
+    chunk = [Sample("d", f"s{i}", "q", "q") for i in range(7)]
+    driver.send(Work(0, chunk, 1))
+    driver.send(Work(1, chunk[:2], 1))
+    assert [s.id for s in loop.take().samples] == ["s0", "s1"]  # started: s0, s1; left: s2..s6 (five)
+    driver.send(TakeBack(0))
+    got = driver.recv()
+    while not isinstance(got, GivenBack):  # (heartbeats)
+        got = driver.recv()
+    assert got == GivenBack(0, ["s5", "s6"])
+    taken = [s.id for _ in range(3) for s in loop.take().samples]
+    assert taken == ["s2", "s3", "s4", "s0", "s1"]  # the rest of chunk 0, then chunk 1
+    driver.send(TakeBack(0))  # chunk 0 is all taken
+    got = driver.recv()
+    while not isinstance(got, GivenBack):
+        got = driver.recv()
+    assert got == GivenBack(0, [])
+    driver.send(Stop())
+    assert loop.take() is None
+    loop.close()

@@ -16,7 +16,20 @@ from dataclasses import dataclass, field
 from evalfleet.config import RunConfig, StageConfig
 from evalfleet.engine.handle import WorkerHandle
 from evalfleet.engine.launcher import Kept, Launcher
-from evalfleet.engine.messages import PROTOCOL, Fatal, FromWorker, Heartbeat, Ready, Results, Step, Stop, Unloaded, Work
+from evalfleet.engine.messages import (
+    PROTOCOL,
+    Fatal,
+    FromWorker,
+    GivenBack,
+    Heartbeat,
+    Ready,
+    Results,
+    Step,
+    Stop,
+    TakeBack,
+    Unloaded,
+    Work,
+)
 from evalfleet.engine.queue import Chunk, WorkQueue, make_chunks
 from evalfleet.errors import RunError, UserError, exception_text
 from evalfleet.observe.performance import Performance
@@ -75,6 +88,10 @@ class StageDriver:
     perf: Performance = field(default_factory=Performance)
     stopped: bool = False
     keep: list[Kept] | None = None  # a later stage uses the same weights: its workers, kept loaded at the end
+    asked: dict[str, int] = field(default_factory=dict)
+    """Worker -> the chunk it was asked to give back part of (`TakeBack`), until its `GivenBack`."""
+    exhausted: set[tuple[str, int]] = field(default_factory=set)
+    """(worker, chunk) pairs that gave nothing back: every sample had started."""
 
     def __post_init__(self) -> None:
         self.samples = {(s.dataset, s.id): s for samples in self.inputs.values() for s in samples}  # for scoring
@@ -131,6 +148,28 @@ class StageDriver:
                 w.conn.send(Work(chunk.id, chunk.samples, self.cfg.seed))
             except (BrokenPipeError, OSError):
                 return  # it died; its sentinel reports it and the chunk is requeued
+        if w.ready and not self.queue.held.get(w.spec.name) and not self.queue.pending:
+            self.take_back()
+
+    def take_back(self) -> None:
+        """A worker is idle and nothing is pending: ask the ready worker holding the most samples to give back the
+        later half of those of its last chunk it has not started (one request at a time; `handle` requeues what
+        comes back and feeds the idle). So the run ends when the work does, not when the fullest queue does."""
+        if self.asked:
+            return
+        holders = [(sum(len(c.samples) for c in held), name) for name, held in self.queue.held.items()
+                   if held and name in self.workers and self.workers[name].ready]
+        for _, name in sorted(holders, reverse=True):
+            chunk = next((c for c in reversed(self.queue.held[name])
+                          if len(c.samples) >= 2 and (name, c.id) not in self.exhausted), None)
+            if chunk is None:
+                continue
+            try:
+                self.workers[name].conn.send(TakeBack(chunk.id))
+            except (BrokenPipeError, OSError):
+                continue  # it died: its chunks go back to the queue anyway
+            self.asked[name] = chunk.id
+            return
 
     def on_death(self, w: WorkerHandle) -> None:
         """Requeue the dead worker's chunks and start a replacement (up to MAX_RESTARTS per slot)."""
@@ -141,6 +180,7 @@ class StageDriver:
         state = f"{w.hung}, replaced" if w.hung else f"died ({code})"
         self.store.worker_state(self.key(w), device=w.spec.name, pid=w.proc.pid, state=state)
         chunks = self.queue.release(w.spec.name, answering=w.ready)
+        self.asked.pop(w.spec.name, None)
         if not w.hung:
             self.progress.note(f"worker {w.id} died (exit code {code}); {sum(len(c.samples) for c in chunks)} "
                                "samples go back to the queue")
@@ -185,6 +225,16 @@ class StageDriver:
             case Results():
                 self.take_results(w, msg)
                 self.feed(w)
+            case GivenBack(chunk_id, sample_ids):
+                self.asked.pop(w.spec.name, None)
+                if sample_ids:
+                    self.queue.take_back(w.spec.name, chunk_id, set(sample_ids))
+                    log.info("worker %s gave back %d samples for an idle worker", w.id, len(sample_ids))
+                else:
+                    self.exhausted.add((w.spec.name, chunk_id))
+                for x in list(self.workers.values()):
+                    if x.ready and not self.queue.held.get(x.spec.name):
+                        self.feed(x)
             case Step(step, steps):
                 self.progress.step(w.spec.name, step, steps)
             case Fatal(tb):
@@ -205,7 +255,7 @@ class StageDriver:
                 r.score = self.score(r.dataset, r.output, s.answers, s.metadata)
         self.queue.finish_samples(w.spec.name, msg.chunk_id, {r.sample_id for r in msg.results})
         w.busy_s += sum(r.seconds or 0.0 for r in msg.results)
-        self.perf.answered(msg.results, msg.counts)
+        self.perf.answered(msg.results, msg.counts, w.id)
         self.buffer += msg.results
         if self.cfg.show_samples:
             show_results(self.progress, self.stage.kind, self.cfg.metrics[0], w.spec.name, msg.results)

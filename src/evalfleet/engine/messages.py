@@ -1,9 +1,11 @@
 """What the driver and a worker say to each other over the worker's private pipe (or a Ray actor's socket).
 
 Driver -> worker: `Work` (a chunk; the first ones come as the worker starts, before it is ready, so it prepares
-them while its model loads), then `Stop` once every result is in (or on a signal).
-Worker -> driver: `Ready` once loaded, `Results` per batch, `Step` (denoising progress), `Heartbeat` every
-HEARTBEAT_S from a thread while the process lives, `Unloaded` after `Stop`, or `Fatal` if it could not start.
+them while its model loads), `TakeBack` (for a worker gone idle), then `Stop` once every result is in (or on a
+signal).
+Worker -> driver: `Ready` once loaded, `Results` per batch, `GivenBack` for each `TakeBack`, `Step` (denoising
+progress), `Heartbeat` every HEARTBEAT_S from a thread while the process lives, `Unloaded` after `Stop`, or
+`Fatal` if it could not start.
 
 Every message is a frozen dataclass, pickled by the connection. `Ready.protocol` lets a driver refuse a worker
 running another version of this protocol (a stage's workers may run under another Python environment).
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 
 from evalfleet.records import Result, Sample
 
-PROTOCOL = 3
+PROTOCOL = 4
 """Bumped whenever a message below changes."""
 
 
@@ -24,6 +26,22 @@ class Work:
     chunk_id: int
     samples: list[Sample]
     seed: int
+
+
+@dataclass(frozen=True)
+class TakeBack:
+    """Give back the later half of chunk `chunk_id`'s samples not yet taken into a batch (another worker is idle)."""
+
+    chunk_id: int
+
+
+@dataclass(frozen=True)
+class GivenBack:
+    """The samples of chunk `chunk_id` given back (none if every one had started): this worker will not answer
+    them."""
+
+    chunk_id: int
+    sample_ids: list[str]
 
 
 @dataclass(frozen=True)
@@ -90,5 +108,5 @@ class Fatal:
     traceback: str
 
 
-ToWorker = Work | Stop | Session
-FromWorker = Ready | Results | Step | Heartbeat | Unloaded | Fatal
+ToWorker = Work | TakeBack | Stop | Session
+FromWorker = Ready | Results | GivenBack | Step | Heartbeat | Unloaded | Fatal

@@ -4,7 +4,8 @@ Chunks are cut from the full, length-sorted sample list of each dataset, so a ch
 the model sees) is the same whatever the number of workers and however often the run was resumed. Samples that
 show the same pictures stay together, in one chunk where they fit: one worker then holds the picture's prefix and
 encodes it once (issue 37).
-Whichever worker is free takes the next chunk; a dead worker's unfinished samples go back to the front.
+Whichever worker is free takes the next chunk, cut to its share of what is left as the queue runs dry
+(`WorkQueue.assign`); a dead worker's unfinished samples go back to the front.
 """
 
 from __future__ import annotations
@@ -102,8 +103,25 @@ class WorkQueue:
             return None
         if holding and len(self.pending) <= sum(1 for h in self.held.values() if not h):
             return None
-        chunk = self.pending.popleft()
+        chunk = self._fair(self.pending.popleft())
         holding.append(chunk)
+        return chunk
+
+    def _fair(self, chunk: Chunk) -> Chunk:
+        """`chunk`, or its first part when it holds more than a worker's share of what is pending (guided
+        self-scheduling: as the queue runs dry its chunks shrink, so that no worker is left with a long queue of
+        its own while the others idle at the end). The rest goes back to the front as a chunk of its own. The cut
+        falls between two pictures' samples where one lies in the second half of the part (the samples of a
+        picture stay together, `make_chunks`)."""
+        pending = len(chunk.samples) + sum(len(c.samples) for c in self.pending)
+        share = -(-pending // max(1, len(self.held)))
+        if len(chunk.samples) <= share:
+            return chunk
+        keys = [picture_key(s) for s in chunk.samples[: share + 1]]
+        cut = next((k for k in range(share, share // 2, -1) if keys[k] != keys[k - 1]), share)
+        self.pending.appendleft(Chunk(self.next_id, chunk.samples[cut:]))
+        self.next_id += 1
+        chunk.samples = chunk.samples[:cut]
         return chunk
 
     def finish_samples(self, worker: str, chunk_id: int, sample_ids: set[str]) -> None:
@@ -113,6 +131,20 @@ class WorkQueue:
                 chunk.samples = [s for s in chunk.samples if s.id not in sample_ids]
                 if not chunk.samples:
                     self.held[worker].remove(chunk)
+                return
+
+    def take_back(self, worker: str, chunk_id: int, sample_ids: set[str]) -> None:
+        """`worker` gave back these samples of its chunk `chunk_id` (not started): they go to the front of the
+        queue as a chunk of their own, for an idle worker."""
+        for chunk in self.held.get(worker, []):
+            if chunk.id == chunk_id:
+                given = [s for s in chunk.samples if s.id in sample_ids]
+                chunk.samples = [s for s in chunk.samples if s.id not in sample_ids]
+                if not chunk.samples:
+                    self.held[worker].remove(chunk)
+                if given:
+                    self.pending.appendleft(Chunk(self.next_id, given))
+                    self.next_id += 1
                 return
 
     def release(self, worker: str, *, answering: bool = True) -> list[Chunk]:

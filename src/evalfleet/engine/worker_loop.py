@@ -4,7 +4,6 @@ The stream loop (`streaming.run_stream`) takes the prepared batches from here.""
 
 from __future__ import annotations
 
-import queue
 import threading
 import traceback
 import zlib
@@ -16,7 +15,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from evalfleet.data.images import open_image, source_key
-from evalfleet.engine.messages import FromWorker, Heartbeat, Stop, Work
+from evalfleet.engine.messages import FromWorker, GivenBack, Heartbeat, Stop, TakeBack, Work
 from evalfleet.records import SOURCE_KEY, ImageRef, Result, Sample
 
 if TYPE_CHECKING:
@@ -134,9 +133,11 @@ class WorkerLoop:
     """Receives chunks, cuts them into batches of the size its stream takes, and prepares the next batch on a thread
     while the device works on the ones before (the stream loop, `streaming.run_stream`, feeds them to the backend).
 
-    A daemon thread reads the pipe as messages come (the driver's sends never wait for this worker), into
-    `inbox`; the prefetch thread takes the next batch from it, waiting for the driver if need be, and prepares
-    it while the main thread generates: the next batch is ready however late the driver's chunk arrives."""
+    A daemon thread reads the pipe as messages come (the driver's sends never wait for this worker): chunks go
+    into `pending`, from which the prefetch thread takes the next batch, waiting for the driver if need be, and
+    prepares it while the main thread generates: the next batch is ready however late the driver's chunk arrives.
+    A `TakeBack` is answered from that thread at once: the later half of the chunk's samples not yet taken into a
+    batch go back to the driver (`GivenBack`), for a worker that has gone idle (issue 40)."""
 
     backend: Backend
     """Set by `start`."""
@@ -147,8 +148,11 @@ class WorkerLoop:
         self.stream: Stream | None = None
         """Set by the stream loop: its `batch` is the size of the batches taken from then on."""
         self.pending: deque[Work] = deque()
+        """Chunks received and not yet taken into batches (the head one perhaps in part); under `arrived`."""
+        self.arrived = threading.Condition()
+        self.gone: EOFError | None = None
+        """Set when the pipe closed: the driver is gone."""
         self.log: list[str] = []  # lines for the driver's log, sent with the next results
-        self.inbox: queue.Queue[Any] = queue.Queue()
         self.prefetch = ThreadPoolExecutor(1, thread_name_prefix="prepare")
         self.decoded = DecodedImages()
         self.stopping = False
@@ -179,36 +183,58 @@ class WorkerLoop:
             try:
                 msg = self.conn.recv()
             except (EOFError, OSError) as err:  # the driver is gone
-                self.inbox.put(EOFError(str(err)))
+                with self.arrived:
+                    self.gone = EOFError(str(err))
+                    self.arrived.notify_all()
                 return
-            if isinstance(msg, Stop):
-                self.keep = msg.keep
-                self.stop_said.set()
-            self.inbox.put(msg)
+            if isinstance(msg, TakeBack):
+                self._give_back(msg.chunk_id)
+                continue
+            with self.arrived:
+                if isinstance(msg, Stop):
+                    self.keep = msg.keep
+                    self.stop_said.set()
+                    self.stopping = True
+                else:
+                    self.pending.append(msg)
+                self.arrived.notify_all()
             if isinstance(msg, Stop):
                 return
 
+    def _give_back(self, chunk_id: int) -> None:
+        """Hand the later half of chunk `chunk_id`'s samples not yet taken into a batch back to the driver."""
+        with self.arrived:
+            at = next((i for i, w in enumerate(self.pending) if w.chunk_id == chunk_id), None)
+            given: list[str] = []
+            if at is not None:
+                work = self.pending[at]
+                keep = (len(work.samples) + 1) // 2
+                given = [s.id for s in work.samples[keep:]]
+                if keep:
+                    self.pending[at] = Work(work.chunk_id, work.samples[:keep], work.seed)
+                else:
+                    del self.pending[at]
+        try:
+            self.send(GivenBack(chunk_id, given))
+        except (OSError, ValueError):  # the driver is gone
+            pass
+
     def take(self) -> Work | None:
         """The next batch, waiting for the driver's next chunk if none is queued; None once the driver said stop."""
-        if self.stop_said.is_set():
-            return None
-        while not self.pending:
-            if self.stopping:
+        with self.arrived:
+            while not self.pending and not self.stopping and self.gone is None:
+                self.arrived.wait()
+            if self.stopping or self.stop_said.is_set():
                 return None
-            msg = self.inbox.get()
-            if isinstance(msg, EOFError):
-                raise msg
-            if isinstance(msg, Stop):
-                self.stopping = True
-                return None
-            self.pending.append(msg)
-        head = self.pending[0]
-        n = self.stream.batch if self.stream is not None else self.batch_size
-        if len(head.samples) > n:
-            self.pending[0] = Work(head.chunk_id, head.samples[n:], head.seed)
-        else:
-            self.pending.popleft()
-        return Work(head.chunk_id, head.samples[:n], head.seed)
+            if not self.pending and self.gone is not None:
+                raise self.gone
+            head = self.pending[0]
+            n = self.stream.batch if self.stream is not None else self.batch_size
+            if len(head.samples) > n:
+                self.pending[0] = Work(head.chunk_id, head.samples[n:], head.seed)
+            else:
+                self.pending.popleft()
+            return Work(head.chunk_id, head.samples[:n], head.seed)
 
     def _prepare(self, batch: Work) -> ReadyBatch:
         with self.preparing:  # tokenizers set their padding per call: one batch at a time
@@ -228,7 +254,9 @@ class WorkerLoop:
     def close(self) -> None:
         """Stop the heartbeat; release a prefetch thread waiting for a chunk (the worker is ending on an error)."""
         self.ended.set()
-        self.inbox.put(Stop())
+        with self.arrived:
+            self.stopping = True
+            self.arrived.notify_all()
         self.prefetch.shutdown(wait=False, cancel_futures=True)
 
 

@@ -22,6 +22,8 @@ class Performance:
     """When every replica had loaded; throughput counts from then."""
     at_ready: tuple[int, int] = (0, 0)
     """(samples, generated tokens) finished before t_ready."""
+    last_answer: dict[str, float] = field(default_factory=dict)
+    """Worker -> when its latest results came (monotonic)."""
 
     def loaded(self, worker: str, seconds: float, every_replica: bool, phases: dict[str, float]) -> str | None:
         """A worker is ready after `seconds` (its start-up `phases`); once `every_replica` is, the line that says
@@ -38,10 +40,13 @@ class Performance:
                 f"included); model load per replica: {each} s\n"
                 + startup_line(critical_replica(self.data["startup"]["workers"])))
 
-    def answered(self, results: list[Result], counts: dict[str, float] | None = None) -> None:
-        """Results came, and what the worker's prefills did meanwhile (`Stream.counts`)."""
+    def answered(self, results: list[Result], counts: dict[str, float] | None = None, worker: str | None = None
+                 ) -> None:
+        """Results came (from `worker`), and what the worker's prefills did meanwhile (`Stream.counts`)."""
         if results and "first result" not in self.data["startup"]:
             self.data["startup"]["first result"] = round(time.monotonic() - self.t_spawn, 2)
+        if results and worker is not None:  # when each worker last answered: the run's tail (`generation_done`)
+            self.last_answer[worker] = time.monotonic()
         self.data["samples"] += len(results)
         self.data["generated_tokens"] += sum(r.n_tokens or 0 for r in results)
         if counts:
@@ -58,6 +63,10 @@ class Performance:
         d["generate_wall_s"] = round(wall, 2)
         d["samples_per_s"] = round((d["samples"] - self.at_ready[0]) / wall, 2)
         d["generated_tokens_per_s"] = round((d["generated_tokens"] - self.at_ready[1]) / wall, 1)
+        if len(self.last_answer) > 1:  # from the first worker's last answer to the last one's: others worked on
+            first, last = min(self.last_answer.values()), max(self.last_answer.values())  # while it idled
+            d["tail"] = {"idle_tail_s": round(last - first, 2), "of_generation": round((last - first) / wall, 3),
+                         "last_answer_s": {w: round(t - self.t_ready, 2) for w, t in self.last_answer.items()}}
 
     def worker_usage(self, worker: str, usage: dict[str, Any]) -> None:
         self.data["workers"][worker] = usage

@@ -82,12 +82,18 @@ def performance_rows(summary: dict[str, Any]) -> list[list[str]]:
                          if u.get("busy_fraction") is not None)
         out.append([stage] + [str(p.get(k, "-")) for k in ("wall_s", "load_wall_s", "unload_wall_s", "samples_per_s",
                                                            "generated_tokens_per_s", "gpu_hours")]
-                   + [busy or "-", reuse_line(p.get("prefill"))])
+                   + [busy or "-", tail_cell(p.get("tail")), reuse_line(p.get("prefill"))])
     return out
 
 
+def tail_cell(tail: dict[str, Any] | None) -> str:
+    """Seconds from the first worker's last answer to the run's last answer, and that as a share of the generation
+    phase: how long some workers idled while others finished (issue 40)."""
+    return f"{tail['idle_tail_s']:.1f} ({tail['of_generation']:.0%})" if tail else "-"
+
+
 PERFORMANCE_HEAD = ["stage", "wall s", "load s", "unload s", "samples/s", "tokens/s", "GPU-hours", "busy",
-                    "shared prefixes"]
+                    "idle tail s", "shared prefixes"]
 
 
 def startup_rows(summary: dict[str, Any]) -> list[list[str]]:
