@@ -7,7 +7,7 @@ with it first on PYTHONPATH) and this checkout's. Per run: the generation phase,
 each worker's answers (the store's `created`, to within a commit: 1 s) the idle tail, from the first worker's last
 answer to the run's last; the summary's own `tail` where the tree reports one.
 
-    python bench/tail.py [--before DIR] [--workers 2,4] [--rows 240] [--new 8] [--rounds 1] [--out DIR]
+    python bench/tail.py [--before DIR] [--workers 2,4] [--rows 240] [--new 8] [--chunk N] [--rounds 1] [--out DIR]
 """
 
 from __future__ import annotations
@@ -37,12 +37,14 @@ def data(work: Path, rows: int) -> Path:
     return path
 
 
-def run(work: Path, tree: Path, name: str, questions: Path, workers: int, new: int) -> dict:
+def run(work: Path, tree: Path, name: str, questions: Path, workers: int, new: int, chunk: int | None) -> dict:
     from evalfleet.assets import smollm2_path
 
     cfg = {"name": name, "output_dir": str(work / "runs"), "progress_every": 10**6, "metrics": ["exact_match"],
            "model": {"path": str(smollm2_path()), "generation": {"max_new_tokens": new}},
            "datasets": [{"name": "d", "path": str(questions)}]}
+    if chunk:
+        cfg["chunk_size"] = chunk
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tree / "src"), os.environ.get("PYTHONPATH")]))}
@@ -70,6 +72,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=240)
     ap.add_argument("--new", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--chunk", type=int, default=None, help="chunk_size (default: the plan's, the batch size)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/tail"))
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -81,7 +84,7 @@ def main() -> None:
         for n in (int(w) for w in args.workers.split(",")):
             for label in (list(trees) if k % 2 == 0 else list(trees)[::-1]):
                 r = {"tree": label, "workers": n, "round": k,
-                     **run(args.work, trees[label], f"{label}-{n}-{k}", questions, n, args.new)}
+                     **run(args.work, trees[label], f"{label}-{n}-{k}", questions, n, args.new, args.chunk)}
                 results.append(r)
                 print(json.dumps(r), flush=True)
     print("\n| tree | workers | generation s | idle tail s (first worker's last answer to the end) | of generation | "
