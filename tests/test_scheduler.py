@@ -132,3 +132,16 @@ def test_samples_given_back_go_to_the_front_for_an_idle_worker():
     assert q.remaining() == 6
     q.take_back("b", back.id, {s.id for s in back.samples})  # all of a chunk: it is no longer held
     assert q.held["b"] == [rest] and len(q.pending) == 1
+
+
+def test_the_worker_asked_to_give_back_is_the_fullest_ready_one():
+    q = WorkQueue.of(make_chunks(samples(30), set(), 3))  # 10 chunks of 3: none cut below
+    for w in "abc":
+        q.register(w)
+    a1, b1, c1 = q.assign("a"), q.assign("b"), q.assign("c")
+    a2 = q.assign("a")
+    assert q.to_ask({"a", "b", "c"}, set()) == ("a", a2.id)  # a holds the most: its last chunk
+    assert q.to_ask({"b", "c"}, set()) in {("b", b1.id), ("c", c1.id)}  # a still loading: not asked
+    assert q.to_ask({"a", "b", "c"}, {("a", a2.id)}) == ("a", a1.id)  # gave nothing from its last: the one before
+    q.finish_samples("a", a1.id, {s.id for s in a1.samples[:2]})  # one sample left in a1: too few to split
+    assert q.to_ask({"a"}, {("a", a2.id)}) is None

@@ -157,19 +157,15 @@ class StageDriver:
         comes back and feeds the idle). So the run ends when the work does, not when the fullest queue does."""
         if self.asked:
             return
-        holders = [(sum(len(c.samples) for c in held), name) for name, held in self.queue.held.items()
-                   if held and name in self.workers and self.workers[name].ready]
-        for _, name in sorted(holders, reverse=True):
-            chunk = next((c for c in reversed(self.queue.held[name])
-                          if len(c.samples) >= 2 and (name, c.id) not in self.exhausted), None)
-            if chunk is None:
-                continue
-            try:
-                self.workers[name].conn.send(TakeBack(chunk.id))
-            except (BrokenPipeError, OSError):
-                continue  # it died: its chunks go back to the queue anyway
-            self.asked[name] = chunk.id
+        ready = {name for name, w in self.workers.items() if w.ready}
+        if (ask := self.queue.to_ask(ready, self.exhausted)) is None:
             return
+        name, chunk_id = ask
+        try:
+            self.workers[name].conn.send(TakeBack(chunk_id))
+        except (BrokenPipeError, OSError):
+            return  # it died: its chunks go back to the queue anyway
+        self.asked[name] = chunk_id
 
     def on_death(self, w: WorkerHandle) -> None:
         """Requeue the dead worker's chunks and start a replacement (up to MAX_RESTARTS per slot)."""

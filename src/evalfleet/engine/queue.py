@@ -119,10 +119,14 @@ class WorkQueue:
             return chunk
         keys = [picture_key(s) for s in chunk.samples[: share + 1]]
         cut = next((k for k in range(share, share // 2, -1) if keys[k] != keys[k - 1]), share)
-        self.pending.appendleft(Chunk(self.next_id, chunk.samples[cut:]))
-        self.next_id += 1
+        self._to_front(chunk.samples[cut:])
         chunk.samples = chunk.samples[:cut]
         return chunk
+
+    def _to_front(self, samples: list[Sample]) -> None:
+        """`samples` at the front of the queue, as a chunk of their own."""
+        self.pending.appendleft(Chunk(self.next_id, samples))
+        self.next_id += 1
 
     def finish_samples(self, worker: str, chunk_id: int, sample_ids: set[str]) -> None:
         """Record finished samples of a held chunk; a chunk with none left is dropped."""
@@ -143,9 +147,19 @@ class WorkQueue:
                 if not chunk.samples:
                     self.held[worker].remove(chunk)
                 if given:
-                    self.pending.appendleft(Chunk(self.next_id, given))
-                    self.next_id += 1
+                    self._to_front(given)
                 return
+
+    def to_ask(self, ready: set[str], exhausted: set[tuple[str, int]]) -> tuple[str, int] | None:
+        """(worker, chunk) to ask for samples back for an idle worker: of the `ready` workers, the one holding the
+        most samples, its last chunk of at least two that has not given nothing back before (`exhausted`)."""
+        holders = sorted(((sum(len(c.samples) for c in held), name) for name, held in self.held.items()
+                          if held and name in ready), reverse=True)
+        for _, name in holders:
+            for c in reversed(self.held[name]):
+                if len(c.samples) >= 2 and (name, c.id) not in exhausted:
+                    return name, c.id
+        return None
 
     def release(self, worker: str, *, answering: bool = True) -> list[Chunk]:
         """A worker died: its unfinished chunks go back to the front of the queue, oldest first. Only the oldest,
