@@ -59,8 +59,13 @@ class DecodedImages:
         if key in self.images:
             self.images.move_to_end(key)
             return self.images[key]
-        image = self.images[key] = self._decode(ref)
         self.decoded += 1
+        return self._keep(key, self._decode(ref))
+
+    def _keep(self, key: tuple[str | None, bytes | None], image: Any) -> Any:
+        """Keep `image` as the most recent, dropping the oldest beyond `keep`."""
+        self.images[key] = image
+        self.images.move_to_end(key)
         if len(self.images) > self.keep:
             self.images.popitem(last=False)
         return image
@@ -93,13 +98,7 @@ class DecodedImages:
             got = ready.get((ref.path, ref.data))
             if isinstance(got, ValueError):
                 raise got
-            if got is None:
-                return self.open(ref)
-            self.images[(ref.path, ref.data)] = got  # kept as `open` keeps it (most recent last)
-            self.images.move_to_end((ref.path, ref.data))
-            if len(self.images) > self.keep:
-                self.images.popitem(last=False)
-            return got
+            return self.open(ref) if got is None else self._keep((ref.path, ref.data), got)
 
         return open_
 
