@@ -258,9 +258,8 @@ def media_problems(cfg: DatasetConfig) -> list[str]:
         return []
     path = Path(cfg.path)
     try:
-        fmt = _detect_format(path, cfg.format)
-        head = list(islice(_parquet_head(path) if fmt == "parquet" else FORMATS[fmt](path), HEAD_ROWS))
-    except (OSError, UnicodeDecodeError, csv.Error, DatasetError):
+        head = list(islice(_rows(cfg, head=True), HEAD_ROWS))
+    except UNREADABLE:
         return []
     f = cfg.fields
     mapped = {c for c in (f.id, f.question, f.answer, f.image) if c}
@@ -300,10 +299,20 @@ def dataset_columns(cfg: DatasetConfig) -> list[str]:
     if cfg.path is None or not Path(cfg.path).is_file():
         return []
     try:
-        rows = FORMATS[_detect_format(Path(cfg.path), cfg.format)](Path(cfg.path))
-        return next((list(row) for _, row in rows if isinstance(row, dict)), [])
-    except (OSError, UnicodeDecodeError, csv.Error, DatasetError):
+        return next((list(row) for _, row in _rows(cfg) if isinstance(row, dict)), [])
+    except UNREADABLE:
         return []
+
+
+UNREADABLE = (OSError, UnicodeDecodeError, csv.Error, DatasetError)
+"""What reading a dataset file may raise; the helpers that only peek at its rows give up on these."""
+
+
+def _rows(cfg: DatasetConfig, head: bool = False) -> Iterator[Row]:
+    """A file dataset's rows, lazily; `head`: a parquet file's first `HEAD_ROWS` only (not the whole table)."""
+    path = Path(str(cfg.path))
+    fmt = _detect_format(path, cfg.format)
+    return _parquet_head(path) if head and fmt == "parquet" else FORMATS[fmt](path)
 
 
 def easy_vqa_samples(cfg: DatasetConfig) -> list[Sample]:

@@ -75,7 +75,6 @@ class CachedImageProcessor:
                  threads: int = 1) -> None:
         self.inner, self.keep_bytes, self.compact, self.dtype = inner, keep_bytes, compact, dtype
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="pictures") if threads > 1 else None
-        self.threads = threads
         self.kept: dict[int, tuple[Any, Any, Any]] = {}  # id(image) -> (image, patches, grid), oldest first
         self.held = 0
         self.processed = 0
