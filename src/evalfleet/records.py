@@ -25,9 +25,9 @@ class ImageRef:
     data: bytes | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Sample:
-    """One evaluation item."""
+    """One evaluation item (slots: a million of them are held by a driver, ~100 MB less without a dict each)."""
 
     dataset: str
     id: str

@@ -240,7 +240,10 @@ def _run(cfg: RunConfig, run_dir: Path, data: Datasets, startup: dict[str, float
     for name in loaded:
         store.set_dataset(name, "done", len(loaded[name]))
 
-    # 4. Report.
+    # 4. Report, from the store alone: the samples read go first (a million of them hold ~1 GB, the report's rows
+    #    as much again).
+    data.samples.clear()
+    data.positions.clear()
     summary = write_report(run_dir, store, cfg, console)
     store.close()
     if cache is not None:

@@ -113,9 +113,14 @@ class WorkQueue:
         its own while the others idle at the end). The rest goes back to the front as a chunk of its own. The cut
         falls between two pictures' samples where one lies in the second half of the part (the samples of a
         picture stay together, `make_chunks`)."""
-        pending = len(chunk.samples) + sum(len(c.samples) for c in self.pending)
-        share = -(-pending // max(1, len(self.held)))
-        if len(chunk.samples) <= share:
+        size, workers = len(chunk.samples), max(1, len(self.held))
+        pending = size
+        for c in self.pending:  # counted only as far as it takes to know the chunk fits (a million samples queued)
+            if -(-pending // workers) >= size:
+                return chunk
+            pending += len(c.samples)
+        share = -(-pending // workers)
+        if size <= share:
             return chunk
         keys = [picture_key(s) for s in chunk.samples[: share + 1]]
         cut = next((k for k in range(share, share // 2, -1) if keys[k] != keys[k - 1]), share)

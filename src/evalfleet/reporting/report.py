@@ -15,6 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
+from evalfleet.bulk import bulk_objects
 from evalfleet.config import RunConfig, StageConfig
 from evalfleet.errors import RunError, UserError
 from evalfleet.reporting.failures import error_lines, stage_errors
@@ -86,20 +87,24 @@ def build_summary(store: Store, cfg: RunConfig) -> dict[str, Any]:
     stale = {s.name: store.get_meta(f"scoring:{s.name}") != scoring_key(s, cfg) for s in stages}
     datasets: dict[str, Any] = {}
     rows_by_ds: dict[str, list[dict[str, Any]]] = {}
+    alone: dict[str, dict[str, Any]] = {}  # each dataset's summary
     judged: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}  # {dataset: {sample id: {judge stage: verdict}}}
     for ds in store.datasets():
         if ds["status"] == "failed":
             datasets[ds["name"]] = {"status": "failed", "error": ds["error"]}
             continue
-        rows = list(store.rows(generate.name, ds["name"]))
+        with bulk_objects():  # a million rows' dicts, not walked by the collector as they are built
+            rows = list(store.rows(generate.name, ds["name"]))
         metrics = cfg.metrics if generate.kind == "generate" else []  # edited images have no text metrics
         _stored_scores(store, generate, cfg, ds["name"], rows, stale[generate.name])
         rows_by_ds[ds["name"]] = rows
-        datasets[ds["name"]] = {"status": ds["status"], **summarize(rows, metrics)}
+        alone[ds["name"]] = summarize(rows, metrics)
+        datasets[ds["name"]] = {"status": ds["status"], **alone[ds["name"]]}
         if cfg.group_by:
             datasets[ds["name"]]["groups"] = summarize_groups(rows, metrics, cfg.group_by)
         for judge in judges:
-            verdicts = list(store.rows(judge.name, ds["name"]))
+            with bulk_objects():
+                verdicts = list(store.rows(judge.name, ds["name"]))
             _stored_scores(store, judge, cfg, ds["name"], verdicts, stale[judge.name])
             datasets[ds["name"]][judge.name] = _judge(rows, verdicts, judge, judged.setdefault(ds["name"], {}))
     for s in (s for s in stages if stale[s.name]):  # stored scores follow these settings now
@@ -114,7 +119,7 @@ def build_summary(store: Store, cfg: RunConfig) -> dict[str, Any]:
         "metrics": metrics,
         "judges": [j.name for j in judges],
         "datasets": datasets,
-        "overall": summarize(all_rows, metrics),
+        "overall": next(iter(alone.values())) if len(alone) == 1 else summarize(all_rows, metrics),
         "performance": (perf := {s.name: store.get_meta(f"performance:{s.name}") for s in stages}),
         "startup": store.get_meta("startup"),
         "wall_s": (store.get_meta("state") or {}).get("wall_s"),

@@ -127,7 +127,7 @@ def read_status(run_dir: Path, now: float | None = None) -> RunStatus:
         since = now - RATE_WINDOW_S if ended is None else started
         rows, recent_results = [], 0
         for stage in cfg.pipeline():
-            recent_results += len(store.finish_times(stage.name, since=since))
+            recent_results += store.made_since(stage.name, since=since)
             busy = any(w["id"].startswith(f"{stage.name}/") and w["state"] in ACTIVE for w in workers)
             for ds in store.datasets():
                 if ds["status"] == "failed":

@@ -9,6 +9,7 @@ import string
 import unicodedata
 from collections import Counter
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Protocol
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -49,6 +50,11 @@ def normalize(text: str) -> str:
 
 def is_closed_question(answers: list[str]) -> bool:
     """Closed (yes/no) when every accepted answer is yes or no."""
+    return _closed(tuple(answers))
+
+
+@lru_cache(maxsize=1 << 12)
+def _closed(answers: tuple[str, ...]) -> bool:  # a million rows repeat a few thousand answer lists
     return bool(answers) and all(normalize(a) in ("yes", "no") for a in answers)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 
@@ -47,9 +48,11 @@ Score = AnswerScore | JudgeScore
 """One sample's score at one stage (an `edit` stage's outputs have none: judges score them)."""
 
 
+@lru_cache(maxsize=1 << 16)
 def score_from_json(text: str | None) -> Score | None:
     """A score as `to_json` stored it; None for none. A score stored before scores were typed is a dict without
-    `kind`: a judge's has `score`, an answer's `extracted`, `extraction` and `metrics`."""
+    `kind`: a judge's has `score`, an answer's `extracted`, `extraction` and `metrics`. The same text gives the same
+    (frozen) record: a million rows hold far fewer distinct scores, read once each."""
     data: dict[str, Any] | None = json.loads(text) if text else None
     if data is None:
         return None
