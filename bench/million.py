@@ -36,8 +36,9 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
 def drive(argv: list[str]) -> None:
     """`evalfleet run ...` in this process, its workers the stand-ins."""
-    import evalfleet.run
     from standin import StandInLauncher
+
+    import evalfleet.run
 
     evalfleet.run.launcher = lambda *args, **kw: StandInLauncher()
     evalfleet.run.prewarm = lambda cfg: None
@@ -113,8 +114,8 @@ def command(config: Path, db: Path, total: int, *, kill_at: int | None = None) -
     if len(growing) >= 2:
         (t1, n1), (t2, n2) = growing[0], growing[-1]
         rate = (n2 - n1) / (t2 - t1) if t2 > t1 else None
-    return {"first_result_s": first, "seconds": wall, "results_per_s": rate,
-            "rss_running_gib": round(rss["running"] / 2**30, 2), "rss_reporting_gib": round(rss["reporting"] / 2**30, 2)}
+    gib = {f"rss_{phase}_gib": round(v / 2**30, 2) for phase, v in rss.items()}
+    return {"first_result_s": first, "seconds": wall, "results_per_s": rate, **gib}
 
 
 def resident(pid: int) -> int:

@@ -217,7 +217,8 @@ class Store:
 
     def rows(self, stage: str, dataset: str, ids: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
         """Samples of a dataset in load order (or only `ids`), joined with their result at `stage` (if any)."""
-        query = """SELECT s.id, s.question, NULLIF(s.prompt, s.question), s.answers, s.metadata, r.output, COALESCE(r.error, s.error),
+        query = """SELECT s.id, s.question, NULLIF(s.prompt, s.question), s.answers, s.metadata, r.output,
+                          COALESCE(r.error, s.error),
                           r.worker, r.seconds, r.n_tokens, r.sample_id IS NOT NULL OR s.error IS NOT NULL,
                           s.context, r.prompt, r.score, s.images
                    FROM samples s LEFT JOIN results r
