@@ -1,14 +1,17 @@
 """Reports from the store alone: summary.json, summary.md, per-sample predictions (JSONL, CSV, parquet), the
 HTML report (`reporting.html`); the tables are `reporting.tables`.
 
-`build_summary` keeps, for the views that list samples, each dataset's rows as the store gives them (`_rows`,
-with their stored scores) and each judge's verdict on each sample (`_judged`) beside them."""
+`build_summary` keeps each dataset's rows (`_rows`, with their stored scores) and each judge's verdict on each
+sample (`_judged`) beside them: the rows as the store gives them for the views that list samples (CSV, parquet,
+HTML, compare), else only what the summaries read of them, the JSONL predictions written as the rows stream by
+(a million samples' report holds no row's texts)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import sqlite3
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from statistics import fmean, pstdev
 from typing import Any
@@ -36,11 +39,13 @@ from evalfleet.scoring import answer_score, scoring_key, stage_scorer, summarize
 from evalfleet.store import Store
 
 
-def _stored_scores(store: Store, stage: StageConfig, cfg: RunConfig, dataset: str, rows: list[dict[str, Any]],
-                   stale: bool) -> None:
-    """The rows' scores as stored; those missing (results stored before scores were, judge cache hits) or `stale`
-    (the scoring settings changed) are computed now, by the same function, and stored."""
+def _scored(store: Store, stage: StageConfig, cfg: RunConfig, dataset: str, rows: Iterable[dict[str, Any]],
+            stale: bool) -> Iterator[dict[str, Any]]:
+    """The rows, with their scores as stored; those missing (results stored before scores were, judge cache hits)
+    or `stale` (the scoring settings changed) are computed now, by the same function, and stored once the rows
+    have gone by."""
     if stage.kind == "edit":
+        yield from rows
         return
     score = stage_scorer(stage, cfg)
     redo = {}
@@ -48,6 +53,7 @@ def _stored_scores(store: Store, stage: StageConfig, cfg: RunConfig, dataset: st
         if row["finished"] and row["error"] is None and row["prediction"] is not None and (
                 stale or row["score"] is None):
             row["score"] = redo[row["id"]] = score(dataset, row["prediction"], row["answers"], row["metadata"])
+        yield row
     if redo:
         try:
             store.set_scores(stage.name, dataset, redo)
@@ -55,24 +61,49 @@ def _stored_scores(store: Store, stage: StageConfig, cfg: RunConfig, dataset: st
             pass
 
 
-def _judge(rows: list[dict[str, Any]], judge_rows: list[dict[str, Any]], stage: StageConfig,
-           judged: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+SUMMARISED = ("id", "finished", "error", "score", "answers", "metadata")
+"""What the summaries read of a row (`scoring.summary`, `failures.stage_errors`): all a streamed report keeps."""
+
+
+def prediction_record(row: dict[str, Any], verdicts: dict[str, Any] | None) -> dict[str, Any]:
+    """A row as predictions/<dataset>.jsonl writes it, with each judge's verdict on it."""
+    answer = row["answers"][0] if len(row["answers"]) == 1 else row["answers"]
+    a = answer_score(row)
+    record = {"id": row["id"], "question": row["question"], "prediction": row["prediction"],
+              "extracted": a.extracted if a else None, "extraction": a.extraction if a else None,
+              "answer": answer, "score": a.metrics if a else None, "error": row["error"],
+              "prompt": row["rendered_prompt"],
+              **({"columns": c} if (c := (row.get("metadata") or {}).get("columns")) else {})}
+    if verdicts:
+        record["judge"] = verdicts
+    return record
+
+
+def _written(path: Path, rows: Iterable[dict[str, Any]], judged: dict[str, dict[str, Any]]
+             ) -> Iterator[dict[str, Any]]:
+    """Write each row's prediction record to `path` as it goes by; yield what the summaries read of it."""
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(prediction_record(row, judged.get(row["id"]))) + "\n")
+            yield {k: row[k] for k in SUMMARISED}
+
+
+def _judge(judge_rows: list[dict[str, Any]], stage: StageConfig, judged: dict[str, dict[str, dict[str, Any]]]
+           ) -> dict[str, Any]:
     """Put each sample's verdict of one judge stage in `judged` ({sample id: {stage: verdict}}: its score,
     reason, reply `raw` and error, as predictions/*.jsonl writes them) and summarise the stage's scores."""
-    by_id = {r["id"]: r for r in judge_rows}
     scores, parse_errors, errors = [], 0, 0
-    for row in rows:
-        jr = by_id.get(row["id"])
+    for jr in judge_rows:
         entry: dict[str, Any] = {"score": None, "reason": None, "raw": None, "error": None}
-        if jr is not None and jr["prediction"] is not None:
+        if jr["prediction"] is not None:
             j = jr["score"]
             entry.update(score=j.score, reason=j.reason, raw=jr["prediction"], error=j.error)
             parse_errors += j.error is not None
             scores += [j.score] if j.score is not None else []
-        elif jr is not None and jr["finished"]:
+        elif jr["finished"]:
             entry["error"] = jr["error"]
             errors += 1
-        judged.setdefault(row["id"], {})[stage.name] = entry
+        judged.setdefault(jr["id"], {})[stage.name] = entry
     return {
         "judged": len(scores), "parse_errors": parse_errors, "errors": errors,
         "mean": fmean(scores) if scores else None, "min": min(scores, default=None),
@@ -80,8 +111,11 @@ def _judge(rows: list[dict[str, Any]], judge_rows: list[dict[str, Any]], stage: 
     }
 
 
-def build_summary(store: Store, cfg: RunConfig) -> dict[str, Any]:
-    """Score every finished sample and summarise per dataset and overall; writes nothing."""
+def build_summary(store: Store, cfg: RunConfig, predictions: Path | None = None) -> dict[str, Any]:
+    """Score every finished sample and summarise per dataset and overall. `predictions`: a folder to write each
+    dataset's predictions (`<dataset>.jsonl`) into as its rows stream by from the store; `_rows` then holds only what
+    the summaries read of each row (`SUMMARISED`: a million rows' texts are never held at once). Else it holds the
+    rows as the store gives them, for the views that list samples (CSV, parquet, HTML, compare)."""
     stages = cfg.pipeline()
     generate, judges = stages[0], stages[1:]
     stale = {s.name: store.get_meta(f"scoring:{s.name}") != scoring_key(s, cfg) for s in stages}
@@ -89,31 +123,33 @@ def build_summary(store: Store, cfg: RunConfig) -> dict[str, Any]:
     rows_by_ds: dict[str, list[dict[str, Any]]] = {}
     alone: dict[str, dict[str, Any]] = {}  # each dataset's summary
     judged: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}  # {dataset: {sample id: {judge stage: verdict}}}
+    metrics = cfg.metrics if generate.kind == "generate" else []  # edited images have no text metrics
     for ds in store.datasets():
+        name = ds["name"]
         if ds["status"] == "failed":
-            datasets[ds["name"]] = {"status": "failed", "error": ds["error"]}
+            datasets[name] = {"status": "failed", "error": ds["error"]}
             continue
-        with bulk_objects():  # a million rows' dicts, not walked by the collector as they are built
-            rows = list(store.rows(generate.name, ds["name"]))
-        metrics = cfg.metrics if generate.kind == "generate" else []  # edited images have no text metrics
-        _stored_scores(store, generate, cfg, ds["name"], rows, stale[generate.name])
-        rows_by_ds[ds["name"]] = rows
-        alone[ds["name"]] = summarize(rows, metrics)
-        datasets[ds["name"]] = {"status": ds["status"], **alone[ds["name"]]}
-        if cfg.group_by:
-            datasets[ds["name"]]["groups"] = summarize_groups(rows, metrics, cfg.group_by)
+        verdicts = {}  # the judges' first: a streamed row is written with them
         for judge in judges:
             with bulk_objects():
-                verdicts = list(store.rows(judge.name, ds["name"]))
-            _stored_scores(store, judge, cfg, ds["name"], verdicts, stale[judge.name])
-            datasets[ds["name"]][judge.name] = _judge(rows, verdicts, judge, judged.setdefault(ds["name"], {}))
+                rows = list(_scored(store, judge, cfg, name, store.rows(judge.name, name), stale[judge.name]))
+            verdicts[judge.name] = _judge(rows, judge, judged.setdefault(name, {}))
+        rows = _scored(store, generate, cfg, name, store.rows(generate.name, name), stale[generate.name])
+        if predictions is not None:
+            rows = _written(predictions / f"{name}.jsonl", rows, judged.get(name, {}))
+        with bulk_objects():  # a million rows' dicts, not walked by the collector as they are built
+            rows_by_ds[name] = rows = list(rows)
+        alone[name] = summarize(rows, metrics)
+        datasets[name] = {"status": ds["status"], **alone[name]}
+        if cfg.group_by:
+            datasets[name]["groups"] = summarize_groups(rows, metrics, cfg.group_by)
+        datasets[name].update(verdicts)
     for s in (s for s in stages if stale[s.name]):  # stored scores follow these settings now
         try:
             store.set_meta(f"scoring:{s.name}", scoring_key(s, cfg))
         except sqlite3.Error:
             pass
     all_rows = [r for rows in rows_by_ds.values() for r in rows]
-    metrics = cfg.metrics if generate.kind == "generate" else []
     return {
         "run": store.get_meta("name"),
         "metrics": metrics,
@@ -142,12 +178,21 @@ def write_report(run_dir: Path, store: Store, cfg: RunConfig, console: Console |
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise UserError(f"unknown report format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
-    summary = build_summary(store, cfg)
+    listed = bool({"csv", "parquet", "html"} & set(formats))  # views that list every sample: the rows are kept
+    stream = "json" in formats and not listed
+    unwritten: OSError | None = None
+    try:
+        if stream:
+            (run_dir / "predictions").mkdir(exist_ok=True)
+        summary = build_summary(store, cfg, predictions=run_dir / "predictions" if stream else None)
+    except OSError as err:  # a folder turned read-only, a full disk: the results are in the store all the same
+        unwritten, stream = err, False
+        summary = build_summary(store, cfg)
     public = {k: v for k, v in summary.items() if not k.startswith("_")}
     try:
-        _write_files(run_dir, summary, public, store, cfg, formats)
-        unwritten = None
-    except OSError as err:  # a folder turned read-only, a full disk: the results are in the store all the same
+        if unwritten is None:
+            _write_files(run_dir, summary, public, store, cfg, formats, predictions_written=stream)
+    except OSError as err:
         unwritten = err
     if console is not None:
         console.print(console_table(public))
@@ -169,25 +214,17 @@ def write_report(run_dir: Path, store: Store, cfg: RunConfig, console: Console |
 
 
 def _write_files(run_dir: Path, summary: dict[str, Any], public: dict[str, Any], store: Store, cfg: RunConfig,
-                 formats: tuple[str, ...]) -> None:
-    """The report's files in `formats` (see `write_report`); `public`: the summary without its rows."""
+                 formats: tuple[str, ...], predictions_written: bool = False) -> None:
+    """The report's files in `formats` (see `write_report`); `public`: the summary without its rows.
+    `predictions_written`: the JSONL predictions were written as the rows streamed by (`build_summary`)."""
     pred_dir = run_dir / "predictions"
     pred_dir.mkdir(exist_ok=True)
     if "json" in formats:
         (run_dir / "summary.json").write_text(json.dumps(public, indent=2) + "\n")
-        for name, rows in summary["_rows"].items():
+        for name, rows in summary["_rows"].items() if not predictions_written else ():
+            judged = summary["_judged"].get(name, {})
             with (pred_dir / f"{name}.jsonl").open("w") as f:
-                for r in rows:
-                    answer = r["answers"][0] if len(r["answers"]) == 1 else r["answers"]
-                    a = answer_score(r)
-                    record = {"id": r["id"], "question": r["question"], "prediction": r["prediction"],
-                              "extracted": a.extracted if a else None, "extraction": a.extraction if a else None,
-                              "answer": answer, "score": a.metrics if a else None, "error": r["error"],
-                              "prompt": r["rendered_prompt"],
-                              **({"columns": c} if (c := (r.get("metadata") or {}).get("columns")) else {})}
-                    if verdicts := summary["_judged"].get(name, {}).get(r["id"]):
-                        record["judge"] = verdicts
-                    f.write(json.dumps(record) + "\n")
+                f.writelines(json.dumps(prediction_record(r, judged.get(r["id"]))) + "\n" for r in rows)
     if "md" in formats:
         perf = markdown_rows(PERFORMANCE_HEAD, performance_rows(public))
         startup = markdown_rows(STARTUP_HEAD, rows) if (rows := startup_rows(public)) else ""
