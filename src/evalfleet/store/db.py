@@ -149,9 +149,20 @@ class Store:
         def context(s: Sample) -> str:  # JSON text, never empty
             return shared.get(id(s.context)) or shared.setdefault(id(s.context), json.dumps(s.context))
 
+        texts: dict[tuple[str, ...], str] = {}  # answer lists repeat (yes, no, a few hundred organs): dumped once
+
+        def answers(s: Sample) -> str:
+            if not s.answers:
+                return "[]"
+            if (text := texts.get(key := tuple(s.answers))) is None:
+                text = json.dumps(s.answers)
+                if len(texts) < 10_000:
+                    texts[key] = text
+            return text
+
         with bulk_objects():
             rows = [
-                (s.dataset, s.id, i, s.question, s.prompt, json.dumps(s.answers) if s.answers else "[]", s.source,
+                (s.dataset, s.id, i, s.question, s.prompt, answers(s), s.source,
                  s.error, json.dumps(s.metadata) if s.metadata else "{}", context(s),
                  json.dumps([{"where": r.where, "path": r.path} for r in s.images]) if s.images else "[]")
                 for i, s in zip(positions or range(len(samples)), samples)
