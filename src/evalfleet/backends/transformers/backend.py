@@ -72,11 +72,11 @@ class TransformersBackend(Backend):
         self.vision = is_vision_model(config)
         self.picture_threads = min(8, torch.get_num_threads()) if n_gpus else 1
         self.image_token_id = getattr(config, "image_token_id", None)
-        self._text: Future[tuple[Any, Any]] = Future()  # (processor, tokenizer), read in a thread: it overlaps
-        threading.Thread(target=self._load_text, name="tokenizer", daemon=True).start()  # the weights' loading
         self.engine, _ = engine_for(cfg.engine, backend=cfg.backend, model_type=getattr(config, "model_type", None),
                                     vision=self.vision, gpus=n_gpus)
-        self.continuous = self.engine == "continuous"
+        self.continuous = self.engine == "continuous"  # (read by `_load_text`: set before its thread starts)
+        self._text: Future[tuple[Any, Any]] = Future()  # (processor, tokenizer), read in a thread: it overlaps
+        threading.Thread(target=self._load_text, name="tokenizer", daemon=True).start()  # the weights' loading
         where = (f"CPU x{torch.get_num_threads()}" if n_gpus == 0
                  else torch.cuda.get_device_name(0) + (f" x{n_gpus}" if n_gpus > 1 else ""))
         self.label = f"{where} [{self.engine}]"
