@@ -8,6 +8,7 @@ workers, the event loop), `stages` (a judge's inputs), `store`, `reporting`.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import secrets
@@ -244,6 +245,7 @@ def _run(cfg: RunConfig, run_dir: Path, data: Datasets, startup: dict[str, float
     #    as much again).
     data.samples.clear()
     data.positions.clear()
+    gc.collect()  # and whatever of the stages is left in reference cycles
     summary = write_report(run_dir, store, cfg, console)
     store.close()
     if cache is not None:
