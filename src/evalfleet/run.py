@@ -8,7 +8,6 @@ workers, the event loop), `stages` (a judge's inputs), `store`, `reporting`.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import secrets
@@ -241,11 +240,7 @@ def _run(cfg: RunConfig, run_dir: Path, data: Datasets, startup: dict[str, float
     for name in loaded:
         store.set_dataset(name, "done", len(loaded[name]))
 
-    # 4. Report, from the store alone: the samples read go first (a million of them hold ~1 GB, the report's rows
-    #    as much again).
-    data.samples.clear()
-    data.positions.clear()
-    gc.collect()  # and whatever of the stages is left in reference cycles
+    # 4. Report.
     summary = write_report(run_dir, store, cfg, console)
     store.close()
     if cache is not None:

@@ -221,7 +221,8 @@ def _write_files(run_dir: Path, summary: dict[str, Any], public: dict[str, Any],
     pred_dir.mkdir(exist_ok=True)
     if "json" in formats:
         (run_dir / "summary.json").write_text(json.dumps(public, indent=2) + "\n")
-        for name, rows in summary["_rows"].items() if not predictions_written else ():
+    if "json" in formats and not predictions_written:
+        for name, rows in summary["_rows"].items():
             judged = summary["_judged"].get(name, {})
             with (pred_dir / f"{name}.jsonl").open("w") as f:
                 f.writelines(json.dumps(prediction_record(r, judged.get(r["id"]))) + "\n" for r in rows)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 
@@ -48,11 +47,9 @@ Score = AnswerScore | JudgeScore
 """One sample's score at one stage (an `edit` stage's outputs have none: judges score them)."""
 
 
-@lru_cache(maxsize=1 << 16)
 def score_from_json(text: str | None) -> Score | None:
     """A score as `to_json` stored it; None for none. A score stored before scores were typed is a dict without
-    `kind`: a judge's has `score`, an answer's `extracted`, `extraction` and `metrics`. The same text gives the same
-    (frozen) record: a million rows hold far fewer distinct scores, read once each."""
+    `kind`: a judge's has `score`, an answer's `extracted`, `extraction` and `metrics`."""
     data: dict[str, Any] | None = json.loads(text) if text else None
     if data is None:
         return None
