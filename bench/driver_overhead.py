@@ -18,8 +18,9 @@ from pathlib import Path
 from evalfleet.config import parse_config
 from evalfleet.plan.stage import make_plan
 from evalfleet.preflight import read_datasets, refusals
-from evalfleet.run import record_samples
+from evalfleet.run import samples_to_store
 from evalfleet.store import Store
+from evalfleet.store.background import SampleWriter
 
 WORDS = ("what which how many colour shape is the of in a an and to largest smallest image picture left right top "
          "bottom organ lesion scan abnormal").split()
@@ -63,7 +64,7 @@ def main() -> None:
         times["read"] = time.perf_counter() - t0
         t = time.perf_counter()
         assert not refusals(cfg, store, loaded, [])
-        record_samples(store, loaded)
+        SampleWriter(store.path, samples_to_store(store, loaded)).wait()
         times["store"] = time.perf_counter() - t
         t = time.perf_counter()
         chosen, _ = make_plan(cfg, stage.model, loaded.samples["q"])

@@ -45,6 +45,7 @@ from evalfleet.scoring import scoring_key
 from evalfleet.stages.judge import JudgeFeed, close_all, fill_cache, judge_inputs, judge_plan_samples, offer_all
 from evalfleet.stopping import Stopped, stop_on_signals
 from evalfleet.store import JudgeCache, Store, network_filesystem, quietly, store_errors
+from evalfleet.store.background import SampleWriter, ToStore
 from evalfleet.store.snapshot import Snapshot
 
 log = logging.getLogger("evalfleet")
@@ -192,8 +193,8 @@ def _run(cfg: RunConfig, run_dir: Path, data: Datasets, startup: dict[str, float
         note(f"dataset {name} failed: {why}")
         log.error("dataset %s failed: %s", name, why)
     loaded = data.samples
-    record_samples(store, data)
-    startup["datasets"] = round(startup["datasets"] + time.perf_counter() - t0, 3)  # reading and storing
+    stored = SampleWriter(store.path, samples_to_store(store, data))  # in a thread, while the stages start
+    startup["datasets"] = round(startup["datasets"] + time.perf_counter() - t0, 3)  # reading and checking
     store.set_meta("startup", startup)
     for name, samples in loaded.items():
         store.set_dataset(name, "running", len(samples))
@@ -214,13 +215,15 @@ def _run(cfg: RunConfig, run_dir: Path, data: Datasets, startup: dict[str, float
     # 3. The stages over all GPUs: one after the other, or all at once on disjoint GPU sets. Every judge
     #    rates the first stage's answers, read from the store.
     try:
-        todo = Stages(cfg, stage_gpus(cfg), loaded, store, cache, console, owner, prewarmed)
+        todo = Stages(cfg, stage_gpus(cfg), loaded, store, cache, console, owner, prewarmed, stored)
         if cfg.concurrent_stages and len(stages) > 1:
             _run_concurrently(todo)
         else:
             _run_in_turn(todo)
+        stored.wait()
         store.check_same_file()  # reports only from the store this driver opened
     except BaseException as err:
+        stored.stop()
         why = (err.state if isinstance(err, Stopped) else "interrupted" if isinstance(err, KeyboardInterrupt)
                else f"failed: {type(err).__name__}: {err}")
         if not redo and quietly(store.forget_driver_if_idle, owner):  # it stored nothing: the run stays as it was
@@ -251,8 +254,9 @@ def _run(cfg: RunConfig, run_dir: Path, data: Datasets, startup: dict[str, float
 
 @dataclass
 class Stages:
-    """What running the stages needs: the settings, each stage's GPUs, the samples read, the store and judge
-    cache, the console, this driver's name on its leases, and the first stage's worker processes if started."""
+    """What running the stages needs: the settings, each stage's GPUs, the samples read (and their storing), the
+    store and judge cache, the console, this driver's name on its leases, and the first stage's worker processes if
+    started."""
 
     cfg: RunConfig
     gpus: list[list[int] | None]
@@ -262,6 +266,8 @@ class Stages:
     console: Console
     owner: str
     prewarmed: Launcher | None
+    stored: SampleWriter
+    """The samples being stored: what reads them from the store (a judge's inputs) waits for it."""
 
 
 def _run_in_turn(r: Stages) -> None:
@@ -276,6 +282,7 @@ def _run_in_turn(r: Stages) -> None:
                 release(kept)  # kept for no stage now: their GPUs are freed first
             inputs = loaded
             if stage.kind == "judge":
+                r.stored.wait()
                 inputs, _ = judge_inputs(stage, stages[0], loaded, store, cache)
             launch = r.prewarmed if i == 0 else HandOver(kept, launcher(r.cfg.cluster.backend)) if kept else None
             driver = stage_driver(r.cfg, stage, [s for samples in inputs.values() for s in samples], inputs, store,
@@ -308,6 +315,7 @@ def _run_concurrently(r: Stages) -> None:
                          owner=owner, gpus=gpus[0], share=len(stages), launch=r.prewarmed)
     drivers = [first] if first is not None else []
     feeds: list[JudgeFeed] = []
+    r.stored.wait()  # the judges' inputs read the samples from the store
     answerable = {name: [s for s in samples if s.error is None] for name, samples in loaded.items()}
     for stage, stage_gpu in zip(stages[1:], gpus[1:]):
         inputs, _ = judge_inputs(stage, stages[0], loaded, store, cache)
@@ -407,13 +415,11 @@ def stage_driver(
     return driver
 
 
-def record_samples(store: Store, data: Datasets) -> None:
-    """Store each dataset's samples, unless the store holds them as read now (same files and settings: a resume
-    of 100k samples skips rewriting them, `bench/driver_overhead.py`)."""
-    for name, samples in data.samples.items():
-        if store.get_meta(f"samples:{name}") != data.keys[name]:
-            store.put_samples(samples, data.positions[name])
-            store.set_meta(f"samples:{name}", data.keys[name])
+def samples_to_store(store: Store, data: Datasets) -> list[ToStore]:
+    """Each dataset's samples, unless the store holds them as read now (same files and settings: a resume of a
+    million samples skips rewriting them, `bench/million.py`)."""
+    return [ToStore(name, samples, data.positions[name], data.keys[name]) for name, samples in data.samples.items()
+            if store.get_meta(f"samples:{name}") != data.keys[name]]
 
 
 def printer(console: Console) -> Callable[[str], None]:

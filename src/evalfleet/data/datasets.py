@@ -81,15 +81,23 @@ def _delimited_rows(path: Path, delimiter: str) -> Iterator[Row]:
             yield lineno, dict(zip(header, cells))
 
 
+PARQUET_BATCH = 65_536
+"""Rows of a parquet file turned into dicts at a time."""
+
+
 def _parquet_rows(path: Path) -> Iterator[Row]:
+    """A parquet file's rows, read in record batches: a million rows are never all held as dicts (nor as a table)."""
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
-    except Exception as err:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH)
+        i = 0
+        while (batch := next(batches, None)) is not None:
+            for row in batch.to_pylist():
+                i += 1
+                yield i, row
+    except Exception as err:  # a damaged file (or one that is not parquet), found as it is read
         raise DatasetError(f"{path}: cannot read parquet ({err})") from None
-    for i, row in enumerate(table.to_pylist(), 1):
-        yield i, row
 
 
 FORMATS: dict[str, Callable[[Path], Iterator[Row]]] = {
@@ -169,44 +177,66 @@ class ImageResolver:
             raise RowError(column, "neither an existing image path nor valid base64") from None
 
 
+class RowReader:
+    """One dataset's rows become Samples: what is the same for every row (the id column, the fields, the template,
+    the kept columns) is worked out once, not a million times."""
+
+    def __init__(self, cfg: DatasetConfig, path: str, fmt: str, resolve: ImageResolver) -> None:
+        self.cfg, self.path, self.resolve = cfg, path, resolve
+        f = cfg.fields
+        self.id_col, self.question, self.image = f.id, f.question, f.image
+        self.answer = f.answer
+        self.vlmeval = fmt == "vlmeval"
+        self.columns = list(cfg.columns)
+        self.template, self.instruction = cfg.prompt, cfg.instruction
+        self.plain = self.template == "{question}"
+
+    def __call__(self, lineno: int, row: dict[str, Any]) -> Sample:
+        where = f"{self.path}:{lineno}"
+        id_col = self.id_col
+        if id_col is None:
+            id_col = next((c for c in ID_COLUMNS if c in row), None)  # the first one the row has
+        value = row.get(id_col) if id_col else None
+        sample_id = f"line{lineno}" if value is None or value == "" else str(value)
+        sample = Sample(self.cfg.name, sample_id, "", "", source=where)
+        try:
+            question = row.get(self.question)
+            if question is None or question == "":
+                raise RowError(self.question, "missing question")
+            sample.question = question = str(question)
+            if self.answer:
+                sample.answers = _answers(row.get(self.answer))
+            if self.image and self.image in row:
+                # VLMEvalKit stores a repeated image as the `index` of the row that holds it.
+                sample.images = self.resolve(row[self.image], self.image, f"{where}:{self.image}")
+            options: dict[str, str] = {}
+            if self.vlmeval:
+                question, options = mcq_prompt(question, row, self.instruction)
+                if options:
+                    sample.metadata["options"] = options
+            if self.columns and (kept := {c: row[c] for c in self.columns if row.get(c) not in (None, "")}):
+                sample.metadata["columns"] = kept
+            sample.prompt = self.prompt(row, question, bool(options))
+        except RowError as err:
+            sample.error = f"{where}:{err}"
+        return sample
+
+    def prompt(self, row: dict[str, Any], question: str, mcq: bool) -> str:
+        """The row's user message (`prompts.user_message`); the question itself (one text, not two copies: a million
+        rows, ~10 % of their memory) when the template adds nothing."""
+        if self.plain and (mcq or not self.instruction):
+            return question
+        try:
+            return user_message(self.cfg, row, question, mcq)
+        except KeyError as err:
+            raise RowError("prompt", f"template names column {err} which this row lacks") from None
+
+
 def sample_from_row(
     cfg: DatasetConfig, path: str, fmt: str, lineno: int, row: dict[str, Any], resolve: ImageResolver
 ) -> Sample:
-    f = cfg.fields
-    where = f"{path}:{lineno}"
-    id_col = f.id
-    if id_col is None:
-        for id_col in ID_COLUMNS:  # the first one the row has
-            if id_col in row:
-                break
-        else:
-            id_col = None
-    sample_id = str(row[id_col]) if id_col and row.get(id_col) not in (None, "") else f"line{lineno}"
-    sample = Sample(dataset=cfg.name, id=sample_id, question="", prompt="", source=where)
-    try:
-        if f.question not in row or row[f.question] in (None, ""):
-            raise RowError(f.question, "missing question")
-        sample.question = str(row[f.question])
-        sample.answers = _answers(row.get(f.answer)) if f.answer else []
-        if f.image and f.image in row:
-            # VLMEvalKit stores a repeated image as the `index` of the row that holds it.
-            sample.images = resolve(row[f.image], f.image, f"{where}:{f.image}")
-        question = sample.question
-        if fmt == "vlmeval":
-            question, options = mcq_prompt(sample.question, row, cfg.instruction)
-            if options:
-                sample.metadata["options"] = options
-        if kept := {c: row[c] for c in cfg.columns if row.get(c) not in (None, "")}:
-            sample.metadata["columns"] = kept
-        try:
-            sample.prompt = user_message(cfg, row, question, bool(sample.metadata.get("options")))
-            if sample.prompt == sample.question:  # one text, not two copies (a million rows: ~10 % of their memory)
-                sample.prompt = sample.question
-        except KeyError as err:
-            raise RowError("prompt", f"template names column {err} which this row lacks") from None
-    except RowError as err:
-        sample.error = f"{where}:{err}"
-    return sample
+    """One row's Sample (`RowReader`, for a row on its own)."""
+    return RowReader(cfg, path, fmt, resolve)(lineno, row)
 
 
 def _vlmeval_image_links(rows: list[Row], column: str) -> None:
@@ -234,12 +264,13 @@ def file_samples(cfg: DatasetConfig) -> list[Sample]:
             _vlmeval_image_links(rows, cfg.fields.image)
         resolve = ImageResolver(Path(cfg.image_root) if cfg.image_root else path.parent, base64_only=fmt == "vlmeval",
                                 absolute=cfg.absolute_images)
+        read = RowReader(cfg, src, fmt, resolve)
         for lineno, row in rows:
             if isinstance(row, Exception):
                 samples.append(Sample(cfg.name, f"line{lineno}", "", "", source=f"{path}:{lineno}",
                                       error=f"{path}:{lineno}:{row}"))
             else:
-                samples.append(sample_from_row(cfg, src, fmt, lineno, row, resolve))
+                samples.append(read(lineno, row))
     except UnicodeDecodeError:
         raise DatasetError(f"dataset {cfg.name!r}: {not_utf8(path, 'file')}") from None
     except (OSError, csv.Error) as err:

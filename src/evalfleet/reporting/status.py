@@ -134,6 +134,7 @@ def read_status(run_dir: Path, now: float | None = None) -> RunStatus:
                     rows.append(StageRow(stage.name, ds["name"], 0, 0, 0, "failed"))
                     continue
                 expected, done, errors = store.counts(stage.name, ds["name"])
+                expected = max(expected, ds["n_samples"] or 0)  # its samples may still be being stored
                 row_state = ("done" if done >= expected else
                              "running" if state == "running" and (busy or done) else "pending")
                 rows.append(StageRow(stage.name, ds["name"], expected, done, errors, row_state))

@@ -18,7 +18,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from evalfleet.bulk import bulk_objects
 from evalfleet.errors import UserError
 from evalfleet.records import Result, Sample
 from evalfleet.scoring.score import Score, score_from_json
@@ -58,6 +57,23 @@ ADDED_COLUMNS = {"samples": ["context TEXT", "images TEXT"], "results": ["prompt
 
 
 EMPTY_JSON = {"[]": list, "{}": dict, "null": lambda: None}
+
+
+def sample_rows(samples: list[Sample], positions: list[int] | None = None) -> Iterator[tuple]:
+    """The samples table's rows of `samples`, one at a time."""
+    shared: dict[int, str] = {}  # a dataset's samples share one context (system prompt, few-shot turns) list
+    texts: dict[tuple[str, ...], str] = {}  # answer lists repeat (yes, no, a few hundred organs): dumped once
+    for i, s in zip(positions or range(len(samples)), samples):
+        if (context := shared.get(id(s.context))) is None:  # JSON text, never empty
+            context = shared[id(s.context)] = json.dumps(s.context)
+        answers = "[]"
+        if s.answers and (answers := texts.get(key := tuple(s.answers))) is None:
+            answers = json.dumps(s.answers)
+            if len(texts) < 10_000:
+                texts[key] = answers
+        yield (s.dataset, s.id, i, s.question, s.prompt, answers, s.source, s.error,
+               json.dumps(s.metadata) if s.metadata else "{}", context,
+               json.dumps([{"where": r.where, "path": r.path} for r in s.images]) if s.images else "[]")
 
 
 class Store:
@@ -143,35 +159,13 @@ class Store:
         return [dict(zip(("name", "status", "n_samples", "error"), r)) for r in cur]
 
     def put_samples(self, samples: list[Sample], positions: list[int] | None = None) -> None:
-        """Store samples in dataset order (`positions`: their places in the whole dataset, for a shard)."""
-        shared: dict[int, str] = {}  # a dataset's samples share one context (system prompt, few-shot turns) list
-
-        def context(s: Sample) -> str:  # JSON text, never empty
-            return shared.get(id(s.context)) or shared.setdefault(id(s.context), json.dumps(s.context))
-
-        texts: dict[tuple[str, ...], str] = {}  # answer lists repeat (yes, no, a few hundred organs): dumped once
-
-        def answers(s: Sample) -> str:
-            if not s.answers:
-                return "[]"
-            if (text := texts.get(key := tuple(s.answers))) is None:
-                text = json.dumps(s.answers)
-                if len(texts) < 10_000:
-                    texts[key] = text
-            return text
-
-        with bulk_objects():
-            rows = [
-                (s.dataset, s.id, i, s.question, s.prompt, answers(s), s.source,
-                 s.error, json.dumps(s.metadata) if s.metadata else "{}", context(s),
-                 json.dumps([{"where": r.where, "path": r.path} for r in s.images]) if s.images else "[]")
-                for i, s in zip(positions or range(len(samples)), samples)
-            ]
+        """Store samples in dataset order (`positions`: their places in the whole dataset, for a shard), in one
+        transaction; their rows are made as SQLite takes them, not held all at once."""
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany("INSERT OR REPLACE INTO samples (dataset, id, position, question, prompt, answers, "
                                 "source, error, metadata, context, images) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                rows)
+                                sample_rows(samples, positions))
 
     def changed_prompts(self, stage: str, samples: list[Sample]) -> list[str]:
         """Ids of `samples` answered at `stage` when their prompt or context (system, few-shot) was another."""
