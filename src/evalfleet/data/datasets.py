@@ -182,7 +182,7 @@ class RowReader:
     the kept columns) is worked out once, not a million times."""
 
     def __init__(self, cfg: DatasetConfig, path: str, fmt: str, resolve: ImageResolver) -> None:
-        self.cfg, self.path, self.resolve = cfg, path, resolve
+        self.cfg, self.name, self.path, self.resolve = cfg, cfg.name, path, resolve
         f = cfg.fields
         self.id_col, self.question, self.image = f.id, f.question, f.image
         self.answer = f.answer
@@ -198,28 +198,30 @@ class RowReader:
             id_col = next((c for c in ID_COLUMNS if c in row), None)  # the first one the row has
         value = row.get(id_col) if id_col else None
         sample_id = f"line{lineno}" if value is None or value == "" else str(value)
-        sample = Sample(self.cfg.name, sample_id, "", "", source=where)
-        try:
+        question, answers, images, metadata = "", [], [], {}
+        try:  # every field first, then the Sample at once (a million rows: each assignment counts)
             question = row.get(self.question)
             if question is None or question == "":
+                question = ""
                 raise RowError(self.question, "missing question")
-            sample.question = question = str(question)
+            if type(question) is not str:
+                question = str(question)
             if self.answer:
-                sample.answers = _answers(row.get(self.answer))
+                answers = _answers(row.get(self.answer))
             if self.image and self.image in row:
                 # VLMEvalKit stores a repeated image as the `index` of the row that holds it.
-                sample.images = self.resolve(row[self.image], self.image, f"{where}:{self.image}")
-            options: dict[str, str] = {}
+                images = self.resolve(row[self.image], self.image, f"{where}:{self.image}")
+            shown = question
             if self.vlmeval:
-                question, options = mcq_prompt(question, row, self.instruction)
+                shown, options = mcq_prompt(question, row, self.instruction)
                 if options:
-                    sample.metadata["options"] = options
+                    metadata["options"] = options
             if self.columns and (kept := {c: row[c] for c in self.columns if row.get(c) not in (None, "")}):
-                sample.metadata["columns"] = kept
-            sample.prompt = self.prompt(row, question, bool(options))
+                metadata["columns"] = kept
+            prompt = self.prompt(row, shown, "options" in metadata)
         except RowError as err:
-            sample.error = f"{where}:{err}"
-        return sample
+            return Sample(self.name, sample_id, question, "", answers, images, where, f"{where}:{err}", metadata)
+        return Sample(self.name, sample_id, question, prompt, answers, images, where, None, metadata)
 
     def prompt(self, row: dict[str, Any], question: str, mcq: bool) -> str:
         """The row's user message (`prompts.user_message`); the question itself (one text, not two copies: a million

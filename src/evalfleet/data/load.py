@@ -48,10 +48,22 @@ def _add_context(cfg: DatasetConfig, samples: list[Sample]) -> None:
         prefix = plain_layout(turns)
     else:
         context += turns
+    if not context and not prefix:
+        return  # nothing to give (a million samples: no loop for nothing)
     for s in samples:
         if not s.error:
             s.context = context
             s.prompt = prefix + s.prompt
+
+
+def _refuse_duplicate(cfg: DatasetConfig, samples: list[Sample]) -> None:
+    """Raise for the first sample whose id an earlier one has, naming where both are."""
+    seen: dict[str, str] = {}
+    for s in samples:
+        if s.id in seen:
+            raise DatasetError(f"dataset {cfg.name!r}: duplicate sample id {s.id!r} at {s.source} "
+                               f"(first at {seen[s.id]})")
+        seen[s.id] = s.source
 
 
 def load_samples(cfg: DatasetConfig, *, seed: int, limit: int | None = None) -> list[Sample]:
@@ -60,12 +72,9 @@ def load_samples(cfg: DatasetConfig, *, seed: int, limit: int | None = None) -> 
         samples = easy_vqa_samples(cfg) if cfg.builtin else file_samples(cfg)
     else:  # the medical VQA sets, from the user's copy
         samples = named_samples(cfg)
-    seen: dict[str, str] = {}
-    for s in samples:
-        if s.id in seen:
-            raise DatasetError(f"dataset {cfg.name!r}: duplicate sample id {s.id!r} at {s.source} "
-                               f"(first at {seen[s.id]})")
-        seen[s.id] = s.source
+    ids = {s.id for s in samples}
+    if len(ids) < len(samples):
+        _refuse_duplicate(cfg, samples)
     _add_context(cfg, samples)
     if cfg.shuffle:
         random.Random(seed).shuffle(samples)

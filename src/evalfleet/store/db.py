@@ -64,7 +64,9 @@ def sample_rows(samples: list[Sample], positions: list[int] | None = None) -> It
     shared: dict[int, str] = {}  # a dataset's samples share one context (system prompt, few-shot turns) list
     texts: dict[tuple[str, ...], str] = {}  # answer lists repeat (yes, no, a few hundred organs): dumped once
     for i, s in zip(positions or range(len(samples)), samples):
-        if (context := shared.get(id(s.context))) is None:  # JSON text, never empty
+        if not s.context:  # JSON text, never empty
+            context = "[]"
+        elif (context := shared.get(id(s.context))) is None:
             context = shared[id(s.context)] = json.dumps(s.context)
         answers = "[]"
         if s.answers and (answers := texts.get(key := tuple(s.answers))) is None:
