@@ -110,3 +110,23 @@ def test_easy_vqa_builtin():
     ss = load_samples(DatasetConfig(name="ev", builtin="easy-vqa", limit=3, shuffle=True), seed=0)
     assert len(ss) == 3 and all(s.answers and s.images and s.error is None for s in ss)
     assert open_image(ss[0].images[0]).size == (64, 64)
+
+
+def test_jsonl_numbers_past_64_bits_and_nan_are_read_and_a_broken_line_names_its_column(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text('{"id": "a", "question": "Big?", "answer": 123456789012345678901234567890}\n'
+                 '{"id": "b", "question": "NaN?", "answer": NaN}\n'
+                 '  {"id": "c", "question": "Broken?", \n'
+                 '["a list"]\n')
+    ss = load(f)
+    assert [(s.id, s.answers, s.error) for s in ss[:2]] == [
+        ("a", ["123456789012345678901234567890"], None), ("b", ["nan"], None)]
+    assert ss[2].error == f"{f}:3:(line): invalid JSON: Expecting property name enclosed in double quotes at column 37"
+    assert ss[3].error == f"{f}:4:(line): expected a JSON object"
+
+
+def test_a_jsonl_file_that_is_not_utf8_is_refused_by_name(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_bytes('{"id": "a", "question": "caf\u00e9?"}\n'.encode("latin-1"))
+    with pytest.raises(DatasetError, match="d.jsonl"):
+        load(f)

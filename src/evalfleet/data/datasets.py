@@ -44,6 +44,7 @@ Row = tuple[int, dict[str, Any] | Exception]
 
 
 def _jsonl_rows(path: Path) -> Iterator[Row]:
+    """A JSONL file's objects. (orjson was tried: on a million rows kept as samples it was ~2 s slower than `json`.)"""
     decode = json.JSONDecoder().raw_decode  # what `json.loads` calls, without its two wrappers (~4 us a row)
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -57,7 +58,7 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
                 ok = False
             if not ok:  # `json.loads` says why, with the column in the line as written
                 try:
-                    row = json.loads(line)
+                    row = json.loads(line.rstrip())
                 except json.JSONDecodeError as err:
                     yield lineno, RowError("(line)", f"invalid JSON: {err.msg} at column {err.colno}")
                     continue
