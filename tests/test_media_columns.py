@@ -58,12 +58,15 @@ def test_video_a_second_picture_column_csv_and_parquet(tmp_path):
              "image_2": "b.jpg", "frames_dir": "frames", "note": "see a.png"}]
     (tmp_path / "v.jsonl").write_text(json.dumps(rows[0]) + "\n")
     got = media_problems(DatasetConfig(name="v", path=str(tmp_path / "v.jsonl")))
-    assert len(got) == 3, got  # video, image_2, the folder of frames; `note` is text that merely names a file
-    video, second, frames = got
-    assert "column `video` holds video" in video and "does not read video yet; list it in `columns:`" in video
+    assert len(got) == 2, got  # image_2, the folder of frames (`video` is read: `fields.video`); `note` merely
+    second, frames = got       # names a file
     assert ("column `image_2` holds pictures" in second
             and "a row's pictures come from one column (`fields.image: image`)" in second)
-    assert "column `frames_dir` holds video" in frames
+    assert ("column `frames_dir` holds video" in frames
+            and "a row's video comes from one column (`fields.video: video`)" in frames)
+    (why,) = media_problems(DatasetConfig(name="v", path=str(tmp_path / "v.jsonl"), columns=["image_2", "frames_dir"],
+                                          fields={"video": None}))
+    assert "column `video` holds video" in why and "set `fields.video: video`" in why
     # CSV: base64 text of a PNG in a column the fields do not read
     buf = io.BytesIO()
     Image.new("RGB", (32, 32), "green").save(buf, format="PNG")

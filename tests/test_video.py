@@ -77,3 +77,68 @@ def test_a_file_that_is_not_a_video_names_itself(tmp_path):
     bad.write_bytes(b"not a video at all")
     with pytest.raises(VideoError, match="bad.mp4"):
         video_frames(bad, FrameSampling())
+
+
+def test_rows_carry_a_video_or_several_pictures_in_jsonl_csv_and_parquet(tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from evalfleet.config import DatasetConfig
+    from evalfleet.data.load import load_samples
+
+    clip(tmp_path / "c.mp4")
+    (tmp_path / "frames").mkdir()
+    for i in range(4):
+        Image.new("RGB", (8, 8), (10 * i,) * 3).save(tmp_path / "frames" / f"{i}.png")
+        Image.new("RGB", (8, 8)).save(tmp_path / f"p{i}.png")
+    rows = [{"id": "a", "question": "what happens?", "video": "c.mp4"},
+            {"id": "b", "question": "and here?", "video": "frames", "image": ["p0.png", "p1.png"]},
+            {"id": "c", "question": "escape?", "video": "../c.mp4"},
+            {"id": "d", "question": "gone?", "video": "gone.mp4"},
+            {"id": "e", "question": "text?", "video": "p2.png"}]
+    (tmp_path / "v.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds = DatasetConfig(name="v", path=str(tmp_path / "v.jsonl"), frames={"fps": 2.0, "max_frames_num": 4})
+    a, b, c, d, e = load_samples(ds, seed=0)
+    assert a.video.path == str(tmp_path / "c.mp4") and (a.video.fps, a.video.max_frames_num) == (2.0, 4)
+    assert a.video.where == f"{tmp_path / 'v.jsonl'}:1:video" and a.error is None
+    frames, indices, _ = video_frames(a.video.path, FrameSampling(a.video.nframe, a.video.fps, a.video.max_frames_num))
+    assert len(frames) == 4 and indices == [0, 4, 12, 16]  # 6 frames at 2 a second, 4 kept evenly
+    assert b.video.path == str(tmp_path / "frames") and [i.path for i in b.images] == [
+        str(tmp_path / "p0.png"), str(tmp_path / "p1.png")]
+    assert "video path '../c.mp4' is outside the image folder" in c.error
+    assert d.error.endswith(f"video: video not found: {tmp_path / 'gone.mp4'}")
+    assert "is not a video file" in e.error
+    # CSV: several pictures as a JSON list in one cell; parquet: a video path
+    (tmp_path / "v.csv").write_text('id,question,image,video\n1,two?,"[""p0.png"", ""p3.png""]",c.mp4\n')
+    (row,) = load_samples(DatasetConfig(name="c", path=str(tmp_path / "v.csv")), seed=0)
+    assert len(row.images) == 2 and row.video.path.endswith("c.mp4") and row.error is None
+    pq.write_table(pa.table({"question": ["q?"], "video": ["frames"]}), tmp_path / "v.parquet")
+    (row,) = load_samples(DatasetConfig(name="p", path=str(tmp_path / "v.parquet")), seed=0)
+    assert row.video.path == str(tmp_path / "frames") and row.video.nframe == 8
+
+
+def test_a_run_with_video_rows_is_refused_before_anything_is_written_and_the_store_keeps_videos(tmp_path):
+    import json
+
+    from evalfleet.config import parse_config
+    from evalfleet.preflight import input_problems, read_datasets
+    from evalfleet.store import Store
+    from evalfleet.store.background import SampleWriter, ToStore
+
+    clip(tmp_path / "c.mp4")
+    (tmp_path / "v.jsonl").write_text(json.dumps({"id": "a", "question": "what happens?", "video": "c.mp4"}) + "\n")
+    cfg = parse_config({"name": "t", "output_dir": str(tmp_path / "out"), "model": {"path": str(tmp_path)},
+                        "datasets": [{"name": "v", "path": str(tmp_path / "v.jsonl")}]})
+    data = read_datasets(cfg)
+    problems = input_problems(cfg, data)
+    assert any("1 rows carry a video (`fields.video: video`" in p and "do not take video yet" in p
+               for p in problems), problems
+    store = Store(tmp_path / "store.db")
+    SampleWriter(store.path, [ToStore("v", data.samples["v"], [0], "k")]).wait()
+    (video,) = store.db.execute("SELECT video FROM samples").fetchone()
+    assert json.loads(video) == {"where": f"{tmp_path / 'v.jsonl'}:1:video", "path": str(tmp_path / "c.mp4"),
+                                 "nframe": 8, "fps": None, "max_frames_num": 32}
+    store.close()

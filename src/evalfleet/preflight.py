@@ -238,6 +238,11 @@ def input_problems(cfg: RunConfig, data: Datasets) -> list[str]:
         problems += media_problems(ds)
         errors = [s.error for s in samples if s.error]
         where = f"dataset {ds.name}" + (f" ({ds.path})" if ds.path else "")
+        if videos := [s for s in samples if s.video is not None]:
+            problems.append(f"{where}: {len(videos)} rows carry a video (`fields.video: {ds.fields.video}`, e.g. "
+                            f"{videos[0].video.where}); evalfleet's model backends do not take video yet: set "
+                            f"`fields.video: null` and list `{ds.fields.video}` in `columns:` to run those rows "
+                            "without it")
         if len(errors) == len(samples):
             problems.append(f"{where}: every one of its {len(samples)} rows is an error, e.g. {errors[0]}"
                             + _columns_hint(ds))

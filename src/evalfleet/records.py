@@ -25,6 +25,18 @@ class ImageRef:
     data: bytes | None = None
 
 
+@dataclass(frozen=True)
+class VideoRef:
+    """A video by file path, or a folder of its frames, with how its frames are sampled (`data/video.py`); `where`
+    locates it for error messages."""
+
+    where: str
+    path: str
+    nframe: int | None = 8
+    fps: float | None = None
+    max_frames_num: int | None = 32
+
+
 @dataclass(slots=True)
 class Sample:
     """One evaluation item (slots: a million of them are held by a driver, ~100 MB less without a dict each)."""
@@ -40,6 +52,7 @@ class Sample:
     metadata: dict[str, Any] = field(default_factory=dict)
     context: list[dict[str, str]] = field(default_factory=list)
     """Chat messages before the prompt: the dataset's system prompt and few-shot turns."""
+    video: VideoRef | None = None
 
 
 @dataclass

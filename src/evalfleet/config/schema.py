@@ -53,7 +53,29 @@ class FieldMap(_Strict):
     answer: str | None = "answer"
     """Reference answer column (a string, or a list of accepted answers)."""
     image: str | None = "image"
-    """Image column: a path relative to the dataset file, base64 text, or bytes."""
+    """Image column: a path relative to the dataset file, base64 text, or bytes; or a list of them (in CSV/TSV, a
+    JSON list)."""
+    video: str | None = "video"
+    """Video column: a video file or a folder of its frames, with the rules of image paths (`image_root`); its frames
+    are sampled as the dataset's `frames` says."""
+
+
+class FrameSettings(_Strict):
+    """How a video's frames are sampled (`data/video.py`), named as the peers name them: `nframe` evenly spaced
+    (VLMEvalKit), or `fps` a second of the video (VLMEvalKit, lmms-eval) at most `max_frames_num` (lmms-eval)."""
+
+    nframe: int | None = Field(8, ge=1)
+    """Frames a video, evenly spaced (its two ends left out); used unless `fps` is set."""
+    fps: float | None = Field(None, gt=0)
+    """Frames a second of the video instead (a folder of frames has no rate: `nframe` only)."""
+    max_frames_num: int | None = Field(32, ge=1)
+    """The most frames `fps` gives, evenly chosen among them."""
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> FrameSettings:
+        if self.fps is None and self.nframe is None:
+            raise ValueError("set `nframe` (frames evenly spaced) or `fps` (frames a second)")
+        return self
 
 
 class FewShotConfig(_Strict):
@@ -106,6 +128,8 @@ class DatasetConfig(_Strict):
     """Split of a built-in dataset."""
     fields: FieldMap = FieldMap()
     """Column mapping."""
+    frames: FrameSettings = FrameSettings()
+    """How the frames of a row's video are sampled."""
     limit: int | None = Field(None, ge=1)
     """Keep at most this many samples (after shuffling)."""
     shuffle: bool = False

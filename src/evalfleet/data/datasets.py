@@ -18,11 +18,11 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from evalfleet.config import DatasetConfig
-from evalfleet.data.media import HEAD_ROWS, unmapped_media
+from evalfleet.config import DatasetConfig, FrameSettings
+from evalfleet.data.media import HEAD_ROWS, VIDEO_EXTENSIONS, unmapped_media
 from evalfleet.errors import UserError, not_utf8
 from evalfleet.prompts import mcq_prompt, user_message
-from evalfleet.records import ImageRef, Sample
+from evalfleet.records import ImageRef, Sample, VideoRef
 
 ID_COLUMNS = ("id", "index", "qid", "question_id")
 
@@ -139,15 +139,25 @@ def _answers(value: Any) -> list[str]:
     return [str(value)]
 
 
-class ImageResolver:
-    """Turns an image cell (path, base64 text, bytes, {"bytes": ...}, a list of those) into ImageRefs. Paths are
-    relative to `root` and must stay inside it as written: `..` may not climb out of it, but a symbolic link inside
-    it may point anywhere (image folders linked from scratch space are the usual cluster layout)."""
+class MediaResolver:
+    """Turns an image cell (path, base64 text, bytes, {"bytes": ...}, a list of those, or in CSV/TSV a JSON list) into
+    ImageRefs, and a video cell (a file, or a folder of frames) into a VideoRef. Paths are relative to `root` and
+    must stay inside it as written: `..` may not climb out of it, but a symbolic link inside it may point anywhere
+    (image folders linked from scratch space are the usual cluster layout)."""
 
     def __init__(self, root: Path, base64_only: bool, absolute: bool = False) -> None:
         self.root = Path(os.path.abspath(root))
         self.base64_only = base64_only
         self.absolute = absolute
+
+    def local(self, value: str, column: str, what: str) -> Path:
+        """The path a cell names, inside `root` (or absolute where allowed); refused when it climbs out."""
+        candidate = Path(os.path.normpath(self.root / os.path.expanduser(value)))  # `..` folded, links kept
+        if not candidate.is_relative_to(self.root) and not (self.absolute and os.path.isabs(value)):
+            raise RowError(column, f"{what} path {value!r} is outside the image folder {self.root}; set "
+                                   "`image_root` to a folder that holds it, or `absolute_images: true` for "
+                                   "absolute paths")
+        return candidate
 
     def __call__(self, value: Any, column: str, where: str) -> list[ImageRef]:
         if value is None or value == "":
@@ -162,12 +172,14 @@ class ImageResolver:
             return [ImageRef(where, data=bytes(value))]
         if not isinstance(value, str):
             raise RowError(column, f"unsupported image value of type {type(value).__name__}")
+        if value.startswith("[") and value.endswith("]"):  # several pictures in one CSV/TSV cell
+            try:
+                listed = json.loads(value)
+            except json.JSONDecodeError:
+                raise RowError(column, "a cell that begins with [ must be a JSON list of pictures") from None
+            return self(listed, column, where)
         if not self.base64_only and len(value) < 4096:
-            candidate = Path(os.path.normpath(self.root / os.path.expanduser(value)))  # `..` folded, links kept
-            if not candidate.is_relative_to(self.root) and not (self.absolute and os.path.isabs(value)):
-                raise RowError(column, f"image path {value!r} is outside the image folder {self.root}; set "
-                                       "`image_root` to a folder that holds it, or `absolute_images: true` for "
-                                       "absolute paths")
+            candidate = self.local(value, column, "image")
             if candidate.is_file():
                 return [ImageRef(where, path=str(candidate))]
             if len(value) < 256:
@@ -177,15 +189,32 @@ class ImageResolver:
         except (binascii.Error, ValueError):
             raise RowError(column, "neither an existing image path nor valid base64") from None
 
+    def video(self, value: Any, column: str, where: str, frames: FrameSettings) -> VideoRef | None:
+        """A row's video: a file with a video extension, or a folder of its frames."""
+        if value is None or value == "":
+            return None
+        if isinstance(value, dict) and value.get("path"):
+            value = value["path"]
+        if not isinstance(value, str):
+            raise RowError(column, f"a video is a file path or a folder of frames, not a {type(value).__name__}")
+        path = self.local(value, column, "video")
+        if path.is_file() and not path.name.lower().endswith(VIDEO_EXTENSIONS):
+            raise RowError(column, f"{path} is not a video file ({', '.join(VIDEO_EXTENSIONS)}) nor a folder of "
+                                   "frames")
+        if not path.exists():
+            raise RowError(column, f"video not found: {path}")
+        return VideoRef(where, str(path), frames.nframe, frames.fps, frames.max_frames_num)
+
 
 class RowReader:
     """One dataset's rows become Samples: what is the same for every row (the id column, the fields, the template,
     the kept columns) is worked out once, not a million times."""
 
-    def __init__(self, cfg: DatasetConfig, path: str, fmt: str, resolve: ImageResolver) -> None:
+    def __init__(self, cfg: DatasetConfig, path: str, fmt: str, resolve: MediaResolver) -> None:
         self.cfg, self.name, self.path, self.resolve = cfg, cfg.name, path, resolve
         f = cfg.fields
-        self.id_col, self.question, self.image = f.id, f.question, f.image
+        self.id_col, self.question, self.image, self.video = f.id, f.question, f.image, f.video
+        self.frames = cfg.frames
         self.answer = f.answer
         self.vlmeval = fmt == "vlmeval"
         self.columns = list(cfg.columns)
@@ -199,7 +228,7 @@ class RowReader:
             id_col = next((c for c in ID_COLUMNS if c in row), None)  # the first one the row has
         value = row.get(id_col) if id_col else None
         sample_id = f"line{lineno}" if value is None or value == "" else str(value)
-        question, answers, images, metadata = "", [], [], {}
+        question, answers, images, metadata, video = "", [], [], {}, None
         try:  # every field first, then the Sample at once (a million rows: each assignment counts)
             question = row.get(self.question)
             if question is None or question == "":
@@ -212,6 +241,8 @@ class RowReader:
             if self.image and self.image in row:
                 # VLMEvalKit stores a repeated image as the `index` of the row that holds it.
                 images = self.resolve(row[self.image], self.image, f"{where}:{self.image}")
+            if self.video and self.video in row:
+                video = self.resolve.video(row[self.video], self.video, f"{where}:{self.video}", self.frames)
             shown = question
             if self.vlmeval:
                 shown, options = mcq_prompt(question, row, self.instruction)
@@ -221,8 +252,9 @@ class RowReader:
                 metadata["columns"] = kept
             prompt = self.prompt(row, shown, "options" in metadata)
         except RowError as err:
-            return Sample(self.name, sample_id, question, "", answers, images, where, f"{where}:{err}", metadata)
-        return Sample(self.name, sample_id, question, prompt, answers, images, where, None, metadata)
+            return Sample(self.name, sample_id, question, "", answers, images, where, f"{where}:{err}", metadata,
+                          video=video)
+        return Sample(self.name, sample_id, question, prompt, answers, images, where, None, metadata, video=video)
 
     def prompt(self, row: dict[str, Any], question: str, mcq: bool) -> str:
         """The row's user message (`prompts.user_message`); the question itself (one text, not two copies: a million
@@ -236,7 +268,7 @@ class RowReader:
 
 
 def sample_from_row(
-    cfg: DatasetConfig, path: str, fmt: str, lineno: int, row: dict[str, Any], resolve: ImageResolver
+    cfg: DatasetConfig, path: str, fmt: str, lineno: int, row: dict[str, Any], resolve: MediaResolver
 ) -> Sample:
     """One row's Sample (`RowReader`, for a row on its own)."""
     return RowReader(cfg, path, fmt, resolve)(lineno, row)
@@ -265,7 +297,7 @@ def file_samples(cfg: DatasetConfig) -> list[Sample]:
         if fmt == "vlmeval" and cfg.fields.image:
             rows = list(rows)
             _vlmeval_image_links(rows, cfg.fields.image)
-        resolve = ImageResolver(Path(cfg.image_root) if cfg.image_root else path.parent, base64_only=fmt == "vlmeval",
+        resolve = MediaResolver(Path(cfg.image_root) if cfg.image_root else path.parent, base64_only=fmt == "vlmeval",
                                 absolute=cfg.absolute_images)
         read = RowReader(cfg, src, fmt, resolve)
         for lineno, row in rows:
@@ -296,7 +328,7 @@ def media_problems(cfg: DatasetConfig) -> list[str]:
     except UNREADABLE:
         return []
     f = cfg.fields
-    mapped = {c for c in (f.id, f.question, f.answer, f.image) if c}
+    mapped = {c for c in (f.id, f.question, f.answer, f.image, f.video) if c}
     root = Path(cfg.image_root) if cfg.image_root else path.parent
     image_read = bool(f.image) and any(isinstance(r, dict) and r.get(f.image) not in (None, "") for _, r in head)
     out = []
@@ -305,8 +337,13 @@ def media_problems(cfg: DatasetConfig) -> list[str]:
         where = (f"dataset {cfg.name} ({path}): column `{m.column}` holds {what}"
                  f" (from line {m.first}, in {m.rows} of the first {min(len(head), HEAD_ROWS)} rows) that no setting "
                  "reads: the model would answer those rows without them")
-        if m.kind == "video":
-            fix = "evalfleet does not read video yet; list it in `columns:` to run the rows without it"
+        if m.kind == "video" and f.video and any(isinstance(r, dict) and r.get(f.video) not in (None, "")
+                                                 for _, r in head):
+            fix = (f"a row's video comes from one column (`fields.video: {f.video}`); list `{m.column}` in "
+                   "`columns:` to run without it")
+        elif m.kind == "video":
+            fix = (f"set `fields.video: {m.column}` (a video file or a folder of its frames), or list it in "
+                   "`columns:` to run without it")
         elif image_read:
             fix = (f"a row's pictures come from one column (`fields.image: {f.image}`): put them in one list column, "
                    f"or list `{m.column}` in `columns:` to run without them")

@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 from evalfleet.config import DatasetConfig
-from evalfleet.data.datasets import DatasetError, ImageResolver, easy_vqa_samples, file_samples, sample_from_row
+from evalfleet.data.datasets import DatasetError, MediaResolver, easy_vqa_samples, file_samples, sample_from_row
 from evalfleet.data.named import named_samples
 from evalfleet.prompts import plain_layout
 from evalfleet.records import Sample
@@ -22,7 +22,7 @@ def _few_shot_examples(cfg: DatasetConfig) -> list[tuple[str, str]]:
         examples = file_samples(cfg.model_copy(update={"path": fs.path, "format": "auto"}))
     else:
         where = Path(f"dataset {cfg.name} few_shot.examples")
-        resolve = ImageResolver(Path.cwd(), base64_only=False)
+        resolve = MediaResolver(Path.cwd(), base64_only=False)
         examples = [sample_from_row(cfg, where, "jsonl", i, row, resolve) for i, row in enumerate(fs.examples or [], 1)]
     examples = examples[: fs.n]
     for ex in examples:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from evalfleet.config import DatasetConfig
-from evalfleet.data.datasets import FORMATS, DatasetError, ImageResolver, file_samples, sample_from_row
+from evalfleet.data.datasets import FORMATS, DatasetError, MediaResolver, file_samples, sample_from_row
 from evalfleet.records import Sample
 
 NAMES = {"PathVQA_VAL": ("pathvqa", "validation"), "PathVQA_TEST": ("pathvqa", "test")}
@@ -105,7 +105,7 @@ def _samples(cfg: DatasetConfig, fields: Any, source: Path, rows: list[tuple[int
              image_root: Path) -> list[Sample]:
     """Samples of the rows (row number, record), with the release's own columns in their metadata."""
     cfg = cfg.model_copy(update={"fields": fields})
-    resolve = ImageResolver(image_root, base64_only=False)
+    resolve = MediaResolver(image_root, base64_only=False)
     out = []
     for lineno, row in rows:
         sample = sample_from_row(cfg, str(source), "named", lineno, row, resolve)

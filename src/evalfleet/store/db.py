@@ -9,6 +9,7 @@ whose process is gone, on the same host) may be taken by another. Stages share t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -52,7 +53,7 @@ CREATE INDEX IF NOT EXISTS results_made ON results (stage, created) WHERE worker
 """
 """What `status` counts without reading every row of a million-sample run: errors (few, so the indexes are small),
 and when each result a worker made was stored (for the rate). Built when a store from before them is opened."""
-ADDED_COLUMNS = {"samples": ["context TEXT", "images TEXT"], "results": ["prompt TEXT", "score TEXT"]}
+ADDED_COLUMNS = {"samples": ["context TEXT", "images TEXT", "video TEXT"], "results": ["prompt TEXT", "score TEXT"]}
 """Columns newer than the first stores, added to an older store when it is opened."""
 
 
@@ -75,7 +76,8 @@ def sample_rows(samples: list[Sample], positions: list[int] | None = None) -> It
                 texts[key] = answers
         yield (s.dataset, s.id, i, s.question, s.prompt, answers, s.source, s.error,
                json.dumps(s.metadata) if s.metadata else "{}", context,
-               json.dumps([{"where": r.where, "path": r.path} for r in s.images]) if s.images else "[]")
+               json.dumps([{"where": r.where, "path": r.path} for r in s.images]) if s.images else "[]",
+               json.dumps(dataclasses.asdict(s.video)) if s.video is not None else None)
 
 
 class Store:
@@ -166,7 +168,8 @@ class Store:
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany("INSERT OR REPLACE INTO samples (dataset, id, position, question, prompt, answers, "
-                                "source, error, metadata, context, images) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                "source, error, metadata, context, images, video) "
+                                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                 sample_rows(samples, positions))
 
     def changed_prompts(self, stage: str, samples: list[Sample]) -> list[str]:
