@@ -107,3 +107,22 @@ def test_exact_prompt_is_stored_shown_and_guards_resuming(tmp_path, smollm2):
         run(changed, console=quiet_console())
     again = run(cfg, console=quiet_console())  # the same prompts resume
     assert again["datasets"]["q"]["finished"] == 2
+
+
+def test_a_template_around_the_question_gives_what_formatting_the_row_gives():
+    from evalfleet.config import DatasetConfig
+    from evalfleet.prompts import question_affixes, user_message
+
+    row = {"question": "Why?", "context": "ctx", "a": "1"}
+    for template, fast in [("{question}", True), ("Q: {question}\nA:", True), ("{{braces}} {question} {{x}}", True),
+                           ("{question} Answer briefly.", True), ("{context} {question}", False),
+                           ("{question!r}", False), ("{question:>10}", False), ("{question} {question}", False),
+                           ("no question", False), ("{", False)]:
+        affixes = question_affixes(template)
+        assert (affixes is not None) == fast, template
+        for instruction in (None, "Answer with one word."):
+            if affixes is None:
+                continue
+            cfg = DatasetConfig(name="d", path="d.jsonl", prompt=template, instruction=instruction)
+            made = affixes[0] + "Why?" + affixes[1] + (f"\n{instruction}" if instruction else "")
+            assert made == user_message(cfg, row, "Why?", False), template

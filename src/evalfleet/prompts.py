@@ -4,6 +4,7 @@ precedence is `backends.Request.messages`; judge templates are `scoring.judge.re
 
 from __future__ import annotations
 
+import string
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -32,6 +33,20 @@ def user_message(cfg: DatasetConfig, row: dict[str, Any], question: str, mcq: bo
     """The prompt template filled from the row, then the instruction (for multiple choice, already in `question`)."""
     text = cfg.prompt.format_map({**row, "question": question})
     return f"{text}\n{cfg.instruction}" if cfg.instruction and not mcq else text
+
+
+def question_affixes(template: str) -> tuple[str, str] | None:
+    """(before, after) when a template names `{question}` alone, once, with no conversion or format: its user message
+    is then before + question + after, what `user_message` makes without copying the row (a million rows: ~1 s)."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError:
+        return None
+    named = [i for i, (_, field, spec, conversion) in enumerate(parts) if field is not None]
+    if len(named) != 1 or parts[named[0]][1:] != ("question", "", None):
+        return None
+    i = named[0]
+    return "".join(p[0] for p in parts[: i + 1]), "".join(p[0] for p in parts[i + 1:])
 
 
 def plain_layout(messages: list[dict[str, str]]) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from evalfleet.config import DatasetConfig, FrameSettings
 from evalfleet.data.media import HEAD_ROWS, VIDEO_EXTENSIONS, unmapped_media
 from evalfleet.errors import UserError, not_utf8
-from evalfleet.prompts import mcq_prompt, user_message
+from evalfleet.prompts import mcq_prompt, question_affixes, user_message
 from evalfleet.records import ImageRef, Sample, VideoRef
 
 ID_COLUMNS = ("id", "index", "qid", "question_id")
@@ -220,6 +220,7 @@ class RowReader:
         self.columns = list(cfg.columns)
         self.template, self.instruction = cfg.prompt, cfg.instruction
         self.plain = self.template == "{question}"
+        self.affixes = question_affixes(self.template)
 
     def __call__(self, lineno: int, row: dict[str, Any]) -> Sample:
         where = f"{self.path}:{lineno}"
@@ -261,6 +262,9 @@ class RowReader:
         rows, ~10 % of their memory) when the template adds nothing."""
         if self.plain and (mcq or not self.instruction):
             return question
+        if self.affixes is not None:  # the template around the question: no copy of the row to format
+            text = self.affixes[0] + question + self.affixes[1]
+            return f"{text}\n{self.instruction}" if self.instruction and not mcq else text
         try:
             return user_message(self.cfg, row, question, mcq)
         except KeyError as err:
