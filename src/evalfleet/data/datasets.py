@@ -1,5 +1,6 @@
-"""Dataset files (JSONL, CSV/TSV, VLMEvalKit TSV, parquet) and the easy-vqa built-in become lists of Samples;
-`data/load.py: load_samples` chooses the reader and gives the samples their context, order and limits.
+"""A dataset file's rows (read by `data/formats.py`) and the easy-vqa built-in become lists of Samples, their
+pictures and videos resolved (`MediaResolver`); `data/load.py: load_samples` chooses the reader and gives the
+samples their context, order and limits.
 
 A malformed row becomes a Sample carrying an error (``file:line:field: reason``) so the run goes on;
 a dataset that cannot be read at all raises ``DatasetError``.
@@ -12,116 +13,19 @@ import binascii
 import csv
 import json
 import os
-import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from evalfleet.config import DatasetConfig, FrameSettings
+from evalfleet.data.formats import FORMATS, UNREADABLE, DatasetError, Row, RowError, detect_format, parquet_head
 from evalfleet.data.media import HEAD_ROWS, VIDEO_EXTENSIONS, unmapped_media
-from evalfleet.errors import UserError, not_utf8
+from evalfleet.errors import not_utf8
 from evalfleet.prompts import mcq_prompt, question_affixes, user_message
 from evalfleet.records import ImageRef, Sample, VideoRef
 
 ID_COLUMNS = ("id", "index", "qid", "question_id")
-
-
-class DatasetError(UserError):
-    """The dataset cannot be loaded at all."""
-
-
-class RowError(ValueError):
-    """One row is malformed; the message names the field."""
-
-    def __init__(self, column: str, reason: str) -> None:
-        super().__init__(f"{column}: {reason}")
-        self.column = column
-
-
-Row = tuple[int, dict[str, Any] | Exception]
-"""(line or record number, row mapping or the reason it could not be parsed)."""
-
-
-def _jsonl_rows(path: Path) -> Iterator[Row]:
-    """A JSONL file's objects. (orjson was tried: on a million rows kept as samples it was ~2 s slower than `json`.)"""
-    decode = json.JSONDecoder().raw_decode  # what `json.loads` calls, without its two wrappers (~4 us a row)
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            text = line.strip()
-            if not text:
-                continue
-            try:
-                row, end = decode(text)
-                ok = end == len(text)
-            except json.JSONDecodeError:
-                ok = False
-            if not ok:  # `json.loads` says why, with the column in the line as written
-                try:
-                    row = json.loads(line.rstrip())
-                except json.JSONDecodeError as err:
-                    yield lineno, RowError("(line)", f"invalid JSON: {err.msg} at column {err.colno}")
-                    continue
-            yield lineno, row if isinstance(row, dict) else RowError("(line)", "expected a JSON object")
-
-
-def _delimited_rows(path: Path, delimiter: str) -> Iterator[Row]:
-    csv.field_size_limit(sys.maxsize)  # VLMEvalKit TSVs hold base64 images in one field
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter)
-        header = next(reader, None)
-        if not header:
-            raise DatasetError(f"{path}: empty file, expected a header row")
-        for cells in reader:
-            lineno = reader.line_num
-            if not cells:
-                continue
-            if len(cells) != len(header):
-                yield lineno, RowError("(line)", f"expected {len(header)} fields, got {len(cells)}")
-                continue
-            yield lineno, dict(zip(header, cells))
-
-
-PARQUET_BATCH = 65_536
-"""Rows of a parquet file turned into dicts at a time."""
-
-
-def _parquet_rows(path: Path) -> Iterator[Row]:
-    """A parquet file's rows, read in record batches: a million rows are never all held as dicts (nor as a table)."""
-    import pyarrow.parquet as pq
-
-    try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH)
-        i = 0
-        while (batch := next(batches, None)) is not None:
-            for row in batch.to_pylist():
-                i += 1
-                yield i, row
-    except Exception as err:  # a damaged file (or one that is not parquet), found as it is read
-        raise DatasetError(f"{path}: cannot read parquet ({err})") from None
-
-
-FORMATS: dict[str, Callable[[Path], Iterator[Row]]] = {
-    "jsonl": _jsonl_rows,
-    "csv": lambda p: _delimited_rows(p, ","),
-    "tsv": lambda p: _delimited_rows(p, "\t"),
-    "vlmeval": lambda p: _delimited_rows(p, "\t"),
-    "parquet": _parquet_rows,
-}
-EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
-
-
-def _detect_format(path: Path, fmt: str) -> str:
-    if fmt != "auto":
-        return fmt
-    fmt = EXTENSIONS.get(path.suffix.lower(), "")
-    if not fmt:
-        raise DatasetError(f"{path}: unknown file type {path.suffix!r}; set `format` to one of {sorted(FORMATS)}")
-    if fmt == "tsv":
-        with path.open(encoding="utf-8") as f:
-            if "index" in f.readline().rstrip("\n").split("\t"):
-                return "vlmeval"
-    return fmt
 
 
 def _answers(value: Any) -> list[str]:
@@ -296,7 +200,7 @@ def file_samples(cfg: DatasetConfig) -> list[Sample]:
     src = str(path)
     samples = []
     try:
-        fmt = _detect_format(path, cfg.format)
+        fmt = detect_format(path, cfg.format)
         rows: Iterable[Row] = FORMATS[fmt](path)  # row by row: a million raw rows are not held beside their samples
         if fmt == "vlmeval" and cfg.fields.image:
             rows = list(rows)
@@ -358,17 +262,6 @@ def media_problems(cfg: DatasetConfig) -> list[str]:
     return out
 
 
-def _parquet_head(path: Path) -> Iterator[Row]:
-    """A parquet file's first rows, without reading the whole table."""
-    import pyarrow.parquet as pq
-
-    try:
-        batch = next(pq.ParquetFile(path).iter_batches(batch_size=HEAD_ROWS), None)
-    except Exception as err:
-        raise DatasetError(f"{path}: cannot read parquet ({err})") from None
-    yield from enumerate(batch.to_pylist() if batch is not None else [], 1)
-
-
 def dataset_columns(cfg: DatasetConfig) -> list[str]:
     """The columns of a file dataset's first row that parses (for messages about field names); [] otherwise."""
     if cfg.path is None or not Path(cfg.path).is_file():
@@ -379,15 +272,11 @@ def dataset_columns(cfg: DatasetConfig) -> list[str]:
         return []
 
 
-UNREADABLE = (OSError, UnicodeDecodeError, csv.Error, DatasetError)
-"""What reading a dataset file may raise; the helpers that only peek at its rows give up on these."""
-
-
 def _rows(cfg: DatasetConfig, head: bool = False) -> Iterator[Row]:
     """A file dataset's rows, lazily; `head`: a parquet file's first `HEAD_ROWS` only (not the whole table)."""
     path = Path(str(cfg.path))
-    fmt = _detect_format(path, cfg.format)
-    return _parquet_head(path) if head and fmt == "parquet" else FORMATS[fmt](path)
+    fmt = detect_format(path, cfg.format)
+    return parquet_head(path) if head and fmt == "parquet" else FORMATS[fmt](path)
 
 
 def easy_vqa_samples(cfg: DatasetConfig) -> list[Sample]:

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from evalfleet.config import DatasetConfig
-from evalfleet.data.datasets import FORMATS, DatasetError, MediaResolver, file_samples, sample_from_row
+from evalfleet.data.datasets import MediaResolver, file_samples, sample_from_row
+from evalfleet.data.formats import FORMATS, DatasetError
 from evalfleet.records import Sample
 
 NAMES = {"PathVQA_VAL": ("pathvqa", "validation"), "PathVQA_TEST": ("pathvqa", "test")}
