@@ -53,3 +53,19 @@ def test_rows_give_each_prompt_and_share_one_equal_to_its_question(tmp_path):
     assert rows["s0"]["answers"] == ["yes"] and rows["s0"]["answers"] is not rows["s2"]["answers"]  # own copies
     assert rows["s4"]["finished"] and rows["s4"]["error"].endswith("missing question")
     assert rows["s3"]["metadata"] == {} and rows["s3"]["images"] == [] and not rows["s3"]["finished"]
+
+
+def test_status_counts_a_datasets_samples_from_its_record_while_they_are_still_being_stored(tmp_path):
+    from evalfleet.config import parse_config
+    from evalfleet.reporting.status import read_status
+
+    cfg = parse_config({"name": "t", "output_dir": str(tmp_path), "model": {"path": str(tmp_path)},
+                        "datasets": [{"name": "d", "path": str(tmp_path / "d.jsonl")}]})
+    store = Store(cfg.run_dir / "store.db")
+    store.set_meta("config", cfg.model_dump(mode="json"))
+    store.set_dataset("d", "running", 1_000)  # read: a thousand; stored so far (`store/background.py`): three
+    store.put_samples([Sample("d", f"s{i}", "q", "q") for i in range(3)])
+    store.add_results("generate", [Result("d", "s0", "a", worker="w0")])
+    store.close()
+    (row,) = read_status(cfg.run_dir).rows
+    assert (row.dataset, row.expected, row.done) == ("d", 1_000, 1)
