@@ -7,14 +7,11 @@ workers, the event loop), `stages` (a judge's inputs), `store`, `reporting`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import secrets
 import shutil
 import socket
-import sqlite3
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +28,7 @@ from evalfleet.engine.loop import execute
 from evalfleet.engine.prewarm import prewarm
 from evalfleet.engine.queue import Chunk, WorkQueue, make_chunks
 from evalfleet.engine.served import ServedLauncher, free_replicas, serve_dir
-from evalfleet.errors import RunError, UserError
+from evalfleet.errors import UserError
 from evalfleet.observe.progress import RunProgress
 from evalfleet.observe.runlog import log_to
 from evalfleet.observe.startup import process_age
@@ -46,6 +43,7 @@ from evalfleet.stages.judge import JudgeFeed, close_all, fill_cache, judge_input
 from evalfleet.stopping import Stopped, stop_on_signals
 from evalfleet.store import JudgeCache, Store, network_filesystem, quietly, store_errors
 from evalfleet.store.background import SampleWriter, ToStore
+from evalfleet.store.made import Made
 from evalfleet.store.snapshot import Snapshot
 
 log = logging.getLogger("evalfleet")
@@ -80,7 +78,7 @@ def run(
             if fresh and run_dir.exists():
                 refuse_fresh_while_live(run_dir, cfg.lease_seconds)
                 shutil.rmtree(run_dir)
-            made = Made.before(cfg)
+            made = Made.before(run_dir, cfg.judge_cache_path)
             snapshot = Snapshot.before(run_dir) if not made.folders and not redo else None
             log_path = log_file or run_dir / "run.log"
             handler = log_to(log_path)
@@ -108,57 +106,6 @@ def run(
         finally:
             if prewarmed is not None:
                 prewarmed.close()  # the processes the plan did not need
-
-
-@dataclass
-class Made:
-    """What a run is about to make: its folder and the folders above it that do not exist yet, and the judge cache.
-    A run that stores nothing (refused by a worker that cannot load its model, stopped while loading) removes them
-    again, so that nothing is left for `status` to list."""
-
-    run_dir: Path
-    folders: list[Path]
-    """The run folder and the folders above it that do not exist yet (none when the run folder exists)."""
-    cache: Path | None
-    """The judge cache, if it does not exist yet."""
-
-    @classmethod
-    def before(cls, cfg: RunConfig) -> Made:
-        cache = cfg.judge_cache_path
-        folders = [p for p in (cfg.run_dir, *cfg.run_dir.parents) if not p.exists()]
-        return cls(cfg.run_dir, folders, cache if cache is not None and not cache.exists() else None)
-
-    def discard_if_unused(self, log_path: Path) -> Path | None:
-        """Remove what this run made if it stored nothing and no other driver came: the new path of the log (moved
-        out of the run folder to the temporary folder), or None where nothing was removed."""
-        if not self.folders or not _unused(self.run_dir / "store.db"):
-            return None
-        if log_path.is_relative_to(self.run_dir) and log_path.exists():
-            kept = Path(tempfile.gettempdir()) / f"evalfleet-{self.run_dir.name}-{os.getpid()}.log"
-            shutil.move(log_path, kept)
-            log_path = kept
-        shutil.rmtree(self.run_dir, ignore_errors=True)
-        for folder in self.folders[1:]:  # the run folder's parents made for it, unless another run uses them now
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        if self.cache is not None and self.cache.exists() and _unused(self.cache, judge_cache=True):
-            for path in (self.cache, *(self.cache.with_name(self.cache.name + end) for end in ("-wal", "-shm"))):
-                path.unlink(missing_ok=True)
-        return log_path
-
-
-def _unused(path: Path, judge_cache: bool = False) -> bool:
-    """Whether the store (or judge cache) at `path` holds nothing of a run: absent, or without results and drivers."""
-    if not path.exists():
-        return True
-    try:
-        opened = JudgeCache(path) if judge_cache else Store(path)
-    except (UserError, RunError, sqlite3.Error, OSError):  # damaged or unreadable: not ours to delete
-        return False
-    try:
-        return opened.empty() if isinstance(opened, JudgeCache) else opened.unused()
-    finally:
-        opened.close()
 
 
 def _run(cfg: RunConfig, run_dir: Path, data: Datasets, startup: dict[str, float], retry_errors: bool,
