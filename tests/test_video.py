@@ -3,7 +3,8 @@ PyAV from a real clip made here, or read from a folder of pictures."""
 
 import pytest
 
-from evalfleet.data.video import FrameSampling, VideoError, folder_frames, frame_indices, video_frames
+from evalfleet.data.video import VideoError, folder_frames, frame_indices, video_frames
+from evalfleet.records import FrameSampling
 
 
 def clip(path, frames: int = 24, fps: int = 8):
@@ -102,9 +103,9 @@ def test_rows_carry_a_video_or_several_pictures_in_jsonl_csv_and_parquet(tmp_pat
     (tmp_path / "v.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     ds = DatasetConfig(name="v", path=str(tmp_path / "v.jsonl"), frames={"fps": 2.0, "max_frames_num": 4})
     a, b, c, d, e = load_samples(ds, seed=0)
-    assert a.video.path == str(tmp_path / "c.mp4") and (a.video.fps, a.video.max_frames_num) == (2.0, 4)
+    assert a.video.path == str(tmp_path / "c.mp4") and a.video.frames == FrameSampling(8, 2.0, 4)
     assert a.video.where == f"{tmp_path / 'v.jsonl'}:1:video" and a.error is None
-    frames, indices, _ = video_frames(a.video.path, FrameSampling(a.video.nframe, a.video.fps, a.video.max_frames_num))
+    frames, indices, _ = video_frames(a.video.path, a.video.frames)
     assert len(frames) == 4 and indices == [0, 4, 12, 16]  # 6 frames at 2 a second, 4 kept evenly
     assert b.video.path == str(tmp_path / "frames") and [i.path for i in b.images] == [
         str(tmp_path / "p0.png"), str(tmp_path / "p1.png")]
@@ -117,7 +118,7 @@ def test_rows_carry_a_video_or_several_pictures_in_jsonl_csv_and_parquet(tmp_pat
     assert len(row.images) == 2 and row.video.path.endswith("c.mp4") and row.error is None
     pq.write_table(pa.table({"question": ["q?"], "video": ["frames"]}), tmp_path / "v.parquet")
     (row,) = load_samples(DatasetConfig(name="p", path=str(tmp_path / "v.parquet")), seed=0)
-    assert row.video.path == str(tmp_path / "frames") and row.video.nframe == 8
+    assert row.video.path == str(tmp_path / "frames") and row.video.frames.nframe == 8
 
 
 def test_a_run_with_video_rows_is_refused_before_anything_is_written_and_the_store_keeps_videos(tmp_path):
@@ -140,5 +141,5 @@ def test_a_run_with_video_rows_is_refused_before_anything_is_written_and_the_sto
     SampleWriter(store.path, [ToStore("v", data.samples["v"], [0], "k")]).wait()
     (video,) = store.db.execute("SELECT video FROM samples").fetchone()
     assert json.loads(video) == {"where": f"{tmp_path / 'v.jsonl'}:1:video", "path": str(tmp_path / "c.mp4"),
-                                 "nframe": 8, "fps": None, "max_frames_num": 32}
+                                 "frames": {"nframe": 8, "fps": None, "max_frames_num": 32}}
     store.close()

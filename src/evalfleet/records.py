@@ -26,15 +26,24 @@ class ImageRef:
 
 
 @dataclass(frozen=True)
-class VideoRef:
-    """A video by file path, or a folder of its frames, with how its frames are sampled (`data/video.py`); `where`
-    locates it for error messages."""
+class FrameSampling:
+    """How many of a video's frames a model gets (`data/video.py: frame_indices`): `nframe` evenly spaced
+    (VLMEvalKit's `nframe`), or `fps` a second of the video (VLMEvalKit's `fps`), at most `max_frames_num`
+    (lmms-eval's name), evenly chosen among those."""
 
-    where: str
-    path: str
     nframe: int | None = 8
     fps: float | None = None
     max_frames_num: int | None = 32
+
+
+@dataclass(frozen=True)
+class VideoRef:
+    """A video by file path, or a folder of its frames, with how its frames are sampled; `where` locates it for
+    error messages."""
+
+    where: str
+    path: str
+    frames: FrameSampling = FrameSampling()
 
 
 @dataclass(slots=True)

@@ -23,7 +23,7 @@ from evalfleet.data.formats import FORMATS, UNREADABLE, DatasetError, Row, RowEr
 from evalfleet.data.media import HEAD_ROWS, VIDEO_EXTENSIONS, unmapped_media
 from evalfleet.errors import not_utf8
 from evalfleet.prompts import mcq_prompt, question_affixes, user_message
-from evalfleet.records import ImageRef, Sample, VideoRef
+from evalfleet.records import FrameSampling, ImageRef, Sample, VideoRef
 
 ID_COLUMNS = ("id", "index", "qid", "question_id")
 
@@ -107,7 +107,7 @@ class MediaResolver:
                                    "frames")
         if not path.exists():
             raise RowError(column, f"video not found: {path}")
-        return VideoRef(where, str(path), frames.nframe, frames.fps, frames.max_frames_num)
+        return VideoRef(where, str(path), FrameSampling(frames.nframe, frames.fps, frames.max_frames_num))
 
 
 class RowReader:
@@ -122,9 +122,8 @@ class RowReader:
         self.answer = f.answer
         self.vlmeval = fmt == "vlmeval"
         self.columns = list(cfg.columns)
-        self.template, self.instruction = cfg.prompt, cfg.instruction
-        self.plain = self.template == "{question}"
-        self.affixes = question_affixes(self.template)
+        self.instruction = cfg.instruction
+        self.affixes = question_affixes(cfg.prompt)
 
     def __call__(self, lineno: int, row: dict[str, Any]) -> Sample:
         where = f"{self.path}:{lineno}"
@@ -164,10 +163,9 @@ class RowReader:
     def prompt(self, row: dict[str, Any], question: str, mcq: bool) -> str:
         """The row's user message (`prompts.user_message`); the question itself (one text, not two copies: a million
         rows, ~10 % of their memory) when the template adds nothing."""
-        if self.plain and (mcq or not self.instruction):
-            return question
         if self.affixes is not None:  # the template around the question: no copy of the row to format
-            text = self.affixes[0] + question + self.affixes[1]
+            before, after = self.affixes
+            text = before + question + after if before or after else question
             return f"{text}\n{self.instruction}" if self.instruction and not mcq else text
         try:
             return user_message(self.cfg, row, question, mcq)

@@ -8,25 +8,15 @@ or `fps` frames a second of the video; lmms-eval's `max_frames_num` caps the lat
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from evalfleet.data.media import IMAGE_EXTENSIONS
+from evalfleet.records import FrameSampling
 
 
 class VideoError(ValueError):
     """A video that cannot be read, or sampled with the settings given; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class FrameSampling:
-    """How many of a video's frames a model gets: `nframe` evenly spaced (VLMEvalKit's `nframe`), or `fps` a second
-    of the video (VLMEvalKit's `fps`), at most `max_frames_num` (lmms-eval's name), evenly chosen among those."""
-
-    nframe: int | None = 8
-    fps: float | None = None
-    max_frames_num: int | None = 32
 
 
 def frame_indices(total: int, sampling: FrameSampling, video_fps: float | None = None) -> list[int]:
