@@ -5,20 +5,11 @@ settings, `schema` the run's (datasets, stages, placement, cluster), `load` read
 `overrides` the address of every setting (`--set datasets.vqa.limit=2`).
 """
 
+from evalfleet.config.dataset import DatasetConfig, FewShotConfig, FieldMap, FrameSettings
 from evalfleet.config.load import flat_settings, load_config, parse_config
 from evalfleet.config.model import DiffusionConfig, GenerationConfig, ModelConfig, ServerConfig
 from evalfleet.config.overrides import OVERRIDE_OPTIONS, apply_overrides, option_overrides
-from evalfleet.config.schema import (
-    ClusterConfig,
-    DatasetConfig,
-    FewShotConfig,
-    FieldMap,
-    FrameSettings,
-    JudgeParse,
-    PlacementConfig,
-    RunConfig,
-    StageConfig,
-)
+from evalfleet.config.schema import ClusterConfig, JudgeParse, PlacementConfig, RunConfig, StageConfig
 
 __all__ = [
     "OVERRIDE_OPTIONS",
